@@ -1,0 +1,36 @@
+/**
+ * `ratio <command> [options]`: one entry point for serving, auditing, evaluating and training.
+ * Each command lives in `src/commands/<name>.ts` and is loaded only when used, so `ratio --help`
+ * starts fast and a command's heavy dependencies (tfjs, sharp) load only for it.
+ */
+export interface CommandModule {
+  summary: string;
+  /** Returns the process exit code: 0 ok, 1 a failed gate (e.g. robust accuracy under threshold), 2 bad input. */
+  run(argv: string[]): Promise<number>;
+}
+
+const commands: Record<string, () => Promise<CommandModule>> = {};
+
+function usage(): string {
+  const lines = ['usage: ratio <command> [options]', '', 'commands:'];
+  for (const name of Object.keys(commands).sort()) lines.push(`  ${name}`);
+  lines.push('', "run 'ratio <command> --help' for a command's options");
+  return lines.join('\n');
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(usage());
+    return 0;
+  }
+  const load = commands[name];
+  if (!load) {
+    console.error(`ratio: unknown command '${name}'\n\n${usage()}`);
+    return 2;
+  }
+  const command = await load();
+  return command.run(rest);
+}
+
+process.exitCode = await main(process.argv.slice(2));

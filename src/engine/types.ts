@@ -1,0 +1,25 @@
+/** Options every long-running engine call accepts (DESIGN.md: engine conventions). */
+export interface LongRunOptions<P = EngineProgress> {
+  /** Checked between iterations; an aborted signal rejects with an `AbortError`. */
+  signal?: AbortSignal;
+  onProgress?: (progress: P) => void;
+  /** Seeds the call's own PRNG so a run can be reproduced bit for bit on one backend. */
+  seed?: number;
+}
+
+export interface EngineProgress {
+  phase: string;
+  done: number;
+  total: number;
+}
+
+export type Norm = 'L2' | 'Linf';
+
+/** Throws the standard AbortError when the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) {
+    const reason: unknown = signal.reason;
+    if (reason instanceof Error && reason.name === 'AbortError') throw reason;
+    throw new DOMException('the operation was aborted', 'AbortError');
+  }
+}
