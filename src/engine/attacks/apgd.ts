@@ -118,7 +118,8 @@ function evaluate(ctx: RunContext, point: tf.Tensor4D): Evaluation {
       });
       logits = tf.keep(z);
       loss = tf.keep(perExample);
-      return perExample.sum();
+      // `+ 0 * sum(p)` keeps the tape connected for models constant in their input (zero gradient).
+      return perExample.sum().add(p.sum().mul(0));
     })(point);
     value.dispose();
     gradSum = gradSum ? swap(gradSum, gradSum.add(grad)) : (grad as tf.Tensor4D);

@@ -1,0 +1,301 @@
+import * as tf from '@tensorflow/tfjs';
+import { apgdAttack, apgdTargeted } from './attacks/apgd.js';
+import { minimumClasses } from './attacks/losses.js';
+import type { Attack, AttackProgress } from './attacks/types.js';
+import { sanityWarnings, verifyAdversarial } from './attacks/verify.js';
+import type { Classifier } from './classifier.js';
+import { type LongRunOptions, type Norm, throwIfAborted } from './types.js';
+
+/**
+ * AutoAttack (Croce & Hein, ICML 2020) as a composition: it only sequences attacks sharing the
+ * `Attack` contract, runs each on the points still robust, re-verifies every adversarial point
+ * and keeps the pointwise worst case. Clean errors count as broken and are never attacked.
+ */
+
+export type AutoAttackVersion = 'standard' | 'plus' | 'rand';
+export const AUTOATTACK_VERSIONS: readonly AutoAttackVersion[] = ['standard', 'plus', 'rand'];
+
+export interface AutoAttackOptions extends LongRunOptions<AttackProgress> {
+  norm: Norm;
+  eps: number;
+  version?: AutoAttackVersion;
+  /** Restarts of the white-box attacks (default 1; 5 for 'plus' as in the reference). */
+  restarts?: number;
+  /** Points per attack call (default 250). */
+  batchSize?: number;
+  /** Replaces the version's sequence (e.g. a cheaper one in tests); names must be unique. */
+  attacks?: Attack[];
+  /** APGD iterations per run (default 100). */
+  iterations?: number;
+  /** Return the adversarial batch (clean points where unbroken); the caller disposes it. */
+  keepAdversarial?: boolean;
+}
+
+export interface AttackSummary {
+  name: string;
+  /** Robust accuracy after this attack and all before it. */
+  robust_accuracy_after: number;
+  /** Points this attack broke (verified). */
+  broken: number;
+  seconds: number;
+}
+
+export interface SampleReport {
+  index: number;
+  clean_correct: boolean;
+  /** 'clean' for clean errors, the attack's name, or null when the point survived every attack. */
+  broken_by: string | null;
+  perturbation_norm: number | null;
+}
+
+export interface AutoAttackReport {
+  n: number;
+  norm: Norm;
+  eps: number;
+  version: AutoAttackVersion;
+  seed: number;
+  backend: string;
+  seconds: number;
+  clean_accuracy: number;
+  robust_accuracy: number;
+  per_attack: AttackSummary[];
+  samples: SampleReport[];
+  warnings: string[];
+  adversarial?: tf.Tensor4D;
+}
+
+interface PlannedAttack {
+  attack: Attack;
+  /** Fewest classes the attack is defined for. */
+  minimumClasses: number;
+  restarts: number;
+}
+
+/**
+ * The attack sequence of a version. FAB-T and Square (engineer D2's fab.ts / square.ts) slot in here
+ * once they exist: standard = APGD-CE, APGD-T, FAB-T, Square.
+ * TODO(issue 3): add fabTargeted and square to 'standard', fab (5 restarts) and square to 'plus'.
+ */
+function plannedAttacks(version: AutoAttackVersion, restarts: number, iterations: number): PlannedAttack[] {
+  const ce = { attack: apgdAttack('ce', { iterations }), minimumClasses: 2, restarts };
+  const targeted = {
+    attack: apgdTargeted({ iterations }),
+    minimumClasses: minimumClasses('dlr-targeted'),
+    restarts,
+  };
+  if (version === 'standard') return [ce, targeted];
+  if (version === 'plus') {
+    const dlr = {
+      attack: apgdAttack('dlr', { iterations }),
+      minimumClasses: minimumClasses('dlr'),
+      restarts,
+    };
+    return [ce, dlr, targeted];
+  }
+  // Expectation over transformation: 20 draws per gradient for randomised models.
+  return [
+    { attack: apgdAttack('ce', { iterations, eotIterations: 20 }), minimumClasses: 2, restarts },
+    {
+      attack: apgdAttack('dlr', { iterations, eotIterations: 20 }),
+      minimumClasses: minimumClasses('dlr'),
+      restarts,
+    },
+  ];
+}
+
+function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: AutoAttackOptions): void {
+  if (x.rank !== 4) throw new Error(`'x' must be rank 4 (NHWC), got [${x.shape}]`);
+  if (y.length !== x.shape[0]) throw new Error(`'y' must have ${x.shape[0]} labels, got ${y.length}`);
+  const k = classifier.numClasses;
+  if (y.some((label) => !(label >= 0 && label < k))) throw new Error(`'y' labels must lie in [0, ${k})`);
+  if (options.norm !== 'L2' && options.norm !== 'Linf') {
+    throw new Error(`'norm' must be 'L2' or 'Linf', got ${String(options.norm)}`);
+  }
+  if (!(options.eps >= 0 && Number.isFinite(options.eps))) {
+    throw new Error(`'eps' must be a finite number >= 0, got ${options.eps}`);
+  }
+  const version = options.version ?? 'standard';
+  if (!AUTOATTACK_VERSIONS.includes(version)) {
+    throw new Error(`'version' must be one of ${AUTOATTACK_VERSIONS.join(', ')}, got ${String(version)}`);
+  }
+  for (const [name, value] of [
+    ['batchSize', options.batchSize],
+    ['restarts', options.restarts],
+    ['iterations', options.iterations],
+  ] as const) {
+    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
+      throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
+    }
+  }
+}
+
+/** Predicted class of every point, in batches. */
+function predictAll(classifier: Classifier, x: tf.Tensor4D, batchSize: number): Int32Array {
+  const n = x.shape[0];
+  const out = new Int32Array(n);
+  for (let start = 0; start < n; start += batchSize) {
+    const size = Math.min(batchSize, n - start);
+    const predicted = tf.tidy(() =>
+      classifier
+        .logits(x.slice([start, 0, 0, 0], [size, -1, -1, -1]))
+        .argMax(1)
+        .dataSync(),
+    );
+    out.set(predicted, start);
+  }
+  return out;
+}
+
+/**
+ * Robust accuracy of `classifier` on (x, y) within the `norm` ball of radius `eps`, by AutoAttack.
+ * Deterministic for a seed on one backend; rejects with an AbortError when `signal` fires.
+ *
+ * @example
+ * const report = await autoAttack(model, x, y, { norm: 'L2', eps: 0.5, seed: 0 });
+ * console.log(report.robust_accuracy, report.per_attack);
+ */
+export async function autoAttack(
+  classifier: Classifier,
+  x: tf.Tensor4D,
+  y: Int32Array,
+  options: AutoAttackOptions,
+): Promise<AutoAttackReport> {
+  validate(classifier, x, y, options);
+  const started = performance.now();
+  const version = options.version ?? 'standard';
+  const seed = options.seed ?? 0;
+  const batchSize = options.batchSize ?? 250;
+  const restarts = options.restarts ?? (version === 'plus' ? 5 : 1);
+  const n = x.shape[0];
+  const k = classifier.numClasses;
+  const rowSize = x.size / Math.max(n, 1);
+  const warnings: string[] = [];
+
+  const predicted = predictAll(classifier, x, batchSize);
+  const robust = Uint8Array.from(predicted, (p, i) => (p === y[i] ? 1 : 0));
+  const cleanCorrect = robust.slice();
+  const brokenBy: (string | null)[] = Array.from(robust, (r) => (r ? null : 'clean'));
+  const perturbationNorm: (number | null)[] = new Array(n).fill(null);
+  const adversarialRows = options.keepAdversarial ? (x.dataSync() as Float32Array).slice() : undefined;
+
+  const probe = Math.min(n, batchSize);
+  if (probe > 0) {
+    const sample = x.slice([0, 0, 0, 0], [probe, -1, -1, -1]);
+    try {
+      warnings.push(...sanityWarnings(classifier, sample, y.subarray(0, probe)));
+    } finally {
+      sample.dispose();
+    }
+  }
+
+  const planned: PlannedAttack[] = options.attacks
+    ? options.attacks.map((attack) => ({ attack, minimumClasses: 2, restarts }))
+    : plannedAttacks(version, restarts, options.iterations ?? 100);
+  const perAttack: AttackSummary[] = [];
+
+  for (const { attack, minimumClasses: needed, restarts: attackRestarts } of planned) {
+    const attackStarted = performance.now();
+    let broken = 0;
+    if (k < needed) {
+      warnings.push(`${attack.name} skipped: it needs at least ${needed} classes, the model has ${k}`);
+    } else {
+      const todo: number[] = [];
+      for (let i = 0; i < n; i++) if (robust[i]) todo.push(i);
+      let processed = 0;
+      let failed = 0;
+      let firstFailure: string | undefined;
+      for (let start = 0; start < todo.length; start += batchSize) {
+        throwIfAborted(options.signal);
+        const batch = todo.slice(start, start + batchSize);
+        const indices = tf.tensor1d(batch, 'int32');
+        const xBatch = tf.gather(x, indices) as tf.Tensor4D;
+        indices.dispose();
+        const yBatch = Int32Array.from(batch, (i) => y[i]);
+        try {
+          const result = await attack.perturb(classifier, xBatch, yBatch, {
+            norm: options.norm,
+            eps: options.eps,
+            restarts: attackRestarts,
+            seed: (seed + start) >>> 0,
+            signal: options.signal,
+            onProgress: (p) =>
+              options.onProgress?.({
+                attack: attack.name,
+                done: processed + Math.floor((batch.length * p.done) / Math.max(p.total, 1)),
+                total: todo.length,
+              }),
+          });
+          try {
+            const check = verifyAdversarial(
+              classifier,
+              xBatch,
+              result.adversarial,
+              yBatch,
+              result.success,
+              options,
+            );
+            failed += check.failures.length;
+            firstFailure ??= check.failures[0]?.reason;
+            const rows = adversarialRows ? result.adversarial.dataSync() : undefined;
+            batch.forEach((i, j) => {
+              if (!check.valid[j]) return;
+              robust[i] = 0;
+              broken++;
+              brokenBy[i] = attack.name;
+              perturbationNorm[i] = check.norms[j];
+              if (rows && adversarialRows) {
+                adversarialRows.set(rows.subarray(j * rowSize, (j + 1) * rowSize), i * rowSize);
+              }
+            });
+          } finally {
+            result.adversarial.dispose();
+          }
+        } finally {
+          xBatch.dispose();
+        }
+        processed += batch.length;
+        options.onProgress?.({ attack: attack.name, done: processed, total: todo.length });
+      }
+      if (failed > 0) {
+        warnings.push(
+          `${attack.name}: ${failed} claimed adversarial points failed verification ` +
+            `(first: ${firstFailure}); they count as robust`,
+        );
+      }
+    }
+    // Square is black-box: when it succeeds where the gradient attacks failed, gradients are suspect.
+    if (attack.name === 'square' && broken > 0 && perAttack.length > 0) {
+      warnings.push(
+        `square (black-box) broke ${broken} points the white-box attacks missed: gradients may be masked`,
+      );
+    }
+    perAttack.push({
+      name: attack.name,
+      robust_accuracy_after: n > 0 ? robust.reduce((a, b) => a + b, 0) / n : 0,
+      broken,
+      seconds: (performance.now() - attackStarted) / 1000,
+    });
+  }
+
+  const count = (values: Uint8Array) => values.reduce((a, b) => a + b, 0);
+  return {
+    n,
+    norm: options.norm,
+    eps: options.eps,
+    version,
+    seed,
+    backend: tf.getBackend(),
+    seconds: (performance.now() - started) / 1000,
+    clean_accuracy: n > 0 ? count(cleanCorrect) / n : 0,
+    robust_accuracy: n > 0 ? count(robust) / n : 0,
+    per_attack: perAttack,
+    samples: Array.from({ length: n }, (_, i) => ({
+      index: i,
+      clean_correct: cleanCorrect[i] === 1,
+      broken_by: brokenBy[i],
+      perturbation_norm: perturbationNorm[i],
+    })),
+    warnings,
+    ...(adversarialRows ? { adversarial: tf.tensor4d(adversarialRows, x.shape) } : {}),
+  };
+}
