@@ -19,7 +19,7 @@ const K = 4;
 function linearModel(rng: Rng) {
   const weights = Float32Array.from({ length: DIM * K }, () => rng.normal() * 0.5);
   return functionClassifier({ inputShape: [H, W, C], numClasses: K }, (x) =>
-    tf.tidy(() => x.reshape([x.shape[0], DIM]).matMul(tf.tensor2d(weights, [DIM, K]))),
+    tf.tidy(() => x.reshape([x.shape[0], DIM]).matMul(tf.tensor2d(weights, [DIM, K])) as tf.Tensor2D),
   );
 }
 
@@ -76,7 +76,7 @@ describe('evaluateModel', () => {
     expect(report.data.calibration_n).toBe(20);
     expect(report.warnings.some((w) => w.includes('only 20 of the requested 30'))).toBe(true);
     const expectedAccuracy =
-      Array.from({ length: 20 }, (_, i) => (i % 3 === 2 ? 0 : 1)).reduce((a, b) => a + b) / 20;
+      Array.from({ length: 20 }, (_, i): number => (i % 3 === 2 ? 0 : 1)).reduce((a, b) => a + b) / 20;
     expect(report.summary.acc).toBeCloseTo(expectedAccuracy, 12);
     expect(report.robustness.clean_accuracy).toBeCloseTo(expectedAccuracy, 12);
     expect(report.summary.robust_acc).toBeLessThanOrEqual(report.summary.acc);
