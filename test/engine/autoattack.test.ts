@@ -164,6 +164,32 @@ describe('autoAttack composition', () => {
     problem.dispose();
   });
 
+  it("runs the 'rand' version (EOT) on a randomised model and still only counts verified points", async () => {
+    const problem = linearProblem({ n: 12, shape, numClasses: 10, norm: 'L2', seed: 4 });
+    let draw = 0;
+    // Tiny input noise: predictions are stable, but two passes differ, as for a randomised defence.
+    const noisy = functionClassifier({ inputShape: shape, numClasses: 10 }, (input) =>
+      tf.tidy(() =>
+        problem.classifier.logits(input.add(tf.randomNormal(input.shape, 0, 1e-4, 'float32', ++draw))),
+      ),
+    );
+    const eps = epsInGap(problem);
+    const report = await autoAttack(noisy, problem.x, problem.y, {
+      norm: 'L2',
+      eps,
+      version: 'rand',
+      iterations: 5,
+    });
+    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-dlr']);
+    expect(report.warnings.some((w) => /randomised/.test(w))).toBe(true);
+    for (const sample of report.samples) {
+      if (sample.broken_by === 'apgd-ce' || sample.broken_by === 'apgd-dlr') {
+        expect(problem.distance[sample.index]).toBeLessThan(eps + 1e-3);
+      }
+    }
+    problem.dispose();
+  });
+
   it('skips DLR attacks for too few classes with a warning', async () => {
     const problem = linearProblem({ n: 10, shape, numClasses: 2, norm: 'L2', seed: 1 });
     const report = await autoAttack(problem.classifier, problem.x, problem.y, {
