@@ -76,7 +76,12 @@ interface PlannedAttack {
  * once they exist: standard = APGD-CE, APGD-T, FAB-T, Square.
  * TODO(issue 3): add fabTargeted and square to 'standard', fab (5 restarts) and square to 'plus'.
  */
-function plannedAttacks(version: AutoAttackVersion, restarts: number, iterations: number): PlannedAttack[] {
+function plannedAttacks(
+  version: AutoAttackVersion,
+  restarts: number,
+  explicitRestarts: number | undefined,
+  iterations: number,
+): PlannedAttack[] {
   const ce = { attack: apgdAttack('ce', { iterations }), minimumClasses: 2, restarts };
   const targeted = {
     attack: apgdTargeted({ iterations }),
@@ -90,7 +95,8 @@ function plannedAttacks(version: AutoAttackVersion, restarts: number, iterations
       minimumClasses: minimumClasses('dlr'),
       restarts,
     };
-    return [ce, dlr, targeted];
+    // As the reference: the 5 restarts go to the untargeted attacks, APGD-T keeps one per target.
+    return [ce, dlr, { ...targeted, restarts: explicitRestarts ?? 1 }];
   }
   // Expectation over transformation: 20 draws per gradient for randomised models.
   return [
@@ -190,7 +196,7 @@ export async function autoAttack(
 
   const planned: PlannedAttack[] = options.attacks
     ? options.attacks.map((attack) => ({ attack, minimumClasses: 2, restarts }))
-    : plannedAttacks(version, restarts, options.iterations ?? 100);
+    : plannedAttacks(version, restarts, options.restarts, options.iterations ?? 100);
   const perAttack: AttackSummary[] = [];
 
   for (const { attack, minimumClasses: needed, restarts: attackRestarts } of planned) {
