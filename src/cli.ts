@@ -9,7 +9,9 @@ export interface CommandModule {
   run(argv: string[]): Promise<number>;
 }
 
-const commands: Record<string, () => Promise<CommandModule>> = {};
+const commands: Record<string, () => Promise<CommandModule>> = {
+  eval: () => import('./commands/eval.js'),
+};
 
 function usage(): string {
   const lines = ['usage: ratio <command> [options]', '', 'commands:'];

@@ -143,8 +143,9 @@ export async function confidenceCurves(
   const report = (p: EngineProgress) =>
     options.onProgress?.({
       phase: 'confidence curves',
-      done: Math.round((stage + p.done / Math.max(p.total, 1)) * 1000),
-      total: stages * 1000,
+      // In stages (one per radius and set), fractional within a stage.
+      done: Math.round((stage + p.done / Math.max(p.total, 1)) * 100) / 100,
+      total: stages,
     });
   const common = {
     iterations: options.iterations,

@@ -18,6 +18,9 @@ import { renderReportMarkdown } from './report.js';
  * the confidence curves. The command does the loading and writing.
  */
 
+/** Bad input to an evaluation (unlabelled data, wrong shapes, unreadable files): exit code 2, not a crash. */
+export class EvalInputError extends Error {}
+
 /** Images NHWC in [0,1] with optional labels (OOD sets have none). */
 export interface ImageSet {
   name: string;
@@ -172,18 +175,19 @@ function pixelImage(set: ImageSet, index: number): PixelImage {
 
 function splitInDistribution(inputs: EvalInputs, settings: EvalSettings) {
   const set = inputs.inDistribution;
-  if (!set.labels) throw new Error(`'--data' set '${set.name}' has no labels; accuracy needs a labelled set`);
+  if (!set.labels)
+    throw new EvalInputError(`'--data' set '${set.name}' has no labels; accuracy needs a labelled set`);
   const total = set.shape[0];
   const warnings: string[] = [];
   if (inputs.calibration) {
     if (!inputs.calibration.labels)
-      throw new Error(`calibration set '${inputs.calibration.name}' has no labels`);
+      throw new EvalInputError(`calibration set '${inputs.calibration.name}' has no labels`);
     const n = Math.min(settings.n, total);
     return { reported: rowsOf(set, 0, n), calibration: inputs.calibration, warnings, heldOutFromData: false };
   }
   const calibrationN = Math.min(settings.calibrationN, Math.floor(total / 2));
   if (calibrationN < 1)
-    throw new Error(`'--data' has ${total} points: too few to hold out a calibration split`);
+    throw new EvalInputError(`'--data' has ${total} points: too few to hold out a calibration split`);
   const available = total - calibrationN;
   const n = Math.min(settings.n, available);
   if (n < settings.n) {

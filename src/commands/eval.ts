@@ -1,0 +1,269 @@
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { CommandModule } from '../cli.js';
+import type { EvalSettings, ImageSet } from '../eval/evaluate.js';
+
+/**
+ * `ratio eval`: the RATIO paper's table (Acc, R.Acc, ECE, AUC, WC AUC, MMC) and figures
+ * (counterfactual grid, confidence curves) for one model directory. Exit 0 on success, 2 on bad input.
+ */
+
+const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>]... [options]
+
+  --model <dir>             model directory: model.json, weight shards, card.json
+  --data <path>             labelled in-distribution test images (CIFAR-10/100 binary)
+  --ood <set>               OOD set, repeatable: svhn | cifar100 | noise (built in, from ../shared/data
+                            or RATIO_DATA_DIR) or name=path (an unlabelled or labelled binary file);
+                            default: svhn, cifar100, noise
+  --n <int>                 reported in-distribution points (default 1000)
+  --calibration-data <path> labelled held-out set for the temperature (default: the last
+                            --calibration-n points of --data, never reported)
+  --calibration-n <int>     held-out points taken from --data (default 500)
+  --ood-n <int>             images per OOD set (default 1024)
+  --eps <number>            L2 radius of the robust accuracy (default 0.5)
+  --eps-ood <number>        L2 radius of the worst-case OOD confidence (default 1.0)
+  --robust-n <int>          points attacked by AutoAttack (default: all reported points)
+  --out <dir>               output folder (default eval-<model folder name>)
+  --seed <int>              seed (default 0)
+  --batch-size <int>        images per batch (default 128)
+  --cf-rows <int>           counterfactual rows (default 6)
+  --cf-target second|true   counterfactual target: second most likely class (default) or the label
+  --curve-n <int>           points per set for the confidence curves (default 100)
+  --iterations <int>        APGD iterations for AutoAttack, worst-case OOD and curves (default 100)
+  --cf-iterations <int>     APGD iterations per counterfactual radius (default 500)
+  --quick                   smoke test: 5 iterations, APGD-CE + APGD-T only, small figures
+  --write-temperature       write the fitted temperature into the model's card.json
+`;
+
+class UsageError extends Error {}
+
+interface EvalArguments {
+  model: string;
+  data: string;
+  calibrationData?: string;
+  ood: string[];
+  out?: string;
+  writeTemperature: boolean;
+  settings: EvalSettings;
+}
+
+function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArguments | 'help' {
+  let values: Record<string, string | boolean | string[] | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        model: { type: 'string' },
+        data: { type: 'string' },
+        ood: { type: 'string', multiple: true },
+        n: { type: 'string' },
+        'calibration-data': { type: 'string' },
+        'calibration-n': { type: 'string' },
+        'ood-n': { type: 'string' },
+        eps: { type: 'string' },
+        'eps-ood': { type: 'string' },
+        'robust-n': { type: 'string' },
+        out: { type: 'string' },
+        seed: { type: 'string' },
+        'batch-size': { type: 'string' },
+        'cf-rows': { type: 'string' },
+        'cf-target': { type: 'string' },
+        'curve-n': { type: 'string' },
+        iterations: { type: 'string' },
+        'cf-iterations': { type: 'string' },
+        quick: { type: 'boolean' },
+        'write-temperature': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) return 'help';
+  const text = (name: string) => values[name] as string | undefined;
+  const integer = (name: string, fallback: number, minimum = 1): number => {
+    const raw = text(name);
+    if (raw === undefined) return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < minimum) {
+      throw new UsageError(`--${name} must be an integer >= ${minimum}, got '${raw}'`);
+    }
+    return value;
+  };
+  const radius = (name: string, fallback: number): number => {
+    const raw = text(name);
+    if (raw === undefined) return fallback;
+    const value = Number(raw);
+    if (!(value > 0 && Number.isFinite(value)))
+      throw new UsageError(`--${name} must be a number > 0, got '${raw}'`);
+    return value;
+  };
+  for (const required of ['model', 'data']) {
+    if (text(required) === undefined) throw new UsageError(`--${required} is required`);
+  }
+  const quick = values.quick === true;
+  const cfTarget = text('cf-target') ?? 'second';
+  if (cfTarget !== 'second' && cfTarget !== 'true') {
+    throw new UsageError(`--cf-target must be second or true, got '${cfTarget}'`);
+  }
+  const attackIterations = integer('iterations', quick ? 5 : defaults.iterations.autoAttack);
+  const n = integer('n', defaults.n);
+  return {
+    model: text('model')!,
+    data: text('data')!,
+    calibrationData: text('calibration-data'),
+    ood: (values.ood as string[] | undefined) ?? ['svhn', 'cifar100', 'noise'],
+    out: text('out'),
+    writeTemperature: values['write-temperature'] === true,
+    settings: {
+      ...defaults,
+      n,
+      calibrationN: integer('calibration-n', defaults.calibrationN),
+      oodN: integer('ood-n', defaults.oodN),
+      eps: radius('eps', defaults.eps),
+      epsOod: radius('eps-ood', defaults.epsOod),
+      robustN: integer('robust-n', n),
+      seed: integer('seed', defaults.seed, 0),
+      batchSize: integer('batch-size', defaults.batchSize),
+      quick,
+      iterations: {
+        autoAttack: attackIterations,
+        worstCase: attackIterations,
+        curves: quick ? Math.min(3, attackIterations) : attackIterations,
+        counterfactuals: integer('cf-iterations', quick ? 10 : defaults.iterations.counterfactuals),
+      },
+      counterfactualRows: integer('cf-rows', quick ? 4 : defaults.counterfactualRows),
+      counterfactualTarget: cfTarget,
+      curveN: integer('curve-n', quick ? 16 : defaults.curveN),
+      curveRadii: quick ? [0, 0.5, 1, 2, 3] : defaults.curveRadii,
+    },
+  };
+}
+
+/** Every regular file of a model directory, keyed by name (the engine loader checks them). */
+async function readModelDirectory(dir: string): Promise<Map<string, Uint8Array>> {
+  const info = await stat(dir).catch(() => undefined);
+  if (!info?.isDirectory()) throw new UsageError(`--model must be a model directory, got '${dir}'`);
+  const files = new Map<string, Uint8Array>();
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    if (entry.isFile()) files.set(entry.name, new Uint8Array(await readFile(path.join(dir, entry.name))));
+  }
+  if (!files.has('model.json')) throw new UsageError(`--model: no model.json in '${dir}'`);
+  return files;
+}
+
+/** Sets `temperature` in card.json, keeping every other field as it was. */
+async function writeTemperature(modelDir: string, temperature: number): Promise<void> {
+  const file = path.join(modelDir, 'card.json');
+  const raw = await readFile(file, 'utf8').catch(() => '{}');
+  const card = JSON.parse(raw) as Record<string, unknown>;
+  card.temperature = temperature;
+  await writeFile(file, `${JSON.stringify(card, null, 2)}\n`);
+}
+
+async function evaluate(args: EvalArguments): Promise<number> {
+  const { initBackend } = await import('../engine/backend.js');
+  const { loadModelFromFiles, ModelFileError } = await import('../engine/model-files.js');
+  const { evaluateModel } = await import('../eval/evaluate.js');
+  const { checkImageShape, loadImageSet, parseOodSpec, uniformNoise } = await import('../eval/datasets.js');
+  const { PhaseProgress } = await import('../eval/progress.js');
+  const backend = await initBackend();
+
+  const files = await readModelDirectory(args.model);
+  const classifier = await loadModelFromFiles(files).catch((error: unknown) => {
+    if (error instanceof ModelFileError) throw new UsageError(`--model: ${error.message}`);
+    throw error;
+  });
+  try {
+    const inputShape = classifier.card.inputShape;
+    const { settings } = args;
+    // Enough points for the reported split and, when held out from --data, the calibration split.
+    const inDistribution = await loadImageSet(
+      args.data,
+      path.basename(args.data),
+      args.calibrationData ? settings.n : settings.n + settings.calibrationN,
+    );
+    checkImageShape(inDistribution, inputShape, '--data');
+    let calibration: ImageSet | undefined;
+    if (args.calibrationData) {
+      calibration = await loadImageSet(
+        args.calibrationData,
+        path.basename(args.calibrationData),
+        settings.calibrationN,
+      );
+      checkImageShape(calibration, inputShape, '--calibration-data');
+    }
+    const ood: ImageSet[] = [];
+    for (const spec of args.ood) {
+      const parsed = parseOodSpec(spec);
+      const set =
+        parsed.kind === 'noise'
+          ? uniformNoise(settings.oodN, inputShape, settings.seed)
+          : await loadImageSet(parsed.path, parsed.name, settings.oodN);
+      checkImageShape(set, inputShape, '--ood');
+      ood.push(set);
+    }
+    console.error(
+      `ratio eval: ${classifier.card.name} on ${backend.name}, ${inDistribution.shape[0]} in-distribution images, ` +
+        `OOD ${ood.map((s) => `${s.name} (${s.shape[0]})`).join(', ')}`,
+    );
+    const { report, markdown, counterfactualsPng, curvesSvg } = await evaluateModel(
+      classifier,
+      {
+        model: { name: classifier.card.name, source: path.resolve(args.model) },
+        inDistribution,
+        calibration,
+        ood,
+      },
+      settings,
+      new PhaseProgress(process.stderr),
+    );
+    const out = args.out ?? `eval-${path.basename(path.resolve(args.model))}`;
+    await mkdir(out, { recursive: true });
+    await writeFile(path.join(out, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);
+    await writeFile(path.join(out, 'report.md'), markdown);
+    await writeFile(path.join(out, 'counterfactuals.png'), counterfactualsPng);
+    if (curvesSvg) await writeFile(path.join(out, 'confidence-curves.svg'), curvesSvg);
+    if (args.writeTemperature) {
+      await writeTemperature(args.model, report.summary.temperature);
+      console.error(
+        `temperature ${report.summary.temperature.toFixed(4)} written to ${args.model}/card.json`,
+      );
+    }
+    const s = report.summary;
+    const pct = (v: number | null) => (v === null ? 'n/a' : (100 * v).toFixed(1));
+    console.log(
+      `Acc ${pct(s.acc)}  R.Acc ${pct(s.robust_acc)}  ECE ${pct(s.ece)}  AUC ${pct(s.auc)}  ` +
+        `WC AUC ${pct(s.wc_auc)}  MMC ${pct(s.mmc)}  (T = ${s.temperature.toFixed(3)})  -> ${out}/report.md`,
+    );
+    return 0;
+  } finally {
+    classifier.dispose();
+  }
+}
+
+export const summary =
+  'calibration, OOD detection, worst-case OOD, counterfactuals: the RATIO table and figures';
+
+export async function run(argv: string[]): Promise<number> {
+  const { DEFAULT_EVAL_SETTINGS, EvalInputError } = await import('../eval/evaluate.js');
+  try {
+    const args = parseEvalArguments(argv, DEFAULT_EVAL_SETTINGS);
+    if (args === 'help') {
+      console.log(HELP);
+      return 0;
+    }
+    return await evaluate(args);
+  } catch (error) {
+    if (error instanceof UsageError || error instanceof EvalInputError) {
+      console.error(`ratio eval: ${error.message}\n\n${HELP}`);
+      return 2;
+    }
+    throw error;
+  }
+}
+
+const command: CommandModule = { summary, run };
+export default command;

@@ -1,0 +1,128 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { run } from '../../src/commands/eval.js';
+import { saveModelToFiles } from '../../src/engine/model-files.js';
+import type { EvalReport } from '../../src/eval/report.js';
+import { smallCnn } from '../../src/training/architectures.js';
+
+const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const hasData = existsSync(cifarTest);
+
+let workDir: string;
+let modelDir: string;
+
+beforeAll(async () => {
+  workDir = await mkdtemp(path.join(os.tmpdir(), 'ratio-eval-'));
+  modelDir = path.join(workDir, 'model');
+  // A tiny untrained CNN: the point is the plumbing end to end, not the numbers.
+  const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
+  const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
+  model.dispose();
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(modelDir, { recursive: true });
+  for (const [name, bytes] of files) await writeFile(path.join(modelDir, name), bytes);
+});
+
+afterAll(async () => {
+  await rm(workDir, { recursive: true, force: true });
+});
+
+describe('ratio eval', () => {
+  it.skipIf(!hasData)(
+    'writes report.json, report.md, counterfactuals.png and confidence-curves.svg on real data',
+    async () => {
+      const out = path.join(workDir, 'out');
+      const log = vi.spyOn(console, 'log').mockImplementation(() => {});
+      const error = vi.spyOn(console, 'error').mockImplementation(() => {});
+      const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+      let code: number;
+      try {
+        code = await run([
+          '--model',
+          modelDir,
+          '--data',
+          cifarTest,
+          '--ood',
+          'svhn',
+          '--ood',
+          'noise',
+          '--n',
+          '24',
+          '--calibration-n',
+          '16',
+          '--ood-n',
+          '12',
+          '--robust-n',
+          '8',
+          '--cf-rows',
+          '2',
+          '--curve-n',
+          '4',
+          '--iterations',
+          '2',
+          '--cf-iterations',
+          '2',
+          '--quick',
+          '--write-temperature',
+          '--out',
+          out,
+        ]);
+      } finally {
+        log.mockRestore();
+        error.mockRestore();
+        stderr.mockRestore();
+      }
+      expect(code).toBe(0);
+      const report = JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as EvalReport;
+      expect(report.data.reported_n).toBe(24);
+      expect(report.data.calibration_n).toBe(16);
+      expect(report.robustness.n).toBe(8);
+      expect(report.ood.sets.map((s) => s.name)).toEqual(['svhn', 'uniform noise']);
+      expect(report.ood.sets.every((s) => s.n === 12)).toBe(true);
+      expect(report.summary.acc).toBeGreaterThanOrEqual(0);
+      expect(report.summary.acc).toBeLessThanOrEqual(1);
+      const markdown = await readFile(path.join(out, 'report.md'), 'utf8');
+      expect(markdown).toContain('quick mode');
+      expect(markdown).toContain('| svhn | 12 |');
+      const png = await sharp(path.join(out, 'counterfactuals.png')).metadata();
+      expect(png.format).toBe('png');
+      // 2 rows of 96 px images (32 x 3) with captions under a header.
+      expect(png.height).toBe(22 + 2 * (96 + 30 + 6) + 6);
+      const svg = await readFile(path.join(out, 'confidence-curves.svg'), 'utf8');
+      expect(svg).toContain('<polyline');
+      const card = JSON.parse(await readFile(path.join(modelDir, 'card.json'), 'utf8')) as {
+        temperature: number;
+      };
+      expect(card.temperature).toBeCloseTo(report.summary.temperature, 12);
+    },
+  );
+
+  it('exits 2 with a message on bad input, without crashing', async () => {
+    const error = vi.spyOn(console, 'error').mockImplementation(() => {});
+    try {
+      expect(await run(['--data', cifarTest])).toBe(2);
+      expect(error.mock.calls[0][0]).toContain('--model is required');
+      expect(await run(['--model', modelDir, '--data', cifarTest, '--eps', '-1'])).toBe(2);
+      expect(await run(['--model', modelDir, '--data', cifarTest, '--ood', 'imagenet'])).toBe(2);
+      expect(String(error.mock.calls.at(-1)?.[0])).toContain("--ood 'imagenet' is not a built-in set");
+      expect(await run(['--model', path.join(workDir, 'missing'), '--data', cifarTest])).toBe(2);
+      const notCifar = path.join(workDir, 'odd.bin');
+      await writeFile(notCifar, new Uint8Array(100));
+      expect(await run(['--model', modelDir, '--data', notCifar])).toBe(2);
+      expect(String(error.mock.calls.at(-1)?.[0])).toContain('is not a CIFAR binary file');
+      if (hasData) {
+        // SVHN has no labels: accuracy cannot be measured on it.
+        const svhn = path.join(dataDir, 'svhn/train_first1000.bin');
+        expect(await run(['--model', modelDir, '--data', svhn, '--ood', 'noise', '--quick'])).toBe(2);
+        expect(String(error.mock.calls.at(-1)?.[0])).toContain('has no labels');
+      }
+    } finally {
+      error.mockRestore();
+    }
+  });
+});
