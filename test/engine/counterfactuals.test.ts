@@ -98,6 +98,35 @@ describe('counterfactuals', () => {
     x.dispose();
   });
 
+  it('stops with an AbortError between radii and iterations, leaving no tensors', async () => {
+    const rng = new Rng(2);
+    const model = linearModel(
+      Float32Array.from({ length: DIM * 3 }, () => rng.normal()),
+      3,
+    );
+    const x = tf.tensor4d(
+      Float32Array.from({ length: 2 * DIM }, () => rng.next()),
+      [2, ...SHAPE],
+    );
+    const before = tf.memory().numTensors;
+    const controller = new AbortController();
+    const progress: number[] = [];
+    const run = counterfactuals(model, x, Int32Array.from([1, 2]), {
+      radii: [0.5, 1, 2],
+      iterations: 20,
+      signal: controller.signal,
+      onProgress: (p) => {
+        progress.push(p.done);
+        expect(p.total).toBe(60);
+        if (p.done === 25) controller.abort();
+      },
+    });
+    await expect(run).rejects.toThrow(/abort/i);
+    expect(Math.max(...progress)).toBe(25);
+    expect(tf.memory().numTensors).toBe(before);
+    x.dispose();
+  });
+
   it('rejects bad targets and radii naming the argument', async () => {
     const model = linearModel(new Float32Array(DIM * 2), 2);
     const x = tf.zeros([2, ...SHAPE]) as tf.Tensor4D;
