@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgdAttack, apgdTargeted } from './attacks/apgd.js';
+import { fabTargeted, fabUntargeted } from './attacks/fab.js';
 import { minimumClasses } from './attacks/losses.js';
 import type { Attack, AttackProgress } from './attacks/types.js';
 import { sanityWarnings, verifyAdversarial } from './attacks/verify.js';
@@ -72,9 +73,9 @@ interface PlannedAttack {
 }
 
 /**
- * The attack sequence of a version. FAB-T and Square (engineer D2's fab.ts / square.ts) slot in here
- * once they exist: standard = APGD-CE, APGD-T, FAB-T, Square.
- * TODO(issue 3): add fabTargeted and square to 'standard', fab (5 restarts) and square to 'plus'.
+ * The attack sequence of a version, as the reference: standard = APGD-CE, APGD-T, FAB-T, Square;
+ * plus = APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T (5 restarts for the untargeted white-box ones).
+ * TODO(issue 3): Square (engineer D2's square.ts) slots in after FAB-T / FAB once it lands.
  */
 function plannedAttacks(
   version: AutoAttackVersion,
@@ -88,15 +89,18 @@ function plannedAttacks(
     minimumClasses: minimumClasses('dlr-targeted'),
     restarts,
   };
-  if (version === 'standard') return [ce, targeted];
+  const fabT = { attack: fabTargeted({ iterations }), minimumClasses: 2, restarts };
+  if (version === 'standard') return [ce, targeted, fabT];
   if (version === 'plus') {
     const dlr = {
       attack: apgdAttack('dlr', { iterations }),
       minimumClasses: minimumClasses('dlr'),
       restarts,
     };
-    // As the reference: the 5 restarts go to the untargeted attacks, APGD-T keeps one per target.
-    return [ce, dlr, { ...targeted, restarts: explicitRestarts ?? 1 }];
+    const fab = { attack: fabUntargeted({ iterations }), minimumClasses: 2, restarts };
+    // As the reference: the 5 restarts go to the untargeted attacks, the targeted ones keep one per target.
+    const once = explicitRestarts ?? 1;
+    return [ce, dlr, fab, { ...targeted, restarts: once }, { ...fabT, restarts: once }];
   }
   // Expectation over transformation: 20 draws per gradient for randomised models.
   return [

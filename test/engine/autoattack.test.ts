@@ -32,7 +32,7 @@ describe.each(['L2', 'Linf'] as Norm[])('autoAttack on a linear model (%s)', (no
     });
     expect(report.robust_accuracy).toBe(exact);
     expect(report.clean_accuracy).toBe(problem.cleanCorrect.reduce((a, b) => a + b, 0) / 200);
-    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-t']);
+    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-t', 'fab-t']);
     const after = report.per_attack.map((a) => a.robust_accuracy_after);
     for (let i = 1; i < after.length; i++) expect(after[i]).toBeLessThanOrEqual(after[i - 1]);
     expect(after.at(-1)).toBe(report.robust_accuracy);
@@ -200,7 +200,7 @@ describe('autoAttack composition', () => {
       iterations: 5,
     });
     expect(report.warnings.filter((w) => /skipped: it needs at least/.test(w)).length).toBe(2);
-    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-dlr', 'apgd-t']);
+    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-dlr', 'fab', 'apgd-t', 'fab-t']);
     problem.dispose();
   });
 
