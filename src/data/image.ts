@@ -148,6 +148,8 @@ export async function resizeTo(
     raw: { width: image.width, height: image.height, channels: image.channels as 1 | 3 | 4 },
   })
     .resize(width, height, { fit: method, position: 'centre' })
+    // sharp would otherwise hand one-channel input back as sRGB.
+    .toColourspace(image.channels === 1 ? 'b-w' : 'srgb')
     .raw()
     .toBuffer({ resolveWithObject: true });
   return {
