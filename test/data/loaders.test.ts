@@ -41,10 +41,11 @@ function cifarRecords(n: number, label?: number): Uint8Array {
   return bytes;
 }
 
-function idx(magicType: number, dims: number[], data: Uint8Array): Uint8Array {
+/** A uint8 IDX file: magic 0x000008<rank>, big-endian dims, data. */
+function idx(dims: number[], data: Uint8Array): Uint8Array {
   const header = Buffer.alloc(4 + 4 * dims.length);
-  header.writeUInt32BE((0x08 << 8) | dims.length | (magicType << 24), 0);
-  dims.forEach((d, i) => header.writeUInt32BE(d, 4 + 4 * i));
+  header.writeUInt32BE((0x08 << 8) | dims.length, 0);
+  for (const [i, d] of dims.entries()) header.writeUInt32BE(d, 4 + 4 * i);
   return Buffer.concat([header, data]);
 }
 
@@ -107,36 +108,36 @@ describe('CIFAR binary', () => {
 describe('IDX', () => {
   const pixels = Uint8Array.from({ length: 2 * 3 * 3 }, (_, i) => i);
   it('reads plain and gzipped files alike (gzip by magic bytes, not by name)', () => {
-    const plain = parseIdx(idx(0, [2, 3, 3], pixels));
-    const zipped = parseIdx(gzipSync(idx(0, [2, 3, 3], pixels)));
+    const plain = parseIdx(idx([2, 3, 3], pixels));
+    const zipped = parseIdx(gzipSync(idx([2, 3, 3], pixels)));
     expect(plain.dims).toEqual([2, 3, 3]);
     expect(Array.from(zipped.data)).toEqual(Array.from(pixels));
   });
 
   it('wrong magic: clear error with the magic found', () => {
-    const bytes = idx(0, [2, 3, 3], pixels);
+    const bytes = idx([2, 3, 3], pixels);
     bytes[2] = 0x0d; // float type
     expect(() => parseIdx(bytes, 'x.idx')).toThrow(/'x.idx' is not a uint8 IDX file: magic 0x00000d03/);
     expect(() => parseIdx(new Uint8Array([1, 2, 3]), 'y')).toThrow(/only 3 bytes/);
   });
 
   it('a data size that disagrees with the header', () => {
-    expect(() => parseIdx(idx(0, [3, 3, 3], pixels), 'short')).toThrow(
+    expect(() => parseIdx(idx([3, 3, 3], pixels), 'short')).toThrow(
       /declares 3x3x3 = 27 bytes of data, the file holds 18/,
     );
   });
 
   it('pairs labels with images by name and loads them', async () => {
     expect(pairedLabelsName('t10k-images-idx3-ubyte.gz')).toBe('t10k-labels-idx1-ubyte.gz');
-    await writeFile(path.join(dir, 'tiny-images-idx3-ubyte.gz'), gzipSync(idx(0, [2, 3, 3], pixels)));
-    await writeFile(path.join(dir, 'tiny-labels-idx1-ubyte'), idx(0, [2], new Uint8Array([4, 9])));
+    await writeFile(path.join(dir, 'tiny-images-idx3-ubyte.gz'), gzipSync(idx([2, 3, 3], pixels)));
+    await writeFile(path.join(dir, 'tiny-labels-idx1-ubyte'), idx([2], new Uint8Array([4, 9])));
     const set = await loadDataset(path.join(dir, 'tiny-images-idx3-ubyte.gz'), {
       labelsPath: path.join(dir, 'tiny-labels-idx1-ubyte'),
     });
     expect(set.shape).toEqual([3, 3, 1]);
     expect(Array.from(set.labels)).toEqual([4, 9]);
     const wrongCount = await rejection(
-      datasetFromBytes(idx(0, [2, 3, 3], pixels), { format: 'idx', labels: idx(0, [3], new Uint8Array(3)) }),
+      datasetFromBytes(idx([2, 3, 3], pixels), { format: 'idx', labels: idx([3], new Uint8Array(3)) }),
     );
     expect(wrongCount.message).toMatch(/must be \[2\], got \[3\]/);
   });
