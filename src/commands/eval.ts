@@ -12,10 +12,12 @@ import type { EvalSettings, ImageSet } from '../eval/evaluate.js';
 const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>]... [options]
 
   --model <dir>             model directory: model.json, weight shards, card.json
-  --data <path>             labelled in-distribution test images (CIFAR-10/100 binary)
-  --ood <set>               OOD set, repeatable: svhn | cifar100 | noise (built in, from ../shared/data
-                            or RATIO_DATA_DIR) or name=path (an unlabelled or labelled binary file);
-                            default: svhn, cifar100, noise
+  --data <path>             labelled in-distribution test images: CIFAR-10/100 binary, IDX(.gz), .npy,
+                            or an image folder <root>/<class>/*.png|jpg (a seeded random subset)
+  --ood <set>               OOD set, repeatable: svhn | cifar100 | mnist | fashion-mnist | noise (built
+                            in: ../shared/data or RATIO_DATA_DIR; noise = uniform) or name=path (any
+                            file or image folder the data layer reads, labelled or not); default:
+                            svhn, cifar100, noise for 32x32x3 models, the other MNIST + noise for 28x28x1
   --n <int>                 reported in-distribution points (default 1000)
   --calibration-data <path> labelled held-out set for the temperature (default: the last
                             --calibration-n points of --data, never reported)
@@ -114,7 +116,7 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
     model: text('model')!,
     data: text('data')!,
     calibrationData: text('calibration-data'),
-    ood: (values.ood as string[] | undefined) ?? ['svhn', 'cifar100', 'noise'],
+    ood: (values.ood as string[] | undefined) ?? [],
     out: text('out'),
     writeTemperature: values['write-temperature'] === true,
     settings: {
@@ -167,7 +169,9 @@ async function evaluate(args: EvalArguments): Promise<number> {
   const { initBackend } = await import('../engine/backend.js');
   const { loadModelFromFiles, ModelFileError } = await import('../engine/model-files.js');
   const { evaluateModel } = await import('../eval/evaluate.js');
-  const { checkImageShape, loadImageSet, parseOodSpec, uniformNoise } = await import('../eval/datasets.js');
+  const { checkImageShape, defaultOodSpecs, loadImageSet, parseOodSpec, uniformNoise } = await import(
+    '../eval/datasets.js'
+  );
   const { PhaseProgress } = await import('../eval/progress.js');
   const backend = await initBackend();
 
@@ -180,10 +184,15 @@ async function evaluate(args: EvalArguments): Promise<number> {
     const inputShape = classifier.card.inputShape;
     const { settings } = args;
     // Enough points for the reported split and, when held out from --data, the calibration split.
+    const oodSpecs = (args.ood.length > 0 ? args.ood : defaultOodSpecs(inputShape, args.data)).map((spec) =>
+      parseOodSpec(spec),
+    );
     const inDistribution = await loadImageSet(
       args.data,
       path.basename(args.data),
       args.calibrationData ? settings.n : settings.n + settings.calibrationN,
+      inputShape,
+      settings.seed,
     );
     checkImageShape(inDistribution, inputShape, '--data');
     let calibration: ImageSet | undefined;
@@ -192,16 +201,17 @@ async function evaluate(args: EvalArguments): Promise<number> {
         args.calibrationData,
         path.basename(args.calibrationData),
         settings.calibrationN,
+        inputShape,
+        settings.seed,
       );
       checkImageShape(calibration, inputShape, '--calibration-data');
     }
     const ood: ImageSet[] = [];
-    for (const spec of args.ood) {
-      const parsed = parseOodSpec(spec);
+    for (const parsed of oodSpecs) {
       const set =
         parsed.kind === 'noise'
           ? uniformNoise(settings.oodN, inputShape, settings.seed)
-          : await loadImageSet(parsed.path, parsed.name, settings.oodN);
+          : await loadImageSet(parsed.path, parsed.name, settings.oodN, inputShape, settings.seed);
       checkImageShape(set, inputShape, '--ood');
       ood.push(set);
     }

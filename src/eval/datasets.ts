@@ -1,5 +1,8 @@
-import { readFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
+import type { Dataset } from '../data/dataset.js';
+import { DatasetError } from '../data/errors.js';
+import { loadDataset } from '../data/load.js';
 import { Rng } from '../util/random.js';
 import { EvalInputError, type ImageSet } from './evaluate.js';
 
@@ -16,7 +19,21 @@ export function defaultDataDir(): string {
 export const BUILTIN_OOD_FILES: Record<string, string> = {
   svhn: 'svhn/train_first1000.bin',
   cifar100: 'cifar100/test_first900.bin',
+  mnist: 'mnist/t10k-images-idx3-ubyte.gz',
+  'fashion-mnist': 'fashion-mnist/t10k-images-idx3-ubyte.gz',
 };
+
+/**
+ * The OOD sets used when none are named: for 32x32 RGB models SVHN, CIFAR-100 and noise; for 28x28
+ * grayscale models the other of MNIST / Fashion-MNIST, and noise; otherwise noise alone.
+ */
+export function defaultOodSpecs(inputShape: readonly number[], dataPath: string): string[] {
+  const [h, w, c] = inputShape;
+  if (h === 32 && w === 32 && c === 3) return ['svhn', 'cifar100', 'noise'];
+  if (h === 28 && w === 28 && c === 1)
+    return [/fashion/i.test(dataPath) ? 'mnist' : 'fashion-mnist', 'noise'];
+  return ['noise'];
+}
 
 export type OodSpec = { name: string; kind: 'noise' } | { name: string; kind: 'file'; path: string };
 
@@ -52,64 +69,47 @@ export function uniformNoise(n: number, shape: [number, number, number], seed: n
   };
 }
 
-const CIFAR10_RECORD = 1 + 3072;
-const CIFAR100_RECORD = 2 + 3072;
-
-async function classNamesBeside(file: string, names: string[]): Promise<string[] | undefined> {
-  for (const name of names) {
-    const text = await readFile(path.join(path.dirname(file), name), 'utf8').catch(() => undefined);
-    if (text)
-      return text
-        .split('\n')
-        .map((line) => line.trim())
-        .filter(Boolean);
-  }
-  return undefined;
-}
-
 /**
- * Reads the first `limit` records of a CIFAR-10 (3073-byte records) or CIFAR-100 (3074-byte
- * records, fine labels) binary file into NHWC floats in [0,1]. Label byte 255 = unlabelled.
- * TODO(issue 4): replace with the data layer's `loadDataset` (image folders, idx, npy) once it lands.
+ * Loads up to `limit` images of any format the data layer reads (CIFAR-10/100 binary, IDX(.gz), .npy,
+ * image folders, zip) as NHWC floats in [0,1]. Files keep their order (the first `limit` records, as
+ * published); an image folder is listed class by class, so there a seeded random subset is taken
+ * instead, and its images are resized to the model's input (shorter side, then centre crop).
+ * Unknown labels (-1, label byte 255) make an unlabelled set.
  */
-export async function loadImageSet(file: string, name: string, limit: number): Promise<ImageSet> {
-  const bytes = await readFile(file).catch((error: NodeJS.ErrnoException) => {
-    throw new EvalInputError(`cannot read '${file}': ${error.code ?? error.message}`);
-  });
-  const isCifar100 =
-    bytes.length % CIFAR100_RECORD === 0 && (bytes.length % CIFAR10_RECORD !== 0 || /cifar-?100/i.test(file));
-  const record = isCifar100 ? CIFAR100_RECORD : CIFAR10_RECORD;
-  if (bytes.length === 0 || bytes.length % record !== 0) {
-    throw new EvalInputError(
-      `'${file}' is not a CIFAR binary file: ${bytes.length} bytes is not a multiple of ${CIFAR10_RECORD} or ${CIFAR100_RECORD}`,
-    );
+export async function loadImageSet(
+  target: string,
+  name: string,
+  limit: number,
+  inputShape: readonly [number, number, number],
+  seed = 0,
+): Promise<ImageSet> {
+  const isFolder = (await stat(target).catch(() => undefined))?.isDirectory() ?? false;
+  let dataset: Dataset;
+  try {
+    dataset = isFolder
+      ? await loadDataset(target, {
+          resize: [inputShape[0], inputShape[1]],
+          channels: inputShape[2] === 1 ? 1 : 3,
+        })
+      : await loadDataset(target, { limit });
+  } catch (error) {
+    if (error instanceof DatasetError) throw new EvalInputError(error.message);
+    throw error;
   }
-  const n = Math.min(limit, bytes.length / record);
-  const labelOffset = isCifar100 ? 1 : 0;
-  const images = new Float32Array(n * 3072);
-  const labels = new Int32Array(n);
-  let unlabelled = 0;
-  for (let i = 0; i < n; i++) {
-    const start = i * record;
-    const label = bytes[start + labelOffset];
-    labels[i] = label === 255 ? -1 : label;
-    if (label === 255) unlabelled++;
-    const pixels = start + record - 3072;
-    // Records hold R, G, B planes of 32x32; the engine takes interleaved NHWC.
-    for (let p = 0; p < 1024; p++) {
-      for (let c = 0; c < 3; c++) images[i * 3072 + p * 3 + c] = bytes[pixels + c * 1024 + p] / 255;
-    }
+  if (dataset.size > limit) {
+    dataset = isFolder
+      ? dataset.subset(new Rng(seed).permutation(dataset.size).subarray(0, limit))
+      : dataset.take(limit);
   }
-  const classNames = isCifar100
-    ? await classNamesBeside(file, ['fine_label_names.txt'])
-    : await classNamesBeside(file, ['batches.meta.txt']);
+  const images = new Float32Array(dataset.images.length);
+  for (let j = 0; j < images.length; j++) images[j] = dataset.images[j] / 255;
   return {
     name,
-    source: file,
+    source: target,
     images,
-    shape: [n, 32, 32, 3],
-    labels: unlabelled === n ? undefined : labels,
-    classNames,
+    shape: [dataset.size, ...dataset.shape],
+    labels: dataset.unlabelled ? undefined : dataset.labels.slice(),
+    classNames: dataset.classNames.length > 0 ? [...dataset.classNames] : undefined,
   };
 }
 

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -23,7 +23,6 @@ beforeAll(async () => {
   const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
   const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
   model.dispose();
-  const { mkdir } = await import('node:fs/promises');
   await mkdir(modelDir, { recursive: true });
   for (const [name, bytes] of files) await writeFile(path.join(modelDir, name), bytes);
 });
@@ -37,6 +36,15 @@ describe('ratio eval', () => {
     'writes report.json, report.md, counterfactuals.png and confidence-curves.svg on real data',
     async () => {
       const out = path.join(workDir, 'out');
+      // An unlabelled image folder of 40x40 PNGs: resized (shorter side, centre crop) to the model's 32x32.
+      const folder = path.join(workDir, 'pictures');
+      await mkdir(folder, { recursive: true });
+      for (let i = 0; i < 5; i++) {
+        const pixels = Buffer.alloc(40 * 40 * 3, 40 * i);
+        await sharp(pixels, { raw: { width: 40, height: 40, channels: 3 } })
+          .png()
+          .toFile(path.join(folder, `${i}.png`));
+      }
       const log = vi.spyOn(console, 'log').mockImplementation(() => {});
       const error = vi.spyOn(console, 'error').mockImplementation(() => {});
       const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
@@ -51,6 +59,8 @@ describe('ratio eval', () => {
           'svhn',
           '--ood',
           'noise',
+          '--ood',
+          `pictures=${folder}`,
           '--n',
           '24',
           '--calibration-n',
@@ -82,8 +92,11 @@ describe('ratio eval', () => {
       expect(report.data.reported_n).toBe(24);
       expect(report.data.calibration_n).toBe(16);
       expect(report.robustness.n).toBe(8);
-      expect(report.ood.sets.map((s) => s.name)).toEqual(['svhn', 'uniform noise']);
-      expect(report.ood.sets.every((s) => s.n === 12)).toBe(true);
+      expect(report.ood.sets.map((s) => [s.name, s.n])).toEqual([
+        ['svhn', 12],
+        ['uniform noise', 12],
+        ['pictures', 5],
+      ]);
       expect(report.summary.acc).toBeGreaterThanOrEqual(0);
       expect(report.summary.acc).toBeLessThanOrEqual(1);
       const markdown = await readFile(path.join(out, 'report.md'), 'utf8');
@@ -114,7 +127,7 @@ describe('ratio eval', () => {
       const notCifar = path.join(workDir, 'odd.bin');
       await writeFile(notCifar, new Uint8Array(100));
       expect(await run(['--model', modelDir, '--data', notCifar])).toBe(2);
-      expect(String(error.mock.calls.at(-1)?.[0])).toContain('is not a CIFAR binary file');
+      expect(String(error.mock.calls.at(-1)?.[0])).toContain('cannot tell the format');
       if (hasData) {
         // SVHN has no labels: accuracy cannot be measured on it.
         const svhn = path.join(dataDir, 'svhn/train_first1000.bin');

@@ -1,0 +1,76 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  checkImageShape,
+  defaultOodSpecs,
+  loadImageSet,
+  parseOodSpec,
+  uniformNoise,
+} from '../../src/eval/datasets.js';
+
+const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const hasData = existsSync(path.join(dataDir, 'svhn/train_first1000.bin'));
+
+describe('OOD set specs', () => {
+  it('resolves built-in names, noise and name=path', () => {
+    expect(parseOodSpec('svhn', '/d')).toEqual({
+      name: 'svhn',
+      kind: 'file',
+      path: '/d/svhn/train_first1000.bin',
+    });
+    expect(parseOodSpec('CIFAR100', '/d')).toEqual({
+      name: 'cifar100',
+      kind: 'file',
+      path: '/d/cifar100/test_first900.bin',
+    });
+    expect(parseOodSpec('noise')).toEqual({ name: 'uniform noise', kind: 'noise' });
+    expect(parseOodSpec('lsun=/x/lsun.bin')).toEqual({ name: 'lsun', kind: 'file', path: '/x/lsun.bin' });
+    expect(() => parseOodSpec('tiny')).toThrow("--ood 'tiny' is not a built-in set");
+    expect(() => parseOodSpec('=x')).toThrow('--ood must be a name or name=path');
+  });
+
+  it('defaults to sets that fit the model input', () => {
+    expect(defaultOodSpecs([32, 32, 3], 'cifar10.bin')).toEqual(['svhn', 'cifar100', 'noise']);
+    expect(defaultOodSpecs([28, 28, 1], 'mnist/t10k-images-idx3-ubyte.gz')).toEqual([
+      'fashion-mnist',
+      'noise',
+    ]);
+    expect(defaultOodSpecs([28, 28, 1], 'fashion-mnist/t10k-images-idx3-ubyte.gz')).toEqual([
+      'mnist',
+      'noise',
+    ]);
+    expect(defaultOodSpecs([64, 64, 3], 'x')).toEqual(['noise']);
+  });
+
+  it('makes seeded uniform noise in [0,1]', () => {
+    const a = uniformNoise(3, [4, 4, 3], 7);
+    const b = uniformNoise(3, [4, 4, 3], 7);
+    expect(a.shape).toEqual([3, 4, 4, 3]);
+    expect(Array.from(a.images)).toEqual(Array.from(b.images));
+    expect(Math.min(...a.images)).toBeGreaterThanOrEqual(0);
+    expect(Math.max(...a.images)).toBeLessThan(1);
+    expect(uniformNoise(3, [4, 4, 3], 8).images[0]).not.toBe(a.images[0]);
+  });
+});
+
+describe.skipIf(!hasData)('loadImageSet on the shared data', () => {
+  it('reads SVHN as unlabelled and CIFAR-10 with labels, first records first', async () => {
+    const svhn = await loadImageSet(path.join(dataDir, 'svhn/train_first1000.bin'), 'svhn', 5, [32, 32, 3]);
+    expect(svhn.shape).toEqual([5, 32, 32, 3]);
+    expect(svhn.labels).toBeUndefined();
+    const cifar = await loadImageSet(
+      path.join(dataDir, 'cifar10/test_batch_first1000.bin'),
+      'c',
+      10,
+      [32, 32, 3],
+    );
+    expect(Array.from(cifar.labels!)).toEqual([3, 8, 8, 0, 6, 6, 1, 6, 3, 1]);
+    expect(cifar.classNames?.[3]).toBe('cat');
+    expect(Math.max(...cifar.images)).toBeLessThanOrEqual(1);
+    checkImageShape(cifar, [32, 32, 3], '--data');
+    expect(() => checkImageShape(cifar, [28, 28, 1], '--data')).toThrow(
+      "--data 'c' has 32x32x3 images, the model takes 28x28x1",
+    );
+  });
+});
