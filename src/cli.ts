@@ -11,6 +11,7 @@ export interface CommandModule {
 
 const commands: Record<string, () => Promise<CommandModule>> = {
   eval: () => import('./commands/eval.js'),
+  serve: () => import('./commands/serve.js'),
 };
 
 function usage(): string {

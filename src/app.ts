@@ -1,0 +1,179 @@
+import { OpenAPIHono } from '@hono/zod-openapi';
+import { bodyLimit } from 'hono/body-limit';
+import { HTTPException } from 'hono/http-exception';
+import { requestId } from 'hono/request-id';
+import pino from 'pino';
+import type { BackendInfo } from './engine/backend.js';
+import type { Classifier } from './engine/classifier.js';
+import { AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
+import { ComputeSemaphore } from './jobs/semaphore.js';
+import { registerAnalysisRoutes } from './routes/analysis.js';
+import { registerAuditRoutes } from './routes/audits.js';
+import type { ServiceApp, ServiceContext, ServiceEnv, ServiceLimits } from './routes/context.js';
+import { registerDocsRoutes } from './routes/docs.js';
+import { createMetrics, registerHealthRoutes } from './routes/health.js';
+import { mediaType, unsupportedMediaType } from './routes/images.js';
+import { registerModelRoutes } from './routes/models.js';
+import { ProblemError, problemResponse, toProblemError } from './routes/problem.js';
+
+/**
+ * The HTTP service as a Hono app, built from its dependencies so tests drive it with `app.request()`
+ * and `src/server.ts` serves it.
+ *
+ * @example
+ * const app = createApp({ models: new Map([['tiny', classifier]]) });
+ * const res = await app.request('/v1/models/tiny/predict', { method: 'POST', body: png, headers: { 'content-type': 'image/png' } });
+ */
+
+export const SERVICE_VERSION = '0.1.0';
+
+export const DEFAULT_LIMITS: ServiceLimits = {
+  bodyBytes: 16 * 1024 * 1024,
+  auditBodyBytes: 256 * 1024 * 1024,
+  maxPixels: 4096 * 4096,
+  maxBatch: 64,
+  requestTimeoutMs: 60_000,
+  maxIterations: 1000,
+};
+
+export interface AppDependencies {
+  /** Served models by name. */
+  models: ReadonlyMap<string, Classifier>;
+  limits?: Partial<ServiceLimits>;
+  /** The compute semaphore of synchronous work: N running, M waiting (default 1 and 16). */
+  compute?: { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
+  /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
+  audits?: AuditQueue | AuditQueueOptions;
+  backend?: () => BackendInfo | undefined;
+  ready?: () => boolean;
+  logger?: pino.Logger;
+}
+
+export const OPENAPI_CONFIG = {
+  openapi: '3.1.0',
+  info: {
+    title: 'ratio-audit',
+    version: SERVICE_VERSION,
+    description:
+      'Calibrated predictions, worst-case OOD confidence, visual counterfactuals and AutoAttack robustness audits for image classifiers (after RATIO, Augustin, Meinke, Hein, ECCV 2020). Errors are RFC 9457 application/problem+json.',
+    license: { name: 'MIT', identifier: 'MIT' },
+  },
+  servers: [{ url: 'http://localhost:8080' }],
+  tags: [
+    { name: 'models', description: 'Served models and predictions' },
+    { name: 'analysis', description: 'Worst-case OOD confidence and counterfactuals' },
+    { name: 'audits', description: 'AutoAttack audits as jobs' },
+    { name: 'health', description: 'Liveness, readiness, metrics' },
+  ],
+};
+
+function validationProblem(issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>, target: string) {
+  const errors = issues.map((issue) => {
+    const path = issue.path.map(String).join('.');
+    const field = target === 'json' || target === 'form' ? path || 'body' : path || target;
+    return { field, message: issue.message };
+  });
+  const detail = errors.map((e) => `'${e.field}': ${e.message}`).join('; ');
+  return new ProblemError(422, 'invalid-parameter', 'Invalid parameter', detail, errors);
+}
+
+export function createApp(deps: AppDependencies): ServiceApp {
+  const limits: ServiceLimits = { ...DEFAULT_LIMITS, ...deps.limits };
+  const logger = deps.logger ?? pino({ level: 'silent' });
+  const context: ServiceContext = {
+    models: deps.models,
+    limits,
+    compute: new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
+    audits: deps.audits instanceof AuditQueue ? deps.audits : new AuditQueue(deps.audits),
+  };
+
+  const app: ServiceApp = new OpenAPIHono<ServiceEnv>({
+    defaultHook: (result, c) => {
+      if (!result.success) return problemResponse(c, validationProblem(result.error.issues, result.target));
+    },
+  });
+  const metrics = createMetrics(context);
+
+  app.use('*', requestId());
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    await next();
+    c.header('x-request-id', c.get('requestId'));
+    logger.info(
+      {
+        request_id: c.get('requestId'),
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round(performance.now() - started),
+      },
+      'request',
+    );
+  });
+  app.use('*', metrics.middleware);
+  const tooLarge = (max: number) =>
+    bodyLimit({
+      maxSize: max,
+      onError: (c) =>
+        problemResponse(
+          c,
+          new ProblemError(
+            413,
+            'body-too-large',
+            'Body too large',
+            `the body exceeds the limit of ${max} bytes`,
+            [{ field: 'body', message: `over ${max} bytes` }],
+          ),
+        ),
+    });
+  app.use('/v1/audits', tooLarge(limits.auditBodyBytes));
+  app.use('/v1/models/*', tooLarge(limits.bodyBytes));
+
+  registerModelRoutes(app, context);
+  registerAnalysisRoutes(app, context);
+  registerAuditRoutes(app, context);
+  registerHealthRoutes(
+    app,
+    context,
+    {
+      backend: deps.backend ?? (() => undefined),
+      ready: deps.ready ?? (() => true),
+      serviceVersion: SERVICE_VERSION,
+    },
+    metrics.registry,
+  );
+  registerDocsRoutes(app);
+  app.doc31('/openapi.json', OPENAPI_CONFIG);
+
+  app.notFound((c) =>
+    problemResponse(
+      c,
+      new ProblemError(404, 'not-found', 'Not found', `no route for ${c.req.method} ${c.req.path}`),
+    ),
+  );
+  app.onError((error, c) => {
+    let problem: ProblemError;
+    if (error instanceof HTTPException && error.status === 415) {
+      problem = unsupportedMediaType(mediaType(c), ['the types listed for this operation in /openapi.json']);
+    } else if (error instanceof HTTPException) {
+      const status = error.status;
+      problem = new ProblemError(
+        status,
+        status === 400 ? 'malformed-body' : 'http-error',
+        status === 400 ? 'Malformed body' : 'HTTP error',
+        error.message || 'the request cannot be processed',
+        status === 400 ? [{ field: 'body', message: error.message }] : [],
+      );
+    } else {
+      problem = toProblemError(error);
+    }
+    if (problem.status >= 500) logger.error({ err: error, request_id: c.get('requestId') }, 'request failed');
+    return problemResponse(c, problem);
+  });
+  return app;
+}
+
+/** The OpenAPI 3.1 document of the service (what `npm run openapi` writes). */
+export function openApiDocument(): ReturnType<ServiceApp['getOpenAPI31Document']> {
+  return createApp({ models: new Map() }).getOpenAPI31Document(OPENAPI_CONFIG);
+}

@@ -1,0 +1,55 @@
+import { parseArgs } from 'node:util';
+
+/** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
+
+const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>]
+
+  --port <n>        port (default: env PORT, else 8080; 0 = any free port)
+  --host <addr>     address to bind (default: env HOST, else 0.0.0.0)
+  --models <dir>    model directories <dir>/<name>/{model.json,card.json,...} (default: env RATIO_MODELS_DIR, else ./models)
+
+environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu)
+SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, then stop.
+`;
+
+export const summary = 'serve the HTTP API (predict, counterfactuals, OOD, audits)';
+
+export async function run(argv: string[]): Promise<number> {
+  let values: { port?: string; host?: string; models?: string; help?: boolean };
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        port: { type: 'string' },
+        host: { type: 'string' },
+        models: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (error) {
+    console.error(`ratio serve: ${(error as Error).message}\n\n${HELP}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const port = values.port === undefined ? undefined : Number(values.port);
+  if (port !== undefined && !(Number.isInteger(port) && port >= 0 && port < 65536)) {
+    console.error(`ratio serve: --port must be an integer in [0, 65535], got '${values.port}'`);
+    return 2;
+  }
+  const { startServer } = await import('../server.js');
+  const server = await startServer({ port, host: values.host, modelsDir: values.models });
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      void server.close().then(resolve);
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+  return 0;
+}

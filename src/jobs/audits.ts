@@ -1,0 +1,289 @@
+import { randomUUID } from 'node:crypto';
+import type * as tf from '@tensorflow/tfjs';
+import type { Dataset } from '../data/dataset.js';
+import type { AttackProgress } from '../engine/attacks/types.js';
+import { type AutoAttackReport, type AutoAttackVersion, autoAttack } from '../engine/autoattack.js';
+import type { Classifier } from '../engine/classifier.js';
+import type { Norm } from '../engine/types.js';
+import { QueueFullError } from './semaphore.js';
+
+/**
+ * Audits as background jobs: an in-memory store, a bounded queue run N at a time, progress events
+ * for Server-Sent Events, and cancellation through an AbortController per job.
+ */
+
+export type AuditState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+export interface AuditParameters {
+  model: string;
+  norm: Norm;
+  eps: number;
+  version: AutoAttackVersion;
+  n: number;
+  seed: number;
+  /** APGD iterations per run (default 100). */
+  iterations?: number;
+  restarts?: number;
+}
+
+export type AuditReport = Omit<AutoAttackReport, 'adversarial'>;
+
+export interface AuditJob {
+  id: string;
+  state: AuditState;
+  parameters: AuditParameters;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  progress: AttackProgress | null;
+  result: AuditReport | null;
+  error: string | null;
+}
+
+export type AuditEvent =
+  | { type: 'progress'; job: AuditJob; progress: AttackProgress }
+  | { type: 'state'; job: AuditJob }
+  | { type: 'done'; job: AuditJob };
+
+export interface AuditSubmission {
+  parameters: AuditParameters;
+  classifier: Classifier;
+  /** Dispose the classifier when the job ends (uploaded models); served models are shared. */
+  ownsClassifier: boolean;
+  dataset: Dataset;
+}
+
+export interface AuditQueueOptions {
+  maxRunning?: number;
+  maxQueued?: number;
+  /** Finished jobs kept for GET (oldest forgotten first). */
+  retain?: number;
+  /** Runs the audit; the default is the engine's AutoAttack (tests may inject a slower or failing one). */
+  run?: typeof autoAttack;
+}
+
+interface Entry {
+  job: AuditJob;
+  submission?: AuditSubmission;
+  controller: AbortController;
+  listeners: Set<(event: AuditEvent) => void>;
+  finished: Promise<void>;
+  finish: () => void;
+}
+
+const FINAL_STATES: ReadonlySet<AuditState> = new Set(['succeeded', 'failed', 'cancelled']);
+
+export function isFinal(state: AuditState): boolean {
+  return FINAL_STATES.has(state);
+}
+
+export class ShuttingDownError extends Error {
+  override readonly name = 'ShuttingDownError';
+}
+
+export class AuditQueue {
+  private readonly entries = new Map<string, Entry>();
+  private readonly queued: string[] = [];
+  private running = 0;
+  private draining = false;
+  private readonly options: Required<AuditQueueOptions>;
+
+  constructor(options: AuditQueueOptions = {}) {
+    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, run: autoAttack, ...options };
+  }
+
+  get depth(): { running: number; queued: number } {
+    return { running: this.running, queued: this.queued.length };
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  countByState(): Record<AuditState, number> {
+    const counts: Record<AuditState, number> = {
+      queued: 0,
+      running: 0,
+      succeeded: 0,
+      failed: 0,
+      cancelled: 0,
+    };
+    for (const { job } of this.entries.values()) counts[job.state] += 1;
+    return counts;
+  }
+
+  /** Queues an audit; throws `QueueFullError` when the queue is full, `ShuttingDownError` when draining. */
+  submit(submission: AuditSubmission): AuditJob {
+    if (this.draining) throw new ShuttingDownError('the service is shutting down and accepts no new audits');
+    if (this.queued.length >= this.options.maxQueued && this.running >= this.options.maxRunning) {
+      throw new QueueFullError(
+        `the audit queue is full (${this.running} running, ${this.queued.length} queued)`,
+        30,
+      );
+    }
+    let finish = () => {};
+    const finished = new Promise<void>((resolve) => {
+      finish = resolve;
+    });
+    const job: AuditJob = {
+      id: randomUUID(),
+      state: 'queued',
+      parameters: submission.parameters,
+      created_at: new Date().toISOString(),
+      started_at: null,
+      finished_at: null,
+      progress: null,
+      result: null,
+      error: null,
+    };
+    this.entries.set(job.id, {
+      job,
+      submission,
+      controller: new AbortController(),
+      listeners: new Set(),
+      finished,
+      finish,
+    });
+    this.queued.push(job.id);
+    this.forgetOldJobs();
+    queueMicrotask(() => this.pump());
+    return { ...job };
+  }
+
+  get(id: string): AuditJob | undefined {
+    const entry = this.entries.get(id);
+    return entry ? { ...entry.job } : undefined;
+  }
+
+  /** Listens to a job's events; returns the unsubscribe function (undefined for unknown ids). */
+  subscribe(id: string, listener: (event: AuditEvent) => void): (() => void) | undefined {
+    const entry = this.entries.get(id);
+    if (!entry) return undefined;
+    entry.listeners.add(listener);
+    return () => entry.listeners.delete(listener);
+  }
+
+  /** Resolves when the job reaches a final state. */
+  async settled(id: string): Promise<AuditJob | undefined> {
+    const entry = this.entries.get(id);
+    if (!entry) return undefined;
+    await entry.finished;
+    return { ...entry.job };
+  }
+
+  /** Cancels a queued or running job; a finished job is left as it is. */
+  cancel(id: string): AuditJob | undefined {
+    const entry = this.entries.get(id);
+    if (!entry) return undefined;
+    if (entry.job.state === 'queued') {
+      const at = this.queued.indexOf(id);
+      if (at >= 0) this.queued.splice(at, 1);
+      this.end(entry, 'cancelled', null, 'cancelled before it started');
+    } else if (entry.job.state === 'running') {
+      entry.controller.abort(new DOMException('the audit was cancelled', 'AbortError'));
+    }
+    return { ...entry.job };
+  }
+
+  /**
+   * Refuses new audits, cancels queued ones and either aborts running ones or lets them finish,
+   * waiting at most `timeoutMs` for them.
+   */
+  async drain(options: { abortRunning: boolean; timeoutMs: number }): Promise<void> {
+    this.draining = true;
+    for (const id of [...this.queued]) this.cancel(id);
+    const running = [...this.entries.values()].filter((e) => e.job.state === 'running');
+    if (options.abortRunning) for (const entry of running) this.cancel(entry.job.id);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(running.map((e) => e.finished)),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, options.timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+  }
+
+  private emit(entry: Entry, event: AuditEvent): void {
+    for (const listener of entry.listeners) {
+      try {
+        listener(event);
+      } catch {
+        // A broken SSE stream must not break the job.
+      }
+    }
+  }
+
+  private end(entry: Entry, state: AuditState, result: AuditReport | null, error: string | null): void {
+    entry.job.state = state;
+    entry.job.result = result;
+    entry.job.error = error;
+    entry.job.finished_at = new Date().toISOString();
+    const submission = entry.submission;
+    entry.submission = undefined;
+    if (submission?.ownsClassifier) submission.classifier.dispose();
+    this.emit(entry, { type: 'done', job: { ...entry.job } });
+    entry.listeners.clear();
+    entry.finish();
+  }
+
+  private pump(): void {
+    while (this.running < this.options.maxRunning && this.queued.length > 0) {
+      const id = this.queued.shift()!;
+      const entry = this.entries.get(id);
+      if (entry?.job.state !== 'queued') continue;
+      this.running += 1;
+      void this.execute(entry).finally(() => {
+        this.running -= 1;
+        this.pump();
+      });
+    }
+  }
+
+  private async execute(entry: Entry): Promise<void> {
+    const submission = entry.submission!;
+    const { parameters, classifier, dataset } = submission;
+    entry.job.state = 'running';
+    entry.job.started_at = new Date().toISOString();
+    this.emit(entry, { type: 'state', job: { ...entry.job } });
+    let x: tf.Tensor4D | undefined;
+    try {
+      const data = dataset.take(parameters.n);
+      x = data.tensor();
+      const report = await this.options.run(classifier, x, data.labels, {
+        norm: parameters.norm,
+        eps: parameters.eps,
+        version: parameters.version,
+        seed: parameters.seed,
+        iterations: parameters.iterations,
+        restarts: parameters.restarts,
+        signal: entry.controller.signal,
+        onProgress: (progress) => {
+          entry.job.progress = { ...progress };
+          this.emit(entry, { type: 'progress', job: { ...entry.job }, progress: { ...progress } });
+        },
+      });
+      const { adversarial, ...rest } = report;
+      adversarial?.dispose();
+      this.end(entry, 'succeeded', rest, null);
+    } catch (error) {
+      if (entry.controller.signal.aborted) this.end(entry, 'cancelled', null, 'cancelled while running');
+      else this.end(entry, 'failed', null, error instanceof Error ? error.message : String(error));
+    } finally {
+      x?.dispose();
+    }
+  }
+
+  private forgetOldJobs(): void {
+    const excess = this.entries.size - this.options.retain;
+    if (excess <= 0) return;
+    let removed = 0;
+    for (const [id, entry] of this.entries) {
+      if (removed >= excess) break;
+      if (isFinal(entry.job.state)) {
+        this.entries.delete(id);
+        removed += 1;
+      }
+    }
+  }
+}

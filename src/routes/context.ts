@@ -1,0 +1,41 @@
+import type { OpenAPIHono } from '@hono/zod-openapi';
+import type { Classifier } from '../engine/classifier.js';
+import type { AuditQueue } from '../jobs/audits.js';
+import type { ComputeSemaphore } from '../jobs/semaphore.js';
+import type { ImageLimits } from './images.js';
+import { notFound } from './problem.js';
+
+/** Hono environment of the service: the request id set by the request-id middleware. */
+export type ServiceEnv = { Variables: { requestId: string } };
+export type ServiceApp = OpenAPIHono<ServiceEnv>;
+
+export interface ServiceLimits extends ImageLimits {
+  /** Largest body of the model endpoints, bytes. */
+  bodyBytes: number;
+  /** Largest audit upload (model + data set), bytes. */
+  auditBodyBytes: number;
+  /** Wall-clock budget of one synchronous computation (predict, ood, counterfactuals), ms. */
+  requestTimeoutMs: number;
+  /** Most APGD iterations a synchronous request may ask for. */
+  maxIterations: number;
+}
+
+/** What the route modules share. */
+export interface ServiceContext {
+  models: ReadonlyMap<string, Classifier>;
+  compute: ComputeSemaphore;
+  audits: AuditQueue;
+  limits: ServiceLimits;
+}
+
+export function findModel(context: ServiceContext, name: string): Classifier {
+  const model = context.models.get(name);
+  if (!model) {
+    throw notFound(
+      'model',
+      'model',
+      `no model named '${name}'; served: ${[...context.models.keys()].join(', ') || '(none)'}`,
+    );
+  }
+  return model;
+}

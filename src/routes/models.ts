@@ -1,0 +1,243 @@
+import { createRoute, z } from '@hono/zod-openapi';
+import type * as tf from '@tensorflow/tfjs';
+import { type Classifier, probabilities } from '../engine/classifier.js';
+import { findModel, type ServiceApp, type ServiceContext } from './context.js';
+import { base64Bytes, type ImageInput, imagesToTensor, mediaType, readBinaryImages } from './images.js';
+import { invalidField, problemResponses } from './problem.js';
+
+/** Model listing and prediction: GET /v1/models, GET /v1/models/{model}, POST .../predict. */
+
+export const ModelParams = z.object({
+  model: z
+    .string()
+    .min(1)
+    .openapi({ param: { name: 'model', in: 'path' }, example: 'cifar10-ratio' }),
+});
+
+export const ModelSummarySchema = z
+  .object({
+    name: z.string().openapi({ example: 'cifar10-ratio' }),
+    num_classes: z.number().int().openapi({ example: 10 }),
+    class_names: z.array(z.string()).openapi({ example: ['airplane', 'automobile', 'bird'] }),
+    input_shape: z.array(z.number().int()).openapi({ example: [32, 32, 3] }),
+    temperature: z.number().openapi({ example: 1.21 }),
+    objective: z.string().nullable().openapi({ example: 'ratio' }),
+    eps_in: z.number().nullable().openapi({ example: 0.5 }),
+    eps_out: z.number().nullable().openapi({ example: 1 }),
+    ood_threshold: z.number().openapi({ example: 0.5 }),
+  })
+  .openapi('ModelSummary');
+
+export const ModelDetailSchema = ModelSummarySchema.extend({
+  metrics: z
+    .record(z.string(), z.union([z.number(), z.string(), z.null()]))
+    .openapi({ example: { clean_accuracy: 0.91, robust_accuracy_l2_0_5: 0.72 } }),
+}).openapi('ModelDetail');
+
+/** Default max-confidence threshold when the card gives none. */
+export const DEFAULT_OOD_THRESHOLD = 0.5;
+
+export function oodThreshold(model: Classifier, requested: number | undefined): number {
+  return requested ?? model.card.oodThreshold ?? DEFAULT_OOD_THRESHOLD;
+}
+
+function summary(name: string, model: Classifier) {
+  const card = model.card;
+  return {
+    name,
+    num_classes: model.numClasses,
+    class_names: [...card.classNames],
+    input_shape: [...card.inputShape],
+    temperature: card.temperature,
+    objective: card.objective ?? null,
+    eps_in: card.epsIn ?? null,
+    eps_out: card.epsOut ?? null,
+    ood_threshold: oodThreshold(model, undefined),
+  };
+}
+
+const Base64Image = z.string().min(1).openapi({ example: 'iVBORw0KGgoAAAANSUhEUgAAACAAAAAg...' });
+
+export const PredictJsonSchema = z
+  .object({ images: z.array(Base64Image).min(1).openapi({ description: 'base64 PNG or JPEG images' }) })
+  .openapi('PredictRequest', { example: { images: ['iVBORw0KGgoAAAANSUhEUgAAACAAAAAg...'] } });
+
+const PredictQuery = z.object({
+  threshold: z.coerce
+    .number()
+    .min(0)
+    .max(1)
+    .optional()
+    .openapi({ description: "max-confidence threshold (default: the card's)", example: 0.5 }),
+  top_k: z.coerce.number().int().min(1).max(1000).optional().openapi({ example: 3 }),
+});
+
+const ClassScore = z.object({
+  index: z.number().int().openapi({ example: 3 }),
+  class: z.string().openapi({ example: 'cat' }),
+  probability: z.number().openapi({ example: 0.83 }),
+});
+
+export const PredictionSchema = z
+  .object({
+    predicted: ClassScore,
+    probabilities: z.array(z.number()).openapi({ description: 'calibrated, in class order' }),
+    top_k: z.array(ClassScore),
+    max_confidence: z.number().openapi({ example: 0.83 }),
+    in_distribution: z.boolean().openapi({ example: true }),
+  })
+  .openapi('Prediction');
+
+export const PredictResponseSchema = z
+  .object({
+    model: z.string(),
+    temperature: z.number(),
+    threshold: z.number(),
+    predictions: z.array(PredictionSchema),
+  })
+  .openapi('PredictResponse', {
+    example: {
+      model: 'cifar10-ratio',
+      temperature: 1.21,
+      threshold: 0.5,
+      predictions: [
+        {
+          predicted: { index: 3, class: 'cat', probability: 0.83 },
+          probabilities: [0.01, 0.01, 0.02, 0.83, 0.03, 0.05, 0.02, 0.01, 0.01, 0.01],
+          top_k: [{ index: 3, class: 'cat', probability: 0.83 }],
+          max_confidence: 0.83,
+          in_distribution: true,
+        },
+      ],
+    },
+  });
+
+const listModels = createRoute({
+  method: 'get',
+  path: '/v1/models',
+  operationId: 'listModels',
+  tags: ['models'],
+  summary: 'Served models',
+  responses: {
+    200: {
+      description: 'The served models',
+      content: { 'application/json': { schema: z.object({ models: z.array(ModelSummarySchema) }) } },
+    },
+  },
+});
+
+const getModel = createRoute({
+  method: 'get',
+  path: '/v1/models/{model}',
+  operationId: 'getModel',
+  tags: ['models'],
+  summary: 'One model with its card and evaluation table',
+  request: { params: ModelParams },
+  responses: {
+    200: { description: 'The model', content: { 'application/json': { schema: ModelDetailSchema } } },
+    ...problemResponses(404),
+  },
+});
+
+const predict = createRoute({
+  method: 'post',
+  path: '/v1/models/{model}/predict',
+  operationId: 'predict',
+  tags: ['models'],
+  summary: 'Calibrated probabilities, top-k and an in-distribution verdict',
+  description:
+    'Send one raw `image/png` or `image/jpeg` body, a multipart form with `image` file parts, or JSON with base64 `images`. Images are resized (centre crop) to the model input.',
+  request: {
+    params: ModelParams,
+    query: PredictQuery,
+    body: {
+      content: {
+        'application/json': { schema: PredictJsonSchema },
+        'image/png': { schema: z.string().openapi({ format: 'binary' }) },
+        'image/jpeg': { schema: z.string().openapi({ format: 'binary' }) },
+        'multipart/form-data': {
+          // Files are checked by the handler; the schema documents the part (a binary string).
+          schema: z.object({ image: z.unknown().openapi({ type: 'string', format: 'binary' }) }),
+        },
+      },
+    },
+  },
+  responses: {
+    200: { description: 'Predictions', content: { 'application/json': { schema: PredictResponseSchema } } },
+    ...problemResponses(400, 404, 413, 415, 422, 429, 504),
+  },
+});
+
+/** The request's images as bytes, whatever its content type (JSON is schema-validated first). */
+export async function requestImages(
+  c: Parameters<Parameters<ServiceApp['openapi']>[1]>[0],
+  context: ServiceContext,
+  json: { images: string[] } | undefined,
+): Promise<ImageInput[]> {
+  if (json)
+    return json.images.map((text, i) => ({ field: `images.${i}`, bytes: base64Bytes(text, `images.${i}`) }));
+  return readBinaryImages(c, context.limits);
+}
+
+/** Probabilities as plain rows; one `dataSync`, no tensor left behind. */
+function probabilityRows(model: Classifier, x: tf.Tensor4D): number[][] {
+  const probs = probabilities(model, x);
+  const values = probs.dataSync();
+  probs.dispose();
+  const k = model.numClasses;
+  return Array.from({ length: x.shape[0] }, (_, i) => Array.from(values.subarray(i * k, (i + 1) * k)));
+}
+
+export function describePrediction(model: Classifier, row: number[], topK: number, threshold: number) {
+  const names = model.card.classNames;
+  const order = row.map((_, i) => i).sort((a, b) => row[b] - row[a] || a - b);
+  const score = (index: number) => ({ index, class: names[index], probability: row[index] });
+  const best = order[0];
+  return {
+    predicted: score(best),
+    probabilities: row,
+    top_k: order.slice(0, topK).map(score),
+    max_confidence: row[best],
+    in_distribution: row[best] >= threshold,
+  };
+}
+
+export function registerModelRoutes(app: ServiceApp, context: ServiceContext): void {
+  app.openapi(listModels, (c) =>
+    c.json({ models: [...context.models].map(([name, model]) => summary(name, model)) }, 200),
+  );
+
+  app.openapi(getModel, (c) => {
+    const name = c.req.valid('param').model;
+    const model = findModel(context, name);
+    return c.json({ ...summary(name, model), metrics: { ...(model.card.metrics ?? {}) } }, 200);
+  });
+
+  app.openapi(predict, async (c) => {
+    const model = findModel(context, c.req.valid('param').model);
+    const query = c.req.valid('query');
+    const json =
+      mediaType(c) === 'application/json' ? (c.req.valid('json') as { images: string[] }) : undefined;
+    const inputs = await requestImages(c, context, json);
+    const threshold = oodThreshold(model, query.threshold);
+    const topK = Math.min(query.top_k ?? 5, model.numClasses);
+    if (!(topK >= 1)) throw invalidField('top_k', `'top_k' must be >= 1`);
+    const rows = await context.compute.run(async () => {
+      const x = await imagesToTensor(inputs, model, context.limits);
+      try {
+        return probabilityRows(model, x);
+      } finally {
+        x.dispose();
+      }
+    });
+    return c.json(
+      {
+        model: c.req.valid('param').model,
+        temperature: model.card.temperature,
+        threshold,
+        predictions: rows.map((row) => describePrediction(model, row, topK, threshold)),
+      },
+      200,
+    );
+  });
+}

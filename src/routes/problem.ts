@@ -1,0 +1,149 @@
+import { z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import { DatasetError, ImageError } from '../data/errors.js';
+import { ModelContractError } from '../engine/classifier.js';
+import { ModelFileError } from '../engine/model-files.js';
+import { QueueFullError } from '../jobs/semaphore.js';
+
+/**
+ * RFC 9457 problem details. Every error answer of the service is one of these, with the field at
+ * fault in `errors[].field` (a JSON pointer-ish dotted path, a query parameter or a multipart part).
+ */
+
+export const FieldErrorSchema = z.object({
+  field: z.string().openapi({ example: 'images.0' }),
+  message: z.string().openapi({ example: "'images.0' is not an image (no known image header)" }),
+});
+
+export const ProblemSchema = z
+  .object({
+    type: z.string().openapi({ example: 'https://ratio-audit.dev/problems/invalid-image' }),
+    title: z.string().openapi({ example: 'Invalid image' }),
+    status: z.number().int().openapi({ example: 422 }),
+    detail: z.string().openapi({ example: "'images.0' is not an image (no known image header)" }),
+    instance: z.string().optional().openapi({ example: '/v1/models/cifar10-ratio/predict' }),
+    request_id: z.string().optional().openapi({ example: '5f0c6b1e-6a51-4b8e-9d3c-2b9f0f1a7c42' }),
+    errors: z.array(FieldErrorSchema).optional(),
+  })
+  .openapi('Problem');
+
+export type Problem = z.infer<typeof ProblemSchema>;
+export type FieldError = z.infer<typeof FieldErrorSchema>;
+
+const TYPE_BASE = 'https://ratio-audit.dev/problems/';
+
+/** An error the HTTP layer answers as a problem document with `status`. */
+export class ProblemError extends Error {
+  override readonly name = 'ProblemError';
+  constructor(
+    readonly status: number,
+    readonly slug: string,
+    readonly title: string,
+    detail: string,
+    readonly errors: FieldError[] = [],
+    /** Seconds for a Retry-After header (429/503). */
+    readonly retryAfter?: number,
+  ) {
+    super(detail);
+  }
+}
+
+/** A 422 naming one field. */
+export function invalidField(field: string, message: string, slug = 'invalid-parameter'): ProblemError {
+  return new ProblemError(422, slug, 'Invalid parameter', message, [{ field, message }]);
+}
+
+export function notFound(what: string, field: string, detail: string): ProblemError {
+  return new ProblemError(404, `unknown-${what}`, `Unknown ${what}`, detail, [{ field, message: detail }]);
+}
+
+/**
+ * Maps any thrown value to a problem: typed errors of the data and engine layers become 4xx with the
+ * field at fault; anything else is a 500 whose detail does not leak internals.
+ */
+export function toProblemError(error: unknown, field = 'body'): ProblemError {
+  if (error instanceof ProblemError) return error;
+  if (error instanceof QueueFullError) {
+    return new ProblemError(429, 'queue-full', 'Compute queue full', error.message, [], error.retryAfter);
+  }
+  if (error instanceof ImageError) {
+    if (error.code === 'too-large') {
+      return new ProblemError(413, 'image-too-large', 'Image too large', error.message, [
+        { field, message: error.message },
+      ]);
+    }
+    return new ProblemError(422, 'invalid-image', 'Invalid image', error.message, [
+      { field, message: error.message },
+    ]);
+  }
+  if (error instanceof DatasetError) {
+    return new ProblemError(422, 'invalid-dataset', 'Invalid data set', error.message, [
+      { field, message: error.message },
+    ]);
+  }
+  if (error instanceof ModelFileError) {
+    const at = error.field ? `${error.path}:${error.field}` : error.path;
+    return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [
+      { field: at, message: error.message },
+    ]);
+  }
+  if (error instanceof ModelContractError) {
+    return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [
+      { field: error.field, message: error.message },
+    ]);
+  }
+  if (error instanceof Error && (error.name === 'AbortError' || error.name === 'TimeoutError')) {
+    return new ProblemError(
+      504,
+      'timeout',
+      'Request timed out',
+      'the computation exceeded the request timeout',
+    );
+  }
+  return new ProblemError(
+    500,
+    'internal',
+    'Internal error',
+    'an unexpected error occurred; see the server log',
+  );
+}
+
+/** The problem+json response for `error`. */
+export function problemResponse(c: Context, error: ProblemError): Response {
+  const body: Problem = {
+    type: `${TYPE_BASE}${error.slug}`,
+    title: error.title,
+    status: error.status,
+    detail: error.message,
+    instance: c.req.path,
+    ...(c.get('requestId') ? { request_id: c.get('requestId') as string } : {}),
+    ...(error.errors.length > 0 ? { errors: error.errors } : {}),
+  };
+  const headers: Record<string, string> = { 'content-type': 'application/problem+json' };
+  if (error.retryAfter !== undefined)
+    headers['retry-after'] = String(Math.max(1, Math.ceil(error.retryAfter)));
+  return new Response(JSON.stringify(body), { status: error.status, headers });
+}
+
+/** Standard OpenAPI response entries for problems. */
+export function problemResponses(...statuses: number[]) {
+  const descriptions: Record<number, string> = {
+    400: 'Malformed request (e.g. unparseable JSON)',
+    404: 'Unknown model or audit',
+    413: 'Body or image over the size limit',
+    415: 'Unsupported content type',
+    422: 'Invalid image, model, data set or parameter; `errors` names the field',
+    429: 'Compute queue full; retry after `Retry-After` seconds',
+    503: 'Not ready or shutting down; retry after `Retry-After` seconds',
+    504: 'Computation exceeded the request timeout',
+  };
+  return Object.fromEntries(
+    statuses.map((status) => [
+      status,
+      {
+        description: descriptions[status] ?? 'Error',
+        content: { 'application/problem+json': { schema: ProblemSchema } },
+      },
+    ]),
+  );
+}

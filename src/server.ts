@@ -1,0 +1,122 @@
+import { readdir, readFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { createAdaptorServer } from '@hono/node-server';
+import pino from 'pino';
+import { type AppDependencies, createApp } from './app.js';
+import { backendInfo, initBackend } from './engine/backend.js';
+import type { Classifier } from './engine/classifier.js';
+import { loadModelFromFiles } from './engine/model-files.js';
+import { AuditQueue } from './jobs/audits.js';
+
+/**
+ * Starts the service: selects the backend, loads every model directory under `modelsDir`
+ * (`<name>/model.json`, shards, `card.json`), serves the app, and shuts down gracefully.
+ */
+
+export interface ServerOptions {
+  /** Port to listen on (0 = any free port). Default: env PORT, else 8080. */
+  port?: number;
+  host?: string;
+  /** Default: env RATIO_MODELS_DIR, else ./models. */
+  modelsDir?: string;
+  /** Models to serve in addition to (or instead of) the directory's. */
+  models?: Map<string, Classifier>;
+  logger?: pino.Logger;
+  /** Passed through to `createApp` (limits, compute semaphore, audit queue options). */
+  app?: Omit<AppDependencies, 'models' | 'audits' | 'backend' | 'ready' | 'logger'>;
+  audits?: ConstructorParameters<typeof AuditQueue>[0];
+  /** Node's own per-request timeout (headers + body), ms. Default 120 s. */
+  requestTimeoutMs?: number;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  models: ReadonlyMap<string, Classifier>;
+  audits: AuditQueue;
+  /**
+   * Refuses new audits, lets running ones finish for up to `graceMs` (then aborts them), closes
+   * the listener and frees the models.
+   */
+  close(graceMs?: number): Promise<void>;
+}
+
+/** Loads each subdirectory holding a model.json; a broken model is logged and skipped, not fatal. */
+export async function loadModelsDirectory(
+  directory: string,
+  logger: pino.Logger,
+): Promise<Map<string, Classifier>> {
+  const models = new Map<string, Classifier>();
+  const entries = await readdir(directory, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries) {
+    if (!entry.isDirectory()) continue;
+    const modelDir = path.join(directory, entry.name);
+    const files = new Map<string, Uint8Array>();
+    for (const file of await readdir(modelDir, { withFileTypes: true })) {
+      if (file.isFile()) files.set(file.name, new Uint8Array(await readFile(path.join(modelDir, file.name))));
+    }
+    if (!files.has('model.json')) continue;
+    try {
+      models.set(entry.name, await loadModelFromFiles(files, { card: { name: entry.name } }));
+      logger.info({ model: entry.name }, 'model loaded');
+    } catch (error) {
+      logger.error({ model: entry.name, err: error }, 'model skipped: it cannot be loaded');
+    }
+  }
+  return models;
+}
+
+export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
+  const port = options.port ?? Number(process.env.PORT ?? 8080);
+  const host = options.host ?? process.env.HOST ?? '0.0.0.0';
+  const modelsDir = options.modelsDir ?? process.env.RATIO_MODELS_DIR ?? './models';
+  let ready = false;
+  const backend = await initBackend();
+  logger.info({ backend }, 'backend selected');
+  const models = new Map(options.models ?? []);
+  for (const [name, model] of await loadModelsDirectory(modelsDir, logger)) {
+    if (!models.has(name)) models.set(name, model);
+  }
+  const audits = new AuditQueue(options.audits);
+  const app = createApp({
+    ...options.app,
+    models,
+    audits,
+    logger,
+    backend: () => backendInfo(),
+    ready: () => ready,
+  });
+  const server = createAdaptorServer({ fetch: app.fetch }) as Server;
+  server.requestTimeout = options.requestTimeoutMs ?? 120_000;
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const address = server.address() as AddressInfo;
+  const shownHost = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  const url = `http://${shownHost}:${address.port}`;
+  ready = true;
+  logger.info({ url, models: [...models.keys()] }, 'listening');
+
+  let closing: Promise<void> | undefined;
+  const close = (graceMs = 25_000) => {
+    closing ??= (async () => {
+      ready = false;
+      await audits.drain({ abortRunning: false, timeoutMs: graceMs });
+      await audits.drain({ abortRunning: true, timeoutMs: 5_000 });
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeIdleConnections();
+        // Open SSE streams would hold the server forever.
+        setTimeout(() => server.closeAllConnections(), 1_000).unref();
+      });
+      for (const model of models.values()) model.dispose();
+      logger.info('server closed');
+    })();
+    return closing;
+  };
+  return { url, port: address.port, models, audits, close };
+}
