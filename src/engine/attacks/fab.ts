@@ -352,6 +352,14 @@ export async function fab(
       });
     }
   }
+  // Re-judge the points on one batch: a point just past the boundary in one batch layout must stay
+  // misclassified in another (the composition re-verifies on its own batches).
+  const judged = predictions(classifier, bestRows, x.shape);
+  for (let i = 0; i < n; i++) {
+    if (norms[i] === 0 || !Number.isFinite(norms[i]) || judged[i] !== y[i]) continue;
+    norms[i] = Number.POSITIVE_INFINITY;
+    bestRows.set(clean.subarray(i * rowSize, (i + 1) * rowSize), i * rowSize);
+  }
   const success = Uint8Array.from(norms, (value) => (value <= eps ? 1 : 0));
   return { adversarial: tf.tensor4d(bestRows, x.shape), norms, success };
 }

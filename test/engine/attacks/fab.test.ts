@@ -176,6 +176,32 @@ describe('fab (minimum norm on a linear model)', () => {
   }
 });
 
+describe('fab (the box is part of the problem)', () => {
+  // z_1 - z_0 = x_0 + x_1 - 1.75 on a 1x2 image, from (0.95, 0.5): the free minimiser (0.15, 0.15)
+  // would leave the box, the box-constrained one is (0.05, 0.25).
+  const classifier = functionClassifier({ inputShape: [1, 2, 1], numClasses: 2 }, (x) =>
+    tf.tidy(() => {
+      const z = x.reshape([x.shape[0], 2]).sum(1, true).sub(1.75);
+      return tf.concat([tf.zerosLike(z), z], 1) as tf.Tensor2D;
+    }),
+  );
+  for (const [norm, exact] of [
+    ['L2', Math.hypot(0.05, 0.25)],
+    ['Linf', 0.25],
+  ] as const) {
+    it(`finds the box-constrained minimum in ${norm}, not the free one`, async () => {
+      const x = tf.tensor4d([0.95, 0.5], [1, 1, 2, 1]);
+      const result = await fab(classifier, x, Int32Array.from([0]), { norm, eps: 1, stopBelow: 0 });
+      const values = result.adversarial.dataSync();
+      tf.dispose([x, result.adversarial]);
+      expect(result.norms[0]).toBeGreaterThanOrEqual(exact * (1 - 1e-5));
+      expect(result.norms[0]).toBeLessThanOrEqual(exact * 1.02);
+      expect(values[0]).toBeLessThanOrEqual(1);
+      expect(values[0]).toBeGreaterThan(0.99);
+    });
+  }
+});
+
 describe('fab attacks', () => {
   it('never breaks a model that ignores its input, and counts clean errors as broken at norm 0', async () => {
     const constant = functionClassifier({ inputShape: shape, numClasses: 3 }, (x) =>
