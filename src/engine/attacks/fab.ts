@@ -317,6 +317,7 @@ export async function fab(
       for (let i = 0; i < n; i++) if (!(norms[i] <= stopBelow)) active.push(i);
       if (active.length === 0) {
         done += iterations;
+        options.onProgress?.({ attack: name, done, total });
         continue;
       }
       const activeClean = rowsOf(clean, rowSize, active);

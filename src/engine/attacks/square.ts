@@ -381,7 +381,10 @@ export async function squareAttack(
   for (let restart = 0; restart < restarts; restart++) {
     const active: number[] = [];
     for (let i = 0; i < n; i++) if (!(bestMargins[i] < 0)) active.push(i);
-    if (active.length === 0) break;
+    if (active.length === 0) {
+      options.onProgress?.({ attack: name, done: total, total });
+      break;
+    }
     const runClean = rowsOf(clean, g.rowSize, active);
     const runLabels = Int32Array.from(active, (i) => y[i]);
     const init = norm === 'L2' ? initL2 : initLinf;
@@ -389,7 +392,8 @@ export async function squareAttack(
     const runMargins = margins(classifier, runBest, [active.length, height, width, channels], runLabels);
     for (const i of active) spent[i]++;
 
-    for (let iteration = 0; iteration < queries; iteration++) {
+    let iteration = 0;
+    for (; iteration < queries; iteration++) {
       throwIfAborted(options.signal);
       const open: number[] = [];
       for (let j = 0; j < active.length; j++) if (!(runMargins[j] < 0)) open.push(j);
@@ -414,6 +418,8 @@ export async function squareAttack(
       options.onProgress?.({ attack: name, done: restart * queries + iteration + 1, total });
       await yieldToEventLoop();
     }
+    // Every example broke before the budget ran out: the rest of this restart counts as done.
+    if (iteration < queries) options.onProgress?.({ attack: name, done: (restart + 1) * queries, total });
     active.forEach((i, j) => {
       // Keep the run's point only where it beat what we had (the clean point or an earlier restart).
       if (!(runMargins[j] < bestMargins[i])) return;

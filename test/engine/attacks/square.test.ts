@@ -52,13 +52,18 @@ for (const norm of ['L2', 'Linf'] as const) {
     const easyShare = norm === 'Linf' ? 0.75 : 0.25;
 
     it('breaks the points with small margins, never leaves the ball or the box, never lies', async () => {
+      const progress: number[] = [];
       const before = tf.memory().numTensors;
       const result = await squareAttack(problem.classifier, problem.x, problem.y, {
         norm,
         eps,
         queries: 300,
         seed: 4,
+        onProgress: (p) => progress.push(p.done),
       });
+      // Progress only climbs and ends at the full budget even when every point broke early.
+      expect(progress.every((done, i) => i === 0 || done > progress[i - 1])).toBe(true);
+      expect(progress.at(-1)).toBe(300);
       const measured = rowNorms(norm, result.adversarial, problem.x);
       const predicted = tf.tidy(() => problem.classifier.logits(result.adversarial).argMax(1).dataSync());
       const values = result.adversarial.dataSync();
@@ -129,6 +134,24 @@ describe('square on colour images and odd models', () => {
     expect(measured.some((v) => v > 0)).toBe(true);
     for (const v of measured) expect(v === 0 || Math.abs(v - 0.5) < 1e-4).toBe(true);
     tf.dispose([weights, x]);
+  });
+
+  it('stops querying once every point is broken and still reports the full budget', async () => {
+    const problem = linearProblem({ n: 8, shape: [4, 4, 1], numClasses: 4, norm: 'Linf', seed: 2 });
+    const progress: number[] = [];
+    const eps = 2 * Math.max(...problem.distance);
+    const result = await squareAttack(problem.classifier, problem.x, problem.y, {
+      norm: 'Linf',
+      eps,
+      queries: 500,
+      onProgress: (p) => progress.push(p.done),
+    });
+    expect(Array.from(result.success)).toEqual(new Array(8).fill(1));
+    expect(Math.max(...result.queries)).toBeLessThan(500);
+    expect(progress.at(-1)).toBe(500);
+    expect(progress.length).toBeLessThan(500);
+    result.adversarial.dispose();
+    problem.dispose();
   });
 
   it('never breaks a model that ignores its input', async () => {
