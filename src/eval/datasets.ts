@@ -4,7 +4,7 @@ import type { Dataset } from '../data/dataset.js';
 import { DatasetError } from '../data/errors.js';
 import { loadDataset } from '../data/load.js';
 import { Rng } from '../util/random.js';
-import { EvalInputError, type ImageSet } from './evaluate.js';
+import { EvalInputError, type ImageSet } from './image-set.js';
 
 /**
  * Where `ratio eval` gets its images: the in-distribution test file, and the OOD sets by name
