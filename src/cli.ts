@@ -12,6 +12,7 @@ export interface CommandModule {
 const commands: Record<string, () => Promise<CommandModule>> = {
   eval: () => import('./commands/eval.js'),
   serve: () => import('./commands/serve.js'),
+  train: () => import('./commands/train.js'),
 };
 
 function usage(): string {

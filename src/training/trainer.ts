@@ -227,7 +227,8 @@ export class Trainer {
     if (input !== attackedIn) input.dispose();
     if (attackedIn !== xIn) attackedIn.dispose();
     if (attackedOut && attackedOut !== xOut) attackedOut.dispose();
-    return { loss, ceIn, ceOut };
+    // A cast: TypeScript cannot see the assignment inside the gradient closure.
+    return { loss, ceIn, ceOut: ceOut as number | null };
   }
 
   /** Runs (or continues) training until the last epoch, `maxSteps` steps in this call, or abort. */

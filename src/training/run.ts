@@ -1,0 +1,202 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { appendFile, mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import type { Dataset } from '../data/dataset.js';
+import { backendInfo } from '../engine/backend.js';
+import { temperatureByEce } from '../engine/calibration.js';
+import type { ModelCard } from '../engine/classifier.js';
+import { saveModelToFiles } from '../engine/model-files.js';
+import { Rng } from '../util/random.js';
+import { buildArchitecture } from './architectures.js';
+import { checkFingerprint, encodeCheckpoint, readCheckpoint, writeFileAtomic } from './checkpoint.js';
+import { type TrainConfig, usesOutDistribution } from './config.js';
+import { loadTrainingData, splitValidation } from './data.js';
+import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
+
+/**
+ * The file side of training: data loading, the run folder (`<runDir>/<name>/`: config.json,
+ * log.jsonl, checkpoint.bin), resume, and the export of `<outDir>/<name>/` at the end.
+ */
+export interface RunOptions {
+  resume?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (progress: TrainProgress) => void;
+  /** Human-readable notes (loading, checkpoints, export). */
+  onNote?: (message: string) => void;
+  /** Pre-loaded data (tests); otherwise read from `config.data` / `config.outData`. */
+  data?: { train: Dataset; out?: Dataset };
+}
+
+export interface RunResult {
+  stopped: StopReason;
+  step: number;
+  runFolder: string;
+  checkpointFile: string;
+  /** Set when training finished and the model was exported. */
+  exportFolder?: string;
+  card?: ModelCard;
+  model: tf.LayersModel;
+}
+
+/**
+ * Kernels drawn from the run's seed (Glorot uniform, tfjs's default) instead of tfjs's unseeded
+ * initialisers, so that two runs of one config start from the same weights.
+ */
+export function seededInitialisation(model: tf.LayersModel, seed: number): void {
+  const rng = new Rng((seed ^ 0x1417) >>> 0);
+  for (const weight of model.trainableWeights) {
+    const shape = weight.shape as number[];
+    if (!/kernel/.test(weight.originalName) || shape.length < 2) continue;
+    const receptive = shape.slice(0, -2).reduce((p, d) => p * d, 1);
+    const fanIn = receptive * shape[shape.length - 2];
+    const fanOut = receptive * shape[shape.length - 1];
+    const limit = Math.sqrt(6 / (fanIn + fanOut));
+    const values = new Float32Array(tf.util.sizeFromShape(shape));
+    for (let i = 0; i < values.length; i++) values[i] = (2 * rng.next() - 1) * limit;
+    const tensor = tf.tensor(values, shape);
+    weight.write(tensor);
+    tensor.dispose();
+  }
+}
+
+function gitRevision(): string | null {
+  try {
+    return execFileSync('git', ['rev-parse', 'HEAD'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    return null;
+  }
+}
+
+export async function runTraining(config: TrainConfig, options: RunOptions = {}): Promise<RunResult> {
+  const note = options.onNote ?? (() => {});
+  const runFolder = path.join(config.runDir, config.name);
+  const checkpointFile = path.join(runFolder, 'checkpoint.bin');
+  const logFile = path.join(runFolder, 'log.jsonl');
+  await mkdir(runFolder, { recursive: true });
+
+  note(`loading data '${config.data}'`);
+  const loadedTrain =
+    options.data?.train ?? (await loadTrainingData(config.data, { limit: config.limit, seed: config.seed }));
+  const out =
+    options.data?.out ??
+    (usesOutDistribution(config.objective) && config.outData
+      ? await loadTrainingData(config.outData, { limit: config.outLimit, seed: config.seed })
+      : undefined);
+  if (loadedTrain.unlabelled) throw new Error(`the training data '${config.data}' has no labels`);
+  const { train, validation } = splitValidation(loadedTrain, config.validationSize, config.seed);
+  const numClasses = Math.max(loadedTrain.classNames.length, ...Array.from(loadedTrain.labels, (l) => l + 1));
+  const classNames = loadedTrain.classNames.length
+    ? [...loadedTrain.classNames]
+    : Array.from({ length: numClasses }, (_, k) => `class_${k}`);
+
+  const model = buildArchitecture(config.architecture, {
+    numClasses,
+    inputShape: train.shape,
+    width: config.width,
+    name: config.name.replace(/[^A-Za-z0-9_]/g, '_'),
+  });
+  seededInitialisation(model, config.seed);
+  const trainer = new Trainer(model, config, { train, validation, out });
+  const log = async (record: Record<string, unknown>) => appendFile(logFile, `${JSON.stringify(record)}\n`);
+  // Log lines are appended in order without blocking the step loop on every write.
+  let logChain: Promise<void> = Promise.resolve();
+
+  if (options.resume && existsSync(checkpointFile)) {
+    const content = await readCheckpoint(checkpointFile);
+    checkFingerprint(content.fingerprint, trainer.fingerprint(), checkpointFile);
+    trainer.restore(content);
+    note(`resumed from ${checkpointFile} at step ${content.position.step} (epoch ${content.position.epoch})`);
+  } else if (options.resume) {
+    note(`no checkpoint at ${checkpointFile}: starting from scratch`);
+  }
+  await writeFile(path.join(runFolder, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+  await log({
+    type: 'start',
+    resumedAtStep: trainer.position.step,
+    config,
+    trainSize: train.size,
+    validationSize: validation?.size ?? 0,
+    outSize: out?.size ?? 0,
+    backend: backendInfo().name,
+    time: new Date().toISOString(),
+  });
+
+  let stopped: StopReason;
+  try {
+    stopped = await trainer.run({
+      signal: options.signal,
+      onProgress: options.onProgress,
+      onLog: (record) => {
+        logChain = logChain.then(() => log(record));
+      },
+      saveCheckpoint: async (content) => {
+        await writeFileAtomic(checkpointFile, encodeCheckpoint(content));
+        logChain = logChain.then(() =>
+          log({ type: 'checkpoint', step: content.position.step, time: new Date().toISOString() }),
+        );
+      },
+    });
+  } finally {
+    await logChain;
+  }
+  const result: RunResult = { stopped, step: trainer.position.step, runFolder, checkpointFile, model };
+  if (stopped !== 'finished') {
+    trainer.dispose();
+    note(`stopped (${stopped}) at step ${trainer.position.step}; checkpoint ${checkpointFile}`);
+    return result;
+  }
+
+  trainer.useFinalWeights();
+  const calibration = validation ?? train;
+  const logits = logitsOf(model, calibration, config.batchSize);
+  const fit = temperatureByEce({ values: logits, numClasses }, calibration.labels);
+  const validationAccuracy = validation ? accuracyOf(model, validation, config.batchSize) : null;
+  const card: ModelCard = {
+    name: config.name,
+    classNames,
+    inputShape: train.shape,
+    temperature: fit.temperature,
+    objective: config.objective,
+    epsIn: config.epsIn,
+    epsOut: config.epsOut,
+    metrics: {
+      validationAccuracy,
+      validationEce: fit.ece,
+      validationEceBeforeTemperature: fit.eceBefore,
+    },
+    architecture: config.architecture,
+    width: config.width,
+    lambda: config.lambda,
+    data: config.data,
+    outData: config.outData ?? null,
+    trainImages: train.size,
+    validationImages: validation?.size ?? 0,
+    epochs: config.epochs,
+    steps: trainer.position.step,
+    wallSeconds: Math.round(trainer.position.elapsedSeconds),
+    backend: backendInfo().name,
+    gitRevision: gitRevision(),
+    training: config,
+  };
+  const files = await saveModelToFiles(model, card);
+  const exportFolder = path.join(config.outDir, config.name);
+  await mkdir(exportFolder, { recursive: true });
+  for (const [name, bytes] of files) await writeFileAtomic(path.join(exportFolder, name), bytes);
+  await log({
+    type: 'export',
+    folder: exportFolder,
+    temperature: fit.temperature,
+    validationAccuracy,
+    time: new Date().toISOString(),
+  });
+  trainer.dispose();
+  note(
+    `exported ${exportFolder} (validation accuracy ${validationAccuracy ?? 'n/a'}, temperature ${fit.temperature.toFixed(3)})`,
+  );
+  return { ...result, exportFolder, card };
+}

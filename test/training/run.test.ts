@@ -1,0 +1,199 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ArrayDataset } from '../../src/data/dataset.js';
+import { CheckpointError, decodeCheckpoint, encodeCheckpoint } from '../../src/training/checkpoint.js';
+import { resolveConfig, type TrainConfig } from '../../src/training/config.js';
+import { loadTrainingData } from '../../src/training/data.js';
+import { runTraining } from '../../src/training/run.js';
+import { Rng } from '../../src/util/random.js';
+
+let folder: string;
+beforeAll(async () => {
+  folder = await mkdtemp(path.join(tmpdir(), 'ratio-train-'));
+});
+afterAll(async () => {
+  await rm(folder, { recursive: true, force: true });
+});
+
+/** Random 8x8x3 images: labels follow the mean brightness of the red channel (learnable, but barely matters here). */
+function syntheticData(n: number, seed: number, labelled: boolean): ArrayDataset {
+  const rng = new Rng(seed);
+  const images = new Uint8Array(n * 8 * 8 * 3);
+  for (let i = 0; i < images.length; i++) images[i] = rng.int(256);
+  const labels = labelled ? Int32Array.from({ length: n }, (_, i) => images[i * 192] % 3) : undefined;
+  return new ArrayDataset({ images, shape: [8, 8, 3], labels, classNames: labelled ? ['a', 'b', 'c'] : [] });
+}
+
+function smallRatioConfig(name: string, overrides: Partial<TrainConfig> = {}): TrainConfig {
+  return resolveConfig({
+    name,
+    objective: 'ratio',
+    architecture: 'small-cnn',
+    width: 0.125,
+    outData: 'synthetic',
+    validationSize: 12,
+    epochs: 2,
+    batchSize: 12,
+    lr: 0.05,
+    warmupEpochs: 0.5,
+    ema: 0.9,
+    epsIn: 0.25,
+    epsOut: 0.5,
+    stepsIn: 2,
+    stepsOut: 2,
+    cutout: 4,
+    seed: 7,
+    runDir: path.join(folder, 'runs'),
+    outDir: path.join(folder, 'models'),
+    ...overrides,
+  });
+}
+
+const data = () => ({ train: syntheticData(48, 1, true), out: syntheticData(40, 2, false) });
+
+async function weightsOf(model: tf.LayersModel): Promise<Float32Array[]> {
+  return model.weights.map((w) => w.read().dataSync() as Float32Array);
+}
+
+describe('resume', () => {
+  it('an interrupted and resumed run ends with exactly the weights of an uninterrupted one', async () => {
+    // 36 training images / batch 12 = 3 steps per epoch, 6 in all; the EMA weights are exported.
+    const straight = await runTraining(smallRatioConfig('straight'), { data: data() });
+    expect(straight.stopped).toBe('finished');
+    expect(straight.step).toBe(6);
+
+    // Interrupt like SIGINT (abort) after step 2, then stop again by the step budget, then finish.
+    const controller = new AbortController();
+    const first = await runTraining(smallRatioConfig('interrupted'), {
+      data: data(),
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.step === 2) controller.abort();
+      },
+    });
+    expect(first.stopped).toBe('aborted');
+    expect(first.step).toBe(2);
+    first.model.dispose();
+    const second = await runTraining(smallRatioConfig('interrupted', { maxSteps: 2 }), {
+      data: data(),
+      resume: true,
+    });
+    expect(second.stopped).toBe('max-steps');
+    expect(second.step).toBe(4);
+    second.model.dispose();
+    const last = await runTraining(smallRatioConfig('interrupted'), { data: data(), resume: true });
+    expect(last.stopped).toBe('finished');
+    expect(last.step).toBe(6);
+
+    const a = await weightsOf(straight.model);
+    const b = await weightsOf(last.model);
+    expect(b.length).toBe(a.length);
+    for (let i = 0; i < a.length; i++) expect(Array.from(b[i])).toEqual(Array.from(a[i]));
+    // Not trivially equal: training moved the weights from their start.
+    expect(straight.card?.steps).toBe(6);
+    const log = (await readFile(path.join(folder, 'runs', 'interrupted', 'log.jsonl'), 'utf8'))
+      .trim()
+      .split('\n');
+    const starts = log
+      .map((line) => JSON.parse(line) as { type: string; resumedAtStep?: number })
+      .filter((r) => r.type === 'start');
+    expect(starts.map((r) => r.resumedAtStep)).toEqual([0, 2, 4]);
+    const exported = JSON.parse(await readFile(path.join(folder, 'models', 'straight', 'card.json'), 'utf8'));
+    expect(exported).toMatchObject({
+      objective: 'ratio',
+      epsIn: 0.25,
+      epsOut: 0.5,
+      inputShape: [8, 8, 3],
+      epochs: 2,
+    });
+    expect(exported.classNames).toEqual(['a', 'b', 'c']);
+    expect(exported.temperature).toBeGreaterThan(0);
+    straight.model.dispose();
+    last.model.dispose();
+  });
+
+  it('refuses a corrupt, truncated or foreign checkpoint with a clear message', async () => {
+    const config = smallRatioConfig('guarded', { epochs: 1, maxSteps: 1 });
+    const first = await runTraining(config, { data: data() });
+    first.model.dispose();
+    const bytes = new Uint8Array(await readFile(first.checkpointFile));
+    expect(() => decodeCheckpoint(bytes)).not.toThrow();
+
+    const corrupt = bytes.slice();
+    corrupt[corrupt.length - 3] ^= 0xff;
+    await writeFile(first.checkpointFile, corrupt);
+    await expect(runTraining(config, { data: data(), resume: true })).rejects.toThrow(
+      /corrupt: the payload's sha256/,
+    );
+
+    await writeFile(first.checkpointFile, bytes.slice(0, bytes.length - 100));
+    await expect(runTraining(config, { data: data(), resume: true })).rejects.toThrow(/truncated/);
+
+    await writeFile(first.checkpointFile, new TextEncoder().encode('{"weights": []}'));
+    await expect(runTraining(config, { data: data(), resume: true })).rejects.toThrow(CheckpointError);
+
+    await writeFile(first.checkpointFile, bytes);
+    const foreign = smallRatioConfig('guarded', { epochs: 1, lambda: 0.5 });
+    await expect(runTraining(foreign, { data: data(), resume: true })).rejects.toThrow(
+      /belongs to a different run.*lambda: checkpoint 1, this run 0.5/,
+    );
+    const wider = smallRatioConfig('guarded', { epochs: 1, width: 0.25 });
+    await expect(runTraining(wider, { data: data(), resume: true })).rejects.toThrow(/model weight shapes/);
+  });
+
+  it('round-trips checkpoint content exactly', () => {
+    const content = {
+      fingerprint: { a: 1 },
+      position: {
+        step: 3,
+        epoch: 1,
+        position: 24,
+        outEpoch: 0,
+        outPosition: 36,
+        rng: { state: 99, spareNormal: 0.5 },
+        elapsedSeconds: 2,
+      },
+      weights: [Float32Array.from([1, 2, 3]), Float32Array.from([-0.5])],
+      optimizer: [null, Float32Array.from([4])],
+      ema: [Float32Array.from([1, 1, 1]), Float32Array.from([0])],
+    };
+    const decoded = decodeCheckpoint(encodeCheckpoint(content));
+    expect(decoded.position).toEqual(content.position);
+    expect(decoded.weights.map((w) => Array.from(w))).toEqual([[1, 2, 3], [-0.5]]);
+    expect(decoded.optimizer.map((w) => (w ? Array.from(w) : null))).toEqual([null, [4]]);
+    expect(decoded.ema?.map((w) => Array.from(w))).toEqual([[1, 1, 1], [0]]);
+  });
+});
+
+describe('plain training on real data', () => {
+  it('a few hundred steps on 1,500 MNIST digits reach clearly better than chance', async () => {
+    const dataset = await loadTrainingData('mnist/t10k-images-idx3-ubyte.gz', { limit: 1700, seed: 3 });
+    const config = resolveConfig({
+      name: 'mnist-plain',
+      objective: 'plain',
+      width: 0.5,
+      validationSize: 200,
+      epochs: 4,
+      batchSize: 32,
+      lr: 0.1,
+      warmupEpochs: 0,
+      weightDecay: 0,
+      ema: 0,
+      augment: false,
+      seed: 1,
+      runDir: path.join(folder, 'runs'),
+      outDir: path.join(folder, 'models'),
+    });
+    const before = tf.memory().numTensors;
+    const result = await runTraining(config, { data: { train: dataset } });
+    const accuracy = result.card?.metrics?.validationAccuracy as number;
+    console.log(`mnist plain: ${result.step} steps, validation accuracy ${accuracy}`);
+    expect(result.step).toBe(4 * Math.floor(1500 / 32));
+    expect(accuracy).toBeGreaterThan(0.5);
+    result.model.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+  });
+});
