@@ -136,21 +136,25 @@ function normalised(values: Float64Array): Float64Array {
 }
 
 /**
- * An s x s window of unit L2 norm: a positive bump on the top half, a negative one on the bottom,
- * transposed with probability 1/2, so moving it changes the image with mass of both signs.
+ * The reference's s x s window of unit L2 norm (`eta`): a positive bump on the top half, a negative
+ * one on the bottom, so moving it shifts mass of both signs; `transposed` turns it on its side.
+ * Exported for tests.
  */
-function etaWindow(s: number, rng: Rng): Float64Array {
+export function squareWindow(s: number, transposed = false): Float64Array {
   const top = etaRectangle(Math.floor(s / 2), s);
   const bottom = etaRectangle(s - Math.floor(s / 2), s);
   const window = new Float64Array(s * s);
   window.set(top);
   for (let i = 0; i < bottom.length; i++) window[top.length + i] = -bottom[i];
   normalised(window);
-  if (rng.next() <= 0.5) return window;
-  const transposed = new Float64Array(s * s);
-  for (let r = 0; r < s; r++) for (let c = 0; c < s; c++) transposed[c * s + r] = window[r * s + c];
-  return transposed;
+  if (!transposed) return window;
+  const out = new Float64Array(s * s);
+  for (let r = 0; r < s; r++) for (let c = 0; c < s; c++) out[c * s + r] = window[r * s + c];
+  return out;
 }
+
+/** A window transposed with probability 1/2, as the reference draws it. */
+const etaWindow = (s: number, rng: Rng): Float64Array => squareWindow(s, rng.next() > 0.5);
 
 const randomSign = (rng: Rng): number => (rng.next() < 0.5 ? -1 : 1);
 const clip01 = (v: number): number => Math.min(Math.max(v, 0), 1);

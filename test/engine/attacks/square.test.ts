@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vectorNorm } from '../../../src/engine/attacks/projections.js';
-import { square, squareAttack, squareSchedule } from '../../../src/engine/attacks/square.js';
+import { square, squareAttack, squareSchedule, squareWindow } from '../../../src/engine/attacks/square.js';
 import { functionClassifier } from '../../../src/engine/classifier.js';
 import type { Norm } from '../../../src/engine/types.js';
 import { linearProblem } from '../autoattack-fixtures.js';
@@ -31,6 +31,28 @@ describe('squareSchedule', () => {
     expect(squareSchedule(5, 5000, 0.8)).toBe(0.8);
     expect(squareSchedule(6, 5000, 0.8)).toBe(0.4);
     expect(squareSchedule(6, 5000, 0.8, false)).toBe(0.8);
+  });
+});
+
+describe('squareWindow', () => {
+  it('is the reference eta: nested rings weighted 1/(ring+1)^2, top half positive, unit norm', () => {
+    // s = 3: top rectangle 1x3 = [1/4, 1 + 1/4, 1/4]; bottom 2x3 = [[1/4, 1/4, 1/4], [1/4, 5/4, 1/4]].
+    const top = [0.25, 1.25, 0.25];
+    const bottom = [0.25, 0.25, 0.25, 0.25, 1.25, 0.25];
+    const topNorm = Math.hypot(...top);
+    const bottomNorm = Math.hypot(...bottom);
+    const raw = [...top.map((v) => v / topNorm), ...bottom.map((v) => -v / bottomNorm)];
+    const expected = raw.map((v) => v / Math.hypot(...raw));
+    const window = squareWindow(3);
+    for (let i = 0; i < 9; i++) expect(window[i]).toBeCloseTo(expected[i], 12);
+    const transposed = squareWindow(3, true);
+    for (let r = 0; r < 3; r++)
+      for (let c = 0; c < 3; c++) expect(transposed[c * 3 + r]).toBe(window[r * 3 + c]);
+    for (const s of [1, 4, 5, 9]) {
+      const w = squareWindow(s);
+      expect(Math.hypot(...w)).toBeCloseTo(1, 12);
+      expect(w.every(Number.isFinite)).toBe(true);
+    }
   });
 });
 
