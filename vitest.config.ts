@@ -1,11 +1,29 @@
 import { defineConfig } from 'vitest/config';
 
+/**
+ * Two projects: everything on the default backend (wasm here, tensorflow where tfjs-node is
+ * installed), and the engine suite again on the pure-JavaScript `cpu` backend, so that every engine
+ * computation (and the fast gradients in particular) is checked on two backends.
+ */
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     setupFiles: ['test/setup.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    projects: [
+      {
+        extends: true,
+        test: { name: 'default', include: ['test/**/*.test.ts'] },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'engine-cpu',
+          include: ['test/engine/**/*.test.ts'],
+          env: { RATIO_BACKEND: 'cpu' },
+        },
+      },
+    ],
   },
 });

@@ -1,0 +1,149 @@
+import * as tf from '@tensorflow/tfjs';
+import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
+
+/**
+ * Installs the forward-convolution Conv2D gradients. Two routes lead to a convolution gradient in
+ * tfjs, and both are covered:
+ * - the `Conv2D` gradient (plain `tf.conv2d`, and tf.layers convolutions with a ReLU while taping),
+ *   replaced with `tf.registerGradient`; the gradient registry is global, so the last registration
+ *   wins and ours must run after `@tensorflow/tfjs` registered its own (it does so on import);
+ * - `tf.fused.conv2d` with a linear activation (tf.layers convolutions without activation, e.g.
+ *   before BatchNorm) computes its gradient by calling the `Conv2DBackpropInput` and
+ *   `Conv2DBackpropFilter` kernels directly, so those kernels are replaced per backend.
+ */
+
+type Conv2DBackpropInputAttrs = tf.Conv2DBackpropInputAttrs;
+type Conv2DBackpropFilterAttrs = tf.Conv2DBackpropFilterAttrs;
+type Conv2DAttrs = tf.Conv2DAttrs;
+
+const stockConv2DGradient: tf.GradConfig = tf.getGradient(tf.Conv2D);
+const stockKernels = new Map<string, tf.KernelConfig | undefined>();
+const fastKernelBackends = new Set<string>();
+let fastGradientInstalled = false;
+
+function asTensor4D(info: tf.TensorInfo): tf.Tensor4D {
+  if (info instanceof tf.Tensor) return info as tf.Tensor4D;
+  // Tracked by the caller's tidy, so the extra reference is released with it.
+  return tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor4D;
+}
+
+function hasUnitDilations(dilations: number | [number, number] | undefined): boolean {
+  if (dilations === undefined) return true;
+  return typeof dilations === 'number' ? dilations === 1 : dilations[0] === 1 && dilations[1] === 1;
+}
+
+export const fastConv2DGradConfig: tf.GradConfig = {
+  kernelName: tf.Conv2D,
+  inputsToSave: ['x', 'filter'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x, filter] = saved as [tf.Tensor4D, tf.Tensor4D];
+    const { dilations, strides, pad, dataFormat, dimRoundingMode } = attrs as unknown as Conv2DAttrs;
+    // Channels-first and dilated convolutions keep the stock gradient (which rejects dilation too).
+    if (dataFormat === 'NCHW' || !hasUnitDilations(dilations)) {
+      return stockConv2DGradient.gradFunc(dy, saved, attrs);
+    }
+    const upstream = dy as tf.Tensor4D;
+    return {
+      x: () => conv2dInputGradient(x.shape, upstream, filter, strides, pad as ConvPad, dimRoundingMode),
+      filter: () => conv2dFilterGradient(x, upstream, filter.shape, strides, pad as ConvPad, dimRoundingMode),
+    };
+  },
+};
+
+function fastBackpropInputKernel(backendName: string): tf.KernelConfig {
+  return {
+    kernelName: tf.Conv2DBackpropInput,
+    backendName,
+    kernelFunc: (args) => {
+      const attrs = args.attrs as unknown as Conv2DBackpropInputAttrs;
+      const stock = stockKernels.get(`${backendName}/${tf.Conv2DBackpropInput}`);
+      if (attrs.dataFormat === 'NCHW' && stock) return stock.kernelFunc(args);
+      return tf.tidy(() =>
+        conv2dInputGradient(
+          attrs.inputShape,
+          asTensor4D(args.inputs.dy!),
+          asTensor4D(args.inputs.filter!),
+          attrs.strides,
+          attrs.pad as ConvPad,
+          attrs.dimRoundingMode,
+        ),
+      );
+    },
+  };
+}
+
+function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
+  return {
+    kernelName: tf.Conv2DBackpropFilter,
+    backendName,
+    kernelFunc: (args) => {
+      const attrs = args.attrs as unknown as Conv2DBackpropFilterAttrs;
+      const stock = stockKernels.get(`${backendName}/${tf.Conv2DBackpropFilter}`);
+      if (attrs.dataFormat === 'NCHW') {
+        if (stock) return stock.kernelFunc(args);
+        throw new Error(`Conv2DBackpropFilter on '${backendName}' supports NHWC only, got NCHW`);
+      }
+      return tf.tidy(() =>
+        conv2dFilterGradient(
+          asTensor4D(args.inputs.x!),
+          asTensor4D(args.inputs.dy!),
+          attrs.filterShape,
+          attrs.strides,
+          attrs.pad as ConvPad,
+          attrs.dimRoundingMode,
+        ),
+      );
+    },
+  };
+}
+
+function findKernel(kernelName: string, backendName: string): tf.KernelConfig | undefined {
+  return tf.getKernelsForBackend(backendName).find((config) => config.kernelName === kernelName);
+}
+
+function replaceKernel(config: tf.KernelConfig): void {
+  const key = `${config.backendName}/${config.kernelName}`;
+  if (!stockKernels.has(key)) stockKernels.set(key, findKernel(config.kernelName, config.backendName));
+  // registerKernel warns when it overwrites; unregistering first keeps the log quiet.
+  if (findKernel(config.kernelName, config.backendName)) {
+    tf.unregisterKernel(config.kernelName, config.backendName);
+  }
+  tf.registerKernel(config);
+}
+
+/**
+ * Installs the fast Conv2D gradient (global) and the fast backprop kernels on `backendName`.
+ * Idempotent; `useStockConvGradients` undoes it (the benchmark compares both in one run).
+ */
+export function useFastConvGradients(backendName: string): void {
+  if (!fastGradientInstalled) {
+    tf.registerGradient(fastConv2DGradConfig);
+    fastGradientInstalled = true;
+  }
+  if (!fastKernelBackends.has(backendName)) {
+    replaceKernel(fastBackpropInputKernel(backendName));
+    replaceKernel(fastBackpropFilterKernel(backendName));
+    fastKernelBackends.add(backendName);
+  }
+}
+
+/** Restores tfjs's own Conv2D gradient and backprop kernels (for comparisons and tests). */
+export function useStockConvGradients(): void {
+  if (fastGradientInstalled) {
+    tf.registerGradient(stockConv2DGradient);
+    fastGradientInstalled = false;
+  }
+  for (const backendName of fastKernelBackends) {
+    for (const kernelName of [tf.Conv2DBackpropInput, tf.Conv2DBackpropFilter]) {
+      tf.unregisterKernel(kernelName, backendName);
+      const stock = stockKernels.get(`${backendName}/${kernelName}`);
+      if (stock) tf.registerKernel(stock);
+    }
+  }
+  fastKernelBackends.clear();
+}
+
+/** Whether the fast gradients are installed (reported by the backend info). */
+export function fastConvGradientsActive(): boolean {
+  return fastGradientInstalled;
+}
