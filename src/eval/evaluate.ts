@@ -323,8 +323,14 @@ export async function evaluateModel(
         yLabel: 'mean confidence',
         x: result.radii,
         series: [
-          { name: `${reported.name}: lowest true-class p`, values: result.inTrueClassConfidence },
-          { name: `${curveOut.name}: highest max p`, values: result.outMaxConfidence },
+          {
+            name: `in-distribution ${reported.name}: lowest true-class p in the ball`,
+            values: result.inTrueClassConfidence,
+          },
+          {
+            name: `out-distribution ${curveOut.name}: highest max p in the ball`,
+            values: result.outMaxConfidence,
+          },
         ],
       });
     } finally {

@@ -175,8 +175,10 @@ export function renderCurveChartSvg(chart: CurveChart): string {
     }
   }
   const width = 560;
-  const height = 380;
-  const margin = { left: 60, right: 20, top: 40, bottom: 50 };
+  // The legend sits under the x axis, one row per series, so it never hides a curve.
+  const legendHeight = 18 * series.length;
+  const height = 380 + legendHeight;
+  const margin = { left: 60, right: 20, top: 40, bottom: 50 + legendHeight };
   const plotWidth = width - margin.left - margin.right;
   const plotHeight = height - margin.top - margin.bottom;
   const [xMin, xMax] = [Math.min(...x), Math.max(...x)];
@@ -204,7 +206,7 @@ export function renderCurveChartSvg(chart: CurveChart): string {
   }
   parts.push(
     `<rect x="${margin.left}" y="${margin.top}" width="${plotWidth}" height="${plotHeight}" fill="none" stroke="#333"/>`,
-    `<text x="${margin.left + plotWidth / 2}" y="${height - 12}" font-size="12" text-anchor="middle">${escapeXml(chart.xLabel)}</text>`,
+    `<text x="${margin.left + plotWidth / 2}" y="${margin.top + plotHeight + 38}" font-size="12" text-anchor="middle">${escapeXml(chart.xLabel)}</text>`,
     `<text x="16" y="${margin.top + plotHeight / 2}" font-size="12" text-anchor="middle" transform="rotate(-90 16 ${margin.top + plotHeight / 2})">${escapeXml(chart.yLabel)}</text>`,
   );
   series.forEach((s, index) => {
@@ -216,10 +218,10 @@ export function renderCurveChartSvg(chart: CurveChart): string {
     for (let i = 0; i < x.length; i++) {
       parts.push(`<circle cx="${f(px(x[i]))}" cy="${f(py(s.values[i]))}" r="3" fill="${color}"/>`);
     }
-    const legendY = margin.top + 14 + index * 16;
+    const legendY = margin.top + plotHeight + 62 + index * 18;
     parts.push(
-      `<line x1="${margin.left + plotWidth - 170}" x2="${margin.left + plotWidth - 150}" y1="${legendY - 4}" y2="${legendY - 4}" stroke="${color}" stroke-width="2"/>`,
-      `<text x="${margin.left + plotWidth - 145}" y="${legendY}" font-size="11">${escapeXml(s.name)}</text>`,
+      `<line x1="${margin.left}" x2="${margin.left + 24}" y1="${legendY - 4}" y2="${legendY - 4}" stroke="${color}" stroke-width="2"/>`,
+      `<text x="${margin.left + 30}" y="${legendY}" font-size="11">${escapeXml(s.name)}</text>`,
     );
   });
   parts.push('</svg>');
