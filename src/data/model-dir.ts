@@ -1,0 +1,154 @@
+import { lstat, mkdir, readdir, readFile, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * Disk side of model files: reads a model directory into the in-memory file map that
+ * `loadModelFromFiles` (src/engine/model-files.ts) checks and loads, and writes such a map back.
+ * Checks here are only what file access needs (stay inside the directory, size limits); the engine
+ * validates the content. Usage: `loadModelFromFiles(await readModelDir('models/ratio-0.25'))`.
+ */
+export type ModelFileMap = Map<string, Uint8Array>;
+
+/** A model directory that cannot be read or written; `path` is the file at fault. */
+export class ModelDirError extends Error {
+  override readonly name = 'ModelDirError';
+  constructor(
+    readonly path: string,
+    message: string,
+  ) {
+    super(`${path}: ${message}`);
+  }
+}
+
+export interface ReadModelDirOptions {
+  /** Largest total bytes read (model.json, card.json and shards; default 264 MB). */
+  maxBytes?: number;
+}
+
+const DEFAULT_MAX_BYTES = 264_000_000;
+
+/** A manifest path as a key, or undefined when it could leave the directory (the engine says why). */
+function safeRelativePath(raw: unknown): string | undefined {
+  if (
+    typeof raw !== 'string' ||
+    raw.length === 0 ||
+    /[\\\0%]/.test(raw) ||
+    /^[a-zA-Z][a-zA-Z0-9+.-]*:/.test(raw)
+  ) {
+    return undefined;
+  }
+  if (raw.startsWith('/') || raw.split('/').includes('..')) return undefined;
+  const key = raw
+    .split('/')
+    .filter((s) => s !== '' && s !== '.')
+    .join('/');
+  return key.length > 0 ? key : undefined;
+}
+
+/** Weight paths named in a model.json, read loosely: the engine reports anything malformed. */
+function manifestPaths(modelJson: Uint8Array): string[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(new TextDecoder().decode(modelJson));
+  } catch {
+    return [];
+  }
+  const manifest = (parsed as { weightsManifest?: unknown } | null)?.weightsManifest;
+  if (!Array.isArray(manifest)) return [];
+  return manifest.flatMap((group: unknown) => {
+    const paths = (group as { paths?: unknown } | null)?.paths;
+    return Array.isArray(paths) ? paths : [];
+  });
+}
+
+/**
+ * Reads `model.json`, `card.json` (when present) and every weight shard its manifest names from
+ * `dir`. Shard paths that would leave the directory, or resolve (through symlinks) outside it, are
+ * not read, so the engine reports them. Throws `ModelDirError` for a missing directory or model.json,
+ * a non-regular file, or more than `maxBytes` in total.
+ */
+export async function readModelDir(dir: string, options: ReadModelDirOptions = {}): Promise<ModelFileMap> {
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
+  let root: string;
+  try {
+    root = await realpath(dir);
+  } catch {
+    throw new ModelDirError(dir, 'model directory does not exist');
+  }
+  const files: ModelFileMap = new Map();
+  let total = 0;
+  const read = async (key: string, required: boolean): Promise<void> => {
+    if (files.has(key)) return;
+    const full = path.join(root, key);
+    let resolved: string;
+    try {
+      resolved = await realpath(full);
+    } catch {
+      if (required) throw new ModelDirError(path.join(dir, key), 'file is missing');
+      return;
+    }
+    if (resolved !== root && !resolved.startsWith(`${root}${path.sep}`)) return;
+    const stats = await lstat(resolved);
+    if (!stats.isFile()) throw new ModelDirError(path.join(dir, key), 'is not a regular file');
+    total += stats.size;
+    if (total > maxBytes) {
+      throw new ModelDirError(path.join(dir, key), `model files exceed the limit of ${maxBytes} bytes`);
+    }
+    files.set(key, new Uint8Array(await readFile(resolved)));
+  };
+  await read('model.json', true);
+  await read('card.json', false);
+  for (const raw of manifestPaths(files.get('model.json')!)) {
+    const key = safeRelativePath(raw);
+    if (key) await read(key, false);
+  }
+  return files;
+}
+
+/**
+ * Writes model files into `dir` (created if needed). Each file goes to a temporary name first and
+ * is renamed into place, model.json last, so a reader never sees a model.json whose shards are
+ * not all written yet.
+ */
+export async function writeModelDir(dir: string, files: ModelFileMap): Promise<void> {
+  const keys = [...files.keys()];
+  for (const key of keys) {
+    if (safeRelativePath(key) !== key)
+      throw new ModelDirError(key, 'file name must be a plain relative path');
+  }
+  if (!files.has('model.json'))
+    throw new ModelDirError(path.join(dir, 'model.json'), 'nothing to write: no model.json');
+  const ordered = [...keys.filter((k) => k !== 'model.json'), 'model.json'];
+  await mkdir(dir, { recursive: true });
+  for (const key of ordered) {
+    const target = path.join(dir, key);
+    await mkdir(path.dirname(target), { recursive: true });
+    const temporary = `${target}.tmp-${process.pid}`;
+    try {
+      await writeFile(temporary, files.get(key)!);
+      await rename(temporary, target);
+    } catch (error) {
+      await rm(temporary, { force: true });
+      throw error;
+    }
+  }
+}
+
+/** Names of the subdirectories of `root` that hold a model.json (the models directory). */
+export async function listModelDirs(root: string): Promise<string[]> {
+  let entries: string[];
+  try {
+    entries = await readdir(root);
+  } catch {
+    return [];
+  }
+  const names: string[] = [];
+  for (const name of entries.sort()) {
+    try {
+      if ((await lstat(path.join(root, name, 'model.json'))).isFile()) names.push(name);
+    } catch {
+      // not a model directory
+    }
+  }
+  return names;
+}
