@@ -25,6 +25,7 @@ const NON_TRAJECTORY_FIELDS: ReadonlyArray<keyof TrainConfig> = [
   'outDir',
   'checkpointMinutes',
   'maxSteps',
+  'why',
 ];
 
 export interface TrainingPosition {

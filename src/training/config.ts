@@ -62,6 +62,8 @@ export interface TrainConfig {
   checkpointMinutes: number;
   /** Stop after this many optimisation steps in this process (0 = no limit); for tests and budgets. */
   maxSteps: number;
+  /** Why these settings were chosen (budget reasoning); copied into the model card. */
+  why?: string;
 }
 
 export const DEFAULT_CONFIG: TrainConfig = {
@@ -100,6 +102,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   outDir: 'models',
   checkpointMinutes: 10,
   maxSteps: 0,
+  why: undefined,
 };
 
 export class ConfigError extends Error {
@@ -145,6 +148,7 @@ export const CONFIG_FIELDS: Record<keyof TrainConfig, FieldKind> = {
   outDir: 'string',
   checkpointMinutes: 'number',
   maxSteps: 'integer',
+  why: 'string',
 };
 
 function isField(key: string): key is keyof TrainConfig {
@@ -241,7 +245,7 @@ export function resolveConfig(...layers: Array<Record<string, unknown>>): TrainC
   const merged: Record<string, unknown> = { ...DEFAULT_CONFIG };
   for (const layer of layers) {
     for (const [key, raw] of Object.entries(layer)) {
-      if (key === '$comment' || key === 'why') continue;
+      if (key === '$comment') continue;
       if (!isField(key)) {
         throw new ConfigError(`unknown setting '${key}' (known: ${Object.keys(CONFIG_FIELDS).join(', ')})`);
       }

@@ -181,7 +181,8 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     wallSeconds: Math.round(trainer.position.elapsedSeconds),
     backend: backendInfo().name,
     gitRevision: gitRevision(),
-    training: config,
+    why: config.why ?? null,
+    training: { ...config, why: undefined },
   };
   const files = await saveModelToFiles(model, card);
   const exportFolder = path.join(config.outDir, config.name);
