@@ -89,7 +89,9 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
       : undefined);
   if (loadedTrain.unlabelled) throw new Error(`the training data '${config.data}' has no labels`);
   const { train, validation } = splitValidation(loadedTrain, config.validationSize, config.seed);
-  const numClasses = Math.max(loadedTrain.classNames.length, ...Array.from(loadedTrain.labels, (l) => l + 1));
+  // A loop, not Math.max(...labels): spreading 50,000 arguments can overflow the stack.
+  let numClasses = loadedTrain.classNames.length;
+  for (const label of loadedTrain.labels) numClasses = Math.max(numClasses, label + 1);
   const classNames = loadedTrain.classNames.length
     ? [...loadedTrain.classNames]
     : Array.from({ length: numClasses }, (_, k) => `class_${k}`);

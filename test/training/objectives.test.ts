@@ -184,3 +184,73 @@ describe('pgdL2BestIterate', () => {
     tf.dispose([w, x0, best]);
   });
 });
+
+describe('inner attacks', () => {
+  it('apgd and pgd both raise the in-distribution CE within the L2 ball and free their tensors', async () => {
+    const { attackInDistribution, attackOutDistribution } = await import('../../src/training/objectives.js');
+    const model = linearModel(2, 3, [0.5, -1, 2, 1.5, 0.25, -0.5], [0.1, 0, -0.2]);
+    const logits = (x: tf.Tensor4D) => model.apply(x, { training: false }) as tf.Tensor2D;
+    const x = tf.tensor4d([0.5, 0.5, 0.2, 0.8, 0.7, 0.3], [3, 1, 1, 2]);
+    const y = tf.tensor1d([0, 1, 2], 'int32');
+    const cleanCe = crossEntropyPerExample(logits(x), y).arraySync();
+    const cleanUniform = uniformCrossEntropyPerExample(logits(x)).arraySync();
+    for (const attack of ['pgd', 'apgd'] as const) {
+      const before = tf.memory().numTensors;
+      const settings = { attack, eps: 0.2, steps: 10, stepSize: 0.05, rng: new Rng(2) };
+      const adversarial = await attackInDistribution(logits, x, y, 3, settings);
+      const confident = await attackOutDistribution(logits, x, 3, settings);
+      expect(tf.memory().numTensors).toBe(before + 2);
+      const distances = tf.tidy(
+        () => adversarial.sub(x).reshape([3, 2]).norm('euclidean', 1).arraySync() as number[],
+      );
+      for (const d of distances) expect(d).toBeLessThanOrEqual(0.2 + 1e-5);
+      const ce = tf.tidy(() => crossEntropyPerExample(logits(adversarial), y).arraySync());
+      const uniform = tf.tidy(() => uniformCrossEntropyPerExample(logits(confident)).arraySync());
+      for (let i = 0; i < 3; i++) {
+        expect(ce[i]).toBeGreaterThan(cleanCe[i]);
+        expect(uniform[i]).toBeGreaterThan(cleanUniform[i]);
+      }
+      tf.dispose([adversarial, confident]);
+    }
+    tf.dispose([x, y]);
+    model.dispose();
+  });
+});
+
+describe('a step on a BatchNorm network (resnet18, tiny)', () => {
+  it('updates the moving statistics from the joint batch and leaks no tensors', async () => {
+    const { resnet18 } = await import('../../src/training/architectures.js');
+    const model = resnet18({ numClasses: 3, inputShape: [8, 8, 3], width: 1 / 16 });
+    const config = resolveConfig({
+      objective: 'ratio',
+      outData: 'x',
+      batchSize: 4,
+      stepsIn: 1,
+      stepsOut: 1,
+      ema: 0.9,
+    });
+    const rng = new Rng(3);
+    const train = new (await import('../../src/data/dataset.js')).ArrayDataset({
+      images: Uint8Array.from({ length: 4 * 192 }, () => rng.int(256)),
+      shape: [8, 8, 3],
+      labels: Int32Array.from([0, 1, 2, 0]),
+    });
+    const trainer = new Trainer(model, config, { train, out: train });
+    const movingMean = () =>
+      model.weights
+        .find((w) => /moving_mean/.test(w.name))
+        ?.read()
+        .dataSync()
+        .slice() as Float32Array;
+    const meanBefore = movingMean();
+    const x = train.tensor();
+    await trainer.step(x, train.labels, x, 0.01);
+    const after1 = tf.memory().numTensors;
+    await trainer.step(x, train.labels, x, 0.01);
+    expect(tf.memory().numTensors).toBe(after1);
+    expect(Array.from(movingMean())).not.toEqual(Array.from(meanBefore));
+    x.dispose();
+    trainer.dispose();
+    model.dispose();
+  });
+});
