@@ -211,6 +211,13 @@ function concatenateShards(files: ModelFiles, keys: string[]): ArrayBuffer {
   return out.buffer;
 }
 
+/** Weight name -> declared shape, over all groups of a checked manifest. */
+function declaredShapes(manifest: tf.io.WeightsManifestConfig): Map<string, number[]> {
+  return new Map(
+    manifest.flatMap((group) => group.weights.map((w): [string, number[]] => [w.name, w.shape])),
+  );
+}
+
 function isPositiveInteger(d: unknown): boolean {
   return Number.isInteger(d) && (d as number) > 0;
 }
@@ -283,14 +290,14 @@ export async function loadModelFromFiles(
     throw new ModelFileError('model.json', 'weightsManifest', `'weightsManifest' is missing`);
   }
   const format = detectFormat(modelJson);
+  const { manifest, shardKeys } = checkManifest(modelJson.weightsManifest, files, maxWeightBytes);
   try {
     if (format === 'graph-model') checkGraphTopology(modelJson.modelTopology);
-    else checkLayersTopology(modelJson.modelTopology);
+    else checkLayersTopology(modelJson.modelTopology, declaredShapes(manifest));
   } catch (error) {
     if (error instanceof TopologyError) throw new ModelFileError('model.json', error.field, error.message);
     throw error;
   }
-  const { manifest, shardKeys } = checkManifest(modelJson.weightsManifest, files, maxWeightBytes);
   const card = { ...parseCard(files), ...options.card };
 
   const artifacts = await tf.io.getModelArtifactsForJSON(

@@ -42,6 +42,54 @@ const SIZE_FIELDS = new Set([
 ]);
 const MAX_LAYERS = 10_000;
 
+interface Context {
+  depth: number;
+  /** Declared weight shapes by name (`layer/kernel`), from the byte-limited manifest. */
+  weights: Map<string, number[]>;
+}
+
+/** Largest image accepted by an input layer, in elements per example (e.g. 2048 x 2048 x 4). */
+const MAX_INPUT_ELEMENTS = 1 << 24;
+
+/**
+ * tfjs allocates every weight while building, before it compares them with the manifest; the
+ * manifest is byte-limited, so a layer's output width (units, filters) must appear in the shape of
+ * its declared kernel, and an input layer must be of sane size. This bounds what building allocates.
+ */
+function checkAgainstManifest(
+  name: string,
+  config: unknown,
+  field: string,
+  weights: Map<string, number[]>,
+): void {
+  if (!isObject(config)) return;
+  const inputShape = config.batch_input_shape;
+  if (Array.isArray(inputShape)) {
+    const elements = inputShape.slice(1).reduce((a: number, d) => a * (typeof d === 'number' ? d : 1), 1);
+    if (elements > MAX_INPUT_ELEMENTS) {
+      throw new TopologyError(
+        `${field}.batch_input_shape`,
+        `an input of ${elements} elements per example is over the limit of ${MAX_INPUT_ELEMENTS}`,
+      );
+    }
+  }
+  for (const key of ['units', 'filters'] as const) {
+    const width = config[key];
+    if (typeof width !== 'number') continue;
+    const kernel = weights.get(`${name}/kernel`) ?? weights.get(`${name}/pointwise_kernel`);
+    if (!kernel) {
+      throw new TopologyError(`${field}.${key}`, `layer '${name}' has no kernel in the weights manifest`);
+    }
+    // Dense/Conv kernels end in the width; recurrent kernels hold a multiple of it (gates).
+    if (!kernel.some((d) => d >= width && d % width === 0)) {
+      throw new TopologyError(
+        `${field}.${key}`,
+        `layer '${name}' has ${key} ${width} but its manifest kernel is [${kernel}]`,
+      );
+    }
+  }
+}
+
 function checkSizes(config: unknown, field: string): void {
   if (!isObject(config)) return;
   for (const [key, value] of Object.entries(config)) {
@@ -55,7 +103,7 @@ function checkSizes(config: unknown, field: string): void {
   }
 }
 
-function checkLayer(layer: unknown, field: string, depth: number): { name: string; layer: JsonObject } {
+function checkLayer(layer: unknown, field: string, context: Context): { name: string; layer: JsonObject } {
   if (!isObject(layer) || typeof layer.class_name !== 'string') {
     throw new TopologyError(field, `each layer needs a string 'class_name'`);
   }
@@ -69,8 +117,12 @@ function checkLayer(layer: unknown, field: string, depth: number): { name: strin
   const config = layer.config;
   const name = typeof layer.name === 'string' ? layer.name : isObject(config) ? config.name : undefined;
   if (typeof name !== 'string') throw new TopologyError(field, `each layer needs a string 'name'`);
-  if (CONTAINER_CLASSES.has(className)) checkContainer(layer, field, depth + 1);
-  else checkSizes(config, `${field}.config`);
+  if (CONTAINER_CLASSES.has(className))
+    checkContainer(layer, field, { ...context, depth: context.depth + 1 });
+  else {
+    checkSizes(config, `${field}.config`);
+    checkAgainstManifest(name, config, `${field}.config`, context.weights);
+  }
   return { name, layer };
 }
 
@@ -85,7 +137,7 @@ function inboundReferences(node: unknown, field: string): Array<[string, number]
   });
 }
 
-function checkFunctional(config: JsonObject, field: string, depth: number): void {
+function checkFunctional(config: JsonObject, field: string, context: Context): void {
   if (!Array.isArray(config.layers)) throw new TopologyError(`${field}.layers`, `'layers' must be an array`);
   if (config.layers.length > MAX_LAYERS) {
     throw new TopologyError(
@@ -96,7 +148,7 @@ function checkFunctional(config: JsonObject, field: string, depth: number): void
   const layers = config.layers as unknown[];
   const nodeCounts = new Map<string, number>();
   const checked = layers.map((raw, i) => {
-    const { name, layer } = checkLayer(raw, `${field}.layers[${i}]`, depth);
+    const { name, layer } = checkLayer(raw, `${field}.layers[${i}]`, context);
     if (nodeCounts.has(name))
       throw new TopologyError(`${field}.layers[${i}].name`, `duplicate layer name '${name}'`);
     const nodes = layer.inbound_nodes ?? [];
@@ -158,8 +210,8 @@ function checkFunctional(config: JsonObject, field: string, depth: number): void
   }
 }
 
-function checkContainer(topology: JsonObject, field: string, depth: number): void {
-  if (depth > 8) throw new TopologyError(field, 'models nested more than 8 deep');
+function checkContainer(topology: JsonObject, field: string, context: Context): void {
+  if (context.depth > 8) throw new TopologyError(field, 'models nested more than 8 deep');
   const config = topology.config;
   if (topology.class_name === 'Sequential') {
     // Old files store a Sequential's layers as its whole config.
@@ -168,16 +220,19 @@ function checkContainer(topology: JsonObject, field: string, depth: number): voi
       throw new TopologyError(`${field}.config.layers`, `'layers' must be an array`);
     if (layers.length > MAX_LAYERS) throw new TopologyError(`${field}.config.layers`, 'too many layers');
     layers.forEach((layer: unknown, i) => {
-      checkLayer(layer, `${field}.config.layers[${i}]`, depth);
+      checkLayer(layer, `${field}.config.layers[${i}]`, context);
     });
     return;
   }
   if (!isObject(config)) throw new TopologyError(`${field}.config`, `'config' must be an object`);
-  checkFunctional(config, `${field}.config`, depth);
+  checkFunctional(config, `${field}.config`, context);
 }
 
-/** Validates a layers-model `modelTopology` (as saved by tfjs or converted from Keras). */
-export function checkLayersTopology(modelTopology: JsonObject): void {
+/**
+ * Validates a layers-model `modelTopology` (as saved by tfjs or converted from Keras) against itself
+ * and against the weight shapes its manifest declares (name -> shape).
+ */
+export function checkLayersTopology(modelTopology: JsonObject, weightShapes: Map<string, number[]>): void {
   // Keras HDF5 conversions wrap the model as {model_config, training_config}.
   const topology = isObject(modelTopology.model_config) ? modelTopology.model_config : modelTopology;
   const className = topology.class_name;
@@ -187,7 +242,7 @@ export function checkLayersTopology(modelTopology: JsonObject): void {
       `a layers model must be a Model, Functional or Sequential, got ${JSON.stringify(className)}`,
     );
   }
-  checkContainer(topology, 'modelTopology', 0);
+  checkContainer(topology, 'modelTopology', { depth: 0, weights: weightShapes });
 }
 
 /** Node name of a GraphDef input: `^ctrl` (control edge), `name:1` (second output) -> `name`. */

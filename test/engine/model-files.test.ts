@@ -259,6 +259,13 @@ describe('loadModelFromFiles rejects hostile or broken files', () => {
     expect(unknown.message).toMatch(/unknown layer class 'EvilLayer'/);
     const huge = await rejection(edit((layers) => (layers[layers.length - 1].config.units = 1e9)));
     expect(huge.message).toMatch(/'units' holds 1000000000, over the limit/);
+    // Under the per-field limit but not what the manifest declares: tfjs would allocate it first.
+    const wide = await rejection(edit((layers) => (layers[layers.length - 1].config.units = 60_000)));
+    expect(wide.message).toMatch(/has units 60000 but its manifest kernel is \[4,3\]/);
+    const bigImage = await rejection(
+      edit((layers) => (layers[0].config.batch_input_shape = [null, 8192, 8192, 3])),
+    );
+    expect(bigImage.message).toMatch(/input of 201326592 elements per example is over the limit/);
     const badActivation = await rejection(edit((layers) => (layers[2].config.activation = 'evil')));
     expect(badActivation.message).toMatch(/tfjs cannot build the model/);
   });
