@@ -282,6 +282,9 @@ export class Trainer {
         events.onProgress?.(progress);
         events.onLog?.({ type: 'step', ...progress, time: new Date().toISOString() });
         if (performance.now() - lastCheckpoint >= this.config.checkpointMinutes * 60_000) await save();
+        // A step resolves through microtasks only; yielding to the event loop lets signal handlers
+        // (SIGINT/SIGTERM -> abort) and log writes run between steps, not only at epoch ends.
+        await new Promise<void>((resolve) => setImmediate(resolve));
       }
       const validation = this.validate();
       this.position.epoch += 1;

@@ -83,7 +83,7 @@ describe('ratio train', () => {
     );
   });
 
-  it('SIGTERM writes a checkpoint and exits 0; --resume continues from it and exports', async () => {
+  it('SIGTERM mid-epoch writes a checkpoint and exits 0; --resume continues from it', async () => {
     const runDir = path.join(folder, 'runs');
     const config = path.join(folder, 'tiny.json');
     await writeFile(
@@ -94,11 +94,11 @@ describe('ratio train', () => {
         width: 0.125,
         data: 'cifar10/test_batch_first1000.bin',
         outData: 'svhn/train_first1000.bin',
-        limit: 120,
+        limit: 840,
         outLimit: 100,
         validationSize: 40,
         batchSize: 16,
-        epochs: 40,
+        epochs: 2,
         stepsIn: 1,
         stepsOut: 1,
         runDir,
@@ -121,19 +121,14 @@ describe('ratio train', () => {
     const afterStop = await readLog(logFile);
     const stoppedAt = afterStop.filter((r) => r.type === 'checkpoint').at(-1)?.step ?? 0;
     expect(stoppedAt).toBeGreaterThanOrEqual(2);
+    // 800 training images / 16 = 50 steps per epoch: the signal was honoured mid-epoch.
+    expect(stoppedAt).toBeLessThan(50);
+    expect(afterStop.some((r) => r.type === 'epoch')).toBe(false);
     expect(existsSync(path.join(runDir, 'tiny-ratio', 'checkpoint.bin'))).toBe(true);
 
     // Resume with a step budget: the second process continues at the checkpointed step and stops after 3.
-    const second = await trainProcess([
-      '--config',
-      config,
-      '--resume',
-      '--epochs',
-      '40',
-      '--max-steps',
-      '3',
-      '--quiet',
-    ]);
+    const second = await trainProcess(['--config', config, '--resume', '--max-steps', '3', '--quiet']);
+    expect(second.stderr).not.toMatch(/ratio train: .*(must|refused|different)/);
     expect(second.code).toBe(0);
     const records = await readLog(logFile);
     const starts = records.filter((r) => r.type === 'start').map((r) => r.resumedAtStep);
