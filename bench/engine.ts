@@ -51,7 +51,7 @@ function loss(logits: tf.Tensor): tf.Scalar {
 }
 
 function forward(): void {
-  tf.tidy(() => (model.predict(x) as tf.Tensor).dataSync());
+  tf.tidy(() => (model.predict(x, { batchSize: batch }) as tf.Tensor).dataSync());
 }
 
 function inputGradient(): void {

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
+import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
 
 /**
  * Installs the forward-convolution Conv2D gradients. Two routes lead to a convolution gradient in
@@ -17,7 +18,8 @@ type Conv2DBackpropFilterAttrs = tf.Conv2DBackpropFilterAttrs;
 type Conv2DAttrs = tf.Conv2DAttrs;
 
 const stockConv2DGradient: tf.GradConfig = tf.getGradient(tf.Conv2D);
-const stockKernels = new Map<string, tf.KernelConfig | undefined>();
+/** Stock kernels by backend, then kernel name (undefined: the backend had none). */
+const stockKernels = new Map<string, Map<string, tf.KernelConfig | undefined>>();
 const fastKernelBackends = new Set<string>();
 let fastGradientInstalled = false;
 
@@ -56,7 +58,7 @@ function fastBackpropInputKernel(backendName: string): tf.KernelConfig {
     backendName,
     kernelFunc: (args) => {
       const attrs = args.attrs as unknown as Conv2DBackpropInputAttrs;
-      const stock = stockKernels.get(`${backendName}/${tf.Conv2DBackpropInput}`);
+      const stock = stockKernels.get(backendName)?.get(tf.Conv2DBackpropInput);
       if (attrs.dataFormat === 'NCHW' && stock) return stock.kernelFunc(args);
       return tf.tidy(() =>
         conv2dInputGradient(
@@ -78,7 +80,7 @@ function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
     backendName,
     kernelFunc: (args) => {
       const attrs = args.attrs as unknown as Conv2DBackpropFilterAttrs;
-      const stock = stockKernels.get(`${backendName}/${tf.Conv2DBackpropFilter}`);
+      const stock = stockKernels.get(backendName)?.get(tf.Conv2DBackpropFilter);
       if (attrs.dataFormat === 'NCHW') {
         if (stock) return stock.kernelFunc(args);
         throw new Error(`Conv2DBackpropFilter on '${backendName}' supports NHWC only, got NCHW`);
@@ -102,8 +104,14 @@ function findKernel(kernelName: string, backendName: string): tf.KernelConfig | 
 }
 
 function replaceKernel(config: tf.KernelConfig): void {
-  const key = `${config.backendName}/${config.kernelName}`;
-  if (!stockKernels.has(key)) stockKernels.set(key, findKernel(config.kernelName, config.backendName));
+  let saved = stockKernels.get(config.backendName);
+  if (!saved) {
+    saved = new Map();
+    stockKernels.set(config.backendName, saved);
+  }
+  if (!saved.has(config.kernelName)) {
+    saved.set(config.kernelName, findKernel(config.kernelName, config.backendName));
+  }
   // registerKernel warns when it overwrites; unregistering first keeps the log quiet.
   if (findKernel(config.kernelName, config.backendName)) {
     tf.unregisterKernel(config.kernelName, config.backendName);
@@ -112,7 +120,8 @@ function replaceKernel(config: tf.KernelConfig): void {
 }
 
 /**
- * Installs the fast Conv2D gradient (global) and the fast backprop kernels on `backendName`.
+ * Installs the fast Conv2D gradient (global) and the fast backprop kernels on `backendName` (on wasm
+ * also a correct and faster MaxPoolGrad, see max-pool-wasm.ts).
  * Idempotent; `useStockConvGradients` undoes it (the benchmark compares both in one run).
  */
 export function useFastConvGradients(backendName: string): void {
@@ -123,6 +132,7 @@ export function useFastConvGradients(backendName: string): void {
   if (!fastKernelBackends.has(backendName)) {
     replaceKernel(fastBackpropInputKernel(backendName));
     replaceKernel(fastBackpropFilterKernel(backendName));
+    if (backendName === 'wasm') replaceKernel(wasmMaxPoolGradConfig);
     fastKernelBackends.add(backendName);
   }
 }
@@ -134,9 +144,8 @@ export function useStockConvGradients(): void {
     fastGradientInstalled = false;
   }
   for (const backendName of fastKernelBackends) {
-    for (const kernelName of [tf.Conv2DBackpropInput, tf.Conv2DBackpropFilter]) {
+    for (const [kernelName, stock] of stockKernels.get(backendName) ?? []) {
       tf.unregisterKernel(kernelName, backendName);
-      const stock = stockKernels.get(`${backendName}/${kernelName}`);
       if (stock) tf.registerKernel(stock);
     }
   }

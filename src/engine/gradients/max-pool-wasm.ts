@@ -1,0 +1,85 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * MaxPoolGrad for the wasm backend, written in JavaScript over the wasm heap. The native kernel of
+ * tfjs-backend-wasm 4.22 both costs as much as a convolution layer (smallCnn: 48 ms of a 480 ms input
+ * gradient) and loses gradient in some windows (test/engine/gradients/max-pool.test.ts compares it
+ * with the cpu reference). Semantics are the cpu backend's: each window's upstream gradient goes to
+ * its first maximum in row-major order, summed where windows overlap.
+ */
+
+/** The part of tfjs-backend-wasm's BackendWasm this kernel uses. */
+interface WasmHeapBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+}
+
+export function maxPoolGradOnHeap(args: {
+  inputs: tf.NamedTensorInfoMap;
+  backend: unknown;
+  attrs?: tf.NamedAttrMap;
+}): tf.TensorInfo {
+  const backend = args.backend as WasmHeapBackend;
+  const { dy, input } = args.inputs as { dy: tf.TensorInfo; input: tf.TensorInfo };
+  const { filterSize, strides, pad, dimRoundingMode } = args.attrs as unknown as tf.MaxPoolGradAttrs;
+  const info = tf.backend_util.computePool2DInfo(
+    input.shape as [number, number, number, number],
+    filterSize,
+    strides,
+    1,
+    pad,
+    dimRoundingMode,
+  );
+  // Allocate first: growing the wasm memory detaches every heap view taken before.
+  const out = backend.makeOutput(input.shape, 'float32');
+  const dx = backend.typedArrayFromHeap(out);
+  const x = backend.typedArrayFromHeap(input);
+  const upstream = backend.typedArrayFromHeap(dy);
+  dx.fill(0);
+  const { batchSize, inHeight, inWidth, inChannels, outHeight, outWidth } = info;
+  const { strideHeight, strideWidth, effectiveFilterHeight, effectiveFilterWidth } = info;
+  const { dilationHeight, dilationWidth } = info;
+  const { top, left } = info.padInfo;
+  const rowStride = inWidth * inChannels;
+  const best = new Float32Array(inChannels);
+  const bestIndex = new Int32Array(inChannels);
+  for (let b = 0; b < batchSize; b++) {
+    const batchOffset = b * inHeight * rowStride;
+    for (let yR = 0; yR < outHeight; yR++) {
+      const rowStart = yR * strideHeight - top;
+      for (let yC = 0; yC < outWidth; yC++) {
+        const colStart = yC * strideWidth - left;
+        best.fill(Number.NEGATIVE_INFINITY);
+        bestIndex.fill(-1);
+        // Row-major scan of the window with a strict '>' keeps the first maximum, as the cpu kernel.
+        for (let wR = 0; wR < effectiveFilterHeight; wR += dilationHeight) {
+          const xR = rowStart + wR;
+          if (xR < 0 || xR >= inHeight) continue;
+          for (let wC = 0; wC < effectiveFilterWidth; wC += dilationWidth) {
+            const xC = colStart + wC;
+            if (xC < 0 || xC >= inWidth) continue;
+            const pixel = batchOffset + xR * rowStride + xC * inChannels;
+            for (let d = 0; d < inChannels; d++) {
+              const value = x[pixel + d];
+              if (value > best[d] || bestIndex[d] < 0) {
+                best[d] = value;
+                bestIndex[d] = pixel + d;
+              }
+            }
+          }
+        }
+        const dyOffset = ((b * outHeight + yR) * outWidth + yC) * inChannels;
+        for (let d = 0; d < inChannels; d++) {
+          if (bestIndex[d] >= 0) dx[bestIndex[d]] += upstream[dyOffset + d];
+        }
+      }
+    }
+  }
+  return out;
+}
+
+export const wasmMaxPoolGradConfig: tf.KernelConfig = {
+  kernelName: tf.MaxPoolGrad,
+  backendName: 'wasm',
+  kernelFunc: maxPoolGradOnHeap as tf.KernelFunc,
+};
