@@ -102,18 +102,29 @@ const plain = results.plain;
 if (plain)
   for (const r of Object.values(results)) r.relativeToPlain = r.secondsPerStep / plain.secondsPerStep;
 
-let baseline:
-  | { plainStockGradients: { secondsPerStep: number; imagesPerSecond: number } | string }
-  | undefined;
-if (!args['no-baseline'] && backend.fastGradients) {
-  useStockConvGradients();
-  try {
+/**
+ * Baselines in the same run: the plain step with tfjs's stock Conv2D gradients (absent on wasm, whose
+ * stock kernels lack Conv2DBackpropFilter), and the plain step on the pure-JS `cpu` backend.
+ */
+const baseline: Record<string, { secondsPerStep: number; imagesPerSecond: number } | string> = {};
+if (!args['no-baseline']) {
+  if (backend.fastGradients) {
+    useStockConvGradients();
+    try {
+      const seconds = await secondsPerStep('plain');
+      baseline.plainStockGradients = { secondsPerStep: seconds, imagesPerSecond: batch / seconds };
+    } catch (error) {
+      baseline.plainStockGradients = `unavailable: ${(error as Error).message.split('\n')[0]}`;
+    } finally {
+      useFastConvGradients(backend.name);
+    }
+  }
+  if (backend.name !== 'cpu') {
+    await tf.setBackend('cpu');
+    useFastConvGradients('cpu');
     const seconds = await secondsPerStep('plain');
-    baseline = { plainStockGradients: { secondsPerStep: seconds, imagesPerSecond: batch / seconds } };
-  } catch (error) {
-    baseline = { plainStockGradients: `unavailable: ${(error as Error).message.split('\n')[0]}` };
-  } finally {
-    useFastConvGradients(backend.name);
+    baseline.plainCpuBackend = { secondsPerStep: seconds, imagesPerSecond: batch / seconds };
+    await tf.setBackend(backend.name);
   }
 }
 
