@@ -15,10 +15,16 @@ export class WeightEma {
     this.shadows = model.weights.map((w) => w.read().clone());
   }
 
-  update(): void {
+  /**
+   * Folds the current weights into the average. With `step` (0-based count of updates so far) the decay
+   * is min(decay, (1 + step) / (10 + step)), as TensorFlow's ExponentialMovingAverage with num_updates:
+   * short runs would otherwise export mostly the random initialisation (0.999^2750 = 6%).
+   */
+  update(step?: number): void {
+    const decay = step === undefined ? this.decay : Math.min(this.decay, (1 + step) / (10 + step));
     const weights = this.model.weights;
     const next = tf.tidy(() =>
-      this.shadows.map((shadow, i) => shadow.mul(this.decay).add(weights[i].read().mul(1 - this.decay))),
+      this.shadows.map((shadow, i) => shadow.mul(decay).add(weights[i].read().mul(1 - decay))),
     );
     tf.dispose(this.shadows);
     this.shadows = next;

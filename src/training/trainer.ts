@@ -220,7 +220,7 @@ export class Trainer {
       return terms.total;
     }, variables);
     this.optimizer.step(grads, lr);
-    this.ema?.update();
+    this.ema?.update(this.position.step);
     const loss = value.dataSync()[0];
     tf.dispose([value, labels, ...Object.values(grads)]);
     // The caller owns xIn and xOut; only what this step created is freed here.

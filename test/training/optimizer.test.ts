@@ -92,6 +92,9 @@ describe('WeightEma', () => {
     expect(kernel.read().dataSync()[0]).toBeCloseTo(5, 6);
     ema.swapInto();
     expect(kernel.read().dataSync()[0]).toBe(8);
+    // With a step count the decay warms up: step 0 gives min(0.5, 1/10) = 0.1.
+    ema.update(0); // 0.1 * 5 + 0.9 * 8 = 7.7
+    expect(ema.state()[0][0]).toBeCloseTo(7.7, 5);
     ema.dispose();
     model.dispose();
   });
