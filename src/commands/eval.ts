@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { CommandModule } from '../cli.js';
@@ -144,18 +144,6 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
   };
 }
 
-/** Every regular file of a model directory, keyed by name (the engine loader checks them). */
-async function readModelDirectory(dir: string): Promise<Map<string, Uint8Array>> {
-  const info = await stat(dir).catch(() => undefined);
-  if (!info?.isDirectory()) throw new UsageError(`--model must be a model directory, got '${dir}'`);
-  const files = new Map<string, Uint8Array>();
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.isFile()) files.set(entry.name, new Uint8Array(await readFile(path.join(dir, entry.name))));
-  }
-  if (!files.has('model.json')) throw new UsageError(`--model: no model.json in '${dir}'`);
-  return files;
-}
-
 /** Sets `temperature` in card.json, keeping every other field as it was. */
 async function writeTemperature(modelDir: string, temperature: number): Promise<void> {
   const file = path.join(modelDir, 'card.json');
@@ -175,11 +163,15 @@ async function evaluate(args: EvalArguments): Promise<number> {
   const { PhaseProgress } = await import('../eval/progress.js');
   const backend = await initBackend();
 
-  const files = await readModelDirectory(args.model);
-  const classifier = await loadModelFromFiles(files).catch((error: unknown) => {
-    if (error instanceof ModelFileError) throw new UsageError(`--model: ${error.message}`);
-    throw error;
-  });
+  const { readModelDir, ModelDirError } = await import('../data/model-dir.js');
+  const classifier = await readModelDir(args.model)
+    .then((files) => loadModelFromFiles(files))
+    .catch((error: unknown) => {
+      if (error instanceof ModelFileError || error instanceof ModelDirError) {
+        throw new UsageError(`--model: ${error.message}`);
+      }
+      throw error;
+    });
   try {
     const inputShape = classifier.card.inputShape;
     const { settings } = args;

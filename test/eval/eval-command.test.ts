@@ -5,6 +5,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/eval.js';
+import { writeModelDir } from '../../src/data/model-dir.js';
 import { saveModelToFiles } from '../../src/engine/model-files.js';
 import type { EvalReport } from '../../src/eval/report.js';
 import { smallCnn } from '../../src/training/architectures.js';
@@ -23,8 +24,7 @@ beforeAll(async () => {
   const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
   const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
   model.dispose();
-  await mkdir(modelDir, { recursive: true });
-  for (const [name, bytes] of files) await writeFile(path.join(modelDir, name), bytes);
+  await writeModelDir(modelDir, files);
 });
 
 afterAll(async () => {
