@@ -35,6 +35,20 @@ export function maxPoolGradOnHeap(args: {
   const dx = backend.typedArrayFromHeap(out);
   const x = backend.typedArrayFromHeap(input);
   const upstream = backend.typedArrayFromHeap(dy);
+  const tiles =
+    info.strideHeight === info.filterHeight &&
+    info.strideWidth === info.filterWidth &&
+    info.dilationHeight === 1 &&
+    info.dilationWidth === 1 &&
+    info.padInfo.top === 0 &&
+    info.padInfo.left === 0 &&
+    info.outHeight * info.filterHeight === info.inHeight &&
+    info.outWidth * info.filterWidth === info.inWidth;
+  if (tiles) {
+    // MaxPool is float32-only in tfjs, so the heap views are Float32Arrays.
+    tiledMaxPoolGrad(x as Float32Array, upstream as Float32Array, dx as Float32Array, info);
+    return out;
+  }
   dx.fill(0);
   const { batchSize, inHeight, inWidth, inChannels, outHeight, outWidth } = info;
   const { strideHeight, strideWidth, effectiveFilterHeight, effectiveFilterWidth } = info;
@@ -76,6 +90,47 @@ export function maxPoolGradOnHeap(args: {
     }
   }
   return out;
+}
+
+/**
+ * The common case (windows tile the input exactly, e.g. 2x2 stride 2): every input element belongs to
+ * exactly one window, so dx is written once per element, with no zero-fill and no bounds checks.
+ */
+function tiledMaxPoolGrad(
+  x: Float32Array,
+  upstream: Float32Array,
+  dx: Float32Array,
+  info: tf.backend_util.Conv2DInfo,
+): void {
+  const { batchSize, inHeight, inWidth, inChannels: channels, outHeight, outWidth } = info;
+  const { filterHeight, filterWidth } = info;
+  const rowStride = inWidth * channels;
+  let dyIndex = 0;
+  for (let b = 0; b < batchSize; b++) {
+    for (let yR = 0; yR < outHeight; yR++) {
+      const windowRow = (b * inHeight + yR * filterHeight) * rowStride;
+      for (let yC = 0; yC < outWidth; yC++) {
+        const windowStart = windowRow + yC * filterWidth * channels;
+        for (let d = 0; d < channels; d++, dyIndex++) {
+          const first = windowStart + d;
+          let best = first;
+          let bestValue = x[first];
+          for (let wR = 0; wR < filterHeight; wR++) {
+            for (let wC = 0; wC < filterWidth; wC++) {
+              const index = first + wR * rowStride + wC * channels;
+              // Strict '>' keeps the first maximum in row-major order, as the cpu kernel.
+              if (x[index] > bestValue) {
+                bestValue = x[index];
+                best = index;
+              }
+              dx[index] = 0;
+            }
+          }
+          dx[best] = upstream[dyIndex];
+        }
+      }
+    }
+  }
 }
 
 export const wasmMaxPoolGradConfig: tf.KernelConfig = {
