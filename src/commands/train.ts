@@ -37,6 +37,7 @@ async function usage(): Promise<string> {
     '',
     '  --config <file>   JSON object of settings (configs/*.json); flags override it',
     '  --resume          continue from <runDir>/<name>/checkpoint.bin (bit for bit)',
+    '  --fresh           start over although <runDir>/<name>/checkpoint.bin exists (else refused)',
     '  --quiet           no progress line (the JSON-lines log is still written)',
     '',
     'settings (default):',
@@ -66,6 +67,7 @@ export async function run(argv: string[]): Promise<number> {
         ...settingFlags,
         config: { type: 'string' },
         resume: { type: 'boolean' },
+        fresh: { type: 'boolean' },
         quiet: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -130,6 +132,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     const result = await runTraining(config, {
       resume: values.resume === true,
+      fresh: values.fresh === true,
       signal: controller.signal,
       onNote: (message) => console.error(`${tty ? '\n' : ''}ratio train: ${message}`),
       onProgress: (progress) => {

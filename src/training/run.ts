@@ -10,7 +10,13 @@ import type { ModelCard } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
 import { Rng } from '../util/random.js';
 import { buildArchitecture } from './architectures.js';
-import { checkFingerprint, encodeCheckpoint, readCheckpoint, writeFileAtomic } from './checkpoint.js';
+import {
+  CheckpointError,
+  checkFingerprint,
+  encodeCheckpoint,
+  readCheckpoint,
+  writeFileAtomic,
+} from './checkpoint.js';
 import { type TrainConfig, usesOutDistribution } from './config.js';
 import { loadTrainingData, splitValidation } from './data.js';
 import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
@@ -21,6 +27,8 @@ import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } fr
  */
 export interface RunOptions {
   resume?: boolean;
+  /** Start over even though a checkpoint exists (it is overwritten at the first checkpoint). */
+  fresh?: boolean;
   signal?: AbortSignal;
   onProgress?: (progress: TrainProgress) => void;
   /** Human-readable notes (loading, checkpoints, export). */
@@ -78,6 +86,12 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   const checkpointFile = path.join(runFolder, 'checkpoint.bin');
   const logFile = path.join(runFolder, 'log.jsonl');
   await mkdir(runFolder, { recursive: true });
+  if (!options.resume && !options.fresh && existsSync(checkpointFile)) {
+    // Hours of training must not be lost to a forgotten --resume.
+    throw new CheckpointError(
+      `a checkpoint exists at '${checkpointFile}': pass --resume to continue it or --fresh to start over`,
+    );
+  }
 
   note(`loading data '${config.data}'`);
   const loadedTrain =

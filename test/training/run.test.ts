@@ -139,6 +139,9 @@ describe('resume', () => {
     await expect(runTraining(foreign, { data: data(), resume: true })).rejects.toThrow(
       /belongs to a different run.*lambda: checkpoint 1, this run 0.5/,
     );
+    await expect(runTraining(config, { data: data() })).rejects.toThrow(
+      /pass --resume to continue it or --fresh/,
+    );
     const wider = smallRatioConfig('guarded', { epochs: 1, width: 0.25 });
     await expect(runTraining(wider, { data: data(), resume: true })).rejects.toThrow(/model weight shapes/);
   });
