@@ -1,7 +1,8 @@
 /**
  * Engine benchmark: smallCnn, batch 64, 32x32x3 on the selected backend (RATIO_BACKEND forces one).
- * Prints forward, input-gradient and training-step times with the project's Conv2D gradients, and the
- * input gradient with tfjs's stock gradients measured in the same run as the baseline.
+ * Prints forward, input-gradient and training-step times with the project's gradients, and the input
+ * gradient with tfjs's stock gradients and kernels measured in the same run as the baseline (medians
+ * over --repeats rounds).
  *
  *   npm run bench:engine -- --json [--batch 64] [--repeats 5] [--profile]
  *
@@ -68,35 +69,53 @@ function trainStep(): void {
   value?.dispose();
 }
 
-/** Median wall time of `repeats` runs after one warm-up run (which builds XNNPACK operators). */
-function medianMs(run: () => void): number {
-  run();
-  const times: number[] = [];
-  for (let i = 0; i < repeats; i++) {
-    const start = performance.now();
-    run();
-    times.push(performance.now() - start);
-  }
-  times.sort((a, b) => a - b);
-  return Math.round(times[Math.floor(times.length / 2)] * 10) / 10;
-}
-
 function log(message: string): void {
   if (!args.json) console.error(message);
 }
 
-log(`backend ${backend.name} (threads ${backend.threads}, simd ${backend.simd}), batch ${batch}`);
-const forwardMs = medianMs(forward);
-log(`forward ${forwardMs} ms`);
-const inputGradMs = medianMs(inputGradient);
-log(`input gradient ${inputGradMs} ms`);
-const trainStepMs = medianMs(trainStep);
-log(`train step ${trainStepMs} ms`);
+function useFastGradientsAgain(): void {
+  if (backend.fastGradients) useFastConvGradients(backend.name);
+}
 
-useStockConvGradients();
-const stockInputGradMs = medianMs(inputGradient);
-log(`input gradient, stock tfjs gradients ${stockInputGradMs} ms`);
-if (backend.fastGradients) useFastConvGradients(backend.name);
+/**
+ * The measurements, run round-robin (one of each per round) so that a change in machine load hits
+ * them all alike: the targets are ratios to the forward time. The first round warms up (XNNPACK
+ * operators, wasm memory) and is not counted.
+ */
+const measurements: Array<{ key: string; run: () => void; before?: () => void; after?: () => void }> = [
+  { key: 'forward_ms', run: forward },
+  { key: 'input_grad_ms', run: inputGradient },
+  { key: 'train_step_ms', run: trainStep },
+  {
+    key: 'stock_input_grad_ms',
+    run: inputGradient,
+    before: useStockConvGradients,
+    after: useFastGradientsAgain,
+  },
+];
+const times = new Map<string, number[]>(measurements.map((m) => [m.key, []]));
+log(`backend ${backend.name} (threads ${backend.threads}, simd ${backend.simd}), batch ${batch}`);
+for (let round = 0; round <= repeats; round++) {
+  for (const measurement of measurements) {
+    measurement.before?.();
+    const start = performance.now();
+    measurement.run();
+    const elapsed = performance.now() - start;
+    measurement.after?.();
+    if (round > 0) times.get(measurement.key)!.push(elapsed);
+  }
+  log(`round ${round}${round === 0 ? ' (warm-up)' : ''} done`);
+}
+
+function median(key: string): number {
+  const sorted = [...times.get(key)!].sort((a, b) => a - b);
+  return Math.round(sorted[Math.floor(sorted.length / 2)] * 10) / 10;
+}
+
+const forwardMs = median('forward_ms');
+const inputGradMs = median('input_grad_ms');
+const trainStepMs = median('train_step_ms');
+const stockInputGradMs = median('stock_input_grad_ms');
 
 if (args.profile) {
   const profile = await tf.profile(() => trainStep());
