@@ -202,7 +202,8 @@ export async function counterfactuals(
       }
       results.push({
         eps,
-        images: tf.tensor4d(bestRows, x.shape),
+        // A copy: the cpu backend keeps the array it is given, and bestRows changes at larger radii.
+        images: tf.tensor4d(bestRows.slice(), x.shape),
         p_target: bestTarget.slice(),
         p_original: bestOriginal.slice(),
         distance: bestDistance.slice(),
