@@ -137,7 +137,7 @@ export function useFastConvGradients(backendName: string): void {
   }
 }
 
-/** Restores tfjs's own Conv2D gradient and backprop kernels (for comparisons and tests). */
+/** Restores tfjs's own Conv2D gradient and every replaced kernel (for comparisons and tests). */
 export function useStockConvGradients(): void {
   if (fastGradientInstalled) {
     tf.registerGradient(stockConv2DGradient);
@@ -150,9 +150,4 @@ export function useStockConvGradients(): void {
     }
   }
   fastKernelBackends.clear();
-}
-
-/** Whether the fast gradients are installed (reported by the backend info). */
-export function fastConvGradientsActive(): boolean {
-  return fastGradientInstalled;
 }
