@@ -1,0 +1,68 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
+import type { TfjsClassifier } from '../../src/engine/classifier.js';
+import { saveModelToFiles } from '../../src/engine/model-files.js';
+
+const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const RECORD = 3073;
+
+/** A seeded linear CIFAR-10 classifier (flatten + dense) as uploadable model files. */
+export async function tinyCifarModelFiles(): Promise<Map<string, Uint8Array>> {
+  const model = tf.sequential({
+    layers: [
+      tf.layers.flatten({ inputShape: [32, 32, 3] }),
+      tf.layers.dense({ units: 10, kernelInitializer: tf.initializers.glorotUniform({ seed: 7 }) }),
+    ],
+  });
+  try {
+    return await saveModelToFiles(model, { name: 'tiny' });
+  } finally {
+    model.dispose();
+  }
+}
+
+/**
+ * The first `n` real CIFAR-10 test images as a CIFAR-10 binary file, relabelled with the model's
+ * own predictions so every point is clean-correct and every attack runs on all of them.
+ */
+export async function cifarFileLabelledBy(files: Map<string, Uint8Array>, n: number): Promise<Uint8Array> {
+  const bytes = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin'))).slice(
+    0,
+    n * RECORD,
+  );
+  const pixels = new Float32Array(n * 3072);
+  for (let i = 0; i < n; i++) {
+    for (let p = 0; p < 1024; p++) {
+      for (let c = 0; c < 3; c++) pixels[i * 3072 + p * 3 + c] = bytes[i * RECORD + 1 + c * 1024 + p] / 255;
+    }
+  }
+  const { loadModelFromFiles } = await import('../../src/engine/model-files.js');
+  const classifier: TfjsClassifier = await loadModelFromFiles(files);
+  try {
+    const predicted = tf.tidy(() =>
+      classifier
+        .logits(tf.tensor4d(pixels, [n, 32, 32, 3]))
+        .argMax(1)
+        .dataSync(),
+    );
+    for (let i = 0; i < n; i++) bytes[i * RECORD] = predicted[i];
+  } finally {
+    classifier.dispose();
+  }
+  return bytes;
+}
+
+/** A multipart audit form: model files, data set and parameters. */
+export function auditForm(
+  files: Map<string, Uint8Array> | undefined,
+  dataset: Uint8Array | undefined,
+  fields: Record<string, string>,
+): FormData {
+  const form = new FormData();
+  for (const [name, bytes] of files ?? [])
+    form.append('model_files', new Blob([new Uint8Array(bytes)]), name);
+  if (dataset) form.append('dataset', new Blob([new Uint8Array(dataset)]), 'test_batch.bin');
+  for (const [key, value] of Object.entries(fields)) form.append(key, value);
+  return form;
+}
