@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { appendFile, mkdir, writeFile } from 'node:fs/promises';
+import { appendFileSync, existsSync } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Dataset } from '../data/dataset.js';
@@ -118,9 +118,9 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   });
   seededInitialisation(model, config.seed);
   const trainer = new Trainer(model, config, { train, validation, out });
-  const log = async (record: Record<string, unknown>) => appendFile(logFile, `${JSON.stringify(record)}\n`);
-  // Log lines are appended in order without blocking the step loop on every write.
-  let logChain: Promise<void> = Promise.resolve();
+  // Synchronous appends: one short line per step costs microseconds, and asynchronous ones fell behind
+  // (each needs several event-loop turns, and a compute-bound loop grants one per step).
+  const log = (record: Record<string, unknown>) => appendFileSync(logFile, `${JSON.stringify(record)}\n`);
 
   if (options.resume && existsSync(checkpointFile)) {
     const content = await readCheckpoint(checkpointFile);
@@ -131,7 +131,7 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     note(`no checkpoint at ${checkpointFile}: starting from scratch`);
   }
   await writeFile(path.join(runFolder, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
-  await log({
+  log({
     type: 'start',
     resumedAtStep: trainer.position.step,
     config,
@@ -142,24 +142,15 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     time: new Date().toISOString(),
   });
 
-  let stopped: StopReason;
-  try {
-    stopped = await trainer.run({
-      signal: options.signal,
-      onProgress: options.onProgress,
-      onLog: (record) => {
-        logChain = logChain.then(() => log(record));
-      },
-      saveCheckpoint: async (content) => {
-        await writeFileAtomic(checkpointFile, encodeCheckpoint(content));
-        logChain = logChain.then(() =>
-          log({ type: 'checkpoint', step: content.position.step, time: new Date().toISOString() }),
-        );
-      },
-    });
-  } finally {
-    await logChain;
-  }
+  const stopped = await trainer.run({
+    signal: options.signal,
+    onProgress: options.onProgress,
+    onLog: log,
+    saveCheckpoint: async (content) => {
+      await writeFileAtomic(checkpointFile, encodeCheckpoint(content));
+      log({ type: 'checkpoint', step: content.position.step, time: new Date().toISOString() });
+    },
+  });
   const result: RunResult = { stopped, step: trainer.position.step, runFolder, checkpointFile, model };
   if (stopped !== 'finished') {
     trainer.dispose();
@@ -204,7 +195,7 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   const exportFolder = path.join(config.outDir, config.name);
   await mkdir(exportFolder, { recursive: true });
   for (const [name, bytes] of files) await writeFileAtomic(path.join(exportFolder, name), bytes);
-  await log({
+  log({
     type: 'export',
     folder: exportFolder,
     temperature: fit.temperature,

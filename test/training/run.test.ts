@@ -100,6 +100,11 @@ describe('resume', () => {
       .map((line) => JSON.parse(line) as { type: string; resumedAtStep?: number })
       .filter((r) => r.type === 'start');
     expect(starts.map((r) => r.resumedAtStep)).toEqual([0, 2, 4]);
+    // Every step is logged once, in order, across the three processes.
+    const stepRecords = log
+      .map((line) => JSON.parse(line) as { type: string; step?: number })
+      .filter((r) => r.type === 'step');
+    expect(stepRecords.map((r) => r.step)).toEqual([1, 2, 3, 4, 5, 6]);
     const exported = JSON.parse(await readFile(path.join(folder, 'models', 'straight', 'card.json'), 'utf8'));
     expect(exported).toMatchObject({
       objective: 'ratio',
