@@ -59,6 +59,8 @@ export const OPENAPI_CONFIG = {
     license: { name: 'MIT', identifier: 'MIT' },
   },
   servers: [{ url: 'http://localhost:8080' }],
+  // No authentication in the service itself: it runs behind the platform's gateway (deploy/).
+  security: [],
   tags: [
     { name: 'models', description: 'Served models and predictions' },
     { name: 'analysis', description: 'Worst-case OOD confidence and counterfactuals' },
