@@ -2,7 +2,9 @@
  * `npm run openapi`: writes openapi/openapi.json (OpenAPI 3.1, from the route schemas) and
  * openapi/schema.d.ts (openapi-typescript types for generated clients). `--check` exits 1 on drift.
  */
+import { execFileSync } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
 import openapiTS, { astToString } from 'openapi-typescript';
 import { openApiDocument } from '../src/app.js';
 
@@ -28,6 +30,10 @@ if (process.argv[1] && import.meta.url.endsWith(process.argv[1].split('/').pop()
   } else {
     await writeFile(new URL('openapi.json', here), document);
     await writeFile(new URL('schema.d.ts', here), types);
+    // The generated types follow the project's formatting, so `biome check .` stays clean.
+    execFileSync('npx', ['biome', 'format', '--write', fileURLToPath(new URL('schema.d.ts', here))], {
+      stdio: 'ignore',
+    });
     console.log('wrote openapi/openapi.json and openapi/schema.d.ts');
   }
 }
