@@ -1,0 +1,23 @@
+# ratio-audit service on libtensorflow (GPU when the node has one). tfjs-node-gpu's install step
+# downloads libtensorflow, which works in an image build (not on the offline dev machines).
+FROM node:20-bookworm-slim AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --include=optional \
+ && npm install --no-save @tensorflow/tfjs-node-gpu@4.22.0
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production PORT=8080 RATIO_MODELS_DIR=/app/models LOG_LEVEL=info
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json tsconfig.json ./
+COPY bin ./bin
+COPY src ./src
+COPY openapi/openapi.json ./openapi/openapi.json
+COPY models ./models
+USER node
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s CMD node -e "fetch('http://127.0.0.1:'+process.env.PORT+'/health/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"
+# SIGTERM: refuse new audits, finish running ones for up to 25 s, then stop.
+STOPSIGNAL SIGTERM
+CMD ["node", "bin/ratio.js", "serve"]
