@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { apgdAttack, apgdTargeted } from './attacks/apgd.js';
 import { fabTargeted, fabUntargeted } from './attacks/fab.js';
 import { minimumClasses } from './attacks/losses.js';
+import { square } from './attacks/square.js';
 import type { Attack, AttackProgress } from './attacks/types.js';
 import { sanityWarnings, verifyAdversarial } from './attacks/verify.js';
 import type { Classifier } from './classifier.js';
@@ -26,8 +27,10 @@ export interface AutoAttackOptions extends LongRunOptions<AttackProgress> {
   batchSize?: number;
   /** Replaces the version's sequence (e.g. a cheaper one in tests); names must be unique. */
   attacks?: Attack[];
-  /** APGD iterations per run (default 100). */
+  /** APGD and FAB iterations per run (default 100). */
   iterations?: number;
+  /** Square queries per point (default 5000). */
+  queries?: number;
   /** Return the adversarial batch (clean points where unbroken); the caller disposes it. */
   keepAdversarial?: boolean;
 }
@@ -75,13 +78,13 @@ interface PlannedAttack {
 /**
  * The attack sequence of a version, as the reference: standard = APGD-CE, APGD-T, FAB-T, Square;
  * plus = APGD-CE, APGD-DLR, FAB, Square, APGD-T, FAB-T (5 restarts for the untargeted white-box ones).
- * TODO(issue 3): Square (engineer D2's square.ts) slots in after FAB-T / FAB once it lands.
  */
 function plannedAttacks(
   version: AutoAttackVersion,
   restarts: number,
   explicitRestarts: number | undefined,
   iterations: number,
+  queries: number,
 ): PlannedAttack[] {
   const ce = { attack: apgdAttack('ce', { iterations }), minimumClasses: 2, restarts };
   const targeted = {
@@ -90,7 +93,9 @@ function plannedAttacks(
     restarts,
   };
   const fabT = { attack: fabTargeted({ iterations }), minimumClasses: 2, restarts };
-  if (version === 'standard') return [ce, targeted, fabT];
+  // Square is black-box and draws its own restarts inside its query budget.
+  const squareAttack = { attack: square({ queries }), minimumClasses: 2, restarts: 1 };
+  if (version === 'standard') return [ce, targeted, fabT, squareAttack];
   if (version === 'plus') {
     const dlr = {
       attack: apgdAttack('dlr', { iterations }),
@@ -100,7 +105,7 @@ function plannedAttacks(
     const fab = { attack: fabUntargeted({ iterations }), minimumClasses: 2, restarts };
     // As the reference: the 5 restarts go to the untargeted attacks, the targeted ones keep one per target.
     const once = explicitRestarts ?? 1;
-    return [ce, dlr, fab, { ...targeted, restarts: once }, { ...fabT, restarts: once }];
+    return [ce, dlr, fab, squareAttack, { ...targeted, restarts: once }, { ...fabT, restarts: once }];
   }
   // Expectation over transformation: 20 draws per gradient for randomised models.
   return [
@@ -132,6 +137,7 @@ function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options
     ['batchSize', options.batchSize],
     ['restarts', options.restarts],
     ['iterations', options.iterations],
+    ['queries', options.queries],
   ] as const) {
     if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
       throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
@@ -200,7 +206,7 @@ export async function autoAttack(
 
   const planned: PlannedAttack[] = options.attacks
     ? options.attacks.map((attack) => ({ attack, minimumClasses: 2, restarts }))
-    : plannedAttacks(version, restarts, options.restarts, options.iterations ?? 100);
+    : plannedAttacks(version, restarts, options.restarts, options.iterations ?? 100, options.queries ?? 5000);
   const perAttack: AttackSummary[] = [];
 
   for (const { attack, minimumClasses: needed, restarts: attackRestarts } of planned) {

@@ -32,7 +32,7 @@ describe.each(['L2', 'Linf'] as Norm[])('autoAttack on a linear model (%s)', (no
     });
     expect(report.robust_accuracy).toBe(exact);
     expect(report.clean_accuracy).toBe(problem.cleanCorrect.reduce((a, b) => a + b, 0) / 200);
-    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-t', 'fab-t']);
+    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-t', 'fab-t', 'square']);
     const after = report.per_attack.map((a) => a.robust_accuracy_after);
     for (let i = 1; i < after.length; i++) expect(after[i]).toBeLessThanOrEqual(after[i - 1]);
     expect(after.at(-1)).toBe(report.robust_accuracy);
@@ -91,6 +91,7 @@ describe('autoAttack composition', () => {
       norm: 'L2',
       eps: 2,
       iterations: 10,
+      queries: 300,
       seed: 0,
     });
     expect(report.clean_accuracy).toBe(1);
@@ -140,7 +141,13 @@ describe('autoAttack composition', () => {
     const problem = linearProblem({ n: 40, shape, numClasses: 10, norm: 'Linf', seed: 2 });
     const eps = epsInGap(problem);
     const run = () =>
-      autoAttack(problem.classifier, problem.x, problem.y, { norm: 'Linf', eps, seed: 4, iterations: 20 });
+      autoAttack(problem.classifier, problem.x, problem.y, {
+        norm: 'Linf',
+        eps,
+        seed: 4,
+        iterations: 20,
+        queries: 300,
+      });
     const [a, b] = [await run(), await run()];
     expect(a.samples).toEqual(b.samples);
     expect(a.robust_accuracy).toBe(b.robust_accuracy);
@@ -152,6 +159,7 @@ describe('autoAttack composition', () => {
       norm: 'Linf',
       eps,
       iterations: 20,
+      queries: 300,
       signal: controller.signal,
       onProgress: (p) => {
         progress.push(p.attack);
@@ -198,9 +206,17 @@ describe('autoAttack composition', () => {
       version: 'plus',
       restarts: 1,
       iterations: 5,
+      queries: 100,
     });
     expect(report.warnings.filter((w) => /skipped: it needs at least/.test(w)).length).toBe(2);
-    expect(report.per_attack.map((a) => a.name)).toEqual(['apgd-ce', 'apgd-dlr', 'fab', 'apgd-t', 'fab-t']);
+    expect(report.per_attack.map((a) => a.name)).toEqual([
+      'apgd-ce',
+      'apgd-dlr',
+      'fab',
+      'square',
+      'apgd-t',
+      'fab-t',
+    ]);
     problem.dispose();
   });
 
