@@ -10,6 +10,7 @@ export interface CommandModule {
 }
 
 const commands: Record<string, () => Promise<CommandModule>> = {
+  audit: () => import('./commands/audit.js'),
   datasets: () => import('./commands/datasets.js'),
   eval: () => import('./commands/eval.js'),
   serve: () => import('./commands/serve.js'),
