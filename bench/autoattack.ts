@@ -8,6 +8,8 @@
  */
 import * as tf from '@tensorflow/tfjs';
 import { apgdAttack, apgdTargeted } from '../src/engine/attacks/apgd.js';
+import { fabTargeted } from '../src/engine/attacks/fab.js';
+import { square } from '../src/engine/attacks/square.js';
 import type { Attack } from '../src/engine/attacks/types.js';
 import { initBackend } from '../src/engine/backend.js';
 import { functionClassifier } from '../src/engine/classifier.js';
@@ -25,7 +27,7 @@ const n = Number(option('n', '8'));
 const iterations = Number(option('iterations', '100'));
 const norm = option('norm', 'L2') as Norm;
 const targets = Number(option('targets', '9'));
-const only = option('attacks', 'apgd-ce,apgd-dlr,apgd-t').split(',');
+const only = option('attacks', 'apgd-ce,apgd-dlr,apgd-t,fab-t,square').split(',');
 // Small enough that an untrained network is never flipped: every attack spends its full budget.
 const eps = norm === 'L2' ? 1e-4 : 1e-6;
 
@@ -69,6 +71,9 @@ const attacks: { attack: Attack; gradients: number }[] = [
   { attack: apgdAttack('ce', { iterations }), gradients: iterations + 1 },
   { attack: apgdAttack('dlr', { iterations }), gradients: iterations + 1 },
   { attack: apgdTargeted({ iterations, targetClasses: targets }), gradients: targets * (iterations + 1) },
+  // FAB needs the Jacobian rows of two classes per step; Square only forward passes (counted as 1/3).
+  { attack: fabTargeted({ iterations, nTargets: targets }), gradients: targets * iterations * 2 },
+  { attack: square({ queries: iterations * 50 }), gradients: Math.ceil((iterations * 50) / 3) },
 ];
 const results = [];
 for (const { attack, gradients } of attacks.filter((a) => only.includes(a.attack.name))) {
