@@ -1,10 +1,11 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
 import { type AppDependencies, createApp } from './app.js';
+import { readModelDir } from './data/model-dir.js';
 import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { loadModelFromFiles } from './engine/model-files.js';
@@ -53,12 +54,10 @@ export async function loadModelsDirectory(
   for (const entry of entries) {
     if (!entry.isDirectory()) continue;
     const modelDir = path.join(directory, entry.name);
-    const files = new Map<string, Uint8Array>();
-    for (const file of await readdir(modelDir, { withFileTypes: true })) {
-      if (file.isFile()) files.set(file.name, new Uint8Array(await readFile(path.join(modelDir, file.name))));
-    }
-    if (!files.has('model.json')) continue;
+    if (!(await stat(path.join(modelDir, 'model.json')).catch(() => undefined))) continue;
     try {
+      // readModelDir refuses shard paths that leave the folder and caps the total size.
+      const files = await readModelDir(modelDir);
       models.set(entry.name, await loadModelFromFiles(files, { card: { name: entry.name } }));
       logger.info({ model: entry.name }, 'model loaded');
     } catch (error) {

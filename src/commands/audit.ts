@@ -106,16 +106,13 @@ function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
   };
 }
 
-/** Every regular file of a model directory, keyed by name (the engine loader checks them). */
+/** The model directory's files through the data layer (no escaping paths, size-capped). */
 async function readModelDirectory(dir: string): Promise<Map<string, Uint8Array>> {
-  const info = await stat(dir).catch(() => undefined);
-  if (!info?.isDirectory()) throw new UsageError(`--model must be a model directory, got '${dir}'`);
-  const files = new Map<string, Uint8Array>();
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    if (entry.isFile()) files.set(entry.name, new Uint8Array(await readFile(path.join(dir, entry.name))));
-  }
-  if (!files.has('model.json')) throw new UsageError(`--model: no model.json in '${dir}'`);
-  return files;
+  const { readModelDir, ModelDirError } = await import('../data/model-dir.js');
+  return readModelDir(dir).catch((error: unknown) => {
+    if (error instanceof ModelDirError) throw new UsageError(`--model: ${error.message}`);
+    throw error;
+  });
 }
 
 /** A one-line progress bar with ETA on a TTY, plain lines every 10% otherwise. */

@@ -120,6 +120,9 @@ export async function initBackend(
   preferred: string | undefined = process.env.RATIO_BACKEND,
 ): Promise<BackendInfo> {
   if (selected) return selected;
+  // Production mode only silences tfjs's console nags (e.g. the cpu backend's "install tfjs-node"
+  // banner, which would land in every log and CI run); numerics and checks are unchanged.
+  tf.enableProdMode();
   pending ??= select(preferred).then(
     (info) => {
       selected = info;

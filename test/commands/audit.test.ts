@@ -111,7 +111,7 @@ describe('ratio audit', () => {
     const errors = output.errors();
     expect(errors).toMatch(/--norm must be L2 or Linf/);
     expect(errors).toMatch(/--eps must be a number > 0/);
-    expect(errors).toMatch(/no model.json/);
+    expect(errors).toMatch(/--model: .*model\.json: file is missing/);
     expect(errors).toMatch(/--data: /);
   });
 });
