@@ -19,6 +19,7 @@ import {
 } from './checkpoint.js';
 import { type TrainConfig, usesOutDistribution } from './config.js';
 import { loadTrainingData, splitValidation } from './data.js';
+import { OBJECTIVE_PARTS } from './objectives.js';
 import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
 
 /**
@@ -169,8 +170,9 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     inputShape: train.shape,
     temperature: fit.temperature,
     objective: config.objective,
-    epsIn: config.epsIn,
-    epsOut: config.epsOut,
+    // Only the budgets the objective trained with: a card must not suggest robustness it never had.
+    epsIn: OBJECTIVE_PARTS[config.objective].attackIn ? config.epsIn : undefined,
+    epsOut: OBJECTIVE_PARTS[config.objective].attackOut ? config.epsOut : undefined,
     metrics: {
       validationAccuracy,
       validationEce: fit.ece,

@@ -119,6 +119,17 @@ describe('resume', () => {
     last.model.dispose();
   });
 
+  it('writes into the card only the budgets its objective trained with', async () => {
+    const plain = await runTraining(smallRatioConfig('plain-card', { objective: 'plain', epochs: 1 }), {
+      data: data(),
+    });
+    const card = JSON.parse(await readFile(path.join(folder, 'models', 'plain-card', 'card.json'), 'utf8'));
+    expect(card.objective).toBe('plain');
+    expect(card).not.toHaveProperty('epsIn');
+    expect(card).not.toHaveProperty('epsOut');
+    plain.model.dispose();
+  });
+
   it('refuses a corrupt, truncated or foreign checkpoint with a clear message', async () => {
     const config = smallRatioConfig('guarded', { epochs: 1, maxSteps: 1 });
     const first = await runTraining(config, { data: data() });
