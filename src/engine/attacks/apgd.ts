@@ -5,6 +5,7 @@ import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
 import { project, randomStart, steepestDirection } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
+import { yieldToEventLoop } from './validate.js';
 
 /**
  * Auto-PGD (Croce & Hein, ICML 2020): PGD with momentum 0.75 and a step size that starts at 2 eps
@@ -71,7 +72,6 @@ export function apgdCheckpointIntervals(iterations: number): number[] {
 }
 
 /** Lets timers and abort events run between iterations (the loop is otherwise synchronous). */
-const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 function swap<T extends tf.Tensor>(old: T, next: T): T {
   if (old !== next) old.dispose();

@@ -6,6 +6,12 @@ import { classAtRank } from './apgd.js';
 import { hyperplaneBoxStep } from './fab-projections.js';
 import { dualNorm, vectorNorm } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
+import {
+  assertAttackBatch,
+  assertPositiveIntegers,
+  assertThreatModel,
+  yieldToEventLoop,
+} from './validate.js';
 
 /**
  * FAB (Fast Adaptive Boundary; Croce & Hein, ICML 2020), a minimum-norm attack. Each iteration
@@ -58,32 +64,16 @@ const TINY = 1e-12;
 /** Floor on the step lengths entering the mixing weight (reference: 1e-8). */
 const MIN_STEP = 1e-8;
 
-const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: FabOptions): void {
-  if (!(x instanceof tf.Tensor) || x.rank !== 4) {
-    throw new Error(`'x' must be rank 4 (NHWC), got [${x instanceof tf.Tensor ? x.shape : typeof x}]`);
-  }
-  const n = x.shape[0];
+  assertAttackBatch(classifier, x, y);
+  assertThreatModel(options);
   const k = classifier.numClasses;
-  if (y.length !== n) throw new Error(`'y' must have ${n} labels, got ${y.length}`);
-  if (y.some((label) => !(label >= 0 && label < k))) throw new Error(`'y' labels must lie in [0, ${k})`);
-  if (options.norm !== 'L2' && options.norm !== 'Linf') {
-    throw new Error(`'norm' must be 'L2' or 'Linf', got ${String(options.norm)}`);
-  }
-  if (!(options.eps >= 0 && Number.isFinite(options.eps))) {
-    throw new Error(`'eps' must be a finite number >= 0, got ${options.eps}`);
-  }
   if (k < 2) throw new Error(`FAB needs a model with at least 2 classes, got ${k}`);
-  for (const [name, value] of [
+  assertPositiveIntegers([
     ['iterations', options.iterations],
     ['restarts', options.restarts],
     ['targetClasses', options.targetClasses],
-  ] as const) {
-    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
-      throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
-    }
-  }
+  ]);
   for (const [name, value] of [
     ['alphaMax', options.alphaMax],
     ['overshoot', options.overshoot],

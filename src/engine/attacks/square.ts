@@ -3,6 +3,12 @@ import { Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
+import {
+  assertAttackBatch,
+  assertPositiveIntegers,
+  assertThreatModel,
+  yieldToEventLoop,
+} from './validate.js';
 
 /**
  * Square attack (Andriushchenko et al., ECCV 2020; reference square.py): a score-based black-box
@@ -57,31 +63,15 @@ export function squareSchedule(iteration: number, queries: number, pInit: number
   return pInit / 2 ** halvings;
 }
 
-const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: SquareOptions): void {
-  if (!(x instanceof tf.Tensor) || x.rank !== 4) {
-    throw new Error(`'x' must be rank 4 (NHWC), got [${x instanceof tf.Tensor ? x.shape : typeof x}]`);
-  }
-  const n = x.shape[0];
+  assertAttackBatch(classifier, x, y);
   const k = classifier.numClasses;
-  if (y.length !== n) throw new Error(`'y' must have ${n} labels, got ${y.length}`);
-  if (y.some((label) => !(label >= 0 && label < k))) throw new Error(`'y' labels must lie in [0, ${k})`);
   if (k < 2) throw new Error(`the Square attack needs a model with at least 2 classes, got ${k}`);
-  if (options.norm !== 'L2' && options.norm !== 'Linf') {
-    throw new Error(`'norm' must be 'L2' or 'Linf', got ${String(options.norm)}`);
-  }
-  if (!(options.eps >= 0 && Number.isFinite(options.eps))) {
-    throw new Error(`'eps' must be a finite number >= 0, got ${options.eps}`);
-  }
-  for (const [name, value] of [
+  assertThreatModel(options);
+  assertPositiveIntegers([
     ['queries', options.queries],
     ['restarts', options.restarts],
-  ] as const) {
-    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
-      throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
-    }
-  }
+  ]);
   if (options.pInit !== undefined && !(options.pInit > 0 && options.pInit <= 1)) {
     throw new Error(`'pInit' must lie in (0, 1], got ${options.pInit}`);
   }
