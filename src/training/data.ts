@@ -5,6 +5,7 @@ import { parseCifar, parseClassNames } from '../data/cifar.js';
 import { ArrayDataset, type Dataset } from '../data/dataset.js';
 import { idxDataset, maybeGunzip, parseIdx } from '../data/idx.js';
 import { loadImageFolder } from '../data/image-folder.js';
+import { concatDatasets } from '../data/load.js';
 import { Rng } from '../util/random.js';
 
 /** The shared data folder: `RATIO_DATA_DIR`, else `../shared/data` (data/README.md). */
@@ -40,28 +41,6 @@ async function loadFile(file: string): Promise<Dataset> {
     return parseCifar(new Uint8Array(await readFile(file)), { variant: 'cifar10', classNames, source: file });
   }
   throw new Error(`data file '${file}' is neither CIFAR binary (.bin) nor IDX images (*-idx3-ubyte[.gz])`);
-}
-
-/** Concatenates data sets of one image shape (e.g. the three parts of the OOD training set). */
-export function concatDatasets(parts: readonly Dataset[]): Dataset {
-  if (parts.length === 1) return parts[0];
-  const shape = parts[0].shape;
-  for (const part of parts) {
-    if (part.shape.join('x') !== shape.join('x')) {
-      throw new Error(`cannot join data of shapes [${shape}] and [${part.shape}]`);
-    }
-  }
-  const images = new Uint8Array(parts.reduce((sum, p) => sum + p.images.length, 0));
-  const labels = new Int32Array(parts.reduce((sum, p) => sum + p.size, 0));
-  let imageOffset = 0;
-  let labelOffset = 0;
-  for (const part of parts) {
-    images.set(part.images, imageOffset);
-    labels.set(part.labels, labelOffset);
-    imageOffset += part.images.length;
-    labelOffset += part.size;
-  }
-  return new ArrayDataset({ images, shape, labels, classNames: parts[0].classNames });
 }
 
 /**
