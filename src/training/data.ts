@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseCifar, parseClassNames } from '../data/cifar.js';
-import { ArrayDataset, type Dataset } from '../data/dataset.js';
+import type { Dataset } from '../data/dataset.js';
 import { idxDataset, maybeGunzip, parseIdx } from '../data/idx.js';
 import { loadImageFolder } from '../data/image-folder.js';
 import { concatDatasets } from '../data/load.js';
