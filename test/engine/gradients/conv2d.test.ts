@@ -252,3 +252,47 @@ describe('fast Conv2D gradient functions', () => {
 
   afterAll(() => useFastConvGradients(testBackend()));
 });
+
+describe('higher-order gradients', () => {
+  beforeAll(() => useFastConvGradients(testBackend()));
+
+  it('second derivatives through the Conv2D gradient match the reference (taped, so tensor ops are used)', async () => {
+    const c: Case = {
+      batch: 2,
+      height: 6,
+      width: 5,
+      inChannels: 3,
+      outChannels: 4,
+      kernel: 3,
+      stride: 1,
+      pad: 'same',
+    };
+    const inputs = makeInputs(c);
+    // d/dW of || dL/dx ||^2 (an input-gradient penalty) needs the gradient of the input gradient.
+    const run = () =>
+      tf.tidy(() => {
+        const x = tf.tensor4d(inputs.x, [c.batch, c.height, c.width, c.inChannels]);
+        const penalty = (filter: tf.Tensor) => {
+          const loss = (xs: tf.Tensor) => {
+            const y = tf.conv2d(xs as tf.Tensor4D, filter as tf.Tensor4D, c.stride, c.pad);
+            return tf.sum(tf.mul(y, tf.tensor(inputs.weights, y.shape)));
+          };
+          return tf.sum(tf.square(tf.grad(loss)(x)));
+        };
+        const filter = tf.tensor4d(inputs.filter, [c.kernel, c.kernel, c.inChannels, c.outChannels]);
+        return tf.grad(penalty)(filter).dataSync() as Float32Array;
+      });
+    const expected = await (async () => {
+      const original = tf.getBackend();
+      useStockConvGradients();
+      await tf.setBackend('cpu');
+      try {
+        return run();
+      } finally {
+        await tf.setBackend(original);
+        useFastConvGradients(original);
+      }
+    })();
+    expect(relativeError(run(), expected)).toBeLessThanOrEqual(1e-4);
+  });
+});

@@ -1,0 +1,155 @@
+import * as tf from '@tensorflow/tfjs';
+
+/**
+ * Kernels that replace tfjs-backend-wasm 4.22's own where those cost a training step more than their
+ * arithmetic (measured with `npm run bench:engine -- --profile` and a CPU profile of one step):
+ * - Identity and same-dtype Cast copy their input on wasm, and the engine clones every tensor that a
+ *   gradient saves for the backward pass through Identity: ~10 ms of memcpy per smallCnn step. Here
+ *   they share the input's buffer (reference-counted), as the cpu backend does.
+ * - Sum over leading axes (every bias gradient: [N, H, W, C] summed to [C]) transposes the whole
+ *   input so that the reduced axes come last, then reduces (6.5 ms for [64, 32, 32, 32]). For NHWC
+ *   over N, H, W, XNNPACK's average pooling over each image does the bulk (0.5 ms); other
+ *   leading-axes sums are one pass in JavaScript over the wasm heap. Other reductions keep the stock
+ *   kernel.
+ */
+
+/** The part of tfjs-backend-wasm's BackendWasm these kernels use. */
+interface WasmHeapBackend {
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
+  incRef(dataId: tf.DataId): void;
+}
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+/** The backend's output sharing `x`'s buffer (immutable, so sharing is safe). */
+function shareBuffer(x: tf.TensorInfo, backend: WasmHeapBackend): tf.TensorInfo {
+  backend.incRef(x.dataId);
+  return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+}
+
+/**
+ * A kernel input as a Tensor for tensor ops. Inputs normally are Tensors; a bare TensorInfo gets a
+ * tracked Tensor that holds its own reference (disposing it must not free the caller's buffer).
+ */
+export function asTensor(info: tf.TensorInfo): tf.Tensor {
+  if (info instanceof tf.Tensor) return info;
+  tf.engine().backend.incRef(info.dataId);
+  return tf.engine().makeTensorFromTensorInfo(info);
+}
+
+/** Stock kernels the replacements fall back to for the cases they leave alone. */
+export interface StockWasmKernels {
+  identity?: tf.KernelConfig;
+  cast?: tf.KernelConfig;
+  sum?: tf.KernelConfig;
+}
+
+function requireStock(config: tf.KernelConfig | undefined, name: string): tf.KernelConfig {
+  if (!config) throw new Error(`tfjs-backend-wasm has no '${name}' kernel to fall back to`);
+  return config;
+}
+
+export function wasmKernelOverrides(stock: () => StockWasmKernels): tf.KernelConfig[] {
+  const identity: tf.KernelConfig = {
+    kernelName: tf.Identity,
+    backendName: 'wasm',
+    kernelFunc: (args: KernelArgs) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      // Strings live outside the wasm heap.
+      if (x.dtype === 'string') return requireStock(stock().identity, tf.Identity).kernelFunc(args);
+      return shareBuffer(x, args.backend as WasmHeapBackend);
+    },
+  };
+  const cast: tf.KernelConfig = {
+    kernelName: tf.Cast,
+    backendName: 'wasm',
+    kernelFunc: (args: KernelArgs) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      const { dtype } = args.attrs as unknown as tf.CastAttrs;
+      if (dtype === x.dtype && dtype !== 'string') return shareBuffer(x, args.backend as WasmHeapBackend);
+      return requireStock(stock().cast, tf.Cast).kernelFunc(args);
+    },
+  };
+  const sum: tf.KernelConfig = {
+    kernelName: tf.Sum,
+    backendName: 'wasm',
+    kernelFunc: (args: KernelArgs) => {
+      const x = args.inputs.x as tf.TensorInfo;
+      const { axis, keepDims } = args.attrs as unknown as tf.SumAttrs;
+      const leading = leadingAxesCount(x.shape, axis);
+      if (x.dtype !== 'float32' || leading === null)
+        return requireStock(stock().sum, tf.Sum).kernelFunc(args);
+      const [, height, width] = x.shape;
+      if (x.shape.length === 4 && leading === 3 && height * width > 1) return sumOverImages(x, keepDims);
+      return sumLeadingAxes(x, leading, keepDims, args.backend as WasmHeapBackend);
+    },
+  };
+  return [identity, cast, sum];
+}
+
+/**
+ * k when `axis` names exactly the first k axes of a tensor of this shape, with 0 < k < rank (the
+ * layout where reducing is a running sum of contiguous rows); null otherwise.
+ */
+export function leadingAxesCount(shape: readonly number[], axis: number | number[]): number | null {
+  const rank = shape.length;
+  const axes = tf.util.parseAxisParam(axis, shape as number[]);
+  const sorted = [...new Set(axes)].sort((a, b) => a - b);
+  if (sorted.length === 0 || sorted.length >= rank) return null;
+  return sorted.every((a, i) => a === i) ? sorted.length : null;
+}
+
+/** Sum of [N, H, W, C] over N, H and W: per-image averages (XNNPACK pooling), summed, times H * W. */
+function sumOverImages(x: tf.TensorInfo, keepDims: boolean): tf.TensorInfo {
+  const [n, height, width, channels] = x.shape;
+  return tf.tidy(() => {
+    const images = asTensor(x) as tf.Tensor4D;
+    const means = tf.reshape(tf.avgPool(images, [height, width], [height, width], 'valid'), [n, channels]);
+    // A leading-axis sum of n rows: the JavaScript path below, through this same kernel.
+    const total = tf.mul(tf.sum(means, 0), height * width);
+    return keepDims ? tf.reshape(total, [1, 1, 1, channels]) : total;
+  });
+}
+
+function sumLeadingAxes(
+  x: tf.TensorInfo,
+  leading: number,
+  keepDims: boolean,
+  backend: WasmHeapBackend,
+): tf.TensorInfo {
+  const kept = x.shape.slice(leading);
+  const rows = x.shape.slice(0, leading).reduce((a, b) => a * b, 1);
+  const cols = kept.reduce((a, b) => a * b, 1);
+  const outShape = keepDims ? [...x.shape.slice(0, leading).map(() => 1), ...kept] : kept;
+  // Allocate first: growing the wasm memory detaches every heap view taken before.
+  const out = backend.makeOutput(outShape, 'float32');
+  const values = backend.typedArrayFromHeap(x) as Float32Array;
+  // float64 accumulators: no worse than the stock float32 running sum, and order-independent enough.
+  const totals = new Float64Array(cols);
+  for (let r = 0, offset = 0; r < rows; r++, offset += cols) {
+    for (let c = 0; c < cols; c++) totals[c] += values[offset + c];
+  }
+  (backend.typedArrayFromHeap(out) as Float32Array).set(totals);
+  return out;
+}
+
+/**
+ * The Mean gradient without tfjs's `ones(x.shape)` (built in JavaScript and copied to the backend on
+ * every call: smallCnn's global average pool spends ~4 ms a step on it): dy / n broadcast to x.
+ */
+export const meanGradConfig: tf.GradConfig = {
+  kernelName: tf.Mean,
+  inputsToSave: ['x'],
+  gradFunc: (dy, saved, attrs) => {
+    const [x] = saved;
+    const { axis } = attrs as unknown as tf.MeanAttrs;
+    const axes = tf.util.parseAxisParam(axis, x.shape);
+    const expandedShape = x.shape.map((size, i) => (axes.includes(i) ? 1 : size));
+    const reduceSize = axes.reduce((product, a) => product * x.shape[a], 1);
+    return {
+      // fill runs on the backend; broadcastTo would run tfjs-backend-wasm's Tile, slower than the ones.
+      x: () => tf.mul(tf.reshape(dy as tf.Tensor, expandedShape), tf.fill(x.shape, 1 / reduceSize)),
+    };
+  },
+};
