@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { CommandModule } from '../cli.js';
+import { readOptions, UsageError } from './args.js';
 
 /**
  * `ratio audit`: AutoAttack robust accuracy of a model directory on a labelled data file, as a CI
@@ -23,8 +23,6 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
 `;
 
-class UsageError extends Error {}
-
 interface AuditArguments {
   model: string;
   data: string;
@@ -39,69 +37,39 @@ interface AuditArguments {
   minRobustAccuracy?: number;
 }
 
-function integer(name: string, raw: string | undefined, fallback: number, minimum: number): number {
-  if (raw === undefined) return fallback;
-  const value = Number(raw);
-  if (!Number.isInteger(value) || value < minimum) {
-    throw new UsageError(`--${name} must be an integer >= ${minimum}, got '${raw}'`);
-  }
-  return value;
-}
-
 function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
-        model: { type: 'string' },
-        data: { type: 'string' },
-        norm: { type: 'string' },
-        eps: { type: 'string' },
-        n: { type: 'string' },
-        version: { type: 'string' },
-        seed: { type: 'string' },
-        'batch-size': { type: 'string' },
-        restarts: { type: 'string' },
-        report: { type: 'string' },
-        'min-robust-accuracy': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
-  if (values.help) return 'help';
-  const text = (name: string) => values[name] as string | undefined;
-  for (const required of ['model', 'data', 'norm', 'eps']) {
-    if (text(required) === undefined) throw new UsageError(`--${required} is required`);
-  }
-  const norm = text('norm');
-  if (norm !== 'L2' && norm !== 'Linf') throw new UsageError(`--norm must be L2 or Linf, got '${norm}'`);
-  const eps = Number(text('eps'));
-  if (!(eps > 0 && Number.isFinite(eps)))
-    throw new UsageError(`--eps must be a number > 0, got '${text('eps')}'`);
-  const version = text('version') ?? 'standard';
-  if (version !== 'standard' && version !== 'plus' && version !== 'rand') {
-    throw new UsageError(`--version must be standard, plus or rand, got '${version}'`);
-  }
-  const threshold = text('min-robust-accuracy');
+  const options = readOptions(argv, {
+    model: { type: 'string' },
+    data: { type: 'string' },
+    norm: { type: 'string' },
+    eps: { type: 'string' },
+    n: { type: 'string' },
+    version: { type: 'string' },
+    seed: { type: 'string' },
+    'batch-size': { type: 'string' },
+    restarts: { type: 'string' },
+    report: { type: 'string' },
+    'min-robust-accuracy': { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (options.values.help) return 'help';
+  options.require('model', 'data', 'norm', 'eps');
+  const threshold = options.text('min-robust-accuracy');
   const minRobustAccuracy = threshold === undefined ? undefined : Number(threshold);
   if (minRobustAccuracy !== undefined && !(minRobustAccuracy >= 0 && minRobustAccuracy <= 1)) {
     throw new UsageError(`--min-robust-accuracy must lie in [0, 1], got '${threshold}'`);
   }
   return {
-    model: text('model')!,
-    data: text('data')!,
-    norm,
-    eps,
-    n: integer('n', text('n'), 1000, 1),
-    version,
-    seed: integer('seed', text('seed'), 0, 0),
-    batchSize: integer('batch-size', text('batch-size'), 250, 1),
-    restarts: text('restarts') === undefined ? undefined : integer('restarts', text('restarts'), 1, 1),
-    report: text('report'),
+    model: options.text('model')!,
+    data: options.text('data')!,
+    norm: options.choice('norm', ['L2', 'Linf'] as const, 'L2'),
+    eps: options.positive('eps', 0),
+    n: options.integer('n', 1000, 1),
+    version: options.choice('version', ['standard', 'plus', 'rand'] as const, 'standard'),
+    seed: options.integer('seed', 0, 0),
+    batchSize: options.integer('batch-size', 250, 1),
+    restarts: options.text('restarts') === undefined ? undefined : options.integer('restarts', 1, 1),
+    report: options.text('report'),
     minRobustAccuracy,
   };
 }

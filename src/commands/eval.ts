@@ -1,8 +1,8 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import type { CommandModule } from '../cli.js';
 import type { EvalSettings, ImageSet } from '../eval/evaluate.js';
+import { readOptions, UsageError } from './args.js';
 
 /**
  * `ratio eval`: the RATIO paper's table (Acc, R.Acc, ECE, AUC, WC AUC, MMC) and figures
@@ -38,8 +38,6 @@ const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>
   --write-temperature       write the fitted temperature into the model's card.json
 `;
 
-class UsageError extends Error {}
-
 interface EvalArguments {
   model: string;
   data: string;
@@ -51,65 +49,35 @@ interface EvalArguments {
 }
 
 function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArguments | 'help' {
-  let values: Record<string, string | boolean | string[] | undefined>;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
-        model: { type: 'string' },
-        data: { type: 'string' },
-        ood: { type: 'string', multiple: true },
-        n: { type: 'string' },
-        'calibration-data': { type: 'string' },
-        'calibration-n': { type: 'string' },
-        'ood-n': { type: 'string' },
-        eps: { type: 'string' },
-        'eps-ood': { type: 'string' },
-        'robust-n': { type: 'string' },
-        out: { type: 'string' },
-        seed: { type: 'string' },
-        'batch-size': { type: 'string' },
-        'cf-rows': { type: 'string' },
-        'cf-target': { type: 'string' },
-        'curve-n': { type: 'string' },
-        iterations: { type: 'string' },
-        'cf-iterations': { type: 'string' },
-        quick: { type: 'boolean' },
-        'write-temperature': { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError((error as Error).message);
-  }
+  const options = readOptions(argv, {
+    model: { type: 'string' },
+    data: { type: 'string' },
+    ood: { type: 'string', multiple: true },
+    n: { type: 'string' },
+    'calibration-data': { type: 'string' },
+    'calibration-n': { type: 'string' },
+    'ood-n': { type: 'string' },
+    eps: { type: 'string' },
+    'eps-ood': { type: 'string' },
+    'robust-n': { type: 'string' },
+    out: { type: 'string' },
+    seed: { type: 'string' },
+    'batch-size': { type: 'string' },
+    'cf-rows': { type: 'string' },
+    'cf-target': { type: 'string' },
+    'curve-n': { type: 'string' },
+    iterations: { type: 'string' },
+    'cf-iterations': { type: 'string' },
+    quick: { type: 'boolean' },
+    'write-temperature': { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  const { values, text, integer } = options;
   if (values.help) return 'help';
-  const text = (name: string) => values[name] as string | undefined;
-  const integer = (name: string, fallback: number, minimum = 1): number => {
-    const raw = text(name);
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!Number.isInteger(value) || value < minimum) {
-      throw new UsageError(`--${name} must be an integer >= ${minimum}, got '${raw}'`);
-    }
-    return value;
-  };
-  const radius = (name: string, fallback: number): number => {
-    const raw = text(name);
-    if (raw === undefined) return fallback;
-    const value = Number(raw);
-    if (!(value > 0 && Number.isFinite(value)))
-      throw new UsageError(`--${name} must be a number > 0, got '${raw}'`);
-    return value;
-  };
-  for (const required of ['model', 'data']) {
-    if (text(required) === undefined) throw new UsageError(`--${required} is required`);
-  }
+  options.require('model', 'data');
+  const radius = options.positive;
   const quick = values.quick === true;
-  const cfTarget = text('cf-target') ?? 'second';
-  if (cfTarget !== 'second' && cfTarget !== 'true') {
-    throw new UsageError(`--cf-target must be second or true, got '${cfTarget}'`);
-  }
+  const cfTarget = options.choice('cf-target', ['second', 'true'] as const, 'second');
   const attackIterations = integer('iterations', quick ? 5 : defaults.iterations.autoAttack);
   const n = integer('n', defaults.n);
   return {
