@@ -32,7 +32,7 @@ describe('readOptions', () => {
       "--n must be an integer >= 1, got ''",
     ],
     [
-      ['--n', '-1'],
+      ['--n=-1'],
       (o: ReturnType<typeof readOptions>) => o.integer('n', 1, 0),
       "--n must be an integer >= 0, got '-1'",
     ],
