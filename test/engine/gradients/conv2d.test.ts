@@ -4,6 +4,7 @@ import { backendInfo } from '../../../src/engine/backend.js';
 import { conv2dFilterGradient, conv2dInputGradient } from '../../../src/engine/gradients/conv2d.js';
 import { useFastConvGradients, useStockConvGradients } from '../../../src/engine/gradients/register.js';
 import { Rng } from '../../../src/util/random.js';
+import { onCpuWithStockGradients } from './cpu-reference.js';
 
 /**
  * Every fast gradient is checked against tfjs's own gradients on the `cpu` backend (the reference
@@ -87,15 +88,7 @@ async function referenceGradients(
   inputs: Inputs,
   conv: (x: tf.Tensor4D, filter: tf.Tensor4D) => tf.Tensor4D,
 ): Promise<Grads> {
-  const original = tf.getBackend();
-  useStockConvGradients();
-  await tf.setBackend('cpu');
-  try {
-    return gradients(c, inputs, conv);
-  } finally {
-    await tf.setBackend(original);
-    useFastConvGradients(original);
-  }
+  return onCpuWithStockGradients(() => gradients(c, inputs, conv));
 }
 
 const plainConv = (c: Case) => (x: tf.Tensor4D, filter: tf.Tensor4D) => tf.conv2d(x, filter, c.stride, c.pad);
@@ -282,17 +275,7 @@ describe('higher-order gradients', () => {
         const filter = tf.tensor4d(inputs.filter, [c.kernel, c.kernel, c.inChannels, c.outChannels]);
         return tf.grad(penalty)(filter).dataSync() as Float32Array;
       });
-    const expected = await (async () => {
-      const original = tf.getBackend();
-      useStockConvGradients();
-      await tf.setBackend('cpu');
-      try {
-        return run();
-      } finally {
-        await tf.setBackend(original);
-        useFastConvGradients(original);
-      }
-    })();
+    const expected = await onCpuWithStockGradients(run);
     expect(relativeError(run(), expected)).toBeLessThanOrEqual(1e-4);
   });
 });

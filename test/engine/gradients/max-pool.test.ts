@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { backendInfo } from '../../../src/engine/backend.js';
-import { useFastConvGradients, useStockConvGradients } from '../../../src/engine/gradients/register.js';
 import { Rng } from '../../../src/util/random.js';
+import { onCpuWithStockGradients } from './cpu-reference.js';
 
 /**
  * Max-pool gradients on the selected backend (on wasm: the project's MaxPoolGrad kernel) against the
@@ -31,18 +31,6 @@ function poolGradient(c: PoolCase, x: Float32Array, weights: Float32Array): Floa
   });
 }
 
-async function onCpuWithStockKernels<T>(run: () => T): Promise<T> {
-  const original = tf.getBackend();
-  useStockConvGradients();
-  await tf.setBackend('cpu');
-  try {
-    return run();
-  } finally {
-    await tf.setBackend(original);
-    useFastConvGradients(original);
-  }
-}
-
 const cases: PoolCase[] = [
   { shape: [3, 8, 8, 4], filter: 2, stride: 2, pad: 'valid', relu: false },
   { shape: [3, 8, 8, 4], filter: 2, stride: 2, pad: 'valid', relu: true },
@@ -60,7 +48,7 @@ describe('max-pool gradient', () => {
       const size = c.shape.reduce((a, b) => a * b, 1);
       const x = rng.normals(size);
       const weights = rng.normals(size);
-      const expected = await onCpuWithStockKernels(() => poolGradient(c, x, weights));
+      const expected = await onCpuWithStockGradients(() => poolGradient(c, x, weights));
       const actual = poolGradient(c, x, weights);
       // Exact where windows do not overlap; overlapping windows may sum in another order.
       expect(actual.length).toBe(expected.length);

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { useFastConvGradients, useStockConvGradients } from '../../../src/engine/gradients/register.js';
 import { leadingAxesCount } from '../../../src/engine/gradients/wasm-kernels.js';
 import { Rng } from '../../../src/util/random.js';
+import { onCpuWithStockGradients } from './cpu-reference.js';
 
 /**
  * The kernels and gradients that replace tfjs's for speed (wasm: zero-copy Identity/Cast, Sum over
@@ -11,18 +11,6 @@ import { Rng } from '../../../src/util/random.js';
  */
 
 const rng = new Rng(4242);
-
-async function onCpuWithStock<T>(run: () => T): Promise<T> {
-  const original = tf.getBackend();
-  useStockConvGradients();
-  await tf.setBackend('cpu');
-  try {
-    return run();
-  } finally {
-    await tf.setBackend(original);
-    useFastConvGradients(original);
-  }
-}
 
 function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
   expect(actual.length).toBe(expected.length);
@@ -64,7 +52,7 @@ describe('Sum', () => {
         const result = tf.sum(tf.tensor(values, c.shape), c.axis, c.keepDims);
         return { shape: result.shape, values: result.dataSync() as Float32Array };
       });
-    const expected = await onCpuWithStock(run);
+    const expected = await onCpuWithStockGradients(run);
     const actual = run();
     expect(actual.shape).toEqual(expected.shape);
     expect(maxRelativeError(actual.values, expected.values)).toBeLessThanOrEqual(1e-5);
@@ -143,7 +131,7 @@ describe('Mean gradient', () => {
         };
         return tf.grad(loss)(tf.tensor(x, c.shape)).dataSync() as Float32Array;
       });
-    const expected = await onCpuWithStock(run);
+    const expected = await onCpuWithStockGradients(run);
     expect(maxRelativeError(run(), expected)).toBeLessThanOrEqual(1e-5);
   });
 });
