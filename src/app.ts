@@ -40,8 +40,8 @@ export interface AppDependencies {
   /** Served models by name. */
   models: ReadonlyMap<string, Classifier>;
   limits?: Partial<ServiceLimits>;
-  /** The compute semaphore of synchronous work: N running, M waiting (default 1 and 16). */
-  compute?: { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
+  /** The compute semaphore of synchronous work to share, or options for one: N running, M waiting (default 1 and 16). */
+  compute?: ComputeSemaphore | { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
   /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
   audits?: AuditQueue | AuditQueueOptions;
   backend?: () => BackendInfo | undefined;
@@ -85,7 +85,10 @@ export function createApp(deps: AppDependencies): ServiceApp {
   const context: ServiceContext = {
     models: deps.models,
     limits,
-    compute: new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
+    compute:
+      deps.compute instanceof ComputeSemaphore
+        ? deps.compute
+        : new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
     audits: deps.audits instanceof AuditQueue ? deps.audits : new AuditQueue(deps.audits),
   };
 

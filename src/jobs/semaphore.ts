@@ -46,8 +46,13 @@ export class ComputeSemaphore {
     return { running: this.running, waiting: this.waiting.length };
   }
 
-  /** Takes a slot, waiting if needed; resolves to the release function. */
-  async acquire(): Promise<() => void> {
+  /**
+   * Takes a slot, waiting if needed; resolves to the release function. When `signal` aborts while
+   * waiting (e.g. AbortSignal.timeout for a request), the wait ends with the signal's reason
+   * (a TimeoutError/AbortError) and the place in line is given up.
+   */
+  async acquire(signal?: AbortSignal): Promise<() => void> {
+    signal?.throwIfAborted();
     if (this.running < this.options.maxRunning) {
       this.running += 1;
       return this.releaser();
@@ -58,13 +63,25 @@ export class ComputeSemaphore {
         this.options.retryAfterSeconds,
       );
     }
-    await new Promise<void>((resolve) => this.waiting.push(resolve));
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        const index = this.waiting.indexOf(wake);
+        if (index >= 0) this.waiting.splice(index, 1);
+        reject(signal?.reason);
+      };
+      const wake = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      this.waiting.push(wake);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
     return this.releaser();
   }
 
-  /** Runs `task` holding a slot. */
-  async run<T>(task: () => Promise<T> | T): Promise<T> {
-    const release = await this.acquire();
+  /** Runs `task` holding a slot (see `acquire` for `signal`, which bounds only the wait). */
+  async run<T>(task: () => Promise<T> | T, signal?: AbortSignal): Promise<T> {
+    const release = await this.acquire(signal);
     try {
       return await task();
     } finally {

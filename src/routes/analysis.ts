@@ -248,6 +248,8 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
       field: `images.${i}`,
       bytes: base64Bytes(text, `images.${i}`),
     }));
+    // One deadline from arrival: it bounds the wait for a compute slot and the attack itself.
+    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
     const results = await context.compute.run(async () => {
       const x = await imagesToTensor(inputs, model, context.limits);
       try {
@@ -256,7 +258,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
           iterations,
           restarts: body.restarts ?? 1,
           seed: body.seed ?? 0,
-          signal: AbortSignal.timeout(context.limits.requestTimeoutMs),
+          signal: deadline,
         });
         try {
           const images = await Promise.all(inputs.map((_, i) => pngBase64(found.images, i)));
@@ -284,7 +286,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
       } finally {
         x.dispose();
       }
-    });
+    }, deadline);
     return c.json({ model: name, eps, threshold, results }, 200);
   });
 
@@ -297,6 +299,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
     const radii = [...(body.radii ?? DEFAULT_COUNTERFACTUAL_RADII)].sort((a, b) => a - b);
     const wantsPng = (c.req.header('accept') ?? '').includes('image/png');
     const input = { field: 'image', bytes: base64Bytes(body.image, 'image') };
+    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
     return context.compute.run(async () => {
       const x = await imagesToTensor([input], model, context.limits);
       const targets = (() => {
@@ -314,7 +317,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
           radii,
           iterations,
           seed: body.seed ?? 0,
-          signal: AbortSignal.timeout(context.limits.requestTimeoutMs),
+          signal: deadline,
         });
         try {
           const original = result.originalClass[0];
@@ -359,6 +362,6 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
       } finally {
         tiled.dispose();
       }
-    });
+    }, deadline);
   });
 }

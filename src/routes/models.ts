@@ -222,6 +222,8 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
     const threshold = oodThreshold(model, query.threshold);
     const topK = Math.min(query.top_k ?? 5, model.numClasses);
     if (!(topK >= 1)) throw invalidField('top_k', `'top_k' must be >= 1`);
+    // The request timeout bounds the wait for a compute slot (behind a long counterfactual, say): 504.
+    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
     const rows = await context.compute.run(async () => {
       const x = await imagesToTensor(inputs, model, context.limits);
       try {
@@ -229,7 +231,7 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
       } finally {
         x.dispose();
       }
-    });
+    }, deadline);
     return c.json(
       {
         model: c.req.valid('param').model,

@@ -32,6 +32,24 @@ describe('ComputeSemaphore', () => {
     expect(semaphore.depth).toEqual({ running: 0, waiting: 0 });
   });
 
+  it('gives up the place in line when the wait is aborted, with the signal reason', async () => {
+    const semaphore = new ComputeSemaphore({ maxRunning: 1, maxWaiting: 2 });
+    const release = await semaphore.acquire();
+    const controller = new AbortController();
+    const waiting = semaphore.run(() => 'never', controller.signal);
+    const next = semaphore.run(() => 'next');
+    expect(semaphore.depth).toEqual({ running: 1, waiting: 2 });
+    controller.abort(new DOMException('too slow', 'TimeoutError'));
+    const error = await waiting.catch((e: unknown) => e);
+    expect((error as DOMException).name).toBe('TimeoutError');
+    expect(semaphore.depth).toEqual({ running: 1, waiting: 1 });
+    release();
+    expect(await next).toBe('next');
+    expect(semaphore.depth).toEqual({ running: 0, waiting: 0 });
+    await expect(semaphore.acquire(AbortSignal.abort())).rejects.toThrow();
+    expect(semaphore.depth).toEqual({ running: 0, waiting: 0 });
+  });
+
   it('releases the slot when a task throws', async () => {
     const semaphore = new ComputeSemaphore({ maxRunning: 1, maxWaiting: 0 });
     await expect(semaphore.run(() => Promise.reject(new Error('boom')))).rejects.toThrow('boom');

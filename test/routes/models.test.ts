@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
+import { ComputeSemaphore } from '../../src/jobs/semaphore.js';
 import { base64, CLASS_NAMES, colourLogits, colourModel, softmax, solidPng } from './fixtures.js';
 
 type Json = Record<string, unknown>;
@@ -181,6 +182,20 @@ describe('POST /v1/models/{model}/predict', () => {
     const refused = answers.find((r) => r.status === 429)!;
     expect(refused.headers.get('retry-after')).toBe('3');
     expect(refused.headers.get('content-type')).toBe('application/problem+json');
+  });
+
+  it('answers 504 problem+json when the wait for a compute slot outlasts the request timeout', async () => {
+    const compute = new ComputeSemaphore({ maxRunning: 1, maxWaiting: 4 });
+    const app = makeApp({ compute, limits: { requestTimeoutMs: 150 } });
+    const png = await solidPng([255, 0, 0]);
+    const release = await compute.acquire(); // a long computation holds the only slot
+    const started = performance.now();
+    const body = await problem(await postPng(app, png), 504);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(140);
+    expect(body.status).toBe(504);
+    expect(compute.depth).toEqual({ running: 1, waiting: 0 }); // the timed-out request left the line
+    release();
+    expect((await postPng(app, png)).status).toBe(200);
   });
 
   it('leaves tf.memory().numTensors unchanged over 200 predict requests', async () => {
