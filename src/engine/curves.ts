@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { apgd } from './attacks/apgd.js';
 import { type Classifier, probabilities } from './classifier.js';
 import { enforceBudget } from './counterfactuals.js';
-import { worstCaseConfidence } from './ood.js';
+import { type WorstCaseOptions, worstCaseConfidence } from './ood.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from './types.js';
 
 /**
@@ -39,14 +39,8 @@ export interface ConfidenceCurves {
   outMaxConfidence: number[];
 }
 
-export interface WorstTrueClassOptions extends LongRunOptions<EngineProgress> {
-  eps: number;
-  iterations?: number;
-  restarts?: number;
-  norm?: Norm;
-  temperature?: number;
-  batchSize?: number;
-}
+/** The same ball, attack budget and batching as the worst-case OOD confidence. */
+export type WorstTrueClassOptions = WorstCaseOptions;
 
 function trueClassProbability(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, temperature: number) {
   const probs = probabilities(classifier, x, { temperature });
