@@ -180,9 +180,10 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     },
     architecture: config.architecture,
     width: config.width,
-    lambda: config.lambda,
+    // Likewise the out-distribution settings only for objectives that train on one (oe, acet, ratio).
+    lambda: usesOutDistribution(config.objective) ? config.lambda : undefined,
     data: config.data,
-    outData: config.outData ?? null,
+    outData: usesOutDistribution(config.objective) ? (config.outData ?? null) : null,
     trainImages: train.size,
     validationImages: validation?.size ?? 0,
     epochs: config.epochs,

@@ -127,6 +127,8 @@ describe('resume', () => {
     expect(card.objective).toBe('plain');
     expect(card).not.toHaveProperty('epsIn');
     expect(card).not.toHaveProperty('epsOut');
+    expect(card).not.toHaveProperty('lambda');
+    expect(card.outData).toBeNull();
     plain.model.dispose();
   });
 
