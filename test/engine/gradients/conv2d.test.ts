@@ -4,7 +4,7 @@ import { backendInfo } from '../../../src/engine/backend.js';
 import { conv2dFilterGradient, conv2dInputGradient } from '../../../src/engine/gradients/conv2d.js';
 import { useFastConvGradients, useStockConvGradients } from '../../../src/engine/gradients/register.js';
 import { Rng } from '../../../src/util/random.js';
-import { onCpuWithStockGradients } from './cpu-reference.js';
+import { onCpuWithStockGradients, relativeError } from './cpu-reference.js';
 
 /**
  * Every fast gradient is checked against tfjs's own gradients on the `cpu` backend (the reference
@@ -31,17 +31,6 @@ interface Grads {
 
 const rng = new Rng(20_200_817);
 const testBackend = () => backendInfo().name;
-
-function relativeError(actual: Float32Array, expected: Float32Array): number {
-  expect(actual.length).toBe(expected.length);
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < expected.length; i++) {
-    diff += (actual[i] - expected[i]) ** 2;
-    norm += expected[i] ** 2;
-  }
-  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
-}
 
 interface Inputs {
   x: Float32Array;

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { expect } from 'vitest';
 import { useFastConvGradients, useStockConvGradients } from '../../../src/engine/gradients/register.js';
 
 /**
@@ -15,4 +16,16 @@ export async function onCpuWithStockGradients<T>(run: () => T): Promise<T> {
     await tf.setBackend(original);
     useFastConvGradients(original);
   }
+}
+
+/** ||actual - expected|| / ||expected|| (L2 over all values), after checking the lengths agree. */
+export function relativeError(actual: Float32Array, expected: Float32Array): number {
+  expect(actual.length).toBe(expected.length);
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < expected.length; i++) {
+    diff += (actual[i] - expected[i]) ** 2;
+    norm += expected[i] ** 2;
+  }
+  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
 }

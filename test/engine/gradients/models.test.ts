@@ -5,6 +5,7 @@ import { useFastConvGradients, useStockConvGradients } from '../../../src/engine
 import { resnet18, smallCnn } from '../../../src/training/architectures.js';
 import { seededInitialisation } from '../../../src/training/run.js';
 import { Rng } from '../../../src/util/random.js';
+import { relativeError } from './cpu-reference.js';
 
 /**
  * End to end through tf.layers: every trainable weight's gradient of a model-zoo network on the
@@ -13,16 +14,6 @@ import { Rng } from '../../../src/util/random.js';
  * MaxPoolGrad; resnet18's convolutions have no activation (BatchNorm follows), so tf.layers runs them
  * fused and differentiates through the Conv2DBackprop* kernels, strides 1 and 2.
  */
-
-function relativeError(actual: Float32Array, expected: Float32Array): number {
-  let diff = 0;
-  let norm = 0;
-  for (let i = 0; i < expected.length; i++) {
-    diff += (actual[i] - expected[i]) ** 2;
-    norm += expected[i] ** 2;
-  }
-  return Math.sqrt(diff) / Math.max(Math.sqrt(norm), 1e-30);
-}
 
 function weightGradients(
   model: tf.LayersModel,
