@@ -135,43 +135,33 @@ export function conv2dFilterGradient(
   checkRank4('filterShape', filterShape);
   return tf.tidy(() => {
     const info = convInfo(x.shape, filterShape, strides, pad, dimRoundingMode);
-    return filterGradientWithGradientAsFilter(x, dy, info);
+    // dW[a, b, ci, co] = sum over n, p, q of xPadded[n, p*s + a, q*s + b, ci] * dy[n, p, q, co]: x with
+    // in-channels as the batch and examples as the channels, convolved by dy as the filter (examples as
+    // its in-channels), dilated by the stride.
+    const { top, left } = info.padInfo;
+    const [kh, kw] = [info.filterHeight, info.filterWidth];
+    const [sh, sw] = [info.strideHeight, info.strideWidth];
+    // The padded input must span exactly kh + (outHeight - 1) * sh rows for a kh-row result.
+    const padBottom = kh + (info.outHeight - 1) * sh - info.inHeight - top;
+    const padRight = kw + (info.outWidth - 1) * sw - info.inWidth - left;
+    const source = swapBatchAndChannels(padOrCrop(x, [top, padBottom], [left, padRight]));
+    const gradientAsFilter = tf.transpose(dy, [1, 2, 0, 3]);
+    const grad = tf.conv2d(
+      source,
+      gradientAsFilter,
+      1,
+      [
+        [0, 0],
+        [Math.max(0, top), Math.max(0, padBottom)],
+        [Math.max(0, left), Math.max(0, padRight)],
+        [0, 0],
+      ],
+      'NHWC',
+      [sh, sw],
+    );
+    // [inChannels, kh, kw, outChannels] -> [kh, kw, inChannels, outChannels]
+    return tf.transpose(grad, [1, 2, 0, 3]);
   });
-}
-
-/**
- * dW[a, b, ci, co] = sum over n, p, q of xPadded[n, p*s + a, q*s + b, ci] * dy[n, p, q, co]: a
- * convolution of x with in-channels as the batch and examples as the channels, by dy as the filter
- * (examples as its in-channels), dilated by the stride.
- */
-function filterGradientWithGradientAsFilter(
-  x: tf.Tensor4D,
-  dy: tf.Tensor4D,
-  info: tf.backend_util.Conv2DInfo,
-): tf.Tensor4D {
-  const { top, left } = info.padInfo;
-  const [kh, kw] = [info.filterHeight, info.filterWidth];
-  const [sh, sw] = [info.strideHeight, info.strideWidth];
-  // The padded input must span exactly kh + (outHeight - 1) * sh rows for a kh-row result.
-  const padBottom = kh + (info.outHeight - 1) * sh - info.inHeight - top;
-  const padRight = kw + (info.outWidth - 1) * sw - info.inWidth - left;
-  const source = swapBatchAndChannels(padOrCrop(x, [top, padBottom], [left, padRight]));
-  const gradientAsFilter = tf.transpose(dy, [1, 2, 0, 3]);
-  const grad = tf.conv2d(
-    source,
-    gradientAsFilter,
-    1,
-    [
-      [0, 0],
-      [Math.max(0, top), Math.max(0, padBottom)],
-      [Math.max(0, left), Math.max(0, padRight)],
-      [0, 0],
-    ],
-    'NHWC',
-    [sh, sw],
-  );
-  // [inChannels, kh, kw, outChannels] -> [kh, kw, inChannels, outChannels]
-  return tf.transpose(grad, [1, 2, 0, 3]);
 }
 
 /**

@@ -46,7 +46,8 @@ export function maxPoolGradOnHeap(args: {
     info.outWidth * info.filterWidth === info.inWidth;
   if (tiles) {
     // MaxPool is float32-only in tfjs, so the heap views are Float32Arrays.
-    tiledMaxPoolGrad(x as Float32Array, upstream as Float32Array, dx as Float32Array, info);
+    const tiled = info.filterHeight === 2 && info.filterWidth === 2 ? tiled2x2MaxPoolGrad : tiledMaxPoolGrad;
+    tiled(x as Float32Array, upstream as Float32Array, dx as Float32Array, info);
     return out;
   }
   dx.fill(0);
@@ -105,10 +106,6 @@ function tiledMaxPoolGrad(
   const { batchSize, inHeight, inWidth, inChannels: channels, outHeight, outWidth } = info;
   const { filterHeight, filterWidth } = info;
   const rowStride = inWidth * channels;
-  if (filterHeight === 2 && filterWidth === 2) {
-    tiled2x2MaxPoolGrad(x, upstream, dx, info);
-    return;
-  }
   let dyIndex = 0;
   for (let b = 0; b < batchSize; b++) {
     for (let yR = 0; yR < outHeight; yR++) {
