@@ -38,26 +38,25 @@ export function asTensor(info: tf.TensorInfo): tf.Tensor {
   return tf.engine().makeTensorFromTensorInfo(info);
 }
 
-/** Stock kernels the replacements fall back to for the cases they leave alone. */
-export interface StockWasmKernels {
-  identity?: tf.KernelConfig;
-  cast?: tf.KernelConfig;
-  sum?: tf.KernelConfig;
-}
-
-function requireStock(config: tf.KernelConfig | undefined, name: string): tf.KernelConfig {
-  if (!config) throw new Error(`tfjs-backend-wasm has no '${name}' kernel to fall back to`);
-  return config;
-}
-
-export function wasmKernelOverrides(stock: () => StockWasmKernels): tf.KernelConfig[] {
+/**
+ * The replacement kernels; `stockKernel` finds tfjs-backend-wasm's own by name, for the cases the
+ * replacements leave to it.
+ */
+export function wasmKernelOverrides(
+  stockKernel: (kernelName: string) => tf.KernelConfig | undefined,
+): tf.KernelConfig[] {
+  const stock = (kernelName: string): tf.KernelFunc => {
+    const config = stockKernel(kernelName);
+    if (!config) throw new Error(`tfjs-backend-wasm has no '${kernelName}' kernel to fall back to`);
+    return config.kernelFunc;
+  };
   const identity: tf.KernelConfig = {
     kernelName: tf.Identity,
     backendName: 'wasm',
     kernelFunc: (args: KernelArgs) => {
       const x = args.inputs.x as tf.TensorInfo;
       // Strings live outside the wasm heap.
-      if (x.dtype === 'string') return requireStock(stock().identity, tf.Identity).kernelFunc(args);
+      if (x.dtype === 'string') return stock(tf.Identity)(args);
       return shareBuffer(x, args.backend as WasmHeapBackend);
     },
   };
@@ -68,7 +67,7 @@ export function wasmKernelOverrides(stock: () => StockWasmKernels): tf.KernelCon
       const x = args.inputs.x as tf.TensorInfo;
       const { dtype } = args.attrs as unknown as tf.CastAttrs;
       if (dtype === x.dtype && dtype !== 'string') return shareBuffer(x, args.backend as WasmHeapBackend);
-      return requireStock(stock().cast, tf.Cast).kernelFunc(args);
+      return stock(tf.Cast)(args);
     },
   };
   const sum: tf.KernelConfig = {
@@ -78,8 +77,7 @@ export function wasmKernelOverrides(stock: () => StockWasmKernels): tf.KernelCon
       const x = args.inputs.x as tf.TensorInfo;
       const { axis, keepDims } = args.attrs as unknown as tf.SumAttrs;
       const leading = leadingAxesCount(x.shape, axis);
-      if (x.dtype !== 'float32' || leading === null)
-        return requireStock(stock().sum, tf.Sum).kernelFunc(args);
+      if (x.dtype !== 'float32' || leading === null) return stock(tf.Sum)(args);
       const [, height, width] = x.shape;
       if (x.shape.length === 4 && leading === 3 && height * width > 1) return sumOverImages(x, keepDims);
       return sumLeadingAxes(x, leading, keepDims, args.backend as WasmHeapBackend);
@@ -133,23 +131,3 @@ function sumLeadingAxes(
   (backend.typedArrayFromHeap(out) as Float32Array).set(totals);
   return out;
 }
-
-/**
- * The Mean gradient without tfjs's `ones(x.shape)` (built in JavaScript and copied to the backend on
- * every call: smallCnn's global average pool spends ~4 ms a step on it): dy / n broadcast to x.
- */
-export const meanGradConfig: tf.GradConfig = {
-  kernelName: tf.Mean,
-  inputsToSave: ['x'],
-  gradFunc: (dy, saved, attrs) => {
-    const [x] = saved;
-    const { axis } = attrs as unknown as tf.MeanAttrs;
-    const axes = tf.util.parseAxisParam(axis, x.shape);
-    const expandedShape = x.shape.map((size, i) => (axes.includes(i) ? 1 : size));
-    const reduceSize = axes.reduce((product, a) => product * x.shape[a], 1);
-    return {
-      // fill runs on the backend; broadcastTo would run tfjs-backend-wasm's Tile, slower than the ones.
-      x: () => tf.mul(tf.reshape(dy as tf.Tensor, expandedShape), tf.fill(x.shape, 1 / reduceSize)),
-    };
-  },
-};
