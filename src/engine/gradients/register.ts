@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
 import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
+import { wasmFilterGradient } from './wasm-filter-gradient.js';
 import { asTensor, wasmKernelOverrides } from './wasm-kernels.js';
 
 /**
@@ -12,6 +13,8 @@ import { asTensor, wasmKernelOverrides } from './wasm-kernels.js';
  * - `tf.fused.conv2d` with a linear activation (tf.layers convolutions without activation, e.g.
  *   before BatchNorm) computes its gradient by calling the `Conv2DBackpropInput` and
  *   `Conv2DBackpropFilter` kernels directly, so those kernels are replaced per backend.
+ * Both routes compute the filter gradient natively on wasm (wasm-filter-gradient.ts) and as a
+ * forward convolution (conv2d.ts) elsewhere.
  */
 
 type Conv2DBackpropInputAttrs = tf.Conv2DBackpropInputAttrs;
@@ -34,6 +37,25 @@ function hasUnitDilations(dilations: number | [number, number] | undefined): boo
   return typeof dilations === 'number' ? dilations === 1 : dilations[0] === 1 && dilations[1] === 1;
 }
 
+/**
+ * The filter gradient: on wasm the native kernel (wasm-filter-gradient.ts), elsewhere and while an
+ * outer tape records (second derivatives need differentiable ops) the forward-convolution one.
+ */
+function filterGradient(
+  x: tf.Tensor4D,
+  dy: tf.Tensor4D,
+  filterShape: readonly number[],
+  strides: number | [number, number],
+  pad: ConvPad,
+  dimRoundingMode?: 'floor' | 'round' | 'ceil',
+): tf.Tensor4D {
+  if (tf.engine().state.gradientDepth === 0) {
+    const native = wasmFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
+    if (native) return tf.engine().makeTensorFromTensorInfo(native) as tf.Tensor4D;
+  }
+  return conv2dFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
+}
+
 export const fastConv2DGradConfig: tf.GradConfig = {
   kernelName: tf.Conv2D,
   inputsToSave: ['x', 'filter'],
@@ -47,7 +69,7 @@ export const fastConv2DGradConfig: tf.GradConfig = {
     const upstream = dy as tf.Tensor4D;
     return {
       x: () => conv2dInputGradient(x.shape, upstream, filter, strides, pad as ConvPad, dimRoundingMode),
-      filter: () => conv2dFilterGradient(x, upstream, filter.shape, strides, pad as ConvPad, dimRoundingMode),
+      filter: () => filterGradient(x, upstream, filter.shape, strides, pad as ConvPad, dimRoundingMode),
     };
   },
 };
@@ -105,10 +127,21 @@ function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
         if (stock) return stock.kernelFunc(args);
         throw new Error(`Conv2DBackpropFilter on '${backendName}' supports NHWC only, got NCHW`);
       }
+      const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
+      // A kernel is opaque to the tape (the op that calls it records its own gradient): native always.
+      const native = wasmFilterGradient(
+        x,
+        dy,
+        attrs.filterShape,
+        attrs.strides,
+        attrs.pad as ConvPad,
+        attrs.dimRoundingMode,
+      );
+      if (native) return native;
       return tf.tidy(() =>
         conv2dFilterGradient(
-          asTensor4D(args.inputs.x!),
-          asTensor4D(args.inputs.dy!),
+          asTensor4D(x),
+          asTensor4D(dy),
           attrs.filterShape,
           attrs.strides,
           attrs.pad as ConvPad,

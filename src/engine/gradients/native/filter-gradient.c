@@ -1,0 +1,154 @@
+/*
+ * The Conv2D filter gradient (NHWC, dilation 1) as a direct loop in WebAssembly SIMD, for the wasm
+ * backend: dW[a, b, ci, co] = sum over n, p, q of x[n, p*sh + a - top, q*sw + b - left, ci] * dy[n, p, q, co].
+ *
+ * Why by hand: expressed as a forward convolution (the portable formulation in conv2d.ts), the upstream
+ * gradient becomes an image-sized filter that tfjs-backend-wasm transposes and XNNPACK repacks on every
+ * call, and both operands need 4-D transposes first; on a smallCnn training step that overhead alone
+ * costs about as much as the arithmetic. Here x and dy are read where they lie in the wasm heap and the
+ * result is written in tfjs's filter layout [kh, kw, ci, co]: no transposes, no packing.
+ *
+ * The module imports the memory of tfjs-backend-wasm and must never touch it except through the
+ * pointers it is given: no data segment, no globals, no stack (no address-taken locals or arrays
+ * that survive optimisation). scripts/build-kernels.sh checks the output for that.
+ *
+ * Loop order: per image and per tap (a, b), the output is tiled in blocks of 4 input channels by 8
+ * output channels (12 of the 16 SIMD registers: 8 accumulators, 2 for dy, 1 broadcast x); the tile's
+ * accumulators stay in registers over all of the image's valid output positions, so dW is read and
+ * written once per image, tap and tile. One image of x and dy (<= 256 KB for smallCnn) stays in L2.
+ */
+#include <wasm_simd128.h>
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE int ceil_div(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+INLINE int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+INLINE int max_int(int a, int b) { return a > b ? a : b; }
+INLINE int min_int(int a, int b) { return a < b ? a : b; }
+
+/*
+ * One tile: CB input channels (1..4) by 4 * NV output channels (NV = 1 or 2 vectors), summed over the
+ * output rows [p0, p1) and columns [q0, q1) of one image, added into dw (row stride out_c).
+ */
+INLINE void tile(const float* x, const float* dy, float* dw, const int CB, const int NV, int rows,
+                 int cols, int x_col_step, int x_row_step, int dy_row_step, int out_c) {
+  v128_t acc00 = wasm_f32x4_splat(0.f), acc01 = acc00, acc10 = acc00, acc11 = acc00;
+  v128_t acc20 = acc00, acc21 = acc00, acc30 = acc00, acc31 = acc00;
+  for (int r = 0; r < rows; r++) {
+    const float* xp = x + r * x_row_step;
+    const float* dp = dy + r * dy_row_step;
+    for (int c = 0; c < cols; c++, xp += x_col_step, dp += out_c) {
+      const v128_t d0 = wasm_v128_load(dp);
+      const v128_t d1 = NV == 2 ? wasm_v128_load(dp + 4) : d0;
+      v128_t s = wasm_v128_load32_splat(xp);
+      acc00 = wasm_f32x4_add(acc00, wasm_f32x4_mul(s, d0));
+      if (NV == 2) acc01 = wasm_f32x4_add(acc01, wasm_f32x4_mul(s, d1));
+      if (CB > 1) {
+        s = wasm_v128_load32_splat(xp + 1);
+        acc10 = wasm_f32x4_add(acc10, wasm_f32x4_mul(s, d0));
+        if (NV == 2) acc11 = wasm_f32x4_add(acc11, wasm_f32x4_mul(s, d1));
+      }
+      if (CB > 2) {
+        s = wasm_v128_load32_splat(xp + 2);
+        acc20 = wasm_f32x4_add(acc20, wasm_f32x4_mul(s, d0));
+        if (NV == 2) acc21 = wasm_f32x4_add(acc21, wasm_f32x4_mul(s, d1));
+      }
+      if (CB > 3) {
+        s = wasm_v128_load32_splat(xp + 3);
+        acc30 = wasm_f32x4_add(acc30, wasm_f32x4_mul(s, d0));
+        if (NV == 2) acc31 = wasm_f32x4_add(acc31, wasm_f32x4_mul(s, d1));
+      }
+    }
+  }
+#define FLUSH(row, acc, offset) \
+  wasm_v128_store(dw + (row) * out_c + (offset), wasm_f32x4_add(wasm_v128_load(dw + (row) * out_c + (offset)), acc))
+  FLUSH(0, acc00, 0);
+  if (NV == 2) FLUSH(0, acc01, 4);
+  if (CB > 1) {
+    FLUSH(1, acc10, 0);
+    if (NV == 2) FLUSH(1, acc11, 4);
+  }
+  if (CB > 2) {
+    FLUSH(2, acc20, 0);
+    if (NV == 2) FLUSH(2, acc21, 4);
+  }
+  if (CB > 3) {
+    FLUSH(3, acc30, 0);
+    if (NV == 2) FLUSH(3, acc31, 4);
+  }
+#undef FLUSH
+}
+
+/* Every output-channel block of one input-channel block of CB channels. */
+INLINE void channel_block(const float* x, const float* dy, float* dw, const int CB, int rows, int cols,
+                          int x_col_step, int x_row_step, int dy_row_step, int out_c) {
+  int co = 0;
+  for (; co + 8 <= out_c; co += 8) {
+    tile(x, dy + co, dw + co, CB, 2, rows, cols, x_col_step, x_row_step, dy_row_step, out_c);
+  }
+  for (; co + 4 <= out_c; co += 4) {
+    tile(x, dy + co, dw + co, CB, 1, rows, cols, x_col_step, x_row_step, dy_row_step, out_c);
+  }
+  // The last 1-3 output channels (layers whose width is not a multiple of 4): scalar sums.
+  for (; co < out_c; co++) {
+    for (int i = 0; i < CB; i++) {
+      float sum = 0.f;
+      for (int r = 0; r < rows; r++) {
+        const float* xp = x + r * x_row_step + i;
+        const float* dp = dy + r * dy_row_step + co;
+        for (int c = 0; c < cols; c++, xp += x_col_step, dp += out_c) sum += *xp * *dp;
+      }
+      dw[i * out_c + co] += sum;
+    }
+  }
+}
+
+/*
+ * dw [kernel_h, kernel_w, in_c, out_c] = the filter gradient of x [batch, in_h, in_w, in_c] and
+ * dy [batch, out_h, out_w, out_c]; the caller checks that the shapes agree.
+ */
+__attribute__((export_name("filter_gradient"))) void filter_gradient(
+    const float* x, const float* dy, float* dw, int batch, int in_h, int in_w, int in_c, int out_h,
+    int out_w, int out_c, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_top,
+    int pad_left) {
+  const int dw_size = kernel_h * kernel_w * in_c * out_c;
+  for (int i = 0; i < dw_size; i++) dw[i] = 0.f;
+  const int x_col_step = stride_w * in_c;
+  const int x_row_step = stride_h * in_w * in_c;
+  const int dy_row_step = out_w * out_c;
+  for (int n = 0; n < batch; n++) {
+    const float* x_image = x + n * in_h * in_w * in_c;
+    const float* dy_image = dy + n * out_h * out_w * out_c;
+    for (int a = 0; a < kernel_h; a++) {
+      // Output rows p whose input row p * stride_h + a - pad_top lies inside the image.
+      const int p0 = max_int(0, ceil_div(pad_top - a, stride_h));
+      const int p1 = min_int(out_h, floor_div(in_h - 1 + pad_top - a, stride_h) + 1);
+      if (p0 >= p1) continue;
+      for (int b = 0; b < kernel_w; b++) {
+        const int q0 = max_int(0, ceil_div(pad_left - b, stride_w));
+        const int q1 = min_int(out_w, floor_div(in_w - 1 + pad_left - b, stride_w) + 1);
+        if (q0 >= q1) continue;
+        const float* x_start = x_image + ((p0 * stride_h + a - pad_top) * in_w + q0 * stride_w + b - pad_left) * in_c;
+        const float* dy_start = dy_image + (p0 * out_w + q0) * out_c;
+        float* dw_tap = dw + (a * kernel_w + b) * in_c * out_c;
+        const int rows = p1 - p0, cols = q1 - q0;
+        int ci = 0;
+        for (; ci + 4 <= in_c; ci += 4) {
+          channel_block(x_start + ci, dy_start, dw_tap + ci * out_c, 4, rows, cols, x_col_step, x_row_step,
+                        dy_row_step, out_c);
+        }
+        const int rest = in_c - ci;
+        if (rest == 3) {
+          channel_block(x_start + ci, dy_start, dw_tap + ci * out_c, 3, rows, cols, x_col_step, x_row_step,
+                        dy_row_step, out_c);
+        } else if (rest == 2) {
+          channel_block(x_start + ci, dy_start, dw_tap + ci * out_c, 2, rows, cols, x_col_step, x_row_step,
+                        dy_row_step, out_c);
+        } else if (rest == 1) {
+          channel_block(x_start + ci, dy_start, dw_tap + ci * out_c, 1, rows, cols, x_col_step, x_row_step,
+                        dy_row_step, out_c);
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,194 @@
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { backendInfo } from '../../../src/engine/backend.js';
+import type { ConvPad } from '../../../src/engine/gradients/conv2d.js';
+import {
+  nativeFilterGradientAvailable,
+  wasmFilterGradient,
+} from '../../../src/engine/gradients/wasm-filter-gradient.js';
+import { Rng } from '../../../src/util/random.js';
+import { onCpuWithStockGradients, relativeError } from './cpu-reference.js';
+
+/**
+ * The native (WebAssembly SIMD) filter gradient against tfjs's stock Conv2DBackpropFilter kernel on
+ * the cpu backend, over the shapes its loops special-case: input-channel blocks of 4 with tails of
+ * 1-3, output-channel blocks of 8 and 4 with scalar tails, strides, paddings that cut windows at
+ * every border, non-square kernels.
+ */
+
+const rng = new Rng(2_026_112_4);
+const onWasm = backendInfo().name === 'wasm';
+
+interface Case {
+  x: [number, number, number, number];
+  filter: [number, number, number, number];
+  strides: number | [number, number];
+  pad: ConvPad;
+}
+
+function outputShape(c: Case): [number, number, number, number] {
+  const info = tf.backend_util.computeConv2DInfo(c.x, c.filter, c.strides, 1, c.pad);
+  return [info.batchSize, info.outHeight, info.outWidth, info.outChannels];
+}
+
+function referenceFilterGradient(c: Case, x: Float32Array, dy: Float32Array): Promise<Float32Array> {
+  return onCpuWithStockGradients(() =>
+    tf.tidy(() => {
+      const attrs = { strides: c.strides, pad: c.pad, dataFormat: 'NHWC', filterShape: c.filter };
+      const inputs = { x: tf.tensor4d(x, c.x), dy: tf.tensor4d(dy, outputShape(c)) };
+      const result = tf.engine().runKernel(tf.Conv2DBackpropFilter, inputs, attrs) as tf.Tensor;
+      return result.dataSync() as Float32Array;
+    }),
+  );
+}
+
+function nativeFilterGradient(c: Case, x: Float32Array, dy: Float32Array): Float32Array {
+  return tf.tidy(() => {
+    const info = wasmFilterGradient(
+      tf.tensor4d(x, c.x),
+      tf.tensor4d(dy, outputShape(c)),
+      c.filter,
+      c.strides,
+      c.pad,
+    );
+    if (!info) throw new Error('the native filter gradient did not run');
+    return tf.engine().makeTensorFromTensorInfo(info).dataSync() as Float32Array;
+  });
+}
+
+const cases: Case[] = [];
+// Input channels 1-9 (blocks of 4 and every tail) against output channels that take every path:
+// 8-blocks, a 4-block, scalar tails.
+for (const inChannels of [1, 2, 3, 4, 5, 7, 9]) {
+  for (const outChannels of [1, 3, 4, 8, 13, 20]) {
+    cases.push({
+      x: [2, 7, 6, inChannels],
+      filter: [3, 3, inChannels, outChannels],
+      strides: 1,
+      pad: 'same',
+    });
+  }
+}
+cases.push(
+  { x: [3, 9, 9, 8], filter: [3, 3, 8, 16], strides: 2, pad: 'same' },
+  { x: [2, 10, 11, 5], filter: [5, 5, 5, 12], strides: 3, pad: 'valid' },
+  { x: [2, 11, 9, 4], filter: [2, 4, 4, 8], strides: [1, 2], pad: 'same' },
+  { x: [1, 8, 8, 6], filter: [7, 7, 6, 8], strides: 1, pad: 'same' },
+  { x: [2, 6, 7, 3], filter: [1, 1, 3, 16], strides: 2, pad: 'valid' },
+  { x: [2, 6, 6, 4], filter: [3, 3, 4, 8], strides: 1, pad: 2 },
+  {
+    x: [2, 8, 7, 4],
+    filter: [3, 2, 4, 8],
+    strides: 2,
+    pad: [
+      [0, 0],
+      [2, 0],
+      [0, 3],
+      [0, 0],
+    ],
+  },
+  // A smallCnn-sized layer (batch cut to 4).
+  { x: [4, 16, 16, 32], filter: [3, 3, 32, 64], strides: 1, pad: 'same' },
+);
+
+const label = (c: Case) =>
+  `x [${c.x}], filter [${c.filter}], strides ${c.strides}, pad ${JSON.stringify(c.pad)}`;
+
+describe.runIf(onWasm)('native filter gradient on wasm', () => {
+  it('is available on the wasm backend', () => {
+    expect(nativeFilterGradientAvailable()).toBe(true);
+  });
+
+  it.each(cases.map((c) => [label(c), c] as const))('matches the cpu reference: %s', async (_, c) => {
+    const x = rng.normals(c.x.reduce((a, b) => a * b, 1));
+    const dy = rng.normals(outputShape(c).reduce((a, b) => a * b, 1));
+    const expected = await referenceFilterGradient(c, x, dy);
+    expect(relativeError(nativeFilterGradient(c, x, dy), expected)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('a 1x1 convolution gives dW = x^T dy exactly', () => {
+    // Two pixels, channels 2 -> 1: dW[ci] = sum over pixels of x[p, ci] * dy[p].
+    const c: Case = { x: [1, 1, 2, 2], filter: [1, 1, 2, 1], strides: 1, pad: 'valid' };
+    const dW = nativeFilterGradient(c, Float32Array.from([1, 2, 3, 4]), Float32Array.from([10, 100]));
+    expect(Array.from(dW)).toEqual([1 * 10 + 3 * 100, 2 * 10 + 4 * 100]);
+  });
+
+  it('rejects a dy whose shape is not the convolution output (it would read past the tensor)', () => {
+    const x = tf.zeros([2, 8, 8, 3]);
+    const dy = tf.zeros([2, 8, 8, 5]);
+    expect(() => wasmFilterGradient(x, dy, [3, 3, 3, 4], 1, 'same')).toThrow(
+      "'dy' must have the convolution's output shape [2,8,8,4], got [2,8,8,5]",
+    );
+    tf.dispose([x, dy]);
+  });
+
+  it('leaves tensors, bytes and every other tensor on the heap as they were', () => {
+    const bystander = tf.tensor1d(rng.normals(4096));
+    const before = Array.from(bystander.dataSync());
+    const x = tf.randomNormal([4, 12, 12, 16]);
+    const dy = tf.randomNormal([4, 12, 12, 24]);
+    const warm = wasmFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
+    if (warm) tf.engine().makeTensorFromTensorInfo(warm).dispose();
+    const memory = tf.memory();
+    for (let i = 0; i < 3; i++) {
+      const info = wasmFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
+      if (info) tf.engine().makeTensorFromTensorInfo(info).dispose();
+    }
+    expect(tf.memory().numTensors).toBe(memory.numTensors);
+    expect(tf.memory().numBytes).toBe(memory.numBytes);
+    expect(Array.from(bystander.dataSync())).toEqual(before);
+    tf.dispose([bystander, x, dy]);
+  });
+
+  it('an outer tape gets the differentiable formulation: the gradient of a filter-gradient penalty', async () => {
+    // d/dx of || dL/dW ||^2: the inner filter gradient runs while the outer tape records, so it must
+    // be made of tensor ops (the native result would be a constant and the outer gradient zero).
+    const xValues = rng.normals(2 * 5 * 5 * 3);
+    const filterValues = rng.normals(3 * 3 * 3 * 4);
+    const weights = rng.normals(2 * 5 * 5 * 4);
+    const run = () =>
+      tf.tidy(() => {
+        const filter = tf.tensor4d(filterValues, [3, 3, 3, 4]);
+        const penalty = (x: tf.Tensor) => {
+          const loss = (w: tf.Tensor) =>
+            tf.sum(
+              tf.mul(
+                tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same'),
+                tf.tensor(weights, [2, 5, 5, 4]),
+              ),
+            );
+          return tf.sum(tf.square(tf.grad(loss)(filter)));
+        };
+        return tf
+          .grad(penalty)(tf.tensor4d(xValues, [2, 5, 5, 3]))
+          .dataSync() as Float32Array;
+      });
+    // dW is linear in x, dW = A x, so the gradient of ||dW||^2 is 2 A^T dW, and A^T maps a filter G to
+    // the input gradient of conv(x, G) under the same upstream weights: computed with tfjs's stock
+    // first-order gradients on cpu (they cannot differentiate a filter gradient themselves).
+    const expected = await onCpuWithStockGradients(() =>
+      tf.tidy(() => {
+        const x = tf.tensor4d(xValues, [2, 5, 5, 3]);
+        const upstream = tf.tensor(weights, [2, 5, 5, 4]);
+        const loss = (input: tf.Tensor, w: tf.Tensor) =>
+          tf.sum(tf.mul(tf.conv2d(input as tf.Tensor4D, w as tf.Tensor4D, 1, 'same'), upstream));
+        const dW = tf.grad((w: tf.Tensor) => loss(x, w))(tf.tensor4d(filterValues, [3, 3, 3, 4]));
+        const adjoint = tf.grad((input: tf.Tensor) => loss(input, dW))(x);
+        return tf.mul(adjoint, 2).dataSync() as Float32Array;
+      }),
+    );
+    const actual = run();
+    expect(Math.max(...expected.map(Math.abs))).toBeGreaterThan(0);
+    expect(relativeError(actual, expected)).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+describe.runIf(!onWasm)('native filter gradient elsewhere', () => {
+  it('is not used off wasm: the portable formulation is', () => {
+    expect(nativeFilterGradientAvailable()).toBe(false);
+    const x = tf.zeros([1, 4, 4, 2]);
+    const dy = tf.zeros([1, 4, 4, 3]);
+    expect(wasmFilterGradient(x, dy, [3, 3, 2, 3], 1, 'same')).toBeNull();
+    tf.dispose([x, dy]);
+  });
+});
