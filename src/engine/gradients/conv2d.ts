@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { nativeCorrelation } from './native-conv.js';
 
 /**
  * Conv2D gradients expressed as forward convolutions (NHWC), so that every backend runs them on its
@@ -105,12 +106,14 @@ export function conv2dInputGradient(
     const padRight = info.inWidth + kw - 1 - padLeft - dilated.shape[2];
     const flipped = flippedTransposedFilter(filter);
     const source = padOrCrop(dilated, [padTop, padBottom], [padLeft, padRight]);
-    return tf.conv2d(source, flipped, 1, [
-      [0, 0],
+    const pads: [[number, number], [number, number]] = [
       [Math.max(0, padTop), Math.max(0, padBottom)],
       [Math.max(0, padLeft), Math.max(0, padRight)],
-      [0, 0],
-    ]);
+    ];
+    // On wasm a direct SIMD loop (native-conv.ts), elsewhere the backend's own convolution.
+    return (
+      nativeCorrelation(source, flipped, pads) ?? tf.conv2d(source, flipped, 1, [[0, 0], ...pads, [0, 0]])
+    );
   });
 }
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
 import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
-import { wasmFilterGradient } from './wasm-filter-gradient.js';
+import { nativeFilterGradient } from './native-conv.js';
 import { asTensor, wasmKernelOverrides } from './wasm-kernels.js';
 
 /**
@@ -13,7 +13,7 @@ import { asTensor, wasmKernelOverrides } from './wasm-kernels.js';
  * - `tf.fused.conv2d` with a linear activation (tf.layers convolutions without activation, e.g.
  *   before BatchNorm) computes its gradient by calling the `Conv2DBackpropInput` and
  *   `Conv2DBackpropFilter` kernels directly, so those kernels are replaced per backend.
- * Both routes compute the filter gradient natively on wasm (wasm-filter-gradient.ts) and as a
+ * Both routes compute the filter gradient natively on wasm (native-conv.ts) and as a
  * forward convolution (conv2d.ts) elsewhere.
  */
 
@@ -38,7 +38,7 @@ function hasUnitDilations(dilations: number | [number, number] | undefined): boo
 }
 
 /**
- * The filter gradient: on wasm the native kernel (wasm-filter-gradient.ts), elsewhere and while an
+ * The filter gradient: on wasm the native kernel (native-conv.ts), elsewhere and while an
  * outer tape records (second derivatives need differentiable ops) the forward-convolution one.
  */
 function filterGradient(
@@ -49,10 +49,8 @@ function filterGradient(
   pad: ConvPad,
   dimRoundingMode?: 'floor' | 'round' | 'ceil',
 ): tf.Tensor4D {
-  if (tf.engine().state.gradientDepth === 0) {
-    const native = wasmFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
-    if (native) return tf.engine().makeTensorFromTensorInfo(native) as tf.Tensor4D;
-  }
+  const native = nativeFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
+  if (native) return tf.engine().makeTensorFromTensorInfo(native) as tf.Tensor4D;
   return conv2dFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
 }
 
@@ -128,8 +126,7 @@ function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
         throw new Error(`Conv2DBackpropFilter on '${backendName}' supports NHWC only, got NCHW`);
       }
       const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-      // A kernel is opaque to the tape (the op that calls it records its own gradient): native always.
-      const native = wasmFilterGradient(
+      const native = nativeFilterGradient(
         x,
         dy,
         attrs.filterShape,

@@ -3,9 +3,10 @@ import { describe, expect, it } from 'vitest';
 import { backendInfo } from '../../../src/engine/backend.js';
 import type { ConvPad } from '../../../src/engine/gradients/conv2d.js';
 import {
-  nativeFilterGradientAvailable,
-  wasmFilterGradient,
-} from '../../../src/engine/gradients/wasm-filter-gradient.js';
+  nativeConvAvailable,
+  nativeCorrelation,
+  nativeFilterGradient,
+} from '../../../src/engine/gradients/native-conv.js';
 import { Rng } from '../../../src/util/random.js';
 import { onCpuWithStockGradients, relativeError } from './cpu-reference.js';
 
@@ -42,9 +43,9 @@ function referenceFilterGradient(c: Case, x: Float32Array, dy: Float32Array): Pr
   );
 }
 
-function nativeFilterGradient(c: Case, x: Float32Array, dy: Float32Array): Float32Array {
+function computeNatively(c: Case, x: Float32Array, dy: Float32Array): Float32Array {
   return tf.tidy(() => {
-    const info = wasmFilterGradient(
+    const info = nativeFilterGradient(
       tf.tensor4d(x, c.x),
       tf.tensor4d(dy, outputShape(c)),
       c.filter,
@@ -96,27 +97,27 @@ const label = (c: Case) =>
 
 describe.runIf(onWasm)('native filter gradient on wasm', () => {
   it('is available on the wasm backend', () => {
-    expect(nativeFilterGradientAvailable()).toBe(true);
+    expect(nativeConvAvailable()).toBe(true);
   });
 
   it.each(cases.map((c) => [label(c), c] as const))('matches the cpu reference: %s', async (_, c) => {
     const x = rng.normals(c.x.reduce((a, b) => a * b, 1));
     const dy = rng.normals(outputShape(c).reduce((a, b) => a * b, 1));
     const expected = await referenceFilterGradient(c, x, dy);
-    expect(relativeError(nativeFilterGradient(c, x, dy), expected)).toBeLessThanOrEqual(1e-5);
+    expect(relativeError(computeNatively(c, x, dy), expected)).toBeLessThanOrEqual(1e-5);
   });
 
   it('a 1x1 convolution gives dW = x^T dy exactly', () => {
     // Two pixels, channels 2 -> 1: dW[ci] = sum over pixels of x[p, ci] * dy[p].
     const c: Case = { x: [1, 1, 2, 2], filter: [1, 1, 2, 1], strides: 1, pad: 'valid' };
-    const dW = nativeFilterGradient(c, Float32Array.from([1, 2, 3, 4]), Float32Array.from([10, 100]));
+    const dW = computeNatively(c, Float32Array.from([1, 2, 3, 4]), Float32Array.from([10, 100]));
     expect(Array.from(dW)).toEqual([1 * 10 + 3 * 100, 2 * 10 + 4 * 100]);
   });
 
   it('rejects a dy whose shape is not the convolution output (it would read past the tensor)', () => {
     const x = tf.zeros([2, 8, 8, 3]);
     const dy = tf.zeros([2, 8, 8, 5]);
-    expect(() => wasmFilterGradient(x, dy, [3, 3, 3, 4], 1, 'same')).toThrow(
+    expect(() => nativeFilterGradient(x, dy, [3, 3, 3, 4], 1, 'same')).toThrow(
       "'dy' must have the convolution's output shape [2,8,8,4], got [2,8,8,5]",
     );
     tf.dispose([x, dy]);
@@ -127,11 +128,11 @@ describe.runIf(onWasm)('native filter gradient on wasm', () => {
     const before = Array.from(bystander.dataSync());
     const x = tf.randomNormal([4, 12, 12, 16]);
     const dy = tf.randomNormal([4, 12, 12, 24]);
-    const warm = wasmFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
+    const warm = nativeFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
     if (warm) tf.engine().makeTensorFromTensorInfo(warm).dispose();
     const memory = tf.memory();
     for (let i = 0; i < 3; i++) {
-      const info = wasmFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
+      const info = nativeFilterGradient(x, dy, [3, 3, 16, 24], 1, 'same');
       if (info) tf.engine().makeTensorFromTensorInfo(info).dispose();
     }
     expect(tf.memory().numTensors).toBe(memory.numTensors);
@@ -183,12 +184,138 @@ describe.runIf(onWasm)('native filter gradient on wasm', () => {
   });
 });
 
-describe.runIf(!onWasm)('native filter gradient elsewhere', () => {
-  it('is not used off wasm: the portable formulation is', () => {
-    expect(nativeFilterGradientAvailable()).toBe(false);
-    const x = tf.zeros([1, 4, 4, 2]);
-    const dy = tf.zeros([1, 4, 4, 3]);
-    expect(wasmFilterGradient(x, dy, [3, 3, 2, 3], 1, 'same')).toBeNull();
-    tf.dispose([x, dy]);
+interface CorrelationCase {
+  input: [number, number, number, number];
+  filter: [number, number, number, number];
+  pads: [[number, number], [number, number]];
+}
+
+const correlationCases: CorrelationCase[] = [];
+// Output channels 1-13 (vector blocks of 8 and 4, partial stores of 1-3 lanes) against input
+// channels 1-9; widths 7 and 9 leave pixel tails after the tiles of 4.
+for (const inChannels of [1, 3, 4, 9]) {
+  for (const outChannels of [1, 2, 3, 4, 5, 8, 13]) {
+    correlationCases.push({
+      input: [2, 6, inChannels % 2 === 0 ? 7 : 9, inChannels],
+      filter: [3, 3, inChannels, outChannels],
+      pads: [
+        [1, 1],
+        [1, 1],
+      ],
+    });
+  }
+}
+correlationCases.push(
+  {
+    input: [1, 9, 9, 5],
+    filter: [5, 2, 5, 6],
+    pads: [
+      [2, 0],
+      [0, 3],
+    ],
+  },
+  {
+    input: [3, 4, 5, 8],
+    filter: [1, 1, 8, 16],
+    pads: [
+      [0, 0],
+      [0, 0],
+    ],
+  },
+  {
+    input: [2, 5, 5, 6],
+    filter: [5, 5, 6, 4],
+    pads: [
+      [0, 0],
+      [0, 0],
+    ],
+  },
+  {
+    input: [4, 16, 16, 64],
+    filter: [3, 3, 64, 32],
+    pads: [
+      [1, 1],
+      [1, 1],
+    ],
+  },
+);
+
+const correlationLabel = (c: CorrelationCase) =>
+  `input [${c.input}], filter [${c.filter}], pads ${JSON.stringify(c.pads)}`;
+
+describe.runIf(onWasm)('native correlation (the convolution of the input gradient) on wasm', () => {
+  it.each(correlationCases.map((c) => [correlationLabel(c), c] as const))(
+    'matches the cpu reference conv2d: %s',
+    async (_, c) => {
+      const input = rng.normals(c.input.reduce((a, b) => a * b, 1));
+      const filter = rng.normals(c.filter.reduce((a, b) => a * b, 1));
+      const expected = await onCpuWithStockGradients(() =>
+        tf.tidy(
+          () =>
+            tf
+              .conv2d(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), 1, [
+                [0, 0],
+                ...c.pads,
+                [0, 0],
+              ])
+              .dataSync() as Float32Array,
+        ),
+      );
+      const actual = tf.tidy(() => {
+        const result = nativeCorrelation(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), c.pads);
+        if (!result) throw new Error('the native correlation did not run');
+        return result.dataSync() as Float32Array;
+      });
+      expect(relativeError(actual, expected)).toBeLessThanOrEqual(1e-5);
+    },
+  );
+
+  it('rejects a filter whose input channels do not match, and a filter larger than the padded input', () => {
+    const input = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
+    const wrongChannels = tf.zeros([3, 3, 2, 4]) as tf.Tensor4D;
+    const tooLarge = tf.zeros([7, 7, 3, 4]) as tf.Tensor4D;
+    const noPads: [[number, number], [number, number]] = [
+      [0, 0],
+      [0, 0],
+    ];
+    expect(() => nativeCorrelation(input, wrongChannels, noPads)).toThrow(
+      "'filter' must have 3 input channels, got [3,3,2,4]",
+    );
+    expect(() => nativeCorrelation(input, tooLarge, noPads)).toThrow(
+      'the padded input [1,4,4,3] is smaller than the filter [7,7,3,4]',
+    );
+    tf.dispose([input, wrongChannels, tooLarge]);
+  });
+
+  it('leaves tf.memory().numTensors and numBytes as they were', () => {
+    const input = tf.randomNormal([2, 8, 8, 6]) as tf.Tensor4D;
+    const filter = tf.randomNormal([3, 3, 6, 5]) as tf.Tensor4D;
+    const pads: [[number, number], [number, number]] = [
+      [1, 1],
+      [1, 1],
+    ];
+    nativeCorrelation(input, filter, pads)?.dispose();
+    const before = tf.memory();
+    for (let i = 0; i < 3; i++) nativeCorrelation(input, filter, pads)?.dispose();
+    expect(tf.memory().numTensors).toBe(before.numTensors);
+    expect(tf.memory().numBytes).toBe(before.numBytes);
+    tf.dispose([input, filter]);
+  });
+});
+
+describe.runIf(!onWasm)('native kernels elsewhere', () => {
+  it('are not used off wasm: the portable formulation is', () => {
+    expect(nativeConvAvailable()).toBe(false);
+    const x = tf.zeros([1, 4, 4, 2]) as tf.Tensor4D;
+    const dy = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
+    const filter = tf.zeros([3, 3, 2, 3]) as tf.Tensor4D;
+    expect(nativeFilterGradient(x, dy, [3, 3, 2, 3], 1, 'same')).toBeNull();
+    expect(
+      nativeCorrelation(x, filter, [
+        [1, 1],
+        [1, 1],
+      ]),
+    ).toBeNull();
+    tf.dispose([x, dy, filter]);
   });
 });
