@@ -134,7 +134,7 @@ if (args.profile) {
   }
   const top = [...byKernel.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15);
   console.error('kernel time in one training step (ms), nested kernels counted in their callers too:');
-  for (const [name, ms] of top) console.error(`  ${name.padEnd(24)} ${ms.toFixed(1)}`);
+  for (const [name, ms] of top) console.error(`  ${name.padEnd(32)} ${ms.toFixed(1)}`);
 }
 
 const result = {

@@ -96,52 +96,37 @@ export function nativeConvAvailable(): boolean {
   return tf.getBackend() === 'wasm' && kernelsFor(tf.backend() as unknown as WasmHeapBackend) !== null;
 }
 
-/** The backend and kernels when native code may run now: wasm, float32, no tape recording. */
-function usableKernels(
-  ...tensors: tf.TensorInfo[]
-): { backend: WasmHeapBackend; kernels: NativeKernels } | null {
-  if (tf.getBackend() !== 'wasm' || tf.engine().state.gradientDepth > 0) return null;
-  if (tensors.some((tensor) => tensor.dtype !== 'float32')) return null;
-  const backend = tf.backend() as unknown as WasmHeapBackend;
-  const kernels = kernelsFor(backend);
-  return kernels ? { backend, kernels } : null;
+/**
+ * Kernel names under which the native code runs, registered on the wasm backend when first used:
+ * going through tf.engine().runKernel keeps the outputs tracked like any op's and makes the time
+ * visible to tf.profile (bench:engine --profile).
+ */
+export const NATIVE_FILTER_GRADIENT = 'RatioNativeConv2DFilterGradient';
+export const NATIVE_CORRELATION = 'RatioNativeCorrelation';
+
+interface FilterGradientAttrs {
+  info: tf.backend_util.Conv2DInfo;
+}
+
+interface CorrelationAttrs {
+  outChannels: number;
 }
 
 function heapAddress(backend: WasmHeapBackend, tensor: tf.TensorInfo): number {
   return backend.typedArrayFromHeap(tensor).byteOffset;
 }
 
-/**
- * dL/dfilter of `conv2d(x, filter, strides, pad)` given `dy`, on the wasm heap; null where native
- * code does not apply (see above), so that the caller falls back to the portable formulation.
- */
-export function nativeFilterGradient(
-  x: tf.TensorInfo,
-  dy: tf.TensorInfo,
-  filterShape: readonly number[],
-  strides: number | [number, number],
-  pad: ConvPad,
-  dimRoundingMode?: 'floor' | 'round' | 'ceil',
-): tf.TensorInfo | null {
-  const usable = usableKernels(x, dy);
-  if (!usable) return null;
-  const { backend, kernels } = usable;
-  const info = tf.backend_util.computeConv2DInfo(
-    x.shape as [number, number, number, number],
-    filterShape as [number, number, number, number],
-    strides,
-    1,
-    pad,
-    dimRoundingMode,
-  );
-  // The kernel trusts its sizes and reads the heap with them: dy must be exactly the forward
-  // convolution's output, or it would read past the tensor.
-  const expected = [info.batchSize, info.outHeight, info.outWidth, info.outChannels];
-  if (dy.shape.length !== 4 || expected.some((size, i) => dy.shape[i] !== size)) {
-    throw new Error(`'dy' must have the convolution's output shape [${expected}], got [${dy.shape}]`);
-  }
+function filterGradientKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
+  const backend = args.backend as WasmHeapBackend;
+  const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
+  const { info } = args.attrs as unknown as FilterGradientAttrs;
+  const kernels = kernelsFor(backend);
+  if (!kernels) throw new Error(`${NATIVE_FILTER_GRADIENT} needs the wasm backend's memory`);
   // Allocate first: growing the wasm memory moves nothing, but detaches views taken before.
-  const out = backend.makeOutput([...filterShape], 'float32');
+  const out = backend.makeOutput(
+    [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
+    'float32',
+  );
   kernels.filterGradient(
     heapAddress(backend, x),
     heapAddress(backend, dy),
@@ -163,6 +148,85 @@ export function nativeFilterGradient(
   return out;
 }
 
+function correlationKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
+  const backend = args.backend as WasmHeapBackend;
+  const { input, filter } = args.inputs as { input: tf.TensorInfo; filter: tf.TensorInfo };
+  const { outChannels } = args.attrs as unknown as CorrelationAttrs;
+  const kernels = kernelsFor(backend);
+  if (!kernels) throw new Error(`${NATIVE_CORRELATION} needs the wasm backend's memory`);
+  const [batch, height, width, inChannels] = input.shape;
+  const [kh, kw, , filterChannels] = filter.shape;
+  const out = backend.makeOutput([batch, height - kh + 1, width - kw + 1, outChannels], 'float32');
+  kernels.correlate(
+    heapAddress(backend, input),
+    heapAddress(backend, filter),
+    heapAddress(backend, out),
+    batch,
+    height,
+    width,
+    inChannels,
+    outChannels,
+    filterChannels,
+    kh,
+    kw,
+  );
+  return out;
+}
+
+let kernelsRegistered = false;
+
+/** Whether native code may run now: wasm, the module loads, float32 inputs, no tape recording. */
+function usable(...tensors: tf.TensorInfo[]): boolean {
+  if (tf.getBackend() !== 'wasm' || tf.engine().state.gradientDepth > 0) return false;
+  if (tensors.some((tensor) => tensor.dtype !== 'float32')) return false;
+  if (!kernelsFor(tf.backend() as unknown as WasmHeapBackend)) return false;
+  if (!kernelsRegistered) {
+    tf.registerKernel({
+      kernelName: NATIVE_FILTER_GRADIENT,
+      backendName: 'wasm',
+      kernelFunc: filterGradientKernel,
+    });
+    tf.registerKernel({ kernelName: NATIVE_CORRELATION, backendName: 'wasm', kernelFunc: correlationKernel });
+    kernelsRegistered = true;
+  }
+  return true;
+}
+
+/**
+ * dL/dfilter of `conv2d(x, filter, strides, pad)` given `dy`, on the wasm heap; null where native
+ * code does not apply (see above), so that the caller falls back to the portable formulation.
+ */
+export function nativeFilterGradient(
+  x: tf.TensorInfo,
+  dy: tf.TensorInfo,
+  filterShape: readonly number[],
+  strides: number | [number, number],
+  pad: ConvPad,
+  dimRoundingMode?: 'floor' | 'round' | 'ceil',
+): tf.Tensor4D | null {
+  if (!usable(x, dy)) return null;
+  const info = tf.backend_util.computeConv2DInfo(
+    x.shape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    strides,
+    1,
+    pad,
+    dimRoundingMode,
+  );
+  // The kernel trusts its sizes and reads the heap with them: dy must be exactly the forward
+  // convolution's output, or it would read past the tensor.
+  const expected = [info.batchSize, info.outHeight, info.outWidth, info.outChannels];
+  if (dy.shape.length !== 4 || expected.some((size, i) => dy.shape[i] !== size)) {
+    throw new Error(`'dy' must have the convolution's output shape [${expected}], got [${dy.shape}]`);
+  }
+  const attrs: FilterGradientAttrs = { info };
+  // Kernel inputs may be bare TensorInfos (inside another kernel); runKernel reads only their ids.
+  const inputs = { x, dy } as unknown as tf.NamedTensorMap;
+  return tf
+    .engine()
+    .runKernel(NATIVE_FILTER_GRADIENT, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+}
+
 /**
  * The valid stride-1 correlation of `input` [n, h, w, ci] with `filter` [kh, kw, ci, co] after
  * zero-padding the input by `pads` ([top, bottom], [left, right]): conv2dInputGradient's last step,
@@ -173,9 +237,7 @@ export function nativeCorrelation(
   filter: tf.Tensor4D,
   [[top, bottom], [left, right]]: [[number, number], [number, number]],
 ): tf.Tensor4D | null {
-  const usable = usableKernels(input, filter);
-  if (!usable) return null;
-  const { backend, kernels } = usable;
+  if (!usable(input, filter)) return null;
   const [kh, kw, inChannels, outChannels] = filter.shape;
   if (input.shape[3] !== inChannels) {
     throw new Error(`'filter' must have ${input.shape[3]} input channels, got [${filter.shape}]`);
@@ -190,29 +252,21 @@ export function nativeCorrelation(
             [0, 0],
           ])
         : input;
-    const [batch, height, width] = padded.shape;
+    const [, height, width] = padded.shape;
     if (height < kh || width < kw) {
       throw new Error(`the padded input [${padded.shape}] is smaller than the filter [${filter.shape}]`);
     }
     // Output channels padded to a multiple of 4 with zeros, so that the kernel's vector loads of a
     // filter row stay inside the filter (a few hundred values at most: copied in JavaScript).
-    const filterChannels = Math.ceil(outChannels / 4) * 4;
-    const paddedFilter = padLastAxis(filter, filterChannels);
-    const out = backend.makeOutput([batch, height - kh + 1, width - kw + 1, outChannels], 'float32');
-    kernels.correlate(
-      heapAddress(backend, padded),
-      heapAddress(backend, paddedFilter),
-      heapAddress(backend, out),
-      batch,
-      height,
-      width,
-      inChannels,
-      outChannels,
-      filterChannels,
-      kh,
-      kw,
-    );
-    return tf.engine().makeTensorFromTensorInfo(out) as tf.Tensor4D;
+    const paddedFilter = padLastAxis(filter, Math.ceil(outChannels / 4) * 4);
+    const attrs: CorrelationAttrs = { outChannels };
+    return tf
+      .engine()
+      .runKernel(
+        NATIVE_CORRELATION,
+        { input: padded, filter: paddedFilter },
+        attrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor4D;
   });
 }
 

@@ -49,9 +49,10 @@ function filterGradient(
   pad: ConvPad,
   dimRoundingMode?: 'floor' | 'round' | 'ceil',
 ): tf.Tensor4D {
-  const native = nativeFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
-  if (native) return tf.engine().makeTensorFromTensorInfo(native) as tf.Tensor4D;
-  return conv2dFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode);
+  return (
+    nativeFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode) ??
+    conv2dFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode)
+  );
 }
 
 export const fastConv2DGradConfig: tf.GradConfig = {
