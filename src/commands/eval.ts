@@ -35,7 +35,8 @@ const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>
   --iterations <int>        APGD iterations for AutoAttack, worst-case OOD and curves (default 100)
   --cf-iterations <int>     APGD iterations per counterfactual radius (default 500)
   --quick                   smoke test: 5 iterations, APGD-CE + APGD-T only, small figures
-  --write-temperature       write the fitted temperature into the model's card.json
+  --write-calibration       write the fitted temperature and the OOD threshold (95% of the calibration
+                            points in-distribution) into the model's card.json
 `;
 
 interface EvalArguments {
@@ -44,7 +45,7 @@ interface EvalArguments {
   calibrationData?: string;
   ood: string[];
   out?: string;
-  writeTemperature: boolean;
+  writeCalibration: boolean;
   settings: EvalSettings;
 }
 
@@ -69,7 +70,7 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
     iterations: { type: 'string' },
     'cf-iterations': { type: 'string' },
     quick: { type: 'boolean' },
-    'write-temperature': { type: 'boolean' },
+    'write-calibration': { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   });
   const { values, text, integer } = options;
@@ -86,7 +87,7 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
     calibrationData: text('calibration-data'),
     ood: (values.ood as string[] | undefined) ?? [],
     out: text('out'),
-    writeTemperature: values['write-temperature'] === true,
+    writeCalibration: values['write-calibration'] === true,
     settings: {
       ...defaults,
       n,
@@ -112,12 +113,13 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
   };
 }
 
-/** Sets `temperature` in card.json, keeping every other field as it was. */
-async function writeTemperature(modelDir: string, temperature: number): Promise<void> {
+/** Sets `temperature` and `oodThreshold` in card.json, keeping every other field as it was. */
+async function writeCalibration(modelDir: string, temperature: number, oodThreshold: number): Promise<void> {
   const file = path.join(modelDir, 'card.json');
   const raw = await readFile(file, 'utf8').catch(() => '{}');
   const card = JSON.parse(raw) as Record<string, unknown>;
   card.temperature = temperature;
+  card.oodThreshold = oodThreshold;
   await writeFile(file, `${JSON.stringify(card, null, 2)}\n`);
 }
 
@@ -196,10 +198,11 @@ async function evaluate(args: EvalArguments): Promise<number> {
     await writeFile(path.join(out, 'report.md'), markdown);
     await writeFile(path.join(out, 'counterfactuals.png'), counterfactualsPng);
     if (curvesSvg) await writeFile(path.join(out, 'confidence-curves.svg'), curvesSvg);
-    if (args.writeTemperature) {
-      await writeTemperature(args.model, report.summary.temperature);
+    if (args.writeCalibration) {
+      const { temperature, ood_threshold: threshold } = report.summary;
+      await writeCalibration(args.model, temperature, threshold);
       console.error(
-        `temperature ${report.summary.temperature.toFixed(4)} written to ${args.model}/card.json`,
+        `temperature ${temperature.toFixed(4)} and OOD threshold ${threshold.toFixed(4)} written to ${args.model}/card.json`,
       );
     }
     const s = report.summary;

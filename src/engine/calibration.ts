@@ -175,3 +175,20 @@ export function temperatureByEce(
     eceBefore: eceAt(1),
   };
 }
+
+/**
+ * max_k softmax(z / T)_k per row of row-major logits [n, k]: the calibrated confidence that the OOD
+ * verdicts compare with a threshold.
+ */
+export function maxProbabilities(logits: Float32Array, k: number, temperature: number): Float32Array {
+  const n = logits.length / k;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    let max = Number.NEGATIVE_INFINITY;
+    for (let c = 0; c < k; c++) max = Math.max(max, logits[i * k + c]);
+    let sum = 0;
+    for (let c = 0; c < k; c++) sum += Math.exp((logits[i * k + c] - max) / temperature);
+    out[i] = 1 / sum;
+  }
+  return out;
+}

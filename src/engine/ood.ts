@@ -60,18 +60,28 @@ export function rocAuc(inScores: ArrayLike<number>, outScores: ArrayLike<number>
 }
 
 /**
- * False-positive rate at 95% true-positive rate: the threshold is the largest t with at least 95%
- * of the in-scores >= t (the first ROC point reaching TPR 0.95, as sklearn's roc_curve gives it),
- * and the FPR is the share of OOD scores >= t.
+ * The OOD threshold that keeps `tpr` of the in-distribution inputs: the largest t with at least
+ * tpr * n of `inScores` >= t (the first ROC point reaching that TPR, as sklearn's roc_curve gives it).
+ * An input whose score is below t is called out-of-distribution.
+ *
+ * @example thresholdAtTpr([0.9, 0.8, 0.7, 0.6], 0.75) // 0.7: three of the four scores are >= 0.7
  */
-export function fprAtTpr(inScores: ArrayLike<number>, outScores: ArrayLike<number>, tpr = 0.95): number {
+export function thresholdAtTpr(inScores: ArrayLike<number>, tpr = 0.95): number {
   checkScores(inScores, 'inScores');
-  checkScores(outScores, 'outScores');
   if (!(tpr > 0 && tpr <= 1)) throw new Error(`'tpr' must be in (0, 1], got ${tpr}`);
   const descending = sortedCopy(inScores).reverse();
   // Tolerate float error in tpr * n (0.95 * 20 = 19.000000000000004).
   const needed = Math.max(1, Math.ceil(tpr * descending.length - 1e-9));
-  const threshold = descending[needed - 1];
+  return descending[needed - 1];
+}
+
+/**
+ * False-positive rate at 95% true-positive rate: the share of OOD scores at or above
+ * thresholdAtTpr(inScores, tpr).
+ */
+export function fprAtTpr(inScores: ArrayLike<number>, outScores: ArrayLike<number>, tpr = 0.95): number {
+  checkScores(outScores, 'outScores');
+  const threshold = thresholdAtTpr(inScores, tpr);
   let falsePositives = 0;
   for (let j = 0; j < outScores.length; j++) if (outScores[j] >= threshold) falsePositives++;
   return falsePositives / outScores.length;

@@ -2,11 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 import { apgdAttack, apgdTargeted } from '../engine/attacks/apgd.js';
 import type { Attack } from '../engine/attacks/types.js';
 import { autoAttack } from '../engine/autoattack.js';
-import { expectedCalibrationError, temperatureByEce } from '../engine/calibration.js';
+import { expectedCalibrationError, maxProbabilities, temperatureByEce } from '../engine/calibration.js';
 import type { Classifier } from '../engine/classifier.js';
 import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { confidenceCurves, DEFAULT_CURVE_RADII } from '../engine/curves.js';
-import { oodMetrics, worstCaseConfidence } from '../engine/ood.js';
+import { oodMetrics, thresholdAtTpr, worstCaseConfidence } from '../engine/ood.js';
 import type { EngineProgress } from '../engine/types.js';
 import { type GridRow, renderCounterfactualGrid, renderCurveChartSvg } from './figures.js';
 import {
@@ -15,7 +15,6 @@ import {
   EvalInputError,
   type ImageSet,
   logitsOf,
-  maxProbabilities,
   pixelImage,
   rowsOf,
   softmaxValues,
@@ -359,6 +358,7 @@ export async function evaluateModel(
       ece,
       ece_uncalibrated: eceUncalibrated,
       temperature,
+      ood_threshold: thresholdAtTpr(maxProbabilities(calibrationLogits, k, temperature), 0.95),
       auc: average(oodRows.map((r) => r.auc)),
       wc_auc: average(oodRows.map((r) => r.wc_auc)),
       mmc: average(oodRows.map((r) => r.mmc)),

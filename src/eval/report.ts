@@ -36,6 +36,11 @@ export interface EvalReport {
     ece: number;
     ece_uncalibrated: number;
     temperature: number;
+    /**
+     * Max-confidence (at `temperature`) that keeps 95% of the calibration split in-distribution:
+     * the threshold a served model's OOD verdict should use (`--write-calibration` puts it in the card).
+     */
+    ood_threshold: number;
     auc: number | null;
     wc_auc: number | null;
     mmc: number | null;
@@ -114,7 +119,8 @@ export function renderReportMarkdown(report: EvalReport): string {
     'All numbers in percent. OOD columns are means over the OOD sets below. ' +
       `ECE after temperature scaling with T = ${summary.temperature.toFixed(3)} fitted on ` +
       `${report.data.calibration_n} held-out points (${report.data.calibration_source}); ECE at T = 1: ` +
-      `${percent(summary.ece_uncalibrated)}. Max-confidences use the same T. WC AUC is an upper bound ` +
+      `${percent(summary.ece_uncalibrated)}. Max-confidences use the same T; the OOD threshold that keeps ` +
+      `95% of those held-out points in-distribution is ${summary.ood_threshold.toFixed(3)}. WC AUC is an upper bound ` +
       '(the worst case found by APGD is a lower bound on the true one).',
     '',
     '## Out-of-distribution sets',

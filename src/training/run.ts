@@ -5,9 +5,10 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Dataset } from '../data/dataset.js';
 import { backendInfo } from '../engine/backend.js';
-import { temperatureByEce } from '../engine/calibration.js';
+import { maxProbabilities, temperatureByEce } from '../engine/calibration.js';
 import type { ModelCard } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
+import { thresholdAtTpr } from '../engine/ood.js';
 import { Rng } from '../util/random.js';
 import { buildArchitecture } from './architectures.js';
 import {
@@ -21,6 +22,9 @@ import { type TrainConfig, usesOutDistribution } from './config.js';
 import { loadTrainingData, splitValidation } from './data.js';
 import { OBJECTIVE_PARTS } from './objectives.js';
 import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
+
+/** Share of held-out in-distribution images the exported OOD threshold lets through. */
+const OOD_GATE_TPR = 0.95;
 
 /**
  * The file side of training: data loading, the run folder (`<runDir>/<name>/`: config.json,
@@ -163,12 +167,15 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   const calibration = validation ?? train;
   const logits = logitsOf(model, calibration, config.batchSize);
   const fit = temperatureByEce({ values: logits, numClasses }, calibration.labels);
+  // The serving threshold: 95% of the held-out in-distribution images pass the OOD gate.
+  const oodThreshold = thresholdAtTpr(maxProbabilities(logits, numClasses, fit.temperature), OOD_GATE_TPR);
   const validationAccuracy = validation ? accuracyOf(model, validation, config.batchSize) : null;
   const card: ModelCard = {
     name: config.name,
     classNames,
     inputShape: train.shape,
     temperature: fit.temperature,
+    oodThreshold,
     objective: config.objective,
     // Only the budgets the objective trained with: a card must not suggest robustness it never had.
     epsIn: OBJECTIVE_PARTS[config.objective].attackIn ? config.epsIn : undefined,
@@ -177,6 +184,7 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
       validationAccuracy,
       validationEce: fit.ece,
       validationEceBeforeTemperature: fit.eceBefore,
+      oodThresholdTruePositiveRate: OOD_GATE_TPR,
     },
     architecture: config.architecture,
     width: config.width,

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fprAtTpr, oodMetrics, rocAuc } from '../../src/engine/ood.js';
+import { fprAtTpr, oodMetrics, rocAuc, thresholdAtTpr } from '../../src/engine/ood.js';
 import { Rng } from '../../src/util/random.js';
 
 function bruteForceAuc(inScores: ArrayLike<number>, outScores: ArrayLike<number>): number {
@@ -63,6 +63,30 @@ describe('oodMetrics', () => {
       }
     }
     expect(fprAtTpr(inRandom, outRandom)).toBe(expected);
+  });
+
+  it('picks the OOD threshold that keeps the requested share of in-distribution scores', () => {
+    const inScores = Array.from({ length: 20 }, (_, i) => (i + 1) / 20);
+    expect(thresholdAtTpr(inScores)).toBe(0.1); // 19 of 20 are >= 0.1
+    expect(thresholdAtTpr(inScores, 0.5)).toBe(0.55); // 10 of 20 are >= 0.55
+    expect(thresholdAtTpr(inScores, 1)).toBe(0.05);
+    expect(thresholdAtTpr([0.9, 0.8, 0.7, 0.6], 0.75)).toBe(0.7);
+    // Ties: every score equal keeps all of them whatever the rate.
+    expect(thresholdAtTpr([0.3, 0.3, 0.3], 0.5)).toBe(0.3);
+    // Property: at least tpr of the scores pass, and any higher threshold among them passes fewer.
+    const rng = new Rng(5);
+    const scores = Array.from({ length: 101 }, () => Math.round(rng.next() * 30) / 30);
+    for (const tpr of [0.5, 0.9, 0.95, 0.99]) {
+      const t = thresholdAtTpr(scores, tpr);
+      expect(scores.filter((s) => s >= t).length / scores.length).toBeGreaterThanOrEqual(tpr);
+      const higher = scores.filter((s) => s > t);
+      if (higher.length > 0) {
+        const next = Math.min(...higher);
+        expect(scores.filter((s) => s >= next).length / scores.length).toBeLessThan(tpr);
+      }
+    }
+    expect(() => thresholdAtTpr([0.5], 0)).toThrow("'tpr' must be in (0, 1], got 0");
+    expect(() => thresholdAtTpr([])).toThrow("'inScores' must not be empty");
   });
 
   it('rejects empty and NaN scores with the argument named', () => {

@@ -78,7 +78,7 @@ describe('ratio eval', () => {
           '--cf-iterations',
           '2',
           '--quick',
-          '--write-temperature',
+          '--write-calibration',
           '--out',
           out,
         ]);
@@ -110,8 +110,14 @@ describe('ratio eval', () => {
       expect(svg).toContain('<polyline');
       const card = JSON.parse(await readFile(path.join(modelDir, 'card.json'), 'utf8')) as {
         temperature: number;
+        oodThreshold: number;
       };
       expect(card.temperature).toBeCloseTo(report.summary.temperature, 12);
+      // A max-softmax over 10 classes lies in [0.1, 1].
+      expect(report.summary.ood_threshold).toBeGreaterThanOrEqual(0.1);
+      expect(report.summary.ood_threshold).toBeLessThanOrEqual(1);
+      expect(card.oodThreshold).toBe(report.summary.ood_threshold);
+      expect(markdown).toContain(`in-distribution is ${report.summary.ood_threshold.toFixed(3)}`);
     },
   );
 
