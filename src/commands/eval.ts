@@ -2,6 +2,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { CommandModule } from '../cli.js';
 import type { EvalSettings, ImageSet } from '../eval/evaluate.js';
+import type { EvalReport } from '../eval/report.js';
 import { readOptions, UsageError } from './args.js';
 
 /**
@@ -113,13 +114,21 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
   };
 }
 
-/** Sets `temperature` and `oodThreshold` in card.json, keeping every other field as it was. */
-async function writeCalibration(modelDir: string, temperature: number, oodThreshold: number): Promise<void> {
+/**
+ * Sets `temperature`, `oodThreshold` and where they were fitted (`calibration`) in card.json, keeping
+ * every other field as it was.
+ */
+async function writeCalibration(modelDir: string, report: EvalReport): Promise<void> {
   const file = path.join(modelDir, 'card.json');
   const raw = await readFile(file, 'utf8').catch(() => '{}');
   const card = JSON.parse(raw) as Record<string, unknown>;
-  card.temperature = temperature;
-  card.oodThreshold = oodThreshold;
+  card.temperature = report.summary.temperature;
+  card.oodThreshold = report.summary.ood_threshold;
+  card.calibration = {
+    source: report.data.calibration_source,
+    n: report.data.calibration_n,
+    oodThresholdTruePositiveRate: 0.95,
+  };
   await writeFile(file, `${JSON.stringify(card, null, 2)}\n`);
 }
 
@@ -200,7 +209,7 @@ async function evaluate(args: EvalArguments): Promise<number> {
     if (curvesSvg) await writeFile(path.join(out, 'confidence-curves.svg'), curvesSvg);
     if (args.writeCalibration) {
       const { temperature, ood_threshold: threshold } = report.summary;
-      await writeCalibration(args.model, temperature, threshold);
+      await writeCalibration(args.model, report);
       console.error(
         `temperature ${temperature.toFixed(4)} and OOD threshold ${threshold.toFixed(4)} written to ${args.model}/card.json`,
       );

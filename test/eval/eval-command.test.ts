@@ -111,12 +111,15 @@ describe('ratio eval', () => {
       const card = JSON.parse(await readFile(path.join(modelDir, 'card.json'), 'utf8')) as {
         temperature: number;
         oodThreshold: number;
+        calibration: { source: string; n: number; oodThresholdTruePositiveRate: number };
       };
       expect(card.temperature).toBeCloseTo(report.summary.temperature, 12);
       // A max-softmax over 10 classes lies in [0.1, 1].
       expect(report.summary.ood_threshold).toBeGreaterThanOrEqual(0.1);
       expect(report.summary.ood_threshold).toBeLessThanOrEqual(1);
       expect(card.oodThreshold).toBe(report.summary.ood_threshold);
+      expect(card.calibration).toMatchObject({ n: 16, oodThresholdTruePositiveRate: 0.95 });
+      expect(card.calibration.source).toContain('last 16 of');
       expect(markdown).toContain(`in-distribution is ${report.summary.ood_threshold.toFixed(3)}`);
     },
   );
