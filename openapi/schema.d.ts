@@ -199,7 +199,7 @@ export type webhooks = Record<string, never>;
 export interface components {
   schemas: {
     ModelSummary: {
-      /** @example cifar10-ratio */
+      /** @example ratio-cifar10 */
       name: string;
       /** @example 10 */
       num_classes: number;
@@ -250,7 +250,7 @@ export interface components {
       status: number;
       /** @example 'images.0' is not an image (no known image header) */
       detail: string;
-      /** @example /v1/models/cifar10-ratio/predict */
+      /** @example /v1/models/ratio-cifar10/predict */
       instance?: string;
       /** @example 5f0c6b1e-6a51-4b8e-9d3c-2b9f0f1a7c42 */
       request_id?: string;
@@ -263,7 +263,7 @@ export interface components {
     };
     /**
      * @example {
-     *       "model": "cifar10-ratio",
+     *       "model": "ratio-cifar10",
      *       "temperature": 1.21,
      *       "threshold": 0.5,
      *       "predictions": [
@@ -341,7 +341,7 @@ export interface components {
     };
     /**
      * @example {
-     *       "model": "cifar10-ratio",
+     *       "model": "ratio-cifar10",
      *       "eps": 1,
      *       "threshold": 0.5,
      *       "results": [
@@ -402,7 +402,7 @@ export interface components {
     };
     /**
      * @example {
-     *       "model": "cifar10-ratio",
+     *       "model": "ratio-cifar10",
      *       "original_class": {
      *         "index": 3,
      *         "class": "cat"
@@ -578,7 +578,8 @@ export interface components {
      *         "threads": 1,
      *         "simd": true,
      *         "version": "4.22.0",
-     *         "fastGradients": true
+     *         "fastGradients": true,
+     *         "nativeKernels": true
      *       },
      *       "versions": {
      *         "service": "0.1.0",
@@ -586,7 +587,7 @@ export interface components {
      *         "tfjs": "4.22.0"
      *       },
      *       "models": [
-     *         "cifar10-ratio"
+     *         "ratio-cifar10"
      *       ]
      *     }
      */
@@ -599,6 +600,7 @@ export interface components {
         simd: boolean;
         version: string;
         fastGradients: boolean;
+        nativeKernels: boolean;
       } | null;
       versions: {
         service: string;

@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
+import { nativeConvAvailable } from './gradients/native-conv.js';
 import { useFastConvGradients } from './gradients/register.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
@@ -16,6 +17,8 @@ export interface BackendInfo {
   version: string;
   /** Whether the project's forward-convolution Conv2D gradients are installed. */
   fastGradients: boolean;
+  /** Whether the Conv2D gradients run as the native WebAssembly SIMD kernels (wasm only). */
+  nativeKernels: boolean;
 }
 
 /**
@@ -64,7 +67,7 @@ async function activate(name: BackendName): Promise<void> {
   await tf.ready();
 }
 
-async function describe(name: BackendName): Promise<Omit<BackendInfo, 'fastGradients'>> {
+async function describe(name: BackendName): Promise<Omit<BackendInfo, 'fastGradients' | 'nativeKernels'>> {
   const version = tf.version.tfjs;
   if (name === 'wasm') {
     const wasm = await import('@tensorflow/tfjs-backend-wasm');
@@ -99,7 +102,8 @@ async function select(preferred: string | undefined): Promise<BackendInfo> {
     }
     const fastGradients = FAST_GRADIENT_BACKENDS.has(name);
     if (fastGradients) useFastConvGradients(name);
-    return { ...(await describe(name)), fastGradients };
+    const nativeKernels = name === 'wasm' && nativeConvAvailable();
+    return { ...(await describe(name)), fastGradients, nativeKernels };
   }
   if (forced) {
     throw new Error(`RATIO_BACKEND=${forced} is not available: ${failures.join('; ')}`);

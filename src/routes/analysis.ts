@@ -54,7 +54,7 @@ export const OodResponseSchema = z
   })
   .openapi('OodResponse', {
     example: {
-      model: 'cifar10-ratio',
+      model: 'ratio-cifar10',
       eps: 1,
       threshold: 0.5,
       results: [
@@ -114,7 +114,7 @@ export const CounterfactualResponseSchema = z
   })
   .openapi('CounterfactualResponse', {
     example: {
-      model: 'cifar10-ratio',
+      model: 'ratio-cifar10',
       original_class: { index: 3, class: 'cat' },
       targets: [
         {

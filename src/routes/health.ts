@@ -26,6 +26,7 @@ const ReadySchema = z
         simd: z.boolean(),
         version: z.string(),
         fastGradients: z.boolean(),
+        nativeKernels: z.boolean(),
       })
       .nullable(),
     versions: z.object({ service: z.string(), node: z.string(), tfjs: z.string() }),
@@ -34,9 +35,16 @@ const ReadySchema = z
   .openapi('Readiness', {
     example: {
       status: 'ready',
-      backend: { name: 'wasm', threads: 1, simd: true, version: '4.22.0', fastGradients: true },
+      backend: {
+        name: 'wasm',
+        threads: 1,
+        simd: true,
+        version: '4.22.0',
+        fastGradients: true,
+        nativeKernels: true,
+      },
       versions: { service: '0.1.0', node: 'v20.19.0', tfjs: '4.22.0' },
-      models: ['cifar10-ratio'],
+      models: ['ratio-cifar10'],
     },
   });
 

@@ -11,12 +11,12 @@ export const ModelParams = z.object({
   model: z
     .string()
     .min(1)
-    .openapi({ param: { name: 'model', in: 'path' }, example: 'cifar10-ratio' }),
+    .openapi({ param: { name: 'model', in: 'path' }, example: 'ratio-cifar10' }),
 });
 
 export const ModelSummarySchema = z
   .object({
-    name: z.string().openapi({ example: 'cifar10-ratio' }),
+    name: z.string().openapi({ example: 'ratio-cifar10' }),
     num_classes: z.number().int().openapi({ example: 10 }),
     class_names: z.array(z.string()).openapi({ example: ['airplane', 'automobile', 'bird'] }),
     input_shape: z.array(z.number().int()).openapi({ example: [32, 32, 3] }),
@@ -97,7 +97,7 @@ export const PredictResponseSchema = z
   })
   .openapi('PredictResponse', {
     example: {
-      model: 'cifar10-ratio',
+      model: 'ratio-cifar10',
       temperature: 1.21,
       threshold: 0.5,
       predictions: [

@@ -21,7 +21,7 @@ export const ProblemSchema = z
     title: z.string().openapi({ example: 'Invalid image' }),
     status: z.number().int().openapi({ example: 422 }),
     detail: z.string().openapi({ example: "'images.0' is not an image (no known image header)" }),
-    instance: z.string().optional().openapi({ example: '/v1/models/cifar10-ratio/predict' }),
+    instance: z.string().optional().openapi({ example: '/v1/models/ratio-cifar10/predict' }),
     request_id: z.string().optional().openapi({ example: '5f0c6b1e-6a51-4b8e-9d3c-2b9f0f1a7c42' }),
     errors: z.array(FieldErrorSchema).optional(),
   })

@@ -60,6 +60,8 @@ describe('initBackend', () => {
     const kernels = tf.getKernelsForBackend(info.name).map((kernel) => kernel.kernelName);
     expect(kernels).toContain(tf.Conv2DBackpropFilter);
     expect(kernels).toContain(tf.Conv2DBackpropInput);
+    // The native kernels are reported where they run: on wasm, and nowhere else.
+    expect(info.nativeKernels).toBe(info.name === 'wasm');
   });
 
   it('rejects an unknown RATIO_BACKEND, naming the variable and the choices', async () => {
