@@ -23,25 +23,6 @@ interface WasmHeapBackend {
   wasm?: { asm?: { memory?: unknown } };
 }
 
-type CorrelateExport = (
-  input: number,
-  filter: number,
-  out: number,
-  batch: number,
-  inHeight: number,
-  inWidth: number,
-  inChannels: number,
-  outChannels: number,
-  filterChannels: number,
-  kernelHeight: number,
-  kernelWidth: number,
-) => void;
-
-interface NativeKernels {
-  filterGradient: FilterGradientExport;
-  correlate: CorrelateExport;
-}
-
 type FilterGradientExport = (
   x: number,
   dy: number,
@@ -60,6 +41,25 @@ type FilterGradientExport = (
   padTop: number,
   padLeft: number,
 ) => void;
+
+type CorrelateExport = (
+  input: number,
+  filter: number,
+  out: number,
+  batch: number,
+  inHeight: number,
+  inWidth: number,
+  inChannels: number,
+  outChannels: number,
+  filterChannels: number,
+  kernelHeight: number,
+  kernelWidth: number,
+) => void;
+
+interface NativeKernels {
+  filterGradient: FilterGradientExport;
+  correlate: CorrelateExport;
+}
 
 let compiled: WebAssembly.Module | null | undefined;
 /** One instance per backend memory (a re-created wasm backend has a new one). */
@@ -205,6 +205,11 @@ export function nativeFilterGradient(
   dimRoundingMode?: 'floor' | 'round' | 'ceil',
 ): tf.Tensor4D | null {
   if (!usable(x, dy)) return null;
+  if (filterShape.length !== 4 || x.shape.length !== 4 || filterShape[2] !== x.shape[3]) {
+    throw new Error(
+      `'filterShape' [${filterShape}] must be [kh, kw, ${x.shape[3]}, outChannels] for x [${x.shape}]`,
+    );
+  }
   const info = tf.backend_util.computeConv2DInfo(
     x.shape as [number, number, number, number],
     filterShape as [number, number, number, number],

@@ -120,6 +120,9 @@ describe.runIf(onWasm)('native filter gradient on wasm', () => {
     expect(() => nativeFilterGradient(x, dy, [3, 3, 3, 4], 1, 'same')).toThrow(
       "'dy' must have the convolution's output shape [2,8,8,4], got [2,8,8,5]",
     );
+    expect(() => nativeFilterGradient(x, dy, [3, 3, 2, 5], 1, 'same')).toThrow(
+      "'filterShape' [3,3,2,5] must be [kh, kw, 3, outChannels] for x [2,8,8,3]",
+    );
     tf.dispose([x, dy]);
   });
 

@@ -1,27 +1,28 @@
 /*
  * Conv2D gradients (NHWC, dilation 1) as direct loops in WebAssembly SIMD, for the wasm backend:
- * - filter_gradient: dW[a, b, ci, co] = sum over n, p, q of x[n, p*sh + a - top, q*sw + b - left, ci] * dy[n, p, q, co];
+ * - filter_gradient: dW[a, b, ci, co] = sum over n, p, q of
+ *   x[n, p*sh + a - top, q*sw + b - left, ci] * dy[n, p, q, co];
  * - correlate: the input gradient's stride-1 correlation of the (dilated, padded) upstream gradient
  *   with the flipped, transposed filter.
  *
- * Why by hand, for the filter gradient: expressed as a forward convolution (the portable formulation in conv2d.ts), the upstream
- * gradient becomes an image-sized filter that tfjs-backend-wasm transposes and XNNPACK repacks on every
- * call, and both operands need 4-D transposes first; on a smallCnn training step that overhead alone
- * costs about as much as the arithmetic. Here x and dy are read where they lie in the wasm heap and the
- * result is written in tfjs's filter layout [kh, kw, ci, co]: no transposes, no packing.
+ * Why by hand. Expressed as a forward convolution (the portable formulation in conv2d.ts), the filter
+ * gradient turns the upstream gradient into an image-sized filter that tfjs-backend-wasm transposes
+ * and XNNPACK repacks on every call, after 4-D transposes of both operands; on a smallCnn training
+ * step that overhead costs about as much as the arithmetic. Here x and dy are read where they lie
+ * and dW is written in tfjs's filter layout [kh, kw, ci, co]: no transposes, no packing. For the input
+ * gradient XNNPACK has no such overhead; the direct loop still measured 10% faster than its
+ * convolution on smallCnn's layers (143 vs 160 ms for the five), more on the first layer (3 output
+ * channels, where XNNPACK computes 8).
  *
- * The module imports the memory of tfjs-backend-wasm and must never touch it except through the
- * pointers it is given: no data segment, no globals, no stack (no address-taken locals or arrays
- * that survive optimisation). build.sh checks the output for that.
+ * Memory. The module imports tfjs-backend-wasm's memory and must touch it only through the pointers
+ * it is given: no data segment, no globals, no stack (no address-taken locals or arrays that survive
+ * optimisation). build.sh checks the output for that.
  *
- * For the input gradient XNNPACK has none of that overhead; the direct loop below still measured 10%
- * faster than its convolution on smallCnn's layers (143 vs 160 ms for the five), and its first layer
- * (3 output channels, where XNNPACK computes 8) more.
- *
- * Filter gradient loop order: per image and per tap (a, b), the output is tiled in blocks of 4 input channels by 8
- * output channels (12 of the 16 SIMD registers: 8 accumulators, 2 for dy, 1 broadcast x); the tile's
- * accumulators stay in registers over all of the image's valid output positions, so dW is read and
- * written once per image, tap and tile. One image of x and dy (<= 256 KB for smallCnn) stays in L2.
+ * Filter gradient loop order: per image and per tap (a, b), the output is tiled in blocks of 4 input
+ * channels by 8 output channels (12 of the 16 SIMD registers: 8 accumulators, 2 for dy, 1 broadcast
+ * x); the tile's accumulators stay in registers over all of the image's valid output positions, so dW
+ * is read and written once per image, tap and tile. One image of x and dy (<= 256 KB for smallCnn)
+ * stays in L2.
  */
 #include <wasm_simd128.h>
 
