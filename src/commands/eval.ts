@@ -122,12 +122,13 @@ async function writeCalibration(modelDir: string, report: EvalReport): Promise<v
   const file = path.join(modelDir, 'card.json');
   const raw = await readFile(file, 'utf8').catch(() => '{}');
   const card = JSON.parse(raw) as Record<string, unknown>;
+  const { OOD_GATE_TPR } = await import('../engine/ood.js');
   card.temperature = report.summary.temperature;
   card.oodThreshold = report.summary.ood_threshold;
   card.calibration = {
     source: report.data.calibration_source,
     n: report.data.calibration_n,
-    oodThresholdTruePositiveRate: 0.95,
+    oodThresholdTruePositiveRate: OOD_GATE_TPR,
   };
   await writeFile(file, `${JSON.stringify(card, null, 2)}\n`);
 }

@@ -60,6 +60,12 @@ export function rocAuc(inScores: ArrayLike<number>, outScores: ArrayLike<number>
 }
 
 /**
+ * Share of held-out in-distribution inputs a fitted OOD threshold lets through (the served gate's
+ * true-positive rate: training export and `ratio eval --write-calibration` fit thresholds with it).
+ */
+export const OOD_GATE_TPR = 0.95;
+
+/**
  * The OOD threshold that keeps `tpr` of the in-distribution inputs: the largest t with at least
  * tpr * n of `inScores` >= t (the first ROC point reaching that TPR, as sklearn's roc_curve gives it).
  * An input whose score is below t is called out-of-distribution.

@@ -6,7 +6,7 @@ import { expectedCalibrationError, maxProbabilities, temperatureByEce } from '..
 import type { Classifier } from '../engine/classifier.js';
 import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { confidenceCurves, DEFAULT_CURVE_RADII } from '../engine/curves.js';
-import { oodMetrics, thresholdAtTpr, worstCaseConfidence } from '../engine/ood.js';
+import { OOD_GATE_TPR, oodMetrics, thresholdAtTpr, worstCaseConfidence } from '../engine/ood.js';
 import type { EngineProgress } from '../engine/types.js';
 import { type GridRow, renderCounterfactualGrid, renderCurveChartSvg } from './figures.js';
 import {
@@ -358,7 +358,7 @@ export async function evaluateModel(
       ece,
       ece_uncalibrated: eceUncalibrated,
       temperature,
-      ood_threshold: thresholdAtTpr(maxProbabilities(calibrationLogits, k, temperature), 0.95),
+      ood_threshold: thresholdAtTpr(maxProbabilities(calibrationLogits, k, temperature), OOD_GATE_TPR),
       auc: average(oodRows.map((r) => r.auc)),
       wc_auc: average(oodRows.map((r) => r.wc_auc)),
       mmc: average(oodRows.map((r) => r.mmc)),

@@ -8,7 +8,7 @@ import { backendInfo } from '../engine/backend.js';
 import { maxProbabilities, temperatureByEce } from '../engine/calibration.js';
 import type { ModelCard } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
-import { thresholdAtTpr } from '../engine/ood.js';
+import { OOD_GATE_TPR, thresholdAtTpr } from '../engine/ood.js';
 import { Rng } from '../util/random.js';
 import { buildArchitecture } from './architectures.js';
 import {
@@ -22,9 +22,6 @@ import { type TrainConfig, usesOutDistribution } from './config.js';
 import { loadTrainingData, splitValidation } from './data.js';
 import { OBJECTIVE_PARTS } from './objectives.js';
 import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
-
-/** Share of held-out in-distribution images the exported OOD threshold lets through. */
-const OOD_GATE_TPR = 0.95;
 
 /**
  * The file side of training: data loading, the run folder (`<runDir>/<name>/`: config.json,
