@@ -116,12 +116,23 @@ function heapAddress(backend: WasmHeapBackend, tensor: tf.TensorInfo): number {
   return backend.typedArrayFromHeap(tensor).byteOffset;
 }
 
-function filterGradientKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+/** The backend a registered kernel runs on and the module instance on its memory. */
+function nativeContext(
+  args: KernelArgs,
+  kernelName: string,
+): { backend: WasmHeapBackend; kernels: NativeKernels } {
   const backend = args.backend as WasmHeapBackend;
+  const kernels = kernelsFor(backend);
+  if (!kernels) throw new Error(`${kernelName} needs the wasm backend's memory`);
+  return { backend, kernels };
+}
+
+function filterGradientKernel(args: KernelArgs): tf.TensorInfo {
+  const { backend, kernels } = nativeContext(args, NATIVE_FILTER_GRADIENT);
   const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
   const { info } = args.attrs as unknown as FilterGradientAttrs;
-  const kernels = kernelsFor(backend);
-  if (!kernels) throw new Error(`${NATIVE_FILTER_GRADIENT} needs the wasm backend's memory`);
   // Allocate first: growing the wasm memory moves nothing, but detaches views taken before.
   const out = backend.makeOutput(
     [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels],
@@ -148,12 +159,10 @@ function filterGradientKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo
   return out;
 }
 
-function correlationKernel(args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
-  const backend = args.backend as WasmHeapBackend;
+function correlationKernel(args: KernelArgs): tf.TensorInfo {
+  const { backend, kernels } = nativeContext(args, NATIVE_CORRELATION);
   const { input, filter } = args.inputs as { input: tf.TensorInfo; filter: tf.TensorInfo };
   const { outChannels } = args.attrs as unknown as CorrelationAttrs;
-  const kernels = kernelsFor(backend);
-  if (!kernels) throw new Error(`${NATIVE_CORRELATION} needs the wasm backend's memory`);
   const [batch, height, width, inChannels] = input.shape;
   const [kh, kw, , filterChannels] = filter.shape;
   const out = backend.makeOutput([batch, height - kh + 1, width - kw + 1, outChannels], 'float32');
