@@ -107,6 +107,29 @@ describe.runIf(onWasm)('native filter gradient on wasm', () => {
     expect(relativeError(computeNatively(c, x, dy), expected)).toBeLessThanOrEqual(1e-5);
   });
 
+  it('matches the cpu reference on 40 random geometries (sizes, kernels, strides, paddings, channels)', async () => {
+    const pick = new Rng(77);
+    const pads: ConvPad[] = ['same', 'valid', 0, 1, 2];
+    let checked = 0;
+    while (checked < 40) {
+      const kernel: [number, number] = [1 + pick.int(5), 1 + pick.int(5)];
+      const c: Case = {
+        x: [1 + pick.int(3), 1 + pick.int(12), 1 + pick.int(12), 1 + pick.int(9)],
+        filter: [kernel[0], kernel[1], 0, 1 + pick.int(17)],
+        strides: [1 + pick.int(3), 1 + pick.int(3)],
+        pad: pads[pick.int(pads.length)],
+      };
+      c.filter[2] = c.x[3];
+      const [, outHeight, outWidth] = outputShape(c);
+      if (outHeight < 1 || outWidth < 1) continue; // the kernel does not fit this input
+      const x = rng.normals(c.x.reduce((a, b) => a * b, 1));
+      const dy = rng.normals(outputShape(c).reduce((a, b) => a * b, 1));
+      const expected = await referenceFilterGradient(c, x, dy);
+      expect(relativeError(computeNatively(c, x, dy), expected), label(c)).toBeLessThanOrEqual(1e-5);
+      checked++;
+    }
+  });
+
   it('a 1x1 convolution gives dW = x^T dy exactly', () => {
     // Two pixels, channels 2 -> 1: dW[ci] = sum over pixels of x[p, ci] * dy[p].
     const c: Case = { x: [1, 1, 2, 2], filter: [1, 1, 2, 1], strides: 1, pad: 'valid' };
@@ -270,6 +293,44 @@ describe.runIf(onWasm)('native correlation (the convolution of the input gradien
       expect(relativeError(actual, expected)).toBeLessThanOrEqual(1e-5);
     },
   );
+
+  it('matches the cpu reference conv2d on 40 random geometries', async () => {
+    const pick = new Rng(78);
+    for (let i = 0; i < 40; i++) {
+      const c: CorrelationCase = {
+        input: [1 + pick.int(3), 1 + pick.int(10), 1 + pick.int(10), 1 + pick.int(9)],
+        filter: [1 + pick.int(5), 1 + pick.int(5), 0, 1 + pick.int(17)],
+        pads: [
+          [pick.int(3), pick.int(3)],
+          [pick.int(3), pick.int(3)],
+        ],
+      };
+      c.filter[2] = c.input[3];
+      // Keep the filter inside the padded input.
+      c.filter[0] = Math.min(c.filter[0], c.input[1] + c.pads[0][0] + c.pads[0][1]);
+      c.filter[1] = Math.min(c.filter[1], c.input[2] + c.pads[1][0] + c.pads[1][1]);
+      const input = rng.normals(c.input.reduce((a, b) => a * b, 1));
+      const filter = rng.normals(c.filter.reduce((a, b) => a * b, 1));
+      const expected = await onCpuWithStockGradients(() =>
+        tf.tidy(
+          () =>
+            tf
+              .conv2d(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), 1, [
+                [0, 0],
+                ...c.pads,
+                [0, 0],
+              ])
+              .dataSync() as Float32Array,
+        ),
+      );
+      const actual = tf.tidy(() => {
+        const result = nativeCorrelation(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), c.pads);
+        if (!result) throw new Error('the native correlation did not run');
+        return result.dataSync() as Float32Array;
+      });
+      expect(relativeError(actual, expected), correlationLabel(c)).toBeLessThanOrEqual(1e-5);
+    }
+  });
 
   it('rejects a filter whose input channels do not match, and a filter larger than the padded input', () => {
     const input = tf.zeros([1, 4, 4, 3]) as tf.Tensor4D;
