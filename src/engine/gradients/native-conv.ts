@@ -45,15 +45,21 @@ type FilterGradientExport = (
 type CorrelateExport = (
   input: number,
   filter: number,
+  bias: number,
   out: number,
   batch: number,
   inHeight: number,
   inWidth: number,
   inChannels: number,
+  outHeight: number,
+  outWidth: number,
   outChannels: number,
   filterChannels: number,
   kernelHeight: number,
   kernelWidth: number,
+  strideHeight: number,
+  strideWidth: number,
+  relu: number,
 ) => void;
 
 interface NativeKernels {
@@ -109,7 +115,12 @@ interface FilterGradientAttrs {
 }
 
 interface CorrelationAttrs {
+  outHeight: number;
+  outWidth: number;
   outChannels: number;
+  strideHeight: number;
+  strideWidth: number;
+  relu: boolean;
 }
 
 function heapAddress(backend: WasmHeapBackend, tensor: tf.TensorInfo): number {
@@ -161,32 +172,50 @@ function filterGradientKernel(args: KernelArgs): tf.TensorInfo {
 
 function correlationKernel(args: KernelArgs): tf.TensorInfo {
   const { backend, kernels } = nativeContext(args, NATIVE_CORRELATION);
-  const { input, filter } = args.inputs as { input: tf.TensorInfo; filter: tf.TensorInfo };
-  const { outChannels } = args.attrs as unknown as CorrelationAttrs;
+  const { input, filter, bias } = args.inputs as {
+    input: tf.TensorInfo;
+    filter: tf.TensorInfo;
+    bias?: tf.TensorInfo;
+  };
+  const attrs = args.attrs as unknown as CorrelationAttrs;
   const [batch, height, width, inChannels] = input.shape;
   const [kh, kw, , filterChannels] = filter.shape;
-  const out = backend.makeOutput([batch, height - kh + 1, width - kw + 1, outChannels], 'float32');
+  const out = backend.makeOutput([batch, attrs.outHeight, attrs.outWidth, attrs.outChannels], 'float32');
   kernels.correlate(
     heapAddress(backend, input),
     heapAddress(backend, filter),
+    // The Emscripten heap never places a tensor at address 0: 0 means no bias.
+    bias ? heapAddress(backend, bias) : 0,
     heapAddress(backend, out),
     batch,
     height,
     width,
     inChannels,
-    outChannels,
+    attrs.outHeight,
+    attrs.outWidth,
+    attrs.outChannels,
     filterChannels,
     kh,
     kw,
+    attrs.strideHeight,
+    attrs.strideWidth,
+    attrs.relu ? 1 : 0,
   );
   return out;
 }
 
 let kernelsRegistered = false;
 
-/** Whether native code may run now: wasm, the module loads, float32 inputs, no tape recording. */
+/**
+ * Whether native code may run now: wasm, the module loads, float32 inputs, and no tape records the
+ * ops called here (tfjs's own rule: a gradient is being taped and we are not inside a kernel, whose
+ * inner ops are never recorded). Native results are constants to a tape: second derivatives through
+ * them would be silently wrong, so a recording tape gets the portable tensor-op formulation.
+ */
 function usable(...tensors: tf.TensorInfo[]): boolean {
-  if (tf.getBackend() !== 'wasm' || tf.engine().state.gradientDepth > 0) return false;
+  if (tf.getBackend() !== 'wasm') return false;
+  const { gradientDepth, kernelDepth } = tf.engine().state;
+  if (gradientDepth > 0 && kernelDepth === 0) return false;
   if (tensors.some((tensor) => tensor.dtype !== 'float32')) return false;
   if (!kernelsFor(tf.backend() as unknown as WasmHeapBackend)) return false;
   if (!kernelsRegistered) {
@@ -241,17 +270,21 @@ export function nativeFilterGradient(
     .runKernel(NATIVE_FILTER_GRADIENT, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor4D;
 }
 
+type Pads = [[number, number], [number, number]];
+
 /**
- * The valid stride-1 correlation of `input` [n, h, w, ci] with `filter` [kh, kw, ci, co] after
- * zero-padding the input by `pads` ([top, bottom], [left, right]): conv2dInputGradient's last step,
- * whose filter is already flipped and transposed. Null where native code does not apply.
+ * `input` zero-padded by `pads`, correlated with `filter` at `strides` into an [outHeight, outWidth]
+ * output, plus `bias`, clamped at 0 when `relu`, on the native kernel (the caller checked usable()).
  */
-export function nativeCorrelation(
+function correlateNatively(
   input: tf.Tensor4D,
   filter: tf.Tensor4D,
-  [[top, bottom], [left, right]]: [[number, number], [number, number]],
-): tf.Tensor4D | null {
-  if (!usable(input, filter)) return null;
+  [[top, bottom], [left, right]]: Pads,
+  [strideHeight, strideWidth]: [number, number],
+  outSize: [number, number] | null,
+  bias: tf.Tensor | null,
+  relu: boolean,
+): tf.Tensor4D {
   const [kh, kw, inChannels, outChannels] = filter.shape;
   if (input.shape[3] !== inChannels) {
     throw new Error(`'filter' must have ${input.shape[3]} input channels, got [${filter.shape}]`);
@@ -267,21 +300,86 @@ export function nativeCorrelation(
           ])
         : input;
     const [, height, width] = padded.shape;
-    if (height < kh || width < kw) {
-      throw new Error(`the padded input [${padded.shape}] is smaller than the filter [${filter.shape}]`);
+    const outHeight = outSize?.[0] ?? Math.floor((height - kh) / strideHeight) + 1;
+    const outWidth = outSize?.[1] ?? Math.floor((width - kw) / strideWidth) + 1;
+    // The kernel reads rows up to (outHeight - 1) * stride + kh - 1: they must exist.
+    if (
+      height < kh ||
+      width < kw ||
+      (outHeight - 1) * strideHeight + kh > height ||
+      (outWidth - 1) * strideWidth + kw > width
+    ) {
+      throw new Error(`the padded input [${padded.shape}] is too small for the filter [${filter.shape}]`);
     }
     // Output channels padded to a multiple of 4 with zeros, so that the kernel's vector loads of a
-    // filter row stay inside the filter (a few hundred values at most: copied in JavaScript).
-    const paddedFilter = padLastAxis(filter, Math.ceil(outChannels / 4) * 4);
-    const attrs: CorrelationAttrs = { outChannels };
+    // filter row (and of the bias) stay inside them (a few hundred values at most: copied in JavaScript).
+    const filterChannels = Math.ceil(outChannels / 4) * 4;
+    const inputs: Record<string, tf.Tensor> = { input: padded, filter: padLastAxis(filter, filterChannels) };
+    if (bias)
+      inputs.bias = padLastAxis(tf.reshape(bias, [1, 1, 1, outChannels]) as tf.Tensor4D, filterChannels);
+    const attrs: CorrelationAttrs = { outHeight, outWidth, outChannels, strideHeight, strideWidth, relu };
     return tf
       .engine()
-      .runKernel(
-        NATIVE_CORRELATION,
-        { input: padded, filter: paddedFilter },
-        attrs as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor4D;
+      .runKernel(NATIVE_CORRELATION, inputs, attrs as unknown as tf.NamedAttrMap) as tf.Tensor4D;
   });
+}
+
+/**
+ * The valid stride-1 correlation of `input` [n, h, w, ci] with `filter` [kh, kw, ci, co] after
+ * zero-padding the input by `pads` ([top, bottom], [left, right]): conv2dInputGradient's last step,
+ * whose filter is already flipped and transposed. Null where native code does not apply.
+ */
+export function nativeCorrelation(input: tf.Tensor4D, filter: tf.Tensor4D, pads: Pads): tf.Tensor4D | null {
+  if (!usable(input, filter)) return null;
+  return correlateNatively(input, filter, pads, [1, 1], null, null, false);
+}
+
+export interface NativeConv2DOptions {
+  strides: number | [number, number];
+  pad: ConvPad;
+  dimRoundingMode?: 'floor' | 'round' | 'ceil';
+  /** Added per output channel: [outChannels] values (any shape of that size). */
+  bias?: tf.Tensor;
+  /** 'linear' (none) or 'relu'; other activations are not native. */
+  activation?: 'linear' | 'relu';
+}
+
+/**
+ * conv2d(x, filter) (NHWC, dilation 1) with an optional per-channel bias and ReLU, as tfjs's Conv2D
+ * and FusedConv2D compute it; null where native code does not apply (the caller keeps XNNPACK).
+ */
+export function nativeConv2D(
+  x: tf.Tensor4D,
+  filter: tf.Tensor4D,
+  options: NativeConv2DOptions,
+): tf.Tensor4D | null {
+  const { bias, activation = 'linear' } = options;
+  if (!usable(x, filter, ...(bias ? [bias] : []))) return null;
+  if (bias && bias.size !== filter.shape[3]) return null;
+  // A numeric pad keeps tfjs's own kernel: tfjs 4.22 sizes such outputs with the kernel height and
+  // stride height on both axes, a geometry we would only reproduce, not fix (layers use same/valid).
+  if (typeof options.pad === 'number') return null;
+  const info = tf.backend_util.computeConv2DInfo(
+    x.shape,
+    filter.shape,
+    options.strides,
+    1,
+    options.pad,
+    options.dimRoundingMode,
+  );
+  const { top, bottom, left, right } = info.padInfo;
+  return correlateNatively(
+    x,
+    filter,
+    [
+      [top, bottom],
+      [left, right],
+    ],
+    [info.strideHeight, info.strideWidth],
+    [info.outHeight, info.outWidth],
+    bias ?? null,
+    activation === 'relu',
+  );
 }
 
 function padLastAxis(filter: tf.Tensor4D, channels: number): tf.Tensor4D {

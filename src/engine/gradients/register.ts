@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
 import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
-import { nativeFilterGradient } from './native-conv.js';
+import { nativeConv2D, nativeFilterGradient } from './native-conv.js';
 import { asTensor, wasmKernelOverrides } from './wasm-kernels.js';
 
 /**
@@ -150,6 +150,58 @@ function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
   };
 }
 
+/**
+ * Conv2D and FusedConv2D on wasm through the native correlation (native-conv.ts), measured 10-15%
+ * faster than XNNPACK on smallCnn's layers; NCHW, dilations, activations other than linear/ReLU and
+ * PReLU weights keep tfjs-backend-wasm's own kernel.
+ */
+function nativeForwardConvKernel(kernelName: typeof tf.Conv2D | typeof tf.FusedConv2D): tf.KernelConfig {
+  return {
+    kernelName,
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const stock = stockKernels.get('wasm')?.get(kernelName);
+      if (!stock) throw new Error(`tfjs-backend-wasm has no '${kernelName}' kernel to fall back to`);
+      const attrs = args.attrs as unknown as tf.FusedConv2DAttrs;
+      const { x, filter, bias, preluActivationWeights } = args.inputs as Record<
+        string,
+        tf.TensorInfo | undefined
+      >;
+      const activation = attrs.activation ?? 'linear';
+      if (
+        attrs.dataFormat === 'NCHW' ||
+        !hasUnitDilations(attrs.dilations) ||
+        (activation !== 'linear' && activation !== 'relu') ||
+        preluActivationWeights
+      ) {
+        return stock.kernelFunc(args);
+      }
+      // Kernel inputs are usually Tensors already; only the wrappers made here are disposed here (not
+      // tf.tidy + tf.keep: a kept result would escape every enclosing tidy of the caller).
+      const wrappers: tf.Tensor[] = [];
+      const tensorOf = (info: tf.TensorInfo): tf.Tensor => {
+        if (info instanceof tf.Tensor) return info;
+        const wrapper = asTensor(info);
+        wrappers.push(wrapper);
+        return wrapper;
+      };
+      let result: tf.Tensor4D | null;
+      try {
+        result = nativeConv2D(tensorOf(x!) as tf.Tensor4D, tensorOf(filter!) as tf.Tensor4D, {
+          strides: attrs.strides,
+          pad: attrs.pad as ConvPad,
+          dimRoundingMode: attrs.dimRoundingMode,
+          bias: bias ? tensorOf(bias) : undefined,
+          activation,
+        });
+      } finally {
+        tf.dispose(wrappers);
+      }
+      return result ?? stock.kernelFunc(args);
+    },
+  };
+}
+
 function findKernel(kernelName: string, backendName: string): tf.KernelConfig | undefined {
   return tf.getKernelsForBackend(backendName).find((config) => config.kernelName === kernelName);
 }
@@ -187,6 +239,8 @@ export function useFastConvGradients(backendName: string): void {
     replaceKernel(fastBackpropFilterKernel(backendName));
     if (backendName === 'wasm') {
       replaceKernel(wasmMaxPoolGradConfig);
+      replaceKernel(nativeForwardConvKernel(tf.Conv2D));
+      replaceKernel(nativeForwardConvKernel(tf.FusedConv2D));
       const stockKernel = (kernelName: string) => stockKernels.get('wasm')?.get(kernelName);
       for (const config of wasmKernelOverrides(stockKernel)) replaceKernel(config);
     }

@@ -2,8 +2,9 @@
  * Conv2D gradients (NHWC, dilation 1) as direct loops in WebAssembly SIMD, for the wasm backend:
  * - filter_gradient: dW[a, b, ci, co] = sum over n, p, q of
  *   x[n, p*sh + a - top, q*sw + b - left, ci] * dy[n, p, q, co];
- * - correlate: the input gradient's stride-1 correlation of the (dilated, padded) upstream gradient
- *   with the flipped, transposed filter.
+ * - correlate: a valid correlation of a padded input with a filter, with bias and ReLU: the forward
+ *   convolution, and (stride 1) the input gradient's correlation of the dilated, padded upstream
+ *   gradient with the flipped, transposed filter.
  *
  * Why by hand. Expressed as a forward convolution (the portable formulation in conv2d.ts), the filter
  * gradient turns the upstream gradient into an image-sized filter that tfjs-backend-wasm transposes
@@ -169,13 +170,17 @@ INLINE void store_lanes(float* out, v128_t v, int lanes) {
 }
 
 /*
- * One output tile of the correlation: PX (4 or 1) neighbouring pixels of a row by 4 * NV output channels
- * from c0; in points at the tile's first input pixel, f at [kh, kw, in_c, f_c] (f_c: out_c rounded up
- * to 4, the padding zero, so that vector loads stay inside f).
+ * One output tile of the correlation: PX (4 or 1) output pixels of a row, px_step floats apart in the
+ * input, by 4 * NV output channels from c0; in points at the tile's first input pixel, f at
+ * [kh, kw, in_c, f_c] and bias (or null) at [f_c] (f_c: out_c rounded up to 4, the padding zero, so
+ * that vector loads stay inside them). relu != 0 clamps the results at 0.
  */
-INLINE void ctile(const float* in, const float* f, float* out, const int PX, const int NV, int in_w, int in_c,
-                  int f_c, int kh, int kw, int out_c, int c0) {
-  v128_t a00 = wasm_f32x4_splat(0.f), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+INLINE void ctile(const float* in, const float* f, const float* bias, float* out, const int PX, const int NV,
+                  int px_step, int in_w, int in_c, int f_c, int kh, int kw, int out_c, int c0, int relu) {
+  const v128_t zero = wasm_f32x4_splat(0.f);
+  const v128_t b0 = bias ? wasm_v128_load(bias + c0) : zero;
+  const v128_t b1 = NV == 2 && bias ? wasm_v128_load(bias + c0 + 4) : zero;
+  v128_t a00 = b0, a01 = b1, a10 = b0, a11 = b1, a20 = b0, a21 = b1, a30 = b0, a31 = b1;
   for (int a = 0; a < kh; a++) {
     for (int b = 0; b < kw; b++) {
       const float* ip = in + (a * in_w + b) * in_c;
@@ -187,18 +192,28 @@ INLINE void ctile(const float* in, const float* f, float* out, const int PX, con
         a00 = wasm_f32x4_add(a00, wasm_f32x4_mul(s, w0));
         if (NV == 2) a01 = wasm_f32x4_add(a01, wasm_f32x4_mul(s, w1));
         if (PX > 1) {
-          s = wasm_v128_load32_splat(ip + in_c + k);
+          s = wasm_v128_load32_splat(ip + px_step + k);
           a10 = wasm_f32x4_add(a10, wasm_f32x4_mul(s, w0));
           if (NV == 2) a11 = wasm_f32x4_add(a11, wasm_f32x4_mul(s, w1));
-          s = wasm_v128_load32_splat(ip + 2 * in_c + k);
+          s = wasm_v128_load32_splat(ip + 2 * px_step + k);
           a20 = wasm_f32x4_add(a20, wasm_f32x4_mul(s, w0));
           if (NV == 2) a21 = wasm_f32x4_add(a21, wasm_f32x4_mul(s, w1));
-          s = wasm_v128_load32_splat(ip + 3 * in_c + k);
+          s = wasm_v128_load32_splat(ip + 3 * px_step + k);
           a30 = wasm_f32x4_add(a30, wasm_f32x4_mul(s, w0));
           if (NV == 2) a31 = wasm_f32x4_add(a31, wasm_f32x4_mul(s, w1));
         }
       }
     }
+  }
+  if (relu) {
+    a00 = wasm_f32x4_max(a00, zero);
+    a01 = wasm_f32x4_max(a01, zero);
+    a10 = wasm_f32x4_max(a10, zero);
+    a11 = wasm_f32x4_max(a11, zero);
+    a20 = wasm_f32x4_max(a20, zero);
+    a21 = wasm_f32x4_max(a21, zero);
+    a30 = wasm_f32x4_max(a30, zero);
+    a31 = wasm_f32x4_max(a31, zero);
   }
   const int l0 = out_c - c0, l1 = out_c - c0 - 4;
   store_lanes(out + c0, a00, l0);
@@ -213,28 +228,36 @@ INLINE void ctile(const float* in, const float* f, float* out, const int PX, con
   }
 }
 
-INLINE void cpixels(const float* in, const float* f, float* out, const int PX, int in_w, int in_c, int f_c, int kh,
-                    int kw, int out_c) {
+INLINE void cpixels(const float* in, const float* f, const float* bias, float* out, const int PX, int px_step,
+                    int in_w, int in_c, int f_c, int kh, int kw, int out_c, int relu) {
   int c0 = 0;
-  for (; c0 + 8 <= f_c; c0 += 8) ctile(in, f, out, PX, 2, in_w, in_c, f_c, kh, kw, out_c, c0);
-  if (c0 < f_c) ctile(in, f, out, PX, 1, in_w, in_c, f_c, kh, kw, out_c, c0);
+  for (; c0 + 8 <= f_c; c0 += 8) ctile(in, f, bias, out, PX, 2, px_step, in_w, in_c, f_c, kh, kw, out_c, c0, relu);
+  if (c0 < f_c) ctile(in, f, bias, out, PX, 1, px_step, in_w, in_c, f_c, kh, kw, out_c, c0, relu);
 }
 
 /*
- * out [batch, in_h - kh + 1, in_w - kw + 1, out_c] = the valid stride-1 correlation of
- * in [batch, in_h, in_w, in_c] with f [kh, kw, in_c, f_c]; tiles of 4 pixels by 8 channels.
+ * out [batch, out_h, out_w, out_c] = the valid correlation, strides (stride_h, stride_w), of
+ * in [batch, in_h, in_w, in_c] with f [kh, kw, in_c, f_c], plus bias [f_c] (null: none), clamped at 0
+ * when relu != 0: a forward convolution of an already padded input, and with stride 1 the input
+ * gradient's correlation. The caller checks (out_h - 1) * stride_h + kh <= in_h and likewise for the
+ * width. Tiles of 4 pixels by 8 channels.
  */
-__attribute__((export_name("correlate"))) void correlate(const float* in, const float* f, float* out, int batch,
-                                                          int in_h, int in_w, int in_c, int out_c, int f_c, int kh,
-                                                          int kw) {
-  const int out_h = in_h - kh + 1, out_w = in_w - kw + 1;
+__attribute__((export_name("correlate"))) void correlate(const float* in, const float* f, const float* bias,
+                                                          float* out, int batch, int in_h, int in_w, int in_c,
+                                                          int out_h, int out_w, int out_c, int f_c, int kh, int kw,
+                                                          int stride_h, int stride_w, int relu) {
+  const int px_step = stride_w * in_c;
   for (int n = 0; n < batch; n++) {
     for (int i = 0; i < out_h; i++) {
-      const float* in_row = in + ((n * in_h + i) * in_w) * in_c;
+      const float* in_row = in + ((n * in_h + i * stride_h) * in_w) * in_c;
       float* out_row = out + ((n * out_h + i) * out_w) * out_c;
       int j = 0;
-      for (; j + 4 <= out_w; j += 4) cpixels(in_row + j * in_c, f, out_row + j * out_c, 4, in_w, in_c, f_c, kh, kw, out_c);
-      for (; j < out_w; j++) cpixels(in_row + j * in_c, f, out_row + j * out_c, 1, in_w, in_c, f_c, kh, kw, out_c);
+      for (; j + 4 <= out_w; j += 4) {
+        cpixels(in_row + j * px_step, f, bias, out_row + j * out_c, 4, px_step, in_w, in_c, f_c, kh, kw, out_c, relu);
+      }
+      for (; j < out_w; j++) {
+        cpixels(in_row + j * px_step, f, bias, out_row + j * out_c, 1, px_step, in_w, in_c, f_c, kh, kw, out_c, relu);
+      }
     }
   }
 }
