@@ -1,0 +1,69 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { readModelDir } from '../../src/data/model-dir.js';
+import { maxProbabilities } from '../../src/engine/calibration.js';
+import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { OOD_GATE_TPR } from '../../src/engine/ood.js';
+import { loadImageSet } from '../../src/eval/datasets.js';
+import { argmaxRows, logitsOf, rowsOf } from '../../src/eval/image-set.js';
+
+/**
+ * The models the service ships (models/<name>/) against the figures their cards and evaluation reports
+ * claim, on the same CIFAR-10 test images: the README's table must be reproducible from the files.
+ */
+
+const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const modelsDir = path.resolve('models');
+
+interface Report {
+  summary: { acc: number; temperature: number };
+  data: { reported_n: number; calibration_n: number };
+}
+
+const shipped = (await readdir(modelsDir, { withFileTypes: true }))
+  .filter((entry) => entry.isDirectory())
+  .map((entry) => entry.name)
+  .sort();
+
+describe('shipped models', () => {
+  it('are the four the README describes, at least', () => {
+    expect(shipped).toEqual(
+      expect.arrayContaining(['at-cifar10', 'oe-cifar10', 'plain-cifar10', 'ratio-cifar10']),
+    );
+  });
+
+  it.each(shipped)(
+    '%s: reproduces its report accuracy, and its OOD gate passes 95 percent of held-out images',
+    async (name) => {
+      const folder = path.join(modelsDir, name);
+      const classifier = await loadModelFromFiles(await readModelDir(folder));
+      try {
+        const report = JSON.parse(await readFile(path.join(folder, 'eval', 'report.json'), 'utf8')) as Report;
+        const { card } = classifier;
+        expect(card.classNames).toHaveLength(10);
+        expect(card.temperature).toBeCloseTo(report.summary.temperature, 12);
+        expect(card.oodThreshold).toBeGreaterThan(0.1);
+        expect(card.oodThreshold).toBeLessThan(1);
+
+        const { reported_n: reported, calibration_n: heldOut } = report.data;
+        const images = await loadImageSet(cifarTest, 'cifar10', reported + heldOut, [32, 32, 3]);
+        const logits = logitsOf(classifier, images, 250);
+        const k = classifier.numClasses;
+        // Accuracy on the reported images, as in the report (2 images of slack for float ties).
+        const predicted = argmaxRows(logits.subarray(0, reported * k), k);
+        const correct = predicted.filter((p, i) => p === images.labels![i]).length;
+        expect(Math.abs(correct / reported - report.summary.acc)).toBeLessThanOrEqual(2 / reported);
+        // The gate: at least 95% of the held-out images (where the threshold was fitted) pass it.
+        const heldOutSet = rowsOf(images, reported, reported + heldOut);
+        const scores = maxProbabilities(logitsOf(classifier, heldOutSet, 250), k, card.temperature);
+        const passing = scores.filter((s) => s >= card.oodThreshold!).length / heldOut;
+        expect(passing).toBeGreaterThanOrEqual(OOD_GATE_TPR - 2 / heldOut);
+        expect(passing).toBeLessThan(1);
+      } finally {
+        classifier.dispose();
+      }
+    },
+  );
+});
