@@ -268,30 +268,31 @@ correlationCases.push(
 const correlationLabel = (c: CorrelationCase) =>
   `input [${c.input}], filter [${c.filter}], pads ${JSON.stringify(c.pads)}`;
 
+/** Relative error of the native correlation against the cpu backend's stock conv2d on random values. */
+async function correlationError(c: CorrelationCase): Promise<number> {
+  const input = rng.normals(c.input.reduce((a, b) => a * b, 1));
+  const filter = rng.normals(c.filter.reduce((a, b) => a * b, 1));
+  const expected = await onCpuWithStockGradients(() =>
+    tf.tidy(
+      () =>
+        tf
+          .conv2d(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), 1, [[0, 0], ...c.pads, [0, 0]])
+          .dataSync() as Float32Array,
+    ),
+  );
+  const actual = tf.tidy(() => {
+    const result = nativeCorrelation(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), c.pads);
+    if (!result) throw new Error('the native correlation did not run');
+    return result.dataSync() as Float32Array;
+  });
+  return relativeError(actual, expected);
+}
+
 describe.runIf(onWasm)('native correlation (the convolution of the input gradient) on wasm', () => {
   it.each(correlationCases.map((c) => [correlationLabel(c), c] as const))(
     'matches the cpu reference conv2d: %s',
     async (_, c) => {
-      const input = rng.normals(c.input.reduce((a, b) => a * b, 1));
-      const filter = rng.normals(c.filter.reduce((a, b) => a * b, 1));
-      const expected = await onCpuWithStockGradients(() =>
-        tf.tidy(
-          () =>
-            tf
-              .conv2d(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), 1, [
-                [0, 0],
-                ...c.pads,
-                [0, 0],
-              ])
-              .dataSync() as Float32Array,
-        ),
-      );
-      const actual = tf.tidy(() => {
-        const result = nativeCorrelation(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), c.pads);
-        if (!result) throw new Error('the native correlation did not run');
-        return result.dataSync() as Float32Array;
-      });
-      expect(relativeError(actual, expected)).toBeLessThanOrEqual(1e-5);
+      expect(await correlationError(c)).toBeLessThanOrEqual(1e-5);
     },
   );
 
@@ -310,26 +311,7 @@ describe.runIf(onWasm)('native correlation (the convolution of the input gradien
       // Keep the filter inside the padded input.
       c.filter[0] = Math.min(c.filter[0], c.input[1] + c.pads[0][0] + c.pads[0][1]);
       c.filter[1] = Math.min(c.filter[1], c.input[2] + c.pads[1][0] + c.pads[1][1]);
-      const input = rng.normals(c.input.reduce((a, b) => a * b, 1));
-      const filter = rng.normals(c.filter.reduce((a, b) => a * b, 1));
-      const expected = await onCpuWithStockGradients(() =>
-        tf.tidy(
-          () =>
-            tf
-              .conv2d(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), 1, [
-                [0, 0],
-                ...c.pads,
-                [0, 0],
-              ])
-              .dataSync() as Float32Array,
-        ),
-      );
-      const actual = tf.tidy(() => {
-        const result = nativeCorrelation(tf.tensor4d(input, c.input), tf.tensor4d(filter, c.filter), c.pads);
-        if (!result) throw new Error('the native correlation did not run');
-        return result.dataSync() as Float32Array;
-      });
-      expect(relativeError(actual, expected), correlationLabel(c)).toBeLessThanOrEqual(1e-5);
+      expect(await correlationError(c), correlationLabel(c)).toBeLessThanOrEqual(1e-5);
     }
   });
 
