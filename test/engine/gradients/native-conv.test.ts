@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { backendInfo } from '../../../src/engine/backend.js';
@@ -95,6 +97,15 @@ cases.push(
 
 const label = (c: Case) =>
   `x [${c.x}], filter [${c.filter}], strides ${c.strides}, pad ${JSON.stringify(c.pad)}`;
+
+describe('native module build', () => {
+  it('the committed conv.wasm was built from the committed conv.c (npm run build:native after editing it)', async () => {
+    const folder = new URL('../../../src/engine/gradients/native/', import.meta.url);
+    const source = await readFile(new URL('conv.c', folder));
+    const recorded = (await readFile(new URL('conv.wasm.source-sha256', folder), 'utf8')).trim();
+    expect(createHash('sha256').update(source).digest('hex')).toBe(recorded);
+  });
+});
 
 describe.runIf(onWasm)('native filter gradient on wasm', () => {
   it('is available on the wasm backend', () => {
