@@ -127,17 +127,8 @@ function fastBackpropFilterKernel(backendName: string): tf.KernelConfig {
         throw new Error(`Conv2DBackpropFilter on '${backendName}' supports NHWC only, got NCHW`);
       }
       const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-      const native = nativeFilterGradient(
-        x,
-        dy,
-        attrs.filterShape,
-        attrs.strides,
-        attrs.pad as ConvPad,
-        attrs.dimRoundingMode,
-      );
-      if (native) return native;
       return tf.tidy(() =>
-        conv2dFilterGradient(
+        filterGradient(
           asTensor4D(x),
           asTensor4D(dy),
           attrs.filterShape,
