@@ -3,11 +3,7 @@
  * Each command lives in `src/commands/<name>.ts` and is loaded only when used, so `ratio --help`
  * starts fast and a command's heavy dependencies (tfjs, sharp) load only for it.
  */
-export interface CommandModule {
-  summary: string;
-  /** Returns the process exit code: 0 ok, 1 a failed gate (e.g. robust accuracy under threshold), 2 bad input. */
-  run(argv: string[]): Promise<number>;
-}
+import type { CommandModule } from './commands/command.js';
 
 const commands: Record<string, () => Promise<CommandModule>> = {
   audit: () => import('./commands/audit.js'),

@@ -1,15 +1,12 @@
-import { readdir, stat } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import path from 'node:path';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
 import { type AppDependencies, createApp } from './app.js';
-import { readModelDir } from './data/model-dir.js';
 import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
-import { loadModelFromFiles } from './engine/model-files.js';
 import { AuditQueue } from './jobs/audits.js';
+import { loadModelsFolder } from './jobs/models.js';
 
 /**
  * Starts the service: selects the backend, loads every model directory under `modelsDir`
@@ -44,29 +41,6 @@ export interface RunningServer {
   close(graceMs?: number): Promise<void>;
 }
 
-/** Loads each subdirectory holding a model.json; a broken model is logged and skipped, not fatal. */
-export async function loadModelsDirectory(
-  directory: string,
-  logger: pino.Logger,
-): Promise<Map<string, Classifier>> {
-  const models = new Map<string, Classifier>();
-  const entries = await readdir(directory, { withFileTypes: true }).catch(() => []);
-  for (const entry of entries) {
-    if (!entry.isDirectory()) continue;
-    const modelDir = path.join(directory, entry.name);
-    if (!(await stat(path.join(modelDir, 'model.json')).catch(() => undefined))) continue;
-    try {
-      // readModelDir refuses shard paths that leave the folder and caps the total size.
-      const files = await readModelDir(modelDir);
-      models.set(entry.name, await loadModelFromFiles(files, { card: { name: entry.name } }));
-      logger.info({ model: entry.name }, 'model loaded');
-    } catch (error) {
-      logger.error({ model: entry.name, err: error }, 'model skipped: it cannot be loaded');
-    }
-  }
-  return models;
-}
-
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
   const port = options.port ?? Number(process.env.PORT ?? 8080);
@@ -76,7 +50,12 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const backend = await initBackend();
   logger.info({ backend }, 'backend selected');
   const models = new Map(options.models ?? []);
-  for (const [name, model] of await loadModelsDirectory(modelsDir, logger)) {
+  const loaded = await loadModelsFolder(
+    modelsDir,
+    (name) => logger.info({ model: name }, 'model loaded'),
+    (name, error) => logger.error({ model: name, err: error }, 'model skipped: it cannot be loaded'),
+  );
+  for (const [name, model] of loaded) {
     if (!models.has(name)) models.set(name, model);
   }
   const audits = new AuditQueue(options.audits);

@@ -1,7 +1,8 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { CommandModule } from '../cli.js';
 import { readOptions, UsageError } from './args.js';
+import type { CommandModule } from './command.js';
+import { inputErrorMessage } from './input-errors.js';
 
 /**
  * `ratio audit`: AutoAttack robust accuracy of a model directory on a labelled data file, as a CI
@@ -22,6 +23,9 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --report <file>               write the JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
 `;
+
+/** The command-line option each input of the audit use case comes from. */
+const OPTION_OF_FIELD = { model: '--model', dataset: '--data' };
 
 interface AuditArguments {
   model: string;
@@ -74,133 +78,74 @@ function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
   };
 }
 
-/** The model directory's files through the data layer (no escaping paths, size-capped). */
-async function readModelDirectory(dir: string): Promise<Map<string, Uint8Array>> {
-  const { readModelDir, ModelDirError } = await import('../data/model-dir.js');
-  return readModelDir(dir).catch((error: unknown) => {
-    if (error instanceof ModelDirError) throw new UsageError(`--model: ${error.message}`);
-    throw error;
-  });
-}
-
-/** A one-line progress bar with ETA on a TTY, plain lines every 10% otherwise. */
-function progressPrinter(stream: NodeJS.WriteStream) {
-  let attack = '';
-  let started = 0;
-  let lastDecile = -1;
-  return {
-    update(progress: { attack: string; done: number; total: number }) {
-      if (progress.attack !== attack) {
-        if (stream.isTTY && attack) stream.write('\n');
-        attack = progress.attack;
-        started = performance.now();
-        lastDecile = -1;
-      }
-      const share = progress.total > 0 ? progress.done / progress.total : 1;
-      const elapsed = (performance.now() - started) / 1000;
-      const eta = share > 0 ? (elapsed * (1 - share)) / share : Number.NaN;
-      const etaText = Number.isFinite(eta) ? `${eta.toFixed(0)}s` : '?';
-      if (stream.isTTY) {
-        const width = 30;
-        const filled = Math.round(share * width);
-        stream.write(
-          `\r${attack.padEnd(9)} [${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ` +
-            `${progress.done}/${progress.total} ETA ${etaText}   `,
-        );
-      } else if (Math.floor(share * 10) > lastDecile) {
-        lastDecile = Math.floor(share * 10);
-        stream.write(`${attack}: ${progress.done}/${progress.total} points, ETA ${etaText}\n`);
-      }
-    },
-    end() {
-      if (stream.isTTY && attack) stream.write('\n');
-    },
-  };
-}
-
 async function audit(args: AuditArguments): Promise<number> {
   const { initBackend } = await import('../engine/backend.js');
-  const { loadModelFromFiles, ModelFileError } = await import('../engine/model-files.js');
-  const { autoAttack } = await import('../engine/autoattack.js');
-  const { loadDataset } = await import('../data/load.js');
-  const { DatasetError } = await import('../data/errors.js');
+  const { prepareAudit, runAudit } = await import('../jobs/audit.js');
+  const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();
 
-  const files = await readModelDirectory(args.model);
-  const classifier = await loadModelFromFiles(files).catch((error: unknown) => {
-    if (error instanceof ModelFileError) throw new UsageError(`--model: ${error.message}`);
-    throw error;
+  const prepared = await prepareAudit({
+    model: { kind: 'directory', dir: args.model },
+    data: { kind: 'path', path: args.data },
+    parameters: {
+      norm: args.norm,
+      eps: args.eps,
+      version: args.version,
+      n: args.n,
+      seed: args.seed,
+      restarts: args.restarts,
+    },
   });
+  const controller = new AbortController();
+  const interrupt = () => controller.abort();
+  process.once('SIGINT', interrupt);
+  const progress = new PhaseProgress(process.stderr);
+  let attack = '';
   try {
-    const dataset = await loadDataset(args.data)
-      .then((loaded) => loaded.take(args.n))
-      .catch((error: unknown) => {
-        if (error instanceof DatasetError) throw new UsageError(`--data: ${error.message}`);
-        throw error;
-      });
-    const expected = classifier.card.inputShape;
-    if (dataset.shape.join() !== expected.join()) {
-      throw new UsageError(
-        `--data holds ${dataset.shape.join('x')} images, the model expects ${expected.join('x')}`,
-      );
-    }
-    const labels = dataset.labels;
-    if (labels.some((label) => label < 0 || label >= classifier.numClasses)) {
-      throw new UsageError(
-        `--data needs labels in [0, ${classifier.numClasses}) for every image (unlabelled data, or another label set?)`,
-      );
-    }
-    const x = dataset.tensor();
-    const controller = new AbortController();
-    const interrupt = () => controller.abort();
-    process.once('SIGINT', interrupt);
-    const progress = progressPrinter(process.stderr);
-    try {
-      const report = await autoAttack(classifier, x, labels, {
-        norm: args.norm,
-        eps: args.eps,
-        version: args.version,
-        seed: args.seed,
-        batchSize: args.batchSize,
-        restarts: args.restarts,
-        signal: controller.signal,
-        onProgress: (p) => progress.update(p),
-      });
-      progress.end();
-      const document = {
-        model: { dir: path.resolve(args.model), name: classifier.card.name },
-        data: { path: path.resolve(args.data) },
-        backend_threads: backend.threads,
-        tfjs: backend.version,
-        min_robust_accuracy: args.minRobustAccuracy ?? null,
-        ...report,
-      };
-      if (args.report) await writeFile(args.report, `${JSON.stringify(document, null, 2)}\n`);
-      for (const warning of report.warnings) console.error(`warning: ${warning}`);
+    const report = await runAudit(prepared, {
+      batchSize: args.batchSize,
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (p.attack !== attack) {
+          if (attack) progress.done();
+          attack = p.attack;
+          progress.start(attack);
+        }
+        progress.update(p.done, p.total);
+      },
+    });
+    if (attack) progress.done();
+    const document = {
+      model: { dir: path.resolve(args.model), name: prepared.classifier.card.name },
+      data: { path: path.resolve(args.data) },
+      backend_threads: backend.threads,
+      tfjs: backend.version,
+      min_robust_accuracy: args.minRobustAccuracy ?? null,
+      ...report,
+    };
+    if (args.report) await writeFile(args.report, `${JSON.stringify(document, null, 2)}\n`);
+    for (const warning of report.warnings) console.error(`warning: ${warning}`);
+    console.log(
+      `clean accuracy ${(report.clean_accuracy * 100).toFixed(2)}%, robust accuracy ` +
+        `${(report.robust_accuracy * 100).toFixed(2)}% (${report.norm}, eps ${report.eps}, n ${report.n}, ` +
+        `${report.version}, seed ${report.seed}, ${report.backend}, ${report.seconds.toFixed(1)} s)`,
+    );
+    for (const step of report.per_attack) {
       console.log(
-        `clean accuracy ${(report.clean_accuracy * 100).toFixed(2)}%, robust accuracy ` +
-          `${(report.robust_accuracy * 100).toFixed(2)}% (${report.norm}, eps ${report.eps}, n ${report.n}, ` +
-          `${report.version}, seed ${report.seed}, ${report.backend}, ${report.seconds.toFixed(1)} s)`,
+        `  after ${step.name.padEnd(9)} ${(step.robust_accuracy_after * 100).toFixed(2)}% ` +
+          `(${step.broken} broken, ${step.seconds.toFixed(1)} s)`,
       );
-      for (const step of report.per_attack) {
-        console.log(
-          `  after ${step.name.padEnd(9)} ${(step.robust_accuracy_after * 100).toFixed(2)}% ` +
-            `(${step.broken} broken, ${step.seconds.toFixed(1)} s)`,
-        );
-      }
-      if (args.minRobustAccuracy !== undefined && report.robust_accuracy < args.minRobustAccuracy) {
-        console.error(
-          `robust accuracy ${report.robust_accuracy} is below the threshold ${args.minRobustAccuracy}`,
-        );
-        return 1;
-      }
-      return 0;
-    } finally {
-      process.removeListener('SIGINT', interrupt);
-      x.dispose();
     }
+    if (args.minRobustAccuracy !== undefined && report.robust_accuracy < args.minRobustAccuracy) {
+      console.error(
+        `robust accuracy ${report.robust_accuracy} is below the threshold ${args.minRobustAccuracy}`,
+      );
+      return 1;
+    }
+    return 0;
   } finally {
-    classifier.dispose();
+    process.removeListener('SIGINT', interrupt);
+    prepared.classifier.dispose();
   }
 }
 
@@ -215,8 +160,10 @@ const command: CommandModule = {
       }
       return await audit(args);
     } catch (error) {
-      if (error instanceof UsageError) {
-        console.error(`ratio audit: ${error.message}\n\n${HELP}`);
+      const message =
+        error instanceof UsageError ? error.message : await inputErrorMessage(error, OPTION_OF_FIELD);
+      if (message !== undefined) {
+        console.error(`ratio audit: ${message}\n\n${HELP}`);
         return 2;
       }
       if (error instanceof Error && error.name === 'AbortError') {

@@ -1,8 +1,8 @@
 import { parseArgs } from 'node:util';
-import type { CommandModule } from '../cli.js';
 import { labelCounts } from '../data/dataset.js';
 import { fetchDataset, isOfficialDatasetName, OFFICIAL_DATASETS } from '../data/fetch.js';
 import { type DatasetFormat, loadDataset } from '../data/load.js';
+import type { CommandModule } from './command.js';
 
 /** `ratio datasets fetch|list|info`: official archives, and a quick look at any data set on disk. */
 

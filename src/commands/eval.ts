@@ -1,9 +1,10 @@
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { CommandModule } from '../cli.js';
-import type { EvalSettings, ImageSet } from '../eval/evaluate.js';
-import type { EvalReport } from '../eval/report.js';
+import type { ImageSet } from '../data/image-set.js';
+import type { EvalSettings } from '../jobs/evaluation.js';
 import { readOptions, UsageError } from './args.js';
+import type { CommandModule } from './command.js';
+import { inputErrorMessage } from './input-errors.js';
 
 /**
  * `ratio eval`: the RATIO paper's table (Acc, R.Acc, ECE, AUC, WC AUC, MMC) and figures
@@ -114,44 +115,17 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
   };
 }
 
-/**
- * Sets `temperature`, `oodThreshold` and where they were fitted (`calibration`) in card.json, keeping
- * every other field as it was.
- */
-async function writeCalibration(modelDir: string, report: EvalReport): Promise<void> {
-  const file = path.join(modelDir, 'card.json');
-  const raw = await readFile(file, 'utf8').catch(() => '{}');
-  const card = JSON.parse(raw) as Record<string, unknown>;
-  const { OOD_GATE_TPR } = await import('../engine/ood.js');
-  card.temperature = report.summary.temperature;
-  card.oodThreshold = report.summary.ood_threshold;
-  card.calibration = {
-    source: report.data.calibration_source,
-    n: report.data.calibration_n,
-    oodThresholdTruePositiveRate: OOD_GATE_TPR,
-  };
-  await writeFile(file, `${JSON.stringify(card, null, 2)}\n`);
-}
-
 async function evaluate(args: EvalArguments): Promise<number> {
   const { initBackend } = await import('../engine/backend.js');
-  const { loadModelFromFiles, ModelFileError } = await import('../engine/model-files.js');
-  const { evaluateModel } = await import('../eval/evaluate.js');
+  const { evaluateModel, writeCalibration } = await import('../jobs/evaluation.js');
+  const { loadModelDir } = await import('../jobs/models.js');
   const { checkImageShape, defaultOodSpecs, loadImageSet, parseOodSpec, uniformNoise } = await import(
-    '../eval/datasets.js'
+    '../data/image-sets.js'
   );
-  const { PhaseProgress } = await import('../eval/progress.js');
+  const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();
 
-  const { readModelDir, ModelDirError } = await import('../data/model-dir.js');
-  const classifier = await readModelDir(args.model)
-    .then((files) => loadModelFromFiles(files))
-    .catch((error: unknown) => {
-      if (error instanceof ModelFileError || error instanceof ModelDirError) {
-        throw new UsageError(`--model: ${error.message}`);
-      }
-      throw error;
-    });
+  const classifier = await loadModelDir(args.model);
   try {
     const inputShape = classifier.card.inputShape;
     const { settings } = args;
@@ -230,8 +204,11 @@ async function evaluate(args: EvalArguments): Promise<number> {
 export const summary =
   'calibration, OOD detection, worst-case OOD, counterfactuals: the RATIO table and figures';
 
+/** The command-line option each input of the evaluation use case comes from. */
+const OPTION_OF_FIELD = { model: '--model' };
+
 export async function run(argv: string[]): Promise<number> {
-  const { DEFAULT_EVAL_SETTINGS, EvalInputError } = await import('../eval/evaluate.js');
+  const { DEFAULT_EVAL_SETTINGS } = await import('../jobs/evaluation.js');
   try {
     const args = parseEvalArguments(argv, DEFAULT_EVAL_SETTINGS);
     if (args === 'help') {
@@ -240,8 +217,10 @@ export async function run(argv: string[]): Promise<number> {
     }
     return await evaluate(args);
   } catch (error) {
-    if (error instanceof UsageError || error instanceof EvalInputError) {
-      console.error(`ratio eval: ${error.message}\n\n${HELP}`);
+    const message =
+      error instanceof UsageError ? error.message : await inputErrorMessage(error, OPTION_OF_FIELD);
+    if (message !== undefined) {
+      console.error(`ratio eval: ${message}\n\n${HELP}`);
       return 2;
     }
     throw error;

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import type { CommandModule } from '../cli.js';
 import type { TrainProgress } from '../training/trainer.js';
+import type { CommandModule } from './command.js';
 
 /**
  * `ratio train --config <file.json> [--<setting> <value>]... [--resume]`: trains one model, logs

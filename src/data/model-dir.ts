@@ -2,12 +2,18 @@ import { lstat, mkdir, readdir, readFile, realpath, rename, rm, writeFile } from
 import path from 'node:path';
 
 /**
- * Disk side of model files: reads a model directory into the in-memory file map that
- * `loadModelFromFiles` (src/engine/model-files.ts) checks and loads, and writes such a map back.
- * Checks here are only what file access needs (stay inside the directory, size limits); the engine
- * validates the content. Usage: `loadModelFromFiles(await readModelDir('models/ratio-0.25'))`.
+ * Model directories, owned here: read one into the in-memory file map that `loadModelFromFiles`
+ * (src/engine/model-files.ts) checks and loads, write such a map back atomically, list a models
+ * folder, update a card. Checks here are only what file access needs (stay inside the directory,
+ * size limits); the engine validates the content.
+ * Usage: `loadModelFromFiles(await readModelDir('models/ratio-0.25'))`.
  */
-export type ModelFileMap = Map<string, Uint8Array>;
+
+/**
+ * Model files in memory, keyed by path relative to the model's directory: `model.json`, the weight
+ * shards its manifest names, and optionally `card.json`. Uploads arrive as one.
+ */
+export type ModelFiles = Map<string, Uint8Array>;
 
 /** A model directory that cannot be read or written; `path` is the file at fault. */
 export class ModelDirError extends Error {
@@ -67,7 +73,7 @@ function manifestPaths(modelJson: Uint8Array): string[] {
  * not read, so the engine reports them. Throws `ModelDirError` for a missing directory or model.json,
  * a non-regular file, or more than `maxBytes` in total.
  */
-export async function readModelDir(dir: string, options: ReadModelDirOptions = {}): Promise<ModelFileMap> {
+export async function readModelDir(dir: string, options: ReadModelDirOptions = {}): Promise<ModelFiles> {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
   let root: string;
   try {
@@ -75,7 +81,7 @@ export async function readModelDir(dir: string, options: ReadModelDirOptions = {
   } catch {
     throw new ModelDirError(dir, 'model directory does not exist');
   }
-  const files: ModelFileMap = new Map();
+  const files: ModelFiles = new Map();
   let total = 0;
   const read = async (key: string, required: boolean): Promise<void> => {
     if (files.has(key)) return;
@@ -105,12 +111,24 @@ export async function readModelDir(dir: string, options: ReadModelDirOptions = {
   return files;
 }
 
+/** Writes `bytes` to a temporary name beside `target`, then renames it into place. */
+async function writeAtomically(target: string, bytes: Uint8Array | string): Promise<void> {
+  const temporary = `${target}.tmp-${process.pid}`;
+  try {
+    await writeFile(temporary, bytes);
+    await rename(temporary, target);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
+  }
+}
+
 /**
  * Writes model files into `dir` (created if needed). Each file goes to a temporary name first and
  * is renamed into place, model.json last, so a reader never sees a model.json whose shards are
  * not all written yet.
  */
-export async function writeModelDir(dir: string, files: ModelFileMap): Promise<void> {
+export async function writeModelDir(dir: string, files: ModelFiles): Promise<void> {
   const keys = [...files.keys()];
   for (const key of keys) {
     if (safeRelativePath(key) !== key)
@@ -123,15 +141,37 @@ export async function writeModelDir(dir: string, files: ModelFileMap): Promise<v
   for (const key of ordered) {
     const target = path.join(dir, key);
     await mkdir(path.dirname(target), { recursive: true });
-    const temporary = `${target}.tmp-${process.pid}`;
-    try {
-      await writeFile(temporary, files.get(key)!);
-      await rename(temporary, target);
-    } catch (error) {
-      await rm(temporary, { force: true });
-      throw error;
-    }
+    await writeAtomically(target, files.get(key)!);
   }
+}
+
+/**
+ * Sets the given fields of `dir/card.json` (created when absent), keeping every other field as it
+ * was; the card is replaced atomically. Returns the card as written.
+ */
+export async function updateModelCard(
+  dir: string,
+  fields: Record<string, unknown>,
+): Promise<Record<string, unknown>> {
+  const file = path.join(dir, 'card.json');
+  let raw: string;
+  try {
+    raw = await readFile(file, 'utf8');
+  } catch {
+    raw = '{}';
+  }
+  let card: unknown;
+  try {
+    card = JSON.parse(raw);
+  } catch {
+    throw new ModelDirError(file, 'is not valid JSON');
+  }
+  if (typeof card !== 'object' || card === null || Array.isArray(card)) {
+    throw new ModelDirError(file, 'must hold a JSON object');
+  }
+  const updated = { ...(card as Record<string, unknown>), ...fields };
+  await writeAtomically(file, `${JSON.stringify(updated, null, 2)}\n`);
+  return updated;
 }
 
 /** Names of the subdirectories of `root` that hold a model.json (the models directory). */

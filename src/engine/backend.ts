@@ -146,3 +146,14 @@ export function backendInfo(): BackendInfo {
   if (!selected) throw new Error('initBackend() has not been called');
   return selected;
 }
+
+/** Live tensors and their bytes, for the service's metrics. */
+export function tensorMemory(): { numTensors: number; numBytes: number } {
+  const { numTensors, numBytes } = tf.memory();
+  return { numTensors, numBytes };
+}
+
+/** The tfjs version in use. */
+export function tfjsVersion(): string {
+  return tf.version.tfjs;
+}

@@ -1,15 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
+import type { ModelFiles } from '../data/model-dir.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './model-topology.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
 import './normalization-layer.js';
 
 /**
- * Model files in memory, keyed by path relative to the model's directory: `model.json`, the weight
- * shards its manifest names, and optionally `card.json`. The engine never touches the file system;
- * `src/data/model-dir.ts` reads and writes these maps from and to a directory, and uploads arrive as one.
+ * Loads and saves `ModelFiles` (src/data/model-dir.ts): the engine never touches the file system;
+ * model-dir.ts reads and writes these maps from and to a directory, and uploads arrive as one.
  */
-export type ModelFiles = Map<string, Uint8Array>;
 
 /**
  * A model upload or directory that cannot be loaded. `path` is the file at fault (`model.json`,

@@ -1,10 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import type * as tf from '@tensorflow/tfjs';
-import type { Dataset } from '../data/dataset.js';
 import type { AttackProgress } from '../engine/attacks/types.js';
-import { type AutoAttackReport, type AutoAttackVersion, autoAttack } from '../engine/autoattack.js';
-import type { Classifier } from '../engine/classifier.js';
-import type { Norm } from '../engine/types.js';
+import type { autoAttack } from '../engine/autoattack.js';
+import { type AuditParameters, type AuditReport, type PreparedAudit, runAudit } from './audit.js';
 import { QueueFullError } from './semaphore.js';
 
 /**
@@ -14,19 +11,7 @@ import { QueueFullError } from './semaphore.js';
 
 export type AuditState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
-export interface AuditParameters {
-  model: string;
-  norm: Norm;
-  eps: number;
-  version: AutoAttackVersion;
-  n: number;
-  seed: number;
-  /** APGD iterations per run (default 100). */
-  iterations?: number;
-  restarts?: number;
-}
-
-export type AuditReport = Omit<AutoAttackReport, 'adversarial'>;
+export type { AuditParameters, AuditReport } from './audit.js';
 
 export interface AuditJob {
   id: string;
@@ -45,20 +30,15 @@ export type AuditEvent =
   | { type: 'state'; job: AuditJob }
   | { type: 'done'; job: AuditJob };
 
-export interface AuditSubmission {
-  parameters: AuditParameters;
-  classifier: Classifier;
-  /** Dispose the classifier when the job ends (uploaded models); served models are shared. */
-  ownsClassifier: boolean;
-  dataset: Dataset;
-}
+/** A prepared audit (audit.ts: `prepareAudit`) handed to the queue. */
+export type AuditSubmission = PreparedAudit;
 
 export interface AuditQueueOptions {
   maxRunning?: number;
   maxQueued?: number;
   /** Finished jobs kept for GET (oldest forgotten first). */
   retain?: number;
-  /** Runs the audit; the default is the engine's AutoAttack (tests may inject a slower or failing one). */
+  /** Runs the attacks; the default is the engine's AutoAttack (tests may inject a slower or failing one). */
   run?: typeof autoAttack;
 }
 
@@ -86,10 +66,10 @@ export class AuditQueue {
   private readonly queued: string[] = [];
   private running = 0;
   private draining = false;
-  private readonly options: Required<AuditQueueOptions>;
+  private readonly options: Required<Omit<AuditQueueOptions, 'run'>> & Pick<AuditQueueOptions, 'run'>;
 
   constructor(options: AuditQueueOptions = {}) {
-    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, run: autoAttack, ...options };
+    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, ...options };
   }
 
   get depth(): { running: number; queued: number } {
@@ -242,35 +222,22 @@ export class AuditQueue {
 
   private async execute(entry: Entry): Promise<void> {
     const submission = entry.submission!;
-    const { parameters, classifier, dataset } = submission;
     entry.job.state = 'running';
     entry.job.started_at = new Date().toISOString();
     this.emit(entry, { type: 'state', job: { ...entry.job } });
-    let x: tf.Tensor4D | undefined;
     try {
-      const data = dataset.take(parameters.n);
-      x = data.tensor();
-      const report = await this.options.run(classifier, x, data.labels, {
-        norm: parameters.norm,
-        eps: parameters.eps,
-        version: parameters.version,
-        seed: parameters.seed,
-        iterations: parameters.iterations,
-        restarts: parameters.restarts,
+      const report = await runAudit(submission, {
+        run: this.options.run,
         signal: entry.controller.signal,
         onProgress: (progress) => {
           entry.job.progress = { ...progress };
           this.emit(entry, { type: 'progress', job: { ...entry.job }, progress: { ...progress } });
         },
       });
-      const { adversarial, ...rest } = report;
-      adversarial?.dispose();
-      this.end(entry, 'succeeded', rest, null);
+      this.end(entry, 'succeeded', report, null);
     } catch (error) {
       if (entry.controller.signal.aborted) this.end(entry, 'cancelled', null, 'cancelled while running');
       else this.end(entry, 'failed', null, error instanceof Error ? error.message : String(error));
-    } finally {
-      x?.dispose();
     }
   }
 

@@ -1,9 +1,11 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
-import { datasetFromBytes } from '../data/load.js';
-import { AUTOATTACK_VERSIONS } from '../engine/autoattack.js';
-import type { Classifier } from '../engine/classifier.js';
-import { loadModelFromFiles } from '../engine/model-files.js';
+import {
+  AUTOATTACK_VERSIONS,
+  type AuditModelSource,
+  type PreparedAudit,
+  prepareAudit,
+} from '../jobs/audit.js';
 import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
@@ -195,10 +197,8 @@ async function fileBytes(
   return { bytes: new Uint8Array(await value.arrayBuffer()), name: value.name };
 }
 
-async function auditModel(
-  form: FormData,
-  context: ServiceContext,
-): Promise<{ classifier: Classifier; name: string; owned: boolean }> {
+/** The audit's model as the form names it: a served model, or uploaded files. */
+async function auditModel(form: FormData, context: ServiceContext): Promise<AuditModelSource> {
   const served = text(form, 'model');
   const uploads = form.getAll('model_files');
   if (served !== undefined && uploads.length > 0) {
@@ -207,7 +207,7 @@ async function auditModel(
   if (served !== undefined) {
     const classifier = context.models.get(served);
     if (!classifier) throw notFound('model', 'model', `no model named '${served}'`);
-    return { classifier, name: served, owned: false };
+    return { kind: 'served', name: served, classifier };
   }
   if (uploads.length === 0)
     throw invalidField('model_files', `send 'model_files' (model.json and weight shards) or 'model'`);
@@ -220,19 +220,7 @@ async function auditModel(
     if (files.has(key)) throw invalidField(`model_files.${i}`, `the file '${key}' was sent twice`);
     files.set(key, new Uint8Array(await part.arrayBuffer()));
   }
-  try {
-    const classifier = await loadModelFromFiles(files, { maxWeightBytes: context.limits.auditBodyBytes });
-    return { classifier, name: 'upload', owned: true };
-  } catch (error) {
-    const problem = toProblemError(error, 'model_files');
-    if (problem.status === 500)
-      throw invalidField(
-        'model_files',
-        `the model cannot be loaded: ${(error as Error).message}`,
-        'invalid-model',
-      );
-    throw problem;
-  }
+  return { kind: 'upload', files, field: 'model_files', maxBytes: context.limits.auditBodyBytes };
 }
 
 function sseEventName(event: AuditEvent): string {
@@ -276,44 +264,29 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     const data = await fileBytes(form, 'dataset');
     if (!data) throw invalidField('dataset', `'dataset' (a labelled test set file) is required`);
     const labels = await fileBytes(form, 'labels');
-    const dataset = await datasetFromBytes(data.bytes, {
-      filename: data.name,
-      labels: labels?.bytes,
-      maxBytes: context.limits.auditBodyBytes,
-    }).catch((error: unknown) => {
-      throw toProblemError(error, 'dataset');
-    });
-    if (dataset.unlabelled)
-      throw invalidField('dataset', `'dataset' has no labels; an audit needs labelled images`);
     const model = await auditModel(form, context);
-    const release = () => {
-      if (model.owned) model.classifier.dispose();
-    };
-    const shape = dataset.shape;
-    if (shape.some((d, i) => d !== model.classifier.card.inputShape[i])) {
-      release();
-      throw invalidField(
-        'dataset',
-        `'dataset' images are [${shape}], the model takes [${model.classifier.card.inputShape}]`,
-      );
-    }
-    if (dataset.labels.some((label) => label >= model.classifier.numClasses)) {
-      release();
-      throw invalidField(
-        'dataset',
-        `'dataset' has labels >= the model's ${model.classifier.numClasses} classes`,
-      );
+    let prepared: PreparedAudit;
+    try {
+      prepared = await prepareAudit({
+        model,
+        data: {
+          kind: 'bytes',
+          bytes: data.bytes,
+          filename: data.name,
+          labels: labels?.bytes,
+          maxBytes: context.limits.auditBodyBytes,
+        },
+        parameters: { norm, eps, version, n, seed, iterations, restarts },
+      });
+    } catch (error) {
+      // Data set errors name the 'dataset' part; model errors name the file at fault themselves.
+      throw toProblemError(error, 'dataset');
     }
     let job: AuditJob;
     try {
-      job = context.audits.submit({
-        parameters: { model: model.name, norm, eps, version, n, seed, iterations, restarts },
-        classifier: model.classifier,
-        ownsClassifier: model.owned,
-        dataset,
-      });
+      job = context.audits.submit(prepared);
     } catch (error) {
-      release();
+      if (prepared.ownsClassifier) prepared.classifier.dispose();
       if (error instanceof ShuttingDownError) {
         throw new ProblemError(503, 'shutting-down', 'Shutting down', error.message, [], 30);
       }

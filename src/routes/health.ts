@@ -1,8 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import * as tf from '@tensorflow/tfjs';
 import type { MiddlewareHandler } from 'hono';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { BackendInfo } from '../engine/backend.js';
+import { type BackendInfo, tensorMemory, tfjsVersion } from '../engine/backend.js';
 import type { ServiceApp, ServiceContext, ServiceEnv } from './context.js';
 import { problemResponses } from './problem.js';
 
@@ -143,7 +142,7 @@ export function createMetrics(context: ServiceContext) {
     help: 'Live tfjs tensors',
     registers: [registry],
     collect() {
-      this.set(tf.memory().numTensors);
+      this.set(tensorMemory().numTensors);
     },
   });
   new Gauge({
@@ -151,7 +150,7 @@ export function createMetrics(context: ServiceContext) {
     help: 'Bytes held by live tfjs tensors',
     registers: [registry],
     collect() {
-      this.set(tf.memory().numBytes);
+      this.set(tensorMemory().numBytes);
     },
   });
 
@@ -180,7 +179,7 @@ export function registerHealthRoutes(
     const body = {
       status: status as 'ready' | 'starting' | 'draining',
       backend,
-      versions: { service: sources.serviceVersion, node: process.version, tfjs: tf.version.tfjs },
+      versions: { service: sources.serviceVersion, node: process.version, tfjs: tfjsVersion() },
       models: [...context.models.keys()],
     };
     return status === 'ready' ? c.json(body, 200) : c.json(body, 503);

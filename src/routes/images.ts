@@ -1,22 +1,8 @@
-import * as tf from '@tensorflow/tfjs';
 import type { Context } from 'hono';
-import { ImageError } from '../data/errors.js';
-import { decodeImage, encodePng, resizeTo } from '../data/image.js';
-import type { Classifier } from '../engine/classifier.js';
+import type { ImageInput, ImageLimits } from '../jobs/images.js';
 import { invalidField, ProblemError } from './problem.js';
 
-/** Image bytes from a request, with the name of the field they came from (for error messages). */
-export interface ImageInput {
-  field: string;
-  bytes: Uint8Array;
-}
-
-export interface ImageLimits {
-  /** Largest width x height of one uploaded image, checked from its header. */
-  maxPixels: number;
-  /** Most images in one request. */
-  maxBatch: number;
-}
+export type { ImageInput, ImageLimits };
 
 const RAW_IMAGE_TYPES = new Set(['image/png', 'image/jpeg']);
 
@@ -74,59 +60,7 @@ export async function readBinaryImages(c: Context, limits: ImageLimits): Promise
   throw unsupportedMediaType(type, ['application/json', 'image/png', 'image/jpeg', 'multipart/form-data']);
 }
 
-/**
- * Decodes every input to the model's channels, resizes it to the model's input size (cover-crop)
- * and stacks them as one NHWC float32 tensor in [0,1]; the caller disposes it. Image errors name
- * the field they came from.
- */
-export async function imagesToTensor(
-  inputs: ImageInput[],
-  classifier: Classifier,
-  limits: ImageLimits,
-): Promise<tf.Tensor4D> {
-  if (inputs.length > limits.maxBatch) {
-    throw invalidField('images', `at most ${limits.maxBatch} images per request, got ${inputs.length}`);
-  }
-  const [height, width, channels] = classifier.card.inputShape;
-  if (channels !== 1 && channels !== 3 && channels !== 4) {
-    throw new ProblemError(500, 'internal', 'Internal error', `the model takes ${channels} channels`);
-  }
-  const size = height * width * channels;
-  const values = new Float32Array(inputs.length * size);
-  for (const [i, input] of inputs.entries()) {
-    let decoded: Awaited<ReturnType<typeof decodeImage>>;
-    try {
-      decoded = await decodeImage(input.bytes, {
-        channels,
-        maxPixels: limits.maxPixels,
-        source: input.field,
-      });
-      decoded = await resizeTo(decoded, [height, width], 'cover');
-    } catch (error) {
-      if (error instanceof ImageError) {
-        const status = error.code === 'too-large' ? 413 : 422;
-        throw new ProblemError(
-          status,
-          status === 413 ? 'image-too-large' : 'invalid-image',
-          status === 413 ? 'Image too large' : 'Invalid image',
-          error.message,
-          [{ field: input.field, message: error.message }],
-        );
-      }
-      throw error;
-    }
-    const offset = i * size;
-    for (let j = 0; j < size; j++) values[offset + j] = decoded.data[j] / 255;
-  }
-  return tf.tensor4d(values, [inputs.length, height, width, channels]);
-}
-
-/** PNG of image `index` of an NHWC batch in [0,1], base64-encoded. */
-export async function pngBase64(batch: tf.Tensor4D, index: number): Promise<string> {
-  const image = tf.tidy(() => batch.slice([index, 0, 0, 0], [1, -1, -1, -1]).squeeze([0]) as tf.Tensor3D);
-  try {
-    return Buffer.from(await encodePng(image)).toString('base64');
-  } finally {
-    image.dispose();
-  }
+/** Bytes as base64 (PNG answers in JSON). */
+export function base64Of(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString('base64');
 }

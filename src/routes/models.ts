@@ -1,9 +1,9 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import type * as tf from '@tensorflow/tfjs';
-import { type Classifier, probabilities } from '../engine/classifier.js';
+import type { Classifier } from '../engine/classifier.js';
+import { oodThreshold, predictImages } from '../jobs/predict.js';
 import { findModel, type ServiceApp, type ServiceContext } from './context.js';
-import { base64Bytes, type ImageInput, imagesToTensor, mediaType, readBinaryImages } from './images.js';
-import { invalidField, problemResponses } from './problem.js';
+import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';
+import { problemResponses } from './problem.js';
 
 /** Model listing and prediction: GET /v1/models, GET /v1/models/{model}, POST .../predict. */
 
@@ -33,13 +33,6 @@ export const ModelDetailSchema = ModelSummarySchema.extend({
     .record(z.string(), z.union([z.number(), z.string(), z.null()]))
     .openapi({ example: { clean_accuracy: 0.91, robust_accuracy_l2_0_5: 0.72 } }),
 }).openapi('ModelDetail');
-
-/** Default max-confidence threshold when the card gives none. */
-export const DEFAULT_OOD_THRESHOLD = 0.5;
-
-export function oodThreshold(model: Classifier, requested: number | undefined): number {
-  return requested ?? model.card.oodThreshold ?? DEFAULT_OOD_THRESHOLD;
-}
 
 function summary(name: string, model: Classifier) {
   const card = model.card;
@@ -179,29 +172,6 @@ export async function requestImages(
   return readBinaryImages(c, context.limits);
 }
 
-/** Probabilities as plain rows; one `dataSync`, no tensor left behind. */
-function probabilityRows(model: Classifier, x: tf.Tensor4D): number[][] {
-  const probs = probabilities(model, x);
-  const values = probs.dataSync();
-  probs.dispose();
-  const k = model.numClasses;
-  return Array.from({ length: x.shape[0] }, (_, i) => Array.from(values.subarray(i * k, (i + 1) * k)));
-}
-
-export function describePrediction(model: Classifier, row: number[], topK: number, threshold: number) {
-  const names = model.card.classNames;
-  const order = row.map((_, i) => i).sort((a, b) => row[b] - row[a] || a - b);
-  const score = (index: number) => ({ index, class: names[index], probability: row[index] });
-  const best = order[0];
-  return {
-    predicted: score(best),
-    probabilities: row,
-    top_k: order.slice(0, topK).map(score),
-    max_confidence: row[best],
-    in_distribution: row[best] >= threshold,
-  };
-}
-
 export function registerModelRoutes(app: ServiceApp, context: ServiceContext): void {
   app.openapi(listModels, (c) =>
     c.json({ models: [...context.models].map(([name, model]) => summary(name, model)) }, 200),
@@ -219,27 +189,17 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
     const json =
       mediaType(c) === 'application/json' ? (c.req.valid('json') as { images: string[] }) : undefined;
     const inputs = await requestImages(c, context, json);
-    const threshold = oodThreshold(model, query.threshold);
-    const topK = Math.min(query.top_k ?? 5, model.numClasses);
-    if (!(topK >= 1)) throw invalidField('top_k', `'top_k' must be >= 1`);
     // The request timeout bounds the wait for a compute slot (behind a long counterfactual, say): 504.
     const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
-    const rows = await context.compute.run(async () => {
-      const x = await imagesToTensor(inputs, model, context.limits);
-      try {
-        return probabilityRows(model, x);
-      } finally {
-        x.dispose();
-      }
-    }, deadline);
-    return c.json(
-      {
-        model: c.req.valid('param').model,
-        temperature: model.card.temperature,
-        threshold,
-        predictions: rows.map((row) => describePrediction(model, row, topK, threshold)),
-      },
-      200,
+    const result = await context.compute.run(
+      () =>
+        predictImages(model, inputs, {
+          limits: context.limits,
+          threshold: query.threshold,
+          topK: query.top_k,
+        }),
+      deadline,
     );
+    return c.json({ model: c.req.valid('param').model, ...result }, 200);
   });
 }

@@ -3,6 +3,7 @@ import type { Context } from 'hono';
 import { DatasetError, ImageError } from '../data/errors.js';
 import { ModelContractError } from '../engine/classifier.js';
 import { ModelFileError } from '../engine/model-files.js';
+import { InputFieldError, InvalidInputError, ModelLoadError } from '../jobs/errors.js';
 import { QueueFullError } from '../jobs/semaphore.js';
 
 /**
@@ -63,6 +64,9 @@ export function notFound(what: string, field: string, detail: string): ProblemEr
  */
 export function toProblemError(error: unknown, field = 'body'): ProblemError {
   if (error instanceof ProblemError) return error;
+  if (error instanceof InputFieldError) return toProblemError(error.cause, error.field);
+  if (error instanceof InvalidInputError) return invalidField(error.field, error.message);
+  if (error instanceof ModelLoadError) return invalidField(error.field, error.message, 'invalid-model');
   if (error instanceof QueueFullError) {
     return new ProblemError(429, 'queue-full', 'Compute queue full', error.message, [], error.retryAfter);
   }

@@ -2,24 +2,12 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { parseCifar, parseClassNames } from '../data/cifar.js';
+import { resolveDataPath } from '../data/data-root.js';
 import type { Dataset } from '../data/dataset.js';
 import { idxDataset, maybeGunzip, parseIdx } from '../data/idx.js';
 import { loadImageFolder } from '../data/image-folder.js';
 import { concatDatasets } from '../data/load.js';
 import { Rng } from '../util/random.js';
-
-/** The shared data folder: `RATIO_DATA_DIR`, else `../shared/data` (data/README.md). */
-export function dataRoot(): string {
-  return process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-}
-
-/** A path as given if it exists, else relative to the data root (so configs can say `cifar10/train`). */
-export function resolveDataPath(spec: string): string {
-  if (existsSync(spec)) return path.resolve(spec);
-  const underRoot = path.join(dataRoot(), spec);
-  if (existsSync(underRoot)) return underRoot;
-  throw new Error(`data '${spec}' not found (neither as a path nor under ${dataRoot()})`);
-}
 
 async function classNamesBeside(file: string): Promise<string[] | undefined> {
   const meta = path.join(path.dirname(file), 'batches.meta.txt');

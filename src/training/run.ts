@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Dataset } from '../data/dataset.js';
+import { writeModelDir } from '../data/model-dir.js';
 import { backendInfo } from '../engine/backend.js';
 import { maxProbabilities, temperatureByEce } from '../engine/calibration.js';
 import type { ModelCard } from '../engine/classifier.js';
@@ -201,8 +202,8 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   };
   const files = await saveModelToFiles(model, card);
   const exportFolder = path.join(config.outDir, config.name);
-  await mkdir(exportFolder, { recursive: true });
-  for (const [name, bytes] of files) await writeFileAtomic(path.join(exportFolder, name), bytes);
+  // Shards first, model.json last, each renamed into place: a reader never sees half a model.
+  await writeModelDir(exportFolder, files);
   log({
     type: 'export',
     folder: exportFolder,

@@ -52,7 +52,8 @@ describe('the real server on loopback', () => {
     expect(png.statusCode).toBe(200);
     expect(png.headers['content-type']).toBe('image/png');
     const meta = await sharp(Buffer.from(await png.body.arrayBuffer())).metadata();
-    expect([meta.width, meta.height]).toEqual([2 * 130 + 2, 130 + 2]);
+    // The labelled grid (test/routes/analysis.test.ts): 128-pixel cells, 6 padding, title row, captions.
+    expect([meta.width, meta.height]).toEqual([6 + 2 * (128 + 6), 22 + (128 + 30 + 6) + 6]);
   });
 
   it('drives predict, ood and the audit lifecycle with the client generated from openapi.json', async () => {

@@ -1,16 +1,18 @@
-import { mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listModelDirs, ModelDirError, readModelDir, writeModelDir } from '../../src/data/model-dir.js';
-import { TfjsClassifier } from '../../src/engine/classifier.js';
 import {
-  loadModelFromFiles,
-  ModelFileError,
+  listModelDirs,
+  ModelDirError,
   type ModelFiles,
-  saveModelToFiles,
-} from '../../src/engine/model-files.js';
+  readModelDir,
+  updateModelCard,
+  writeModelDir,
+} from '../../src/data/model-dir.js';
+import { TfjsClassifier } from '../../src/engine/classifier.js';
+import { loadModelFromFiles, ModelFileError, saveModelToFiles } from '../../src/engine/model-files.js';
 import { smallCnn } from '../../src/training/architectures.js';
 
 let root: string;
@@ -107,5 +109,19 @@ describe('writeModelDir / readModelDir', () => {
     ]);
     await expect(writeModelDir(path.join(root, 'w'), files)).rejects.toThrow(/plain relative path/);
     expect(await readdir(root)).not.toContain('escape.bin');
+  });
+
+  it('updates card fields in place, keeping the others, and refuses a card that is not an object', async () => {
+    const dir = path.join(root, 'card');
+    await writeModelDir(dir, new Map([['model.json', new Uint8Array([123, 125])]]));
+    expect(await updateModelCard(dir, { temperature: 1.5 })).toEqual({ temperature: 1.5 });
+    await updateModelCard(dir, { name: 'x', temperature: 2 });
+    expect(JSON.parse(await readFile(path.join(dir, 'card.json'), 'utf8'))).toEqual({
+      name: 'x',
+      temperature: 2,
+    });
+    expect((await readdir(dir)).filter((f) => f.includes('.tmp-'))).toEqual([]);
+    await writeFile(path.join(dir, 'card.json'), '[1]');
+    await expect(updateModelCard(dir, { a: 1 })).rejects.toThrow(/card.json: must hold a JSON object/);
   });
 });

@@ -1,11 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import {
-  loadModelFromFiles,
-  ModelFileError,
-  type ModelFiles,
-  saveModelToFiles,
-} from '../../src/engine/model-files.js';
+import type { ModelFiles } from '../../src/data/model-dir.js';
+import { loadModelFromFiles, ModelFileError, saveModelToFiles } from '../../src/engine/model-files.js';
 
 /** logits = reshape(x, [-1, 4]) W + b: a converter-format graph model written by hand. */
 const W = [0.5, -1, 0.25, 1, 0, -0.5, -0.75, 2, 1, 0.1, 0.2, 0.3];

@@ -1,10 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
+import type { ModelFiles } from '../../src/data/model-dir.js';
 import { TfjsClassifier } from '../../src/engine/classifier.js';
 import {
   loadModelFromFiles,
   ModelFileError,
-  type ModelFiles,
   saveModelToFiles,
   weightPathKey,
 } from '../../src/engine/model-files.js';

@@ -1,12 +1,13 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { rowsOf } from '../../src/data/image-set.js';
+import { loadImageSet } from '../../src/data/image-sets.js';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { maxProbabilities } from '../../src/engine/calibration.js';
+import { classAtRank, logitsOf } from '../../src/engine/logits.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
 import { OOD_GATE_TPR } from '../../src/engine/ood.js';
-import { loadImageSet } from '../../src/eval/datasets.js';
-import { argmaxRows, logitsOf, rowsOf } from '../../src/eval/image-set.js';
 
 /**
  * The models the service ships (models/<name>/) against the figures their cards and evaluation reports
@@ -52,7 +53,7 @@ describe('shipped models', () => {
         const logits = logitsOf(classifier, images, 250);
         const k = classifier.numClasses;
         // Accuracy on the reported images, as in the report (2 images of slack for float ties).
-        const predicted = argmaxRows(logits.subarray(0, reported * k), k);
+        const predicted = classAtRank(logits.subarray(0, reported * k), k);
         const correct = predicted.filter((p, i) => p === images.labels![i]).length;
         expect(Math.abs(correct / reported - report.summary.acc)).toBeLessThanOrEqual(2 / reported);
         // The gate: at least 95% of the held-out images (where the threshold was fitted) pass it.

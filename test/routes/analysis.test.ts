@@ -127,8 +127,10 @@ describe('POST /v1/models/{model}/counterfactuals', () => {
     expect(res.status).toBe(200);
     expect(res.headers.get('content-type')).toBe('image/png');
     const meta = await sharp(Buffer.from(await res.arrayBuffer())).metadata();
-    // Default targets: the top two classes; 8x8 tiles scaled 16x with 2-pixel gaps.
-    expect([meta.width, meta.height]).toEqual([3 * 130 + 2, 2 * 130 + 2]);
+    // Default targets: the top two classes; the figure renderer's grid (the one `ratio eval` draws):
+    // 8x8 images scaled 16x in 128-pixel cells with 6-pixel padding, a 22-pixel title row, and
+    // 30 pixels of captions (target class, p_target, p_original) under each row.
+    expect([meta.width, meta.height]).toEqual([6 + 3 * (128 + 6), 22 + 2 * (128 + 30 + 6) + 6]);
   });
 
   it('names a bad target, a bad radius and a non-image', async () => {

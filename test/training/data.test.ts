@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
+import { resolveDataPath } from '../../src/data/data-root.js';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { concatDatasets } from '../../src/data/load.js';
-import { loadTrainingData, resolveDataPath, splitValidation } from '../../src/training/data.js';
+import { loadTrainingData, splitValidation } from '../../src/training/data.js';
 
 describe('training data', () => {
   it('loads a folder of CIFAR binaries (the OOD training set) as one unlabelled set, with a seeded limit', async () => {

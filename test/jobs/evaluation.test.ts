@@ -7,7 +7,7 @@ import {
   type EvalSettings,
   evaluateModel,
   type ImageSet,
-} from '../../src/eval/evaluate.js';
+} from '../../src/jobs/evaluation.js';
 import { Rng } from '../../src/util/random.js';
 
 const H = 6;

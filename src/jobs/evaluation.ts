@@ -1,4 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
+import { type GridRow, renderCounterfactualGrid, renderCurveChartSvg } from '../data/figures.js';
+import { type ImageSet, pixelImage, rowsOf, tensorOf } from '../data/image-set.js';
+import { updateModelCard } from '../data/model-dir.js';
 import { apgdAttack, apgdTargeted } from '../engine/attacks/apgd.js';
 import type { Attack } from '../engine/attacks/types.js';
 import { autoAttack } from '../engine/autoattack.js';
@@ -6,30 +9,23 @@ import { expectedCalibrationError, maxProbabilities, temperatureByEce } from '..
 import type { Classifier } from '../engine/classifier.js';
 import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { confidenceCurves, DEFAULT_CURVE_RADII } from '../engine/curves.js';
+import { classAtRank, logitsOf, softmaxRows } from '../engine/logits.js';
 import { OOD_GATE_TPR, oodMetrics, thresholdAtTpr, worstCaseConfidence } from '../engine/ood.js';
 import type { EngineProgress } from '../engine/types.js';
-import { type GridRow, renderCounterfactualGrid, renderCurveChartSvg } from './figures.js';
-import {
-  argmaxRows,
-  average,
-  EvalInputError,
-  type ImageSet,
-  logitsOf,
-  pixelImage,
-  rowsOf,
-  softmaxValues,
-  tensorOf,
-} from './image-set.js';
-import type { EvalReport, OodRow } from './report.js';
-import { renderReportMarkdown } from './report.js';
+import { InvalidInputError } from './errors.js';
+import type { EvalReport, OodRow } from './evaluation-report.js';
+import { renderReportMarkdown } from './evaluation-report.js';
 
 /**
- * `ratio eval` without the files: given a classifier and images in memory, computes the RATIO
+ * The evaluation use case (`ratio eval` without the files): given a classifier and images in memory, computes the RATIO
  * table (Acc, R.Acc, ECE, AUC, WC AUC, MMC), the per-OOD-set rows, the counterfactual grid and
  * the confidence curves. The command does the loading and writing.
  */
 
-export { EvalInputError, type ImageSet } from './image-set.js';
+export type { ImageSet } from '../data/image-set.js';
+
+const average = (values: number[]) =>
+  values.length ? values.reduce((a, b) => a + b, 0) / values.length : null;
 
 export interface PhaseReporter {
   start(phase: string): void;
@@ -101,18 +97,27 @@ export interface EvalArtifacts {
 function splitInDistribution(inputs: EvalInputs, settings: EvalSettings) {
   const set = inputs.inDistribution;
   if (!set.labels)
-    throw new EvalInputError(`'--data' set '${set.name}' has no labels; accuracy needs a labelled set`);
+    throw new InvalidInputError(
+      'data',
+      `'--data' set '${set.name}' has no labels; accuracy needs a labelled set`,
+    );
   const total = set.shape[0];
   const warnings: string[] = [];
   if (inputs.calibration) {
     if (!inputs.calibration.labels)
-      throw new EvalInputError(`calibration set '${inputs.calibration.name}' has no labels`);
+      throw new InvalidInputError(
+        'calibration',
+        `calibration set '${inputs.calibration.name}' has no labels`,
+      );
     const n = Math.min(settings.n, total);
     return { reported: rowsOf(set, 0, n), calibration: inputs.calibration, warnings, heldOutFromData: false };
   }
   const calibrationN = Math.min(settings.calibrationN, Math.floor(total / 2));
   if (calibrationN < 1)
-    throw new EvalInputError(`'--data' has ${total} points: too few to hold out a calibration split`);
+    throw new InvalidInputError(
+      'data',
+      `'--data' has ${total} points: too few to hold out a calibration split`,
+    );
   const available = total - calibrationN;
   const n = Math.min(settings.n, available);
   if (n < settings.n) {
@@ -156,16 +161,16 @@ export async function evaluateModel(
   const calibrationLogits = logitsOf(classifier, calibration, settings.batchSize);
   progress.update(2, 2);
   timings.clean = progress.done();
-  const predicted = argmaxRows(logits, k);
+  const predicted = classAtRank(logits, k);
   const accuracy = predicted.reduce((s, p, i) => s + (p === labels[i] ? 1 : 0), 0) / predicted.length;
   const fit = temperatureByEce({ values: calibrationLogits, numClasses: k }, calibration.labels!);
   const temperature = fit.temperature;
   const ece = expectedCalibrationError(
-    { values: softmaxValues(logits, k, temperature), numClasses: k },
+    { values: softmaxRows(logits, k, temperature), numClasses: k },
     labels,
   );
   const eceUncalibrated = expectedCalibrationError(
-    { values: softmaxValues(logits, k, 1), numClasses: k },
+    { values: softmaxRows(logits, k, 1), numClasses: k },
     labels,
   );
   const inScores = maxProbabilities(logits, k, temperature);
@@ -235,7 +240,7 @@ export async function evaluateModel(
   const cfSet = rowsOf(reported, 0, Math.min(settings.counterfactualRows, reported.shape[0]));
   const cfLogits = logits.subarray(0, cfSet.shape[0] * k);
   const targets =
-    settings.counterfactualTarget === 'true' ? Int32Array.from(cfSet.labels!) : argmaxRows(cfLogits, k, 2);
+    settings.counterfactualTarget === 'true' ? Int32Array.from(cfSet.labels!) : classAtRank(cfLogits, k, 2);
   const cfX = tensorOf(cfSet);
   let cf: Awaited<ReturnType<typeof counterfactuals>>;
   try {
@@ -381,4 +386,20 @@ export async function evaluateModel(
     seconds: (performance.now() - started) / 1000,
   };
   return { report, markdown: renderReportMarkdown(report), counterfactualsPng, curvesSvg };
+}
+
+/**
+ * Sets `temperature`, `oodThreshold` and where they were fitted (`calibration`) in the model
+ * directory's card.json, keeping every other field as it was.
+ */
+export async function writeCalibration(modelDir: string, report: EvalReport): Promise<void> {
+  await updateModelCard(modelDir, {
+    temperature: report.summary.temperature,
+    oodThreshold: report.summary.ood_threshold,
+    calibration: {
+      source: report.data.calibration_source,
+      n: report.data.calibration_n,
+      oodThresholdTruePositiveRate: OOD_GATE_TPR,
+    },
+  });
 }

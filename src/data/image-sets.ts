@@ -1,19 +1,16 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Dataset } from '../data/dataset.js';
-import { DatasetError } from '../data/errors.js';
-import { loadDataset } from '../data/load.js';
 import { Rng } from '../util/random.js';
-import { EvalInputError, type ImageSet } from './image-set.js';
+import { dataRoot } from './data-root.js';
+import type { Dataset } from './dataset.js';
+import { DatasetError } from './errors.js';
+import type { ImageSet } from './image-set.js';
+import { loadDataset } from './load.js';
 
 /**
- * Where `ratio eval` gets its images: the in-distribution test file, and the OOD sets by name
+ * Image sets by name or path: where `ratio eval` gets its images: the in-distribution test file, and the OOD sets by name
  * (svhn, cifar100, noise: the real files in ../shared/data, or uniform noise) or `name=path`.
  */
-
-export function defaultDataDir(): string {
-  return process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-}
 
 /** Built-in OOD sets: files relative to the data directory (see shared/data/README.md). */
 export const BUILTIN_OOD_FILES: Record<string, string> = {
@@ -38,19 +35,21 @@ export function defaultOodSpecs(inputShape: readonly number[], dataPath: string)
 export type OodSpec = { name: string; kind: 'noise' } | { name: string; kind: 'file'; path: string };
 
 /** `svhn`, `cifar100`, `noise` (uniform), or `name=path` for any other image file or folder. */
-export function parseOodSpec(spec: string, dataDir = defaultDataDir()): OodSpec {
+export function parseOodSpec(spec: string, dataDir = dataRoot()): OodSpec {
   const equals = spec.indexOf('=');
   if (equals >= 0) {
     const name = spec.slice(0, equals).trim();
     const file = spec.slice(equals + 1).trim();
-    if (!name || !file) throw new EvalInputError(`--ood must be a name or name=path, got '${spec}'`);
+    if (!name || !file)
+      throw new DatasetError('bad-argument', `--ood must be a name or name=path, got '${spec}'`);
     return { name, kind: 'file', path: file };
   }
   const name = spec.trim().toLowerCase();
   if (name === 'noise' || name === 'uniform') return { name: 'uniform noise', kind: 'noise' };
   const builtin = BUILTIN_OOD_FILES[name];
   if (!builtin) {
-    throw new EvalInputError(
+    throw new DatasetError(
+      'bad-argument',
       `--ood '${spec}' is not a built-in set (${[...Object.keys(BUILTIN_OOD_FILES), 'noise'].join(', ')}); use name=path`,
     );
   }
@@ -84,18 +83,12 @@ export async function loadImageSet(
   seed = 0,
 ): Promise<ImageSet> {
   const isFolder = (await stat(target).catch(() => undefined))?.isDirectory() ?? false;
-  let dataset: Dataset;
-  try {
-    dataset = isFolder
-      ? await loadDataset(target, {
-          resize: [inputShape[0], inputShape[1]],
-          channels: inputShape[2] === 1 ? 1 : 3,
-        })
-      : await loadDataset(target, { limit });
-  } catch (error) {
-    if (error instanceof DatasetError) throw new EvalInputError(error.message);
-    throw error;
-  }
+  let dataset: Dataset = isFolder
+    ? await loadDataset(target, {
+        resize: [inputShape[0], inputShape[1]],
+        channels: inputShape[2] === 1 ? 1 : 3,
+      })
+    : await loadDataset(target, { limit });
   if (dataset.size > limit) {
     dataset = isFolder
       ? dataset.subset(new Rng(seed).permutation(dataset.size).subarray(0, limit))
@@ -117,9 +110,10 @@ export async function loadImageSet(
 export function checkImageShape(set: ImageSet, inputShape: readonly number[], argument: string): void {
   const [, h, w, c] = set.shape;
   if (h !== inputShape[0] || w !== inputShape[1] || c !== inputShape[2]) {
-    throw new EvalInputError(
+    throw new DatasetError(
+      'bad-argument',
       `${argument} '${set.name}' has ${h}x${w}x${c} images, the model takes ${inputShape.join('x')}`,
     );
   }
-  if (set.shape[0] === 0) throw new EvalInputError(`${argument} '${set.name}' holds no images`);
+  if (set.shape[0] === 0) throw new DatasetError('bad-argument', `${argument} '${set.name}' holds no images`);
 }

@@ -7,7 +7,7 @@ import {
   loadImageSet,
   parseOodSpec,
   uniformNoise,
-} from '../../src/eval/datasets.js';
+} from '../../src/data/image-sets.js';
 
 const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const hasData = existsSync(path.join(dataDir, 'svhn/train_first1000.bin'));

@@ -5,8 +5,7 @@ import {
   type PixelImage,
   renderCounterfactualGrid,
   renderCurveChartSvg,
-} from '../../src/eval/figures.js';
-import { formatDuration, PhaseProgress } from '../../src/eval/progress.js';
+} from '../../src/data/figures.js';
 
 function solid(rgb: [number, number, number], size = 8): PixelImage {
   const data = new Float32Array(size * size * 3);
@@ -106,31 +105,5 @@ describe('renderCurveChartSvg', () => {
 
   it('escapes XML', () => {
     expect(escapeXml(`a<b & "c" 'd'>`)).toBe('a&lt;b &amp; &quot;c&quot; &apos;d&apos;&gt;');
-  });
-});
-
-describe('PhaseProgress', () => {
-  it('prints a line per 10% with an ETA off a TTY', () => {
-    const lines: string[] = [];
-    let clock = 0;
-    const progress = new PhaseProgress({ write: (t) => lines.push(t), isTTY: false }, () => clock);
-    progress.start('attack');
-    for (let done = 1; done <= 20; done++) {
-      clock += 1000;
-      progress.update(done, 20);
-    }
-    progress.done();
-    // deciles 0 (5%) .. 10 (100%): 11 lines, then the done line
-    expect(lines.length).toBe(12);
-    expect(lines[0]).toBe('attack: 5% (1/20) elapsed 1s eta 19s\n');
-    expect(lines[10]).toBe('attack: 100% (20/20) elapsed 20s eta 0s\n');
-    expect(lines[11]).toBe('attack: done in 20s\n');
-  });
-
-  it('formats durations', () => {
-    expect(formatDuration(5)).toBe('5s');
-    expect(formatDuration(125)).toBe('2m05s');
-    expect(formatDuration(7322)).toBe('2h02m');
-    expect(formatDuration(Number.NaN)).toBe('?');
   });
 });

@@ -1,0 +1,43 @@
+/**
+ * Bad input found by a use case, as the line a command prints before exiting with code 2: the
+ * typed errors of the layers below, chosen by type and prefixed with the option the input came from.
+ * The error classes are imported when an error is there to classify, so `--help` stays fast.
+ */
+
+/** Option names by use-case field, e.g. `{ model: '--model', dataset: '--data' }`. */
+export type OptionOfField = Record<string, string>;
+
+/** The message for a bad-input error, or undefined when `error` is not one (a bug, an abort). */
+export async function inputErrorMessage(error: unknown, options: OptionOfField): Promise<string | undefined> {
+  if (!(error instanceof Error)) return undefined;
+  const [
+    { InputFieldError, InvalidInputError, ModelLoadError },
+    { DatasetError, ImageError },
+    { ModelDirError },
+  ] = await Promise.all([
+    import('../jobs/errors.js'),
+    import('../data/errors.js'),
+    import('../data/model-dir.js'),
+  ]);
+  const { ModelFileError } = await import('../engine/model-files.js');
+  const { ModelContractError } = await import('../engine/classifier.js');
+  // Inputs without an option here carry their option in the message already (e.g. `--ood 'x' ...`).
+  const prefixed = (field: string, message: string) =>
+    options[field] === undefined ? message : `${options[field]}: ${message}`;
+  if (
+    error instanceof InvalidInputError ||
+    error instanceof InputFieldError ||
+    error instanceof ModelLoadError
+  ) {
+    return prefixed(error.field, error.message);
+  }
+  if (error instanceof DatasetError || error instanceof ImageError) return prefixed('dataset', error.message);
+  if (
+    error instanceof ModelDirError ||
+    error instanceof ModelFileError ||
+    error instanceof ModelContractError
+  ) {
+    return prefixed('model', error.message);
+  }
+  return undefined;
+}

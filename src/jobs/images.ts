@@ -1,0 +1,74 @@
+import * as tf from '@tensorflow/tfjs';
+import { ImageError } from '../data/errors.js';
+import { decodeImage, encodePng, resizeTo } from '../data/image.js';
+import type { Classifier } from '../engine/classifier.js';
+import { InputFieldError, InvalidInputError } from './errors.js';
+
+/**
+ * Uploaded images as model input, and model images back as PNG: what predict, worst-case OOD and
+ * counterfactuals share.
+ */
+
+/** Image bytes from a request, with the name of the field they came from (for error messages). */
+export interface ImageInput {
+  field: string;
+  bytes: Uint8Array;
+}
+
+export interface ImageLimits {
+  /** Largest width x height of one uploaded image, checked from its header. */
+  maxPixels: number;
+  /** Most images in one request. */
+  maxBatch: number;
+}
+
+/**
+ * Decodes every input to the model's channels, resizes it to the model's input size (cover-crop)
+ * and stacks them as one NHWC float32 tensor in [0,1]; the caller disposes it. An image that
+ * cannot be read is a `InputFieldError` naming its field (its cause an `ImageError`).
+ */
+export async function imagesToTensor(
+  inputs: ImageInput[],
+  classifier: Classifier,
+  limits: ImageLimits,
+): Promise<tf.Tensor4D> {
+  if (inputs.length > limits.maxBatch) {
+    throw new InvalidInputError(
+      'images',
+      `at most ${limits.maxBatch} images per request, got ${inputs.length}`,
+    );
+  }
+  const [height, width, channels] = classifier.card.inputShape;
+  if (channels !== 1 && channels !== 3 && channels !== 4) {
+    throw new Error(`the model takes ${channels} channels`);
+  }
+  const size = height * width * channels;
+  const values = new Float32Array(inputs.length * size);
+  for (const [i, input] of inputs.entries()) {
+    let decoded: Awaited<ReturnType<typeof decodeImage>>;
+    try {
+      decoded = await decodeImage(input.bytes, {
+        channels,
+        maxPixels: limits.maxPixels,
+        source: input.field,
+      });
+      decoded = await resizeTo(decoded, [height, width], 'cover');
+    } catch (error) {
+      if (error instanceof ImageError) throw new InputFieldError(input.field, error);
+      throw error;
+    }
+    const offset = i * size;
+    for (let j = 0; j < size; j++) values[offset + j] = decoded.data[j] / 255;
+  }
+  return tf.tensor4d(values, [inputs.length, height, width, channels]);
+}
+
+/** PNG of image `index` of an NHWC batch in [0,1]. */
+export async function pngOf(batch: tf.Tensor4D, index: number): Promise<Uint8Array> {
+  const image = tf.tidy(() => batch.slice([index, 0, 0, 0], [1, -1, -1, -1]).squeeze([0]) as tf.Tensor3D);
+  try {
+    return await encodePng(image);
+  } finally {
+    image.dispose();
+  }
+}
