@@ -5,7 +5,9 @@ import { type ParseArgsConfig, parseArgs } from 'node:util';
  * reported as a UsageError naming the flag, which the commands turn into exit code 2.
  */
 
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
 
 type OptionValues = Record<string, string | boolean | Array<string | boolean> | undefined>;
 

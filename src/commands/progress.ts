@@ -1,5 +1,6 @@
 /**
- * A progress bar per phase with an ETA, for long CLI evaluations. On a TTY it redraws one line;
+ * The CLI's progress display: a bar per phase with an ETA (`ratio eval`, `ratio audit`), and the
+ * bar and duration format that `ratio train`'s status line uses too. On a TTY it redraws one line;
  * otherwise (CI logs, pipes) it prints a plain line at every 10% so logs stay short.
  */
 
@@ -14,6 +15,12 @@ export function formatDuration(seconds: number): string {
   const minutes = Math.floor(seconds / 60);
   if (minutes < 60) return `${minutes}m${String(Math.round(seconds % 60)).padStart(2, '0')}s`;
   return `${Math.floor(minutes / 60)}h${String(minutes % 60).padStart(2, '0')}m`;
+}
+
+/** `#` for the done share of `width` characters, `.` for the rest. */
+export function progressBar(fraction: number, width: number): string {
+  const filled = Math.round(Math.min(1, Math.max(0, fraction)) * width);
+  return `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
 }
 
 export class PhaseProgress {
@@ -46,11 +53,8 @@ export class PhaseProgress {
       const now = this.now();
       if (now - this.lastDraw < 100 && fraction < 1) return;
       this.lastDraw = now;
-      const width = 24;
-      const filled = Math.round(fraction * width);
-      const bar = `${'#'.repeat(filled)}${'.'.repeat(width - filled)}`;
       this.sink.write(
-        `\r${this.phase.padEnd(24)} [${bar}] ${String(percent).padStart(3)}% ${done}/${total} ` +
+        `\r${this.phase.padEnd(24)} [${progressBar(fraction, 24)}] ${String(percent).padStart(3)}% ${done}/${total} ` +
           `elapsed ${formatDuration(elapsed)} eta ${formatDuration(eta)}   `,
       );
       return;

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import type { TrainProgress } from '../training/trainer.js';
 import type { CommandModule } from './command.js';
+import { formatDuration, progressBar } from './progress.js';
 
 /**
  * `ratio train --config <file.json> [--<setting> <value>]... [--resume]`: trains one model, logs
@@ -9,22 +10,12 @@ import type { CommandModule } from './command.js';
  * Exit 0 finished (or stopped cleanly with a checkpoint), 2 bad input, 1 a training failure.
  */
 
-function formatDuration(seconds: number): string {
-  if (!Number.isFinite(seconds)) return '?';
-  const s = Math.max(0, Math.round(seconds));
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}m${String(s % 60).padStart(2, '0')}s`;
-}
-
 /** One status line: epoch, step, a bar, images/s, loss terms, learning rate, ETA. */
 export function progressLine(p: TrainProgress, barWidth = 20): string {
   const fraction = p.totalSteps > 0 ? p.step / p.totalSteps : 1;
-  const filled = Math.round(fraction * barWidth);
-  const bar = `${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}`;
   const out = p.ceOut === null ? '' : ` ce_out ${p.ceOut.toFixed(3)}`;
   return (
-    `epoch ${p.epoch + 1}/${p.epochs} step ${p.step}/${p.totalSteps} [${bar}] ` +
+    `epoch ${p.epoch + 1}/${p.epochs} step ${p.step}/${p.totalSteps} [${progressBar(fraction, barWidth)}] ` +
     `${p.imagesPerSecond.toFixed(1)} img/s loss ${p.loss.toFixed(3)} ce_in ${p.ceIn.toFixed(3)}${out} ` +
     `lr ${p.lr.toExponential(2)} eta ${formatDuration(p.etaSeconds)}`
   );
@@ -113,6 +104,7 @@ export async function run(argv: string[]): Promise<number> {
   const { initBackend } = await import('../engine/backend.js');
   const { runTraining } = await import('../training/run.js');
   const { CheckpointError } = await import('../training/checkpoint.js');
+  const { DatasetError, ImageError } = await import('../data/errors.js');
   const backend = await initBackend();
   console.error(
     `ratio train: ${config.name} (${config.objective}, ${config.architecture} x${config.width}) on ${backend.name}`,
@@ -149,12 +141,14 @@ export async function run(argv: string[]): Promise<number> {
     if (result.exportFolder) console.log(result.exportFolder);
     return 0;
   } catch (error) {
-    if (error instanceof CheckpointError || error instanceof ConfigError) {
-      console.error(`ratio train: ${error.message}`);
-      return 2;
-    }
     console.error(`ratio train: ${(error as Error).message}`);
-    return /not found|must be|exceeds|needs/.test((error as Error).message) ? 2 : 1;
+    // Bad input (the config, a checkpoint, the data) is 2; anything else failed while training: 1.
+    const badInput =
+      error instanceof CheckpointError ||
+      error instanceof ConfigError ||
+      error instanceof DatasetError ||
+      error instanceof ImageError;
+    return badInput ? 2 : 1;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);

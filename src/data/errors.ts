@@ -13,7 +13,7 @@ export type ImageErrorCode =
   | 'bad-argument';
 
 export class ImageError extends Error {
-  override name = 'ImageError';
+  override readonly name: string = 'ImageError';
   constructor(
     readonly code: ImageErrorCode,
     message: string,
@@ -34,7 +34,7 @@ export type DatasetErrorCode =
   | 'bad-argument';
 
 export class DatasetError extends Error {
-  override name = 'DatasetError';
+  override readonly name: string = 'DatasetError';
   constructor(
     readonly code: DatasetErrorCode,
     message: string,

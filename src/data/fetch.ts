@@ -118,7 +118,7 @@ export function isOfficialDatasetName(name: string): name is OfficialDatasetName
 }
 
 export class ChecksumError extends DatasetError {
-  override name = 'ChecksumError';
+  override readonly name = 'ChecksumError';
   constructor(file: string, expected: string, actual: string) {
     super(
       'bad-magic',

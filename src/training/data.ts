@@ -4,10 +4,12 @@ import path from 'node:path';
 import { parseCifar, parseClassNames } from '../data/cifar.js';
 import { resolveDataPath } from '../data/data-root.js';
 import type { Dataset } from '../data/dataset.js';
+import { DatasetError } from '../data/errors.js';
 import { idxDataset, maybeGunzip, parseIdx } from '../data/idx.js';
 import { loadImageFolder } from '../data/image-folder.js';
 import { concatDatasets } from '../data/load.js';
 import { Rng } from '../util/random.js';
+import { ConfigError } from './config.js';
 
 async function classNamesBeside(file: string): Promise<string[] | undefined> {
   const meta = path.join(path.dirname(file), 'batches.meta.txt');
@@ -28,7 +30,10 @@ async function loadFile(file: string): Promise<Dataset> {
     const classNames = await classNamesBeside(file);
     return parseCifar(new Uint8Array(await readFile(file)), { variant: 'cifar10', classNames, source: file });
   }
-  throw new Error(`data file '${file}' is neither CIFAR binary (.bin) nor IDX images (*-idx3-ubyte[.gz])`);
+  throw new DatasetError(
+    'unknown-format',
+    `data file '${file}' is neither CIFAR binary (.bin) nor IDX images (*-idx3-ubyte[.gz])`,
+  );
 }
 
 /**
@@ -57,7 +62,7 @@ export async function loadTrainingData(
       parts.push(await loadFile(resolved));
     }
   }
-  if (parts.length === 0) throw new Error(`data spec '${spec}' names no files`);
+  if (parts.length === 0) throw new DatasetError('not-found', `data spec '${spec}' names no files`);
   const dataset = concatDatasets(parts);
   const limit = options.limit ?? 0;
   if (limit > 0 && limit < dataset.size) {
@@ -74,7 +79,7 @@ export function splitValidation(
 ): { train: Dataset; validation: Dataset | undefined } {
   if (validationSize <= 0) return { train: dataset, validation: undefined };
   if (validationSize >= dataset.size) {
-    throw new Error(
+    throw new ConfigError(
       `'validationSize' (${validationSize}) must be below the training set size (${dataset.size})`,
     );
   }

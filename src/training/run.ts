@@ -4,6 +4,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { Dataset } from '../data/dataset.js';
+import { DatasetError } from '../data/errors.js';
 import { writeModelDir } from '../data/model-dir.js';
 import { backendInfo } from '../engine/backend.js';
 import { maxProbabilities, temperatureByEce } from '../engine/calibration.js';
@@ -104,7 +105,8 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
     (usesOutDistribution(config.objective) && config.outData
       ? await loadTrainingData(config.outData, { limit: config.outLimit, seed: config.seed })
       : undefined);
-  if (loadedTrain.unlabelled) throw new Error(`the training data '${config.data}' has no labels`);
+  if (loadedTrain.unlabelled)
+    throw new DatasetError('bad-argument', `the training data '${config.data}' has no labels`);
   const { train, validation } = splitValidation(loadedTrain, config.validationSize, config.seed);
   // A loop, not Math.max(...labels): spreading 50,000 arguments can overflow the stack.
   let numClasses = loadedTrain.classNames.length;

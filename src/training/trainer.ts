@@ -3,7 +3,7 @@ import type { Batch, Dataset } from '../data/dataset.js';
 import { Rng } from '../util/random.js';
 import type { CheckpointContent, TrainingPosition } from './checkpoint.js';
 import { runFingerprint } from './checkpoint.js';
-import type { TrainConfig } from './config.js';
+import { ConfigError, type TrainConfig } from './config.js';
 import { WeightEma } from './ema.js';
 import {
   attackInDistribution,
@@ -62,14 +62,14 @@ export class Trainer {
   ) {
     const parts = OBJECTIVE_PARTS[config.objective];
     if (parts.out && !data.out)
-      throw new Error(`objective '${config.objective}' needs out-distribution data`);
+      throw new ConfigError(`objective '${config.objective}' needs out-distribution data`);
     if (data.train.size < config.batchSize) {
-      throw new Error(
+      throw new ConfigError(
         `'batchSize' (${config.batchSize}) exceeds the training set (${data.train.size} images)`,
       );
     }
     if (data.out && data.out.size < config.batchSize) {
-      throw new Error(
+      throw new ConfigError(
         `'batchSize' (${config.batchSize}) exceeds the out-distribution set (${data.out.size} images)`,
       );
     }

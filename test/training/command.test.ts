@@ -64,6 +64,30 @@ describe('ratio train', () => {
     expect(errors[2]).toMatch(/unknown setting 'lernrate'/);
   });
 
+  it('exits 2 on data that is not there, by the error type (not its wording)', async () => {
+    const errors: string[] = [];
+    const original = console.error;
+    console.error = (message: string) => errors.push(message);
+    try {
+      const code = await run([
+        '--name',
+        'missing-data',
+        '--objective',
+        'plain',
+        '--data',
+        path.join(folder, 'no', 'such', 'set.bin'),
+        '--run-dir',
+        path.join(folder, 'runs-missing'),
+        '--out-dir',
+        path.join(folder, 'out-missing'),
+      ]);
+      expect(code).toBe(2);
+    } finally {
+      console.error = original;
+    }
+    expect(errors.at(-1)).toMatch(/ratio train: data '.*set\.bin' not found/);
+  });
+
   it('formats a progress line with epoch, step, images/s, loss terms and ETA', () => {
     const line = progressLine({
       epoch: 0,
