@@ -6,6 +6,7 @@ import { square } from './attacks/square.js';
 import type { Attack, AttackProgress } from './attacks/types.js';
 import { sanityWarnings, verifyAdversarial } from './attacks/verify.js';
 import type { Classifier } from './classifier.js';
+import { classAtRank, logitsOf } from './logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from './types.js';
 
 /**
@@ -145,23 +146,6 @@ function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options
   }
 }
 
-/** Predicted class of every point, in batches. */
-function predictAll(classifier: Classifier, x: tf.Tensor4D, batchSize: number): Int32Array {
-  const n = x.shape[0];
-  const out = new Int32Array(n);
-  for (let start = 0; start < n; start += batchSize) {
-    const size = Math.min(batchSize, n - start);
-    const predicted = tf.tidy(() =>
-      classifier
-        .logits(x.slice([start, 0, 0, 0], [size, -1, -1, -1]))
-        .argMax(1)
-        .dataSync(),
-    );
-    out.set(predicted, start);
-  }
-  return out;
-}
-
 /**
  * Robust accuracy of `classifier` on (x, y) within the `norm` ball of radius `eps`, by AutoAttack.
  * Deterministic for a seed on one backend; rejects with an AbortError when `signal` fires.
@@ -187,7 +171,7 @@ export async function autoAttack(
   const rowSize = x.size / Math.max(n, 1);
   const warnings: string[] = [];
 
-  const predicted = predictAll(classifier, x, batchSize);
+  const predicted = classAtRank(logitsOf(classifier, x, batchSize), classifier.numClasses);
   const robust = Uint8Array.from(predicted, (p, i) => (p === y[i] ? 1 : 0));
   const cleanCorrect = robust.slice();
   const brokenBy: (string | null)[] = Array.from(robust, (r) => (r ? null : 'clean'));

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { OOD_GATE_TPR, thresholdAtTpr } from './ood-metrics.js';
 
 /**
  * Calibration after Guo et al. (2017) as used by RATIO: expected calibration error over
@@ -176,6 +177,30 @@ export function temperatureByEce(
   };
 }
 
+/** max and sum of exp((z - max) / T) of one row of logits: the shared core of the host softmax. */
+function rowSoftmaxParts(
+  logits: Float32Array,
+  offset: number,
+  k: number,
+  temperature: number,
+): { max: number; sum: number } {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let c = 0; c < k; c++) max = Math.max(max, logits[offset + c]);
+  let sum = 0;
+  for (let c = 0; c < k; c++) sum += Math.exp((logits[offset + c] - max) / temperature);
+  return { max, sum };
+}
+
+/** softmax(z / T) of each row of row-major `logits` [n, k], on the host. */
+export function softmaxRows(logits: Float32Array, k: number, temperature = 1): Float32Array {
+  const out = new Float32Array(logits.length);
+  for (let offset = 0; offset < logits.length; offset += k) {
+    const { max, sum } = rowSoftmaxParts(logits, offset, k, temperature);
+    for (let c = 0; c < k; c++) out[offset + c] = Math.exp((logits[offset + c] - max) / temperature) / sum;
+  }
+  return out;
+}
+
 /**
  * max_k softmax(z / T)_k per row of row-major logits [n, k]: the calibrated confidence that the OOD
  * verdicts compare with a threshold.
@@ -183,12 +208,25 @@ export function temperatureByEce(
 export function maxProbabilities(logits: Float32Array, k: number, temperature: number): Float32Array {
   const n = logits.length / k;
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    let max = Number.NEGATIVE_INFINITY;
-    for (let c = 0; c < k; c++) max = Math.max(max, logits[i * k + c]);
-    let sum = 0;
-    for (let c = 0; c < k; c++) sum += Math.exp((logits[i * k + c] - max) / temperature);
-    out[i] = 1 / sum;
-  }
+  for (let i = 0; i < n; i++) out[i] = 1 / rowSoftmaxParts(logits, i * k, k, temperature).sum;
   return out;
+}
+
+export interface Calibration extends TemperatureFit {
+  /**
+   * Max-confidence (at `temperature`) that keeps OOD_GATE_TPR (95%) of the calibration images
+   * in-distribution: the threshold a served model's OOD verdict uses.
+   */
+  oodThreshold: number;
+}
+
+/**
+ * Everything a model card's calibration holds, fitted on held-out labelled logits: the temperature
+ * of lowest ECE, and the OOD threshold at that temperature. Training export and `ratio eval` both
+ * call this, so a card means the same whichever wrote it.
+ */
+export function calibrate(logits: Float32Array, labels: ArrayLike<number>, numClasses: number): Calibration {
+  const fit = temperatureByEce({ values: logits, numClasses }, labels);
+  const oodThreshold = thresholdAtTpr(maxProbabilities(logits, numClasses, fit.temperature), OOD_GATE_TPR);
+  return { ...fit, oodThreshold };
 }

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from './attacks/apgd.js';
+import { vectorNorm } from './attacks/projections.js';
 import { type Classifier, probabilities } from './classifier.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from './types.js';
 
@@ -45,22 +46,6 @@ export interface CounterfactualResult {
   radii: CounterfactualsAtRadius[];
 }
 
-/** ||row|| in float64, for the threat model's norm. */
-function rowNorm(
-  norm: Norm,
-  clean: Float32Array,
-  candidate: Float32Array,
-  start: number,
-  size: number,
-): number {
-  let total = 0;
-  for (let j = start; j < start + size; j++) {
-    const d = candidate[j] - clean[j];
-    total = norm === 'L2' ? total + d * d : Math.max(total, Math.abs(d));
-  }
-  return norm === 'L2' ? Math.sqrt(total) : total;
-}
-
 /**
  * Pulls every row of `candidate` (float32, NHWC rows of `rowSize`) into the eps-ball around `clean`
  * and into [0,1], so that the norm computed exactly (float64) from the stored float32 values is
@@ -79,14 +64,14 @@ export function enforceBudget(
   for (let r = 0; r < rows; r++) {
     const start = r * rowSize;
     for (let j = start; j < start + rowSize; j++) candidate[j] = Math.min(1, Math.max(0, candidate[j]));
-    let distance = rowNorm(norm, clean, candidate, start, rowSize);
+    let distance = vectorNorm(norm, candidate, clean, start, rowSize);
     for (let attempt = 0; distance > eps; attempt++) {
       // Shrink towards x a little more each attempt; after ~40 attempts the row is x itself.
       const scale = attempt >= 40 ? 0 : (eps / distance) * (1 - 1e-6 * 2 ** attempt);
       for (let j = start; j < start + rowSize; j++) {
         candidate[j] = Math.fround(clean[j] + (candidate[j] - clean[j]) * Math.max(0, scale));
       }
-      distance = rowNorm(norm, clean, candidate, start, rowSize);
+      distance = vectorNorm(norm, candidate, clean, start, rowSize);
     }
     distances[r] = distance;
   }

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { apgd } from './attacks/apgd.js';
 import { type Classifier, probabilities } from './classifier.js';
 import { enforceBudget } from './counterfactuals.js';
-import { type WorstCaseOptions, worstCaseConfidence } from './ood.js';
+import { type WorstCaseOptions, worstCaseConfidence } from './ood-worst-case.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from './types.js';
 
 /**

@@ -2,8 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import type { Classifier } from './classifier.js';
 
 /**
- * Logits on the host: the one batched forward pass that evaluation, calibration and the attacks'
- * bookkeeping share, and the row-wise softmax / ranking over its values.
+ * Logits on the host: the one batched forward pass that evaluation, calibration, training and the
+ * attacks' bookkeeping share, and the ranking of classes over its values (the host softmax is in
+ * calibration.ts).
  */
 
 /** NHWC images held on the host, values in [0,1]. */
@@ -13,29 +14,59 @@ export interface HostImages {
 }
 
 /**
- * Logits [n, K] (row-major) of `x`, `batchSize` images per forward pass; leaves no tensor behind.
- * `x` is a tensor (sliced batch by batch) or host images (one tensor per batch).
+ * Images that yield their batches in order, each a tensor the consumer disposes (a data set's
+ * unshuffled `batches()`), so a large uint8 set never has to exist as floats all at once.
+ */
+export interface BatchedImages {
+  readonly size: number;
+  batches(batchSize: number): Iterable<{ x: tf.Tensor4D }>;
+}
+
+export type LogitsInput = tf.Tensor4D | HostImages | BatchedImages;
+
+function isBatched(x: LogitsInput): x is BatchedImages {
+  return !(x instanceof tf.Tensor) && typeof (x as Partial<BatchedImages>).batches === 'function';
+}
+
+function* batchesOf(x: LogitsInput, batchSize: number): Generator<tf.Tensor4D> {
+  if (x instanceof tf.Tensor) {
+    const n = x.shape[0];
+    for (let start = 0; start < n; start += batchSize) {
+      yield x.slice([start, 0, 0, 0], [Math.min(batchSize, n - start), -1, -1, -1]);
+    }
+  } else if (isBatched(x)) {
+    for (const batch of x.batches(batchSize)) yield batch.x;
+  } else {
+    const [n, h, w, c] = x.shape;
+    const rowSize = h * w * c;
+    for (let start = 0; start < n; start += batchSize) {
+      const size = Math.min(batchSize, n - start);
+      yield tf.tensor4d(x.images.subarray(start * rowSize, (start + size) * rowSize), [size, h, w, c]);
+    }
+  }
+}
+
+/**
+ * Logits [n, K] (row-major) of `x`, `batchSize` images per forward pass, in order; leaves no tensor
+ * behind. `x` is a tensor (sliced batch by batch), host images, or batched images.
  */
 export function logitsOf(
   classifier: Pick<Classifier, 'logits' | 'numClasses'>,
-  x: tf.Tensor4D | HostImages,
+  x: LogitsInput,
   batchSize: number,
 ): Float32Array {
-  const n = x.shape[0];
+  if (!(Number.isInteger(batchSize) && batchSize >= 1)) {
+    throw new Error(`'batchSize' must be an integer >= 1, got ${batchSize}`);
+  }
+  const n = isBatched(x) ? x.size : x.shape[0];
   const k = classifier.numClasses;
   const out = new Float32Array(n * k);
-  const [, h, w, c] = x.shape;
-  const rowSize = h * w * c;
-  for (let start = 0; start < n; start += batchSize) {
-    const size = Math.min(batchSize, n - start);
-    const values = tf.tidy(() => {
-      const batch =
-        x instanceof tf.Tensor
-          ? x.slice([start, 0, 0, 0], [size, -1, -1, -1])
-          : tf.tensor4d(x.images.subarray(start * rowSize, (start + size) * rowSize), [size, h, w, c]);
-      return classifier.logits(batch).dataSync() as Float32Array;
-    });
-    out.set(values, start * k);
+  let row = 0;
+  for (const batch of batchesOf(x, batchSize)) {
+    const values = tf.tidy(() => classifier.logits(batch).dataSync() as Float32Array);
+    batch.dispose();
+    out.set(values, row * k);
+    row += values.length / k;
   }
   return out;
 }
@@ -53,19 +84,6 @@ export function classAtRank(logits: Float32Array, k: number, rank = 1): Int32Arr
     const row = logits.subarray(i * k, (i + 1) * k);
     order.sort((a, b) => row[b] - row[a] || a - b);
     out[i] = order[at];
-  }
-  return out;
-}
-
-/** softmax(z / temperature) of each row of row-major `logits` [n, k], on the host. */
-export function softmaxRows(logits: Float32Array, k: number, temperature = 1): Float32Array {
-  const out = new Float32Array(logits.length);
-  for (let i = 0; i < logits.length / k; i++) {
-    let max = Number.NEGATIVE_INFINITY;
-    for (let c = 0; c < k; c++) max = Math.max(max, logits[i * k + c]);
-    let sum = 0;
-    for (let c = 0; c < k; c++) sum += Math.exp((logits[i * k + c] - max) / temperature);
-    for (let c = 0; c < k; c++) out[i * k + c] = Math.exp((logits[i * k + c] - max) / temperature) / sum;
   }
   return out;
 }

@@ -5,12 +5,13 @@ import { updateModelCard } from '../data/model-dir.js';
 import { apgdAttack, apgdTargeted } from '../engine/attacks/apgd.js';
 import type { Attack } from '../engine/attacks/types.js';
 import { autoAttack } from '../engine/autoattack.js';
-import { expectedCalibrationError, maxProbabilities, temperatureByEce } from '../engine/calibration.js';
+import { calibrate, expectedCalibrationError, maxProbabilities, softmaxRows } from '../engine/calibration.js';
 import type { Classifier } from '../engine/classifier.js';
 import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { confidenceCurves, DEFAULT_CURVE_RADII } from '../engine/curves.js';
-import { classAtRank, logitsOf, softmaxRows } from '../engine/logits.js';
-import { OOD_GATE_TPR, oodMetrics, thresholdAtTpr, worstCaseConfidence } from '../engine/ood.js';
+import { classAtRank, logitsOf } from '../engine/logits.js';
+import { OOD_GATE_TPR, oodMetrics } from '../engine/ood-metrics.js';
+import { worstCaseConfidence } from '../engine/ood-worst-case.js';
 import type { EngineProgress } from '../engine/types.js';
 import { InvalidInputError } from './errors.js';
 import type { EvalReport, OodRow } from './evaluation-report.js';
@@ -163,7 +164,7 @@ export async function evaluateModel(
   timings.clean = progress.done();
   const predicted = classAtRank(logits, k);
   const accuracy = predicted.reduce((s, p, i) => s + (p === labels[i] ? 1 : 0), 0) / predicted.length;
-  const fit = temperatureByEce({ values: calibrationLogits, numClasses: k }, calibration.labels!);
+  const fit = calibrate(calibrationLogits, calibration.labels!, k);
   const temperature = fit.temperature;
   const ece = expectedCalibrationError(
     { values: softmaxRows(logits, k, temperature), numClasses: k },
@@ -363,7 +364,7 @@ export async function evaluateModel(
       ece,
       ece_uncalibrated: eceUncalibrated,
       temperature,
-      ood_threshold: thresholdAtTpr(maxProbabilities(calibrationLogits, k, temperature), OOD_GATE_TPR),
+      ood_threshold: fit.oodThreshold,
       auc: average(oodRows.map((r) => r.auc)),
       wc_auc: average(oodRows.map((r) => r.wc_auc)),
       mmc: average(oodRows.map((r) => r.mmc)),

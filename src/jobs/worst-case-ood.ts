@@ -1,5 +1,5 @@
 import type { Classifier } from '../engine/classifier.js';
-import { worstCaseConfidence } from '../engine/ood.js';
+import { worstCaseConfidence } from '../engine/ood-worst-case.js';
 import { type ImageInput, type ImageLimits, imagesToTensor, pngOf } from './images.js';
 import { oodThreshold } from './predict.js';
 

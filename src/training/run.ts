@@ -7,10 +7,10 @@ import type { Dataset } from '../data/dataset.js';
 import { DatasetError } from '../data/errors.js';
 import { writeModelDir } from '../data/model-dir.js';
 import { backendInfo } from '../engine/backend.js';
-import { maxProbabilities, temperatureByEce } from '../engine/calibration.js';
+import { calibrate } from '../engine/calibration.js';
 import type { ModelCard } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
-import { OOD_GATE_TPR, thresholdAtTpr } from '../engine/ood.js';
+import { OOD_GATE_TPR } from '../engine/ood-metrics.js';
 import { Rng } from '../util/random.js';
 import { buildArchitecture } from './architectures.js';
 import {
@@ -23,7 +23,7 @@ import {
 import { type TrainConfig, usesOutDistribution } from './config.js';
 import { loadTrainingData, splitValidation } from './data.js';
 import { OBJECTIVE_PARTS } from './objectives.js';
-import { accuracyOf, logitsOf, type StopReason, Trainer, type TrainProgress } from './trainer.js';
+import { accuracyOf, datasetLogits, type StopReason, Trainer, type TrainProgress } from './trainer.js';
 
 /**
  * The file side of training: data loading, the run folder (`<runDir>/<name>/`: config.json,
@@ -165,17 +165,15 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
 
   trainer.useFinalWeights();
   const calibration = validation ?? train;
-  const logits = logitsOf(model, calibration, config.batchSize);
-  const fit = temperatureByEce({ values: logits, numClasses }, calibration.labels);
-  // The serving threshold: 95% of the held-out in-distribution images pass the OOD gate.
-  const oodThreshold = thresholdAtTpr(maxProbabilities(logits, numClasses, fit.temperature), OOD_GATE_TPR);
+  // Temperature and the serving threshold (95% of the held-out images pass the OOD gate).
+  const fit = calibrate(datasetLogits(model, calibration, config.batchSize), calibration.labels, numClasses);
   const validationAccuracy = validation ? accuracyOf(model, validation, config.batchSize) : null;
   const card: ModelCard = {
     name: config.name,
     classNames,
     inputShape: train.shape,
     temperature: fit.temperature,
-    oodThreshold,
+    oodThreshold: fit.oodThreshold,
     objective: config.objective,
     // Only the budgets the objective trained with: a card must not suggest robustness it never had.
     epsIn: OBJECTIVE_PARTS[config.objective].attackIn ? config.epsIn : undefined,

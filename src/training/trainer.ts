@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Batch, Dataset } from '../data/dataset.js';
+import { classAtRank, logitsOf } from '../engine/logits.js';
 import { Rng } from '../util/random.js';
 import type { CheckpointContent, TrainingPosition } from './checkpoint.js';
 import { runFingerprint } from './checkpoint.js';
@@ -325,27 +326,26 @@ export class Trainer {
   }
 }
 
+/** The model in inference mode as the engine's logits source. */
+export function inferenceLogits(model: tf.LayersModel): {
+  numClasses: number;
+  logits(x: tf.Tensor4D): tf.Tensor2D;
+} {
+  return {
+    numClasses: model.outputs[0].shape[1] as number,
+    logits: (x) => model.apply(x, { training: false }) as tf.Tensor2D,
+  };
+}
+
 /** Logits of a whole data set, batched, in inference mode. */
-export function logitsOf(model: tf.LayersModel, dataset: Dataset, batchSize: number): Float32Array {
-  const numClasses = model.outputs[0].shape[1] as number;
-  const out = new Float32Array(dataset.size * numClasses);
-  for (const batch of dataset.batches(batchSize)) {
-    const values = tf.tidy(() => (model.apply(batch.x, { training: false }) as tf.Tensor2D).dataSync());
-    out.set(values, (batch.end - batch.indices.length) * numClasses);
-    batch.x.dispose();
-  }
-  return out;
+export function datasetLogits(model: tf.LayersModel, dataset: Dataset, batchSize: number): Float32Array {
+  return logitsOf(inferenceLogits(model), dataset, batchSize);
 }
 
 export function accuracyOf(model: tf.LayersModel, dataset: Dataset, batchSize: number): number {
   const numClasses = model.outputs[0].shape[1] as number;
-  const logits = logitsOf(model, dataset, batchSize);
+  const predicted = classAtRank(datasetLogits(model, dataset, batchSize), numClasses);
   let correct = 0;
-  for (let i = 0; i < dataset.size; i++) {
-    let best = 0;
-    for (let k = 1; k < numClasses; k++)
-      if (logits[i * numClasses + k] > logits[i * numClasses + best]) best = k;
-    if (best === dataset.labels[i]) correct++;
-  }
+  for (let i = 0; i < dataset.size; i++) if (predicted[i] === dataset.labels[i]) correct++;
   return correct / Math.max(dataset.size, 1);
 }

@@ -1,11 +1,14 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import {
+  calibrate,
   calibrationErrorFromConfidences,
   expectedCalibrationError,
   logTemperatureGrid,
+  maxProbabilities,
   temperatureByEce,
 } from '../../src/engine/calibration.js';
+import { OOD_GATE_TPR, thresholdAtTpr } from '../../src/engine/ood-metrics.js';
 import { Rng } from '../../src/util/random.js';
 
 /**
@@ -161,5 +164,26 @@ describe('temperatureByEce', () => {
     const scaled = tf.tidy(() => tf.softmax(tf.div(logits, fit.temperature)).argMax(1).dataSync());
     expect(Array.from(scaled)).toEqual([0, 1, 2, 1]);
     logits.dispose();
+  });
+});
+
+describe('calibrate', () => {
+  it('gives the ECE temperature and, at it, the threshold that keeps 95% in-distribution', () => {
+    const rng = new Rng(11);
+    const n = 200;
+    const k = 4;
+    const labels = Int32Array.from({ length: n }, () => Math.floor(rng.next() * k));
+    const logits = Float32Array.from(
+      { length: n * k },
+      (_, j) => (j % k === labels[Math.floor(j / k)] ? 3 : 0) + 4 * (rng.next() - 0.5),
+    );
+    const result = calibrate(logits, labels, k);
+    const fit = temperatureByEce({ values: logits, numClasses: k }, labels);
+    expect(result).toEqual({
+      ...fit,
+      oodThreshold: thresholdAtTpr(maxProbabilities(logits, k, fit.temperature), OOD_GATE_TPR),
+    });
+    const passing = maxProbabilities(logits, k, result.temperature).filter((s) => s >= result.oodThreshold);
+    expect(passing.length / n).toBeGreaterThanOrEqual(0.95);
   });
 });

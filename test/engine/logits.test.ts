@@ -1,7 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
+import { ArrayDataset } from '../../src/data/dataset.js';
+import { softmaxRows } from '../../src/engine/calibration.js';
 import { functionClassifier } from '../../src/engine/classifier.js';
-import { classAtRank, logitsOf, softmaxRows } from '../../src/engine/logits.js';
+import { classAtRank, logitsOf } from '../../src/engine/logits.js';
 
 const classifier = functionClassifier({ inputShape: [2, 2, 1], numClasses: 3 }, (x) =>
   tf.tidy(() => {
@@ -23,6 +25,27 @@ describe('logitsOf', () => {
     }
     expect(tf.memory().numTensors).toBe(before);
     x.dispose();
+  });
+
+  it('reads batched images (a data set) in order, disposing every batch', () => {
+    const pixels = Uint8Array.from({ length: 5 * 4 }, (_, i) => (i * 53) % 256);
+    const dataset = new ArrayDataset({
+      images: pixels,
+      shape: [2, 2, 1],
+      labels: new Int32Array(5).fill(-1),
+    });
+    const x = tf.tensor4d(
+      Float32Array.from(pixels, (v) => v / 255),
+      [5, 2, 2, 1],
+    );
+    const expected = logitsOf(classifier, x, 5);
+    x.dispose();
+    const before = tf.memory().numTensors;
+    for (const batchSize of [1, 2, 5]) {
+      const got = logitsOf(classifier, dataset, batchSize);
+      for (let i = 0; i < got.length; i++) expect(got[i]).toBeCloseTo(expected[i], 5);
+    }
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { fprAtTpr, oodMetrics, rocAuc, thresholdAtTpr } from '../../src/engine/ood.js';
+import { fprAtTpr, oodMetrics, rocAuc, thresholdAtTpr } from '../../src/engine/ood-metrics.js';
 import { Rng } from '../../src/util/random.js';
 
 function bruteForceAuc(inScores: ArrayLike<number>, outScores: ArrayLike<number>): number {

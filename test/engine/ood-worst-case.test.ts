@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { functionClassifier, probabilities } from '../../src/engine/classifier.js';
-import { worstCaseConfidence } from '../../src/engine/ood.js';
+import { worstCaseConfidence } from '../../src/engine/ood-worst-case.js';
 import { Rng } from '../../src/util/random.js';
 
 const SHAPE: [number, number, number] = [4, 4, 1];

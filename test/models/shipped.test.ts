@@ -7,7 +7,7 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { maxProbabilities } from '../../src/engine/calibration.js';
 import { classAtRank, logitsOf } from '../../src/engine/logits.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { OOD_GATE_TPR } from '../../src/engine/ood.js';
+import { OOD_GATE_TPR } from '../../src/engine/ood-metrics.js';
 
 /**
  * The models the service ships (models/<name>/) against the figures their cards and evaluation reports

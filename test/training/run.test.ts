@@ -5,12 +5,12 @@ import type * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { maxProbabilities } from '../../src/engine/calibration.js';
-import { thresholdAtTpr } from '../../src/engine/ood.js';
+import { thresholdAtTpr } from '../../src/engine/ood-metrics.js';
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint } from '../../src/training/checkpoint.js';
 import { resolveConfig, type TrainConfig } from '../../src/training/config.js';
 import { splitValidation } from '../../src/training/data.js';
 import { runTraining } from '../../src/training/run.js';
-import { logitsOf } from '../../src/training/trainer.js';
+import { datasetLogits } from '../../src/training/trainer.js';
 import { Rng } from '../../src/util/random.js';
 
 let folder: string;
@@ -135,7 +135,7 @@ describe('resume', () => {
     expect(card.outData).toBeNull();
     // The OOD threshold lets 95% of the validation split through at the card's temperature.
     const { validation } = splitValidation(data().train, 12, 7);
-    const scores = maxProbabilities(logitsOf(plain.model, validation!, 12), 3, card.temperature);
+    const scores = maxProbabilities(datasetLogits(plain.model, validation!, 12), 3, card.temperature);
     expect(card.oodThreshold).toBe(thresholdAtTpr(scores, 0.95));
     expect(card.metrics.oodThresholdTruePositiveRate).toBe(0.95);
     plain.model.dispose();

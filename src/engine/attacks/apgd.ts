@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
+import { classAtRank, logitsOf } from '../logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
 import { project, randomStart, steepestDirection } from './projections.js';
@@ -397,22 +398,6 @@ export function apgdAttack(loss: 'ce' | 'dlr', config: ApgdAttackConfig = {}): A
   };
 }
 
-/**
- * The indices of the classes ranked `rank` (1 = top) by each row of `logits`, ties broken by index.
- * Exported for tests and for the composition's bookkeeping.
- */
-export function classAtRank(logits: Float32Array, numClasses: number, rank: number): Int32Array {
-  const n = logits.length / numClasses;
-  const out = new Int32Array(n);
-  const order = Array.from({ length: numClasses }, (_, k) => k);
-  for (let i = 0; i < n; i++) {
-    const row = logits.subarray(i * numClasses, (i + 1) * numClasses);
-    order.sort((a, b) => row[b] - row[a] || a - b);
-    out[i] = order[rank - 1];
-  }
-  return out;
-}
-
 export interface ApgdTargetedConfig extends ApgdAttackConfig {
   /** Number of target classes (default 9, capped at K - 1). */
   targetClasses?: number;
@@ -433,7 +418,7 @@ export function apgdTargeted(config: ApgdTargetedConfig = {}): Attack {
       const n = x.shape[0];
       const rowSize = x.size / Math.max(n, 1);
       const targetCount = Math.min(config.targetClasses ?? 9, k - 1);
-      const cleanLogits = tf.tidy(() => classifier.logits(x).dataSync() as Float32Array);
+      const cleanLogits = logitsOf(classifier, x, Math.max(n, 1));
       const adversarialRows = (x.dataSync() as Float32Array).slice();
       const success = new Uint8Array(n);
       const seeds = new Rng(options.seed ?? 0);

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
+import { classAtRank, logitsOf } from '../logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
-import { classAtRank } from './apgd.js';
 import { hyperplaneBoxStep } from './fab-projections.js';
 import { dualNorm, vectorNorm } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
@@ -292,7 +292,7 @@ export async function fab(
   const imageShape = x.shape.slice(1) as [number, number, number];
 
   const clean = x.dataSync() as Float32Array;
-  const cleanLogits = tf.tidy(() => classifier.logits(x).dataSync() as Float32Array);
+  const cleanLogits = logitsOf(classifier, x, Math.max(n, 1));
   const predicted = classAtRank(cleanLogits, k, 1);
   const bestRows = clean.slice();
   const norms = new Float64Array(n).fill(Number.POSITIVE_INFINITY);

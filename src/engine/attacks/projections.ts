@@ -39,11 +39,21 @@ export function dualNorm(norm: Norm, w: ArrayLike<number>): number {
   return total;
 }
 
-/** Plain-array version of `perExampleNorm` for a flat row (verification runs on host memory). */
-export function vectorNorm(norm: Norm, d: ArrayLike<number>): number {
+/**
+ * Plain-array version of `perExampleNorm` for a flat row, in float64 (verification and budget
+ * checks run on host memory): ||d|| over d[start, start + size), or ||d - origin|| there when
+ * `origin` is given.
+ */
+export function vectorNorm(
+  norm: Norm,
+  d: ArrayLike<number>,
+  origin?: ArrayLike<number>,
+  start = 0,
+  size = d.length - start,
+): number {
   let total = 0;
-  for (let i = 0; i < d.length; i++) {
-    const a = Math.abs(d[i]);
+  for (let i = start; i < start + size; i++) {
+    const a = Math.abs(origin ? d[i] - origin[i] : d[i]);
     total = norm === 'L2' ? total + a * a : Math.max(total, a);
   }
   return norm === 'L2' ? Math.sqrt(total) : total;
