@@ -1,5 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../engine/types.js';
 import { readOptions, UsageError } from './args.js';
 import type { CommandModule } from './command.js';
 import { inputErrorMessage } from './input-errors.js';
@@ -16,7 +17,7 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --norm L2|Linf                threat model
   --eps <number>                perturbation budget (> 0)
   --n <int>                     audit the first n points (default 1000, or all if fewer)
-  --version standard|plus|rand  AutoAttack version (default standard)
+  --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default standard)
   --seed <int>                  seed (default 0); the same seed on one backend gives the same report
   --batch-size <int>            points per attack call (default 250)
   --restarts <int>              restarts of the white-box attacks (default 1; plus: 5)
@@ -33,7 +34,7 @@ interface AuditArguments {
   norm: 'L2' | 'Linf';
   eps: number;
   n: number;
-  version: 'standard' | 'plus' | 'rand';
+  version: AutoAttackVersion;
   seed: number;
   batchSize: number;
   restarts?: number;
@@ -69,7 +70,7 @@ function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
     norm: options.choice('norm', ['L2', 'Linf'] as const, 'L2'),
     eps: options.positive('eps', 0),
     n: options.integer('n', 1000, 1),
-    version: options.choice('version', ['standard', 'plus', 'rand'] as const, 'standard'),
+    version: options.choice('version', AUTOATTACK_VERSIONS, 'standard'),
     seed: options.integer('seed', 0, 0),
     batchSize: options.integer('batch-size', 250, 1),
     restarts: options.text('restarts') === undefined ? undefined : options.integer('restarts', 1, 1),

@@ -4,10 +4,17 @@ import { fabTargeted, fabUntargeted } from './attacks/fab.js';
 import { minimumClasses } from './attacks/losses.js';
 import { square } from './attacks/square.js';
 import type { Attack, AttackProgress } from './attacks/types.js';
+import { assertAttackBatch, assertPositiveIntegers, assertThreatModel } from './attacks/validate.js';
 import { sanityWarnings, verifyAdversarial } from './attacks/verify.js';
 import type { Classifier } from './classifier.js';
 import { classAtRank, logitsOf } from './logits.js';
-import { type LongRunOptions, type Norm, throwIfAborted } from './types.js';
+import {
+  AUTOATTACK_VERSIONS,
+  type AutoAttackVersion,
+  type LongRunOptions,
+  type Norm,
+  throwIfAborted,
+} from './types.js';
 
 /**
  * AutoAttack (Croce & Hein, ICML 2020) as a composition: it only sequences attacks sharing the
@@ -15,8 +22,7 @@ import { type LongRunOptions, type Norm, throwIfAborted } from './types.js';
  * and keeps the pointwise worst case. Clean errors count as broken and are never attacked.
  */
 
-export type AutoAttackVersion = 'standard' | 'plus' | 'rand';
-export const AUTOATTACK_VERSIONS: readonly AutoAttackVersion[] = ['standard', 'plus', 'rand'];
+export { AUTOATTACK_VERSIONS, type AutoAttackVersion };
 
 export interface AutoAttackOptions extends LongRunOptions<AttackProgress> {
   norm: Norm;
@@ -120,30 +126,18 @@ function plannedAttacks(
 }
 
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: AutoAttackOptions): void {
-  if (x.rank !== 4) throw new Error(`'x' must be rank 4 (NHWC), got [${x.shape}]`);
-  if (y.length !== x.shape[0]) throw new Error(`'y' must have ${x.shape[0]} labels, got ${y.length}`);
-  const k = classifier.numClasses;
-  if (y.some((label) => !(label >= 0 && label < k))) throw new Error(`'y' labels must lie in [0, ${k})`);
-  if (options.norm !== 'L2' && options.norm !== 'Linf') {
-    throw new Error(`'norm' must be 'L2' or 'Linf', got ${String(options.norm)}`);
-  }
-  if (!(options.eps >= 0 && Number.isFinite(options.eps))) {
-    throw new Error(`'eps' must be a finite number >= 0, got ${options.eps}`);
-  }
+  assertAttackBatch(classifier, x, y);
+  assertThreatModel(options);
   const version = options.version ?? 'standard';
   if (!AUTOATTACK_VERSIONS.includes(version)) {
     throw new Error(`'version' must be one of ${AUTOATTACK_VERSIONS.join(', ')}, got ${String(version)}`);
   }
-  for (const [name, value] of [
+  assertPositiveIntegers([
     ['batchSize', options.batchSize],
     ['restarts', options.restarts],
     ['iterations', options.iterations],
     ['queries', options.queries],
-  ] as const) {
-    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
-      throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
-    }
-  }
+  ]);
 }
 
 /**

@@ -23,3 +23,7 @@ export function throwIfAborted(signal: AbortSignal | undefined): void {
     throw new DOMException('the operation was aborted', 'AbortError');
   }
 }
+
+/** The AutoAttack versions (Croce & Hein 2020), listed once for the engine, the CLI and the API. */
+export const AUTOATTACK_VERSIONS = ['standard', 'plus', 'rand'] as const;
+export type AutoAttackVersion = (typeof AUTOATTACK_VERSIONS)[number];

@@ -6,7 +6,12 @@ import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
 import { project, randomStart, steepestDirection } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
-import { yieldToEventLoop } from './validate.js';
+import {
+  assertAttackBatch,
+  assertPositiveIntegers,
+  assertThreatModel,
+  yieldToEventLoop,
+} from './validate.js';
 
 /**
  * Auto-PGD (Croce & Hein, ICML 2020): PGD with momentum 0.75 and a step size that starts at 2 eps
@@ -252,26 +257,15 @@ async function singleRun(ctx: RunContext): Promise<RunResult> {
 }
 
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array | undefined, options: ApgdOptions) {
-  if (x.rank !== 4) throw new Error(`'x' must be rank 4 (NHWC), got [${x.shape}]`);
-  const n = x.shape[0];
-  const k = classifier.numClasses;
-  if (y !== undefined && y.length !== n) throw new Error(`'y' must have ${n} labels, got ${y.length}`);
-  if (y?.some((label) => label < 0 || label >= k)) throw new Error(`'y' labels must lie in [0, ${k})`);
-  if (!(options.eps >= 0) || !Number.isFinite(options.eps)) {
-    throw new Error(`'eps' must be a finite number >= 0, got ${options.eps}`);
-  }
-  if (options.norm !== 'L2' && options.norm !== 'Linf') {
-    throw new Error(`'norm' must be 'L2' or 'Linf', got ${String(options.norm)}`);
-  }
-  for (const [name, value] of [
+  assertAttackBatch(classifier, x, y);
+  assertThreatModel(options);
+  assertPositiveIntegers([
     ['iterations', options.iterations],
     ['restarts', options.restarts],
     ['eotIterations', options.eotIterations],
-  ] as const) {
-    if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
-      throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
-    }
-  }
+  ]);
+  const n = x.shape[0];
+  const k = classifier.numClasses;
   const loss = options.loss ?? 'ce';
   assertLossDefined(loss, k);
   const needsTargets = loss === 'dlr-targeted' || loss === 'log-confidence-target';

@@ -8,6 +8,7 @@ import { dualNorm, vectorNorm } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {
   assertAttackBatch,
+  assertNonNegativeNumbers,
   assertPositiveIntegers,
   assertThreatModel,
   yieldToEventLoop,
@@ -74,16 +75,12 @@ function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options
     ['restarts', options.restarts],
     ['targetClasses', options.targetClasses],
   ]);
-  for (const [name, value] of [
+  assertNonNegativeNumbers([
     ['alphaMax', options.alphaMax],
     ['overshoot', options.overshoot],
     ['backward', options.backward],
     ['stopBelow', options.stopBelow],
-  ] as const) {
-    if (value !== undefined && !(value >= 0 && Number.isFinite(value))) {
-      throw new Error(`'${name}' must be a finite number >= 0, got ${value}`);
-    }
-  }
+  ]);
 }
 
 /** Rows of a flat batch. */

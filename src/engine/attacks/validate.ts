@@ -4,13 +4,22 @@ import type { Classifier } from '../classifier.js';
 /** Lets timers, signals and other requests run between attack iterations (abort is checked after). */
 export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-/** The checks every attack makes on its batch: NHWC images, one label in [0, K) per image. */
-export function assertAttackBatch(classifier: Classifier, x: tf.Tensor4D, y: Int32Array): void {
+/**
+ * Option checks of every attack and of AutoAttack, in one place: the batch, the threat model,
+ * integer and non-negative settings. Each throws an Error naming the option.
+ */
+
+/**
+ * The checks every attack makes on its batch: NHWC images, one label in [0, K) per image (`y` may
+ * be absent for the attacks that need no labels).
+ */
+export function assertAttackBatch(classifier: Classifier, x: tf.Tensor4D, y: Int32Array | undefined): void {
   if (!(x instanceof tf.Tensor) || x.rank !== 4) {
     throw new Error(`'x' must be rank 4 (NHWC), got [${x instanceof tf.Tensor ? x.shape : typeof x}]`);
   }
   const n = x.shape[0];
   const k = classifier.numClasses;
+  if (y === undefined) return;
   if (y.length !== n) throw new Error(`'y' must have ${n} labels, got ${y.length}`);
   if (y.some((label) => !(label >= 0 && label < k))) throw new Error(`'y' labels must lie in [0, ${k})`);
 }
@@ -30,6 +39,17 @@ export function assertPositiveIntegers(settings: ReadonlyArray<readonly [string,
   for (const [name, value] of settings) {
     if (value !== undefined && !(Number.isInteger(value) && value >= 1)) {
       throw new Error(`'${name}' must be an integer >= 1, got ${value}`);
+    }
+  }
+}
+
+/** Optional real settings (step sizes, overshoot, ...) that must be finite and >= 0 when given. */
+export function assertNonNegativeNumbers(
+  settings: ReadonlyArray<readonly [string, number | undefined]>,
+): void {
+  for (const [name, value] of settings) {
+    if (value !== undefined && !(value >= 0 && Number.isFinite(value))) {
+      throw new Error(`'${name}' must be a finite number >= 0, got ${value}`);
     }
   }
 }
