@@ -559,8 +559,11 @@ export interface components {
       norm: 'L2' | 'Linf';
       /** @example 0.5 */
       eps: string;
-      /** @enum {string} */
-      version?: 'standard' | 'plus' | 'rand';
+      /**
+       * @default standard
+       * @enum {string}
+       */
+      version: 'standard' | 'plus' | 'rand';
       /** @example 100 */
       n?: string;
       /** @example 0 */

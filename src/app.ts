@@ -14,7 +14,7 @@ import { registerDocsRoutes } from './routes/docs.js';
 import { createMetrics, registerHealthRoutes } from './routes/health.js';
 import { mediaType, unsupportedMediaType } from './routes/images.js';
 import { registerModelRoutes } from './routes/models.js';
-import { ProblemError, problemResponse, toProblemError } from './routes/problem.js';
+import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 
 /**
  * The HTTP service as a Hono app, built from its dependencies so tests drive it with `app.request()`
@@ -68,16 +68,6 @@ export const OPENAPI_CONFIG = {
     { name: 'health', description: 'Liveness, readiness, metrics' },
   ],
 };
-
-function validationProblem(issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>, target: string) {
-  const errors = issues.map((issue) => {
-    const path = issue.path.map(String).join('.');
-    const field = target === 'json' || target === 'form' ? path || 'body' : path || target;
-    return { field, message: issue.message };
-  });
-  const detail = errors.map((e) => `'${e.field}': ${e.message}`).join('; ');
-  return new ProblemError(422, 'invalid-parameter', 'Invalid parameter', detail, errors);
-}
 
 export function createApp(deps: AppDependencies): ServiceApp {
   const limits: ServiceLimits = { ...DEFAULT_LIMITS, ...deps.limits };

@@ -9,7 +9,7 @@ import {
 import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
-import { invalidField, notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
+import { notFound, ProblemError, problemResponses, toProblemError, validationProblem } from './problem.js';
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
 
@@ -52,35 +52,128 @@ export const AuditJobSchema = z
     },
   });
 
-const AuditFormSchema = z
+/** A numeric text field of the form, parsed and range-checked (multipart fields are text). */
+function formNumber(
+  field: string,
+  options: { integer: boolean; min: number; max?: number; example: string },
+) {
+  return z
+    .string({ error: `'${field}' must be a text field` })
+    .transform((raw, ctx) => {
+      const value = Number(raw);
+      const ok =
+        raw.trim() !== '' &&
+        Number.isFinite(value) &&
+        (!options.integer || Number.isInteger(value)) &&
+        value >= options.min &&
+        (options.max === undefined || value <= options.max);
+      if (!ok) {
+        const kind = options.integer ? 'an integer' : 'a number';
+        const range = options.max === undefined ? `>= ${options.min}` : `in [${options.min}, ${options.max}]`;
+        ctx.addIssue({ code: 'custom', message: `'${field}' must be ${kind} ${range}, got '${raw}'` });
+        return z.NEVER;
+      }
+      return value;
+    })
+    .openapi({ type: 'string', example: options.example });
+}
+
+const isFile = (value: unknown): value is File => value instanceof File;
+
+/** An optional file part (documented as binary); a text value where a file belongs is refused. */
+function filePart(field: string, description: string) {
+  return z
+    .unknown()
+    .superRefine((value, ctx) => {
+      if (value !== undefined && !isFile(value)) {
+        ctx.addIssue({ code: 'custom', message: `'${field}' must be a file part` });
+      }
+    })
+    .transform((value) => (isFile(value) ? value : undefined))
+    .optional()
+    .openapi({ type: 'string', format: 'binary', description });
+}
+
+/**
+ * The multipart audit form: documents the request body and is what the route's validator parses
+ * it with (`c.req.valid('form')`; a refusal is a 422 naming the part), so the OpenAPI document and
+ * the checks cannot drift apart.
+ */
+export const AuditFormSchema = z
   .object({
-    model: z.string().optional().openapi({ description: 'name of a served model (instead of model_files)' }),
-    model_files: z
-      .unknown()
+    model: z
+      .string({ error: "'model' must be a text field" })
       .optional()
+      .openapi({ description: 'name of a served model (instead of model_files)' }),
+    model_files: z
+      .preprocess(
+        (parts) => (parts === undefined ? [] : Array.isArray(parts) ? parts : [parts]),
+        z.array(z.unknown()),
+      )
+      .superRefine((parts, ctx) => {
+        const names = new Set<string>();
+        for (const [i, part] of parts.entries()) {
+          const at = `model_files.${i}`;
+          if (!isFile(part)) {
+            ctx.addIssue({ code: 'custom', path: [i], message: `'${at}' must be a file part` });
+            continue;
+          }
+          const key = part.name.split(/[\\/]/).pop() ?? '';
+          if (!key) ctx.addIssue({ code: 'custom', path: [i], message: `'${at}' needs a file name` });
+          else if (names.has(key))
+            ctx.addIssue({ code: 'custom', path: [i], message: `the file '${key}' was sent twice` });
+          names.add(key);
+        }
+      })
+      .transform((parts) => parts.filter(isFile))
       .openapi({
         type: 'array',
         items: { type: 'string', format: 'binary' },
         description: 'model.json, its weight shards and optionally card.json; the file name is the key',
       }),
-    dataset: z.unknown().openapi({
-      type: 'string',
-      format: 'binary',
-      description: 'labelled test set: CIFAR binary, idx, .npy or a zip of an image folder',
+    dataset: filePart('dataset', 'labelled test set: CIFAR binary, idx, .npy or a zip of an image folder'),
+    labels: filePart('labels', 'labels file for idx/.npy images'),
+    norm: z.enum(['L2', 'Linf'], {
+      error: (issue) => `'norm' must be L2 or Linf, got '${String(issue.input ?? '')}'`,
     }),
-    labels: z
-      .unknown()
-      .optional()
-      .openapi({ type: 'string', format: 'binary', description: 'labels file for idx/.npy images' }),
-    norm: z.enum(['L2', 'Linf']),
-    eps: z.string().openapi({ example: '0.5' }),
-    version: z.enum(AUTOATTACK_VERSIONS).optional(),
-    n: z.string().optional().openapi({ example: '100' }),
-    seed: z.string().optional().openapi({ example: '0' }),
-    iterations: z.string().optional().openapi({ example: '100' }),
-    restarts: z.string().optional().openapi({ example: '1' }),
+    eps: formNumber('eps', { integer: false, min: 0, example: '0.5' }).refine((eps) => eps > 0, {
+      message: `'eps' must be a number > 0`,
+    }),
+    version: z
+      .enum(AUTOATTACK_VERSIONS, {
+        error: (issue) => `'version' must be ${AUTOATTACK_VERSIONS.join(', ')}, got '${String(issue.input)}'`,
+      })
+      .default('standard'),
+    n: formNumber('n', { integer: true, min: 1, max: 10_000, example: '100' }).optional(),
+    seed: formNumber('seed', { integer: true, min: 0, max: 2 ** 32 - 1, example: '0' }).optional(),
+    iterations: formNumber('iterations', { integer: true, min: 1, max: 10_000, example: '100' }).optional(),
+    restarts: formNumber('restarts', { integer: true, min: 1, max: 20, example: '1' }).optional(),
+  })
+  .superRefine((form, ctx) => {
+    if (form.dataset === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dataset'],
+        message: `'dataset' (a labelled test set file) is required`,
+      });
+    }
+    if (form.model !== undefined && form.model_files.length > 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['model'],
+        message: `send either 'model' (a served model) or 'model_files', not both`,
+      });
+    } else if (form.model === undefined && form.model_files.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['model_files'],
+        message: `send 'model_files' (model.json and weight shards) or 'model'`,
+      });
+    }
   })
   .openapi('AuditForm');
+
+export type AuditForm = z.output<typeof AuditFormSchema>;
 
 const AuditIdParams = z.object({
   id: z
@@ -158,67 +251,16 @@ const cancelAudit = createRoute({
   },
 });
 
-function text(form: FormData, field: string): string | undefined {
-  const value = form.get(field);
-  if (value === null) return undefined;
-  if (typeof value !== 'string') throw invalidField(field, `'${field}' must be a text field`);
-  return value;
-}
-
-function numberField(
-  form: FormData,
-  field: string,
-  options: { integer: boolean; min: number; max?: number },
-) {
-  const raw = text(form, field);
-  if (raw === undefined) return undefined;
-  const value = Number(raw);
-  const ok =
-    raw.trim() !== '' &&
-    Number.isFinite(value) &&
-    (!options.integer || Number.isInteger(value)) &&
-    value >= options.min &&
-    (options.max === undefined || value <= options.max);
-  if (!ok) {
-    const kind = options.integer ? 'an integer' : 'a number';
-    const range = options.max === undefined ? `>= ${options.min}` : `in [${options.min}, ${options.max}]`;
-    throw invalidField(field, `'${field}' must be ${kind} ${range}, got '${raw}'`);
-  }
-  return value;
-}
-
-async function fileBytes(
-  form: FormData,
-  field: string,
-): Promise<{ bytes: Uint8Array; name: string } | undefined> {
-  const value = form.get(field);
-  if (value === null) return undefined;
-  if (typeof value === 'string') throw invalidField(field, `'${field}' must be a file part`);
-  return { bytes: new Uint8Array(await value.arrayBuffer()), name: value.name };
-}
-
 /** The audit's model as the form names it: a served model, or uploaded files. */
-async function auditModel(form: FormData, context: ServiceContext): Promise<AuditModelSource> {
-  const served = text(form, 'model');
-  const uploads = form.getAll('model_files');
-  if (served !== undefined && uploads.length > 0) {
-    throw invalidField('model', `send either 'model' (a served model) or 'model_files', not both`);
+async function auditModel(form: AuditForm, context: ServiceContext): Promise<AuditModelSource> {
+  if (form.model !== undefined) {
+    const classifier = context.models.get(form.model);
+    if (!classifier) throw notFound('model', 'model', `no model named '${form.model}'`);
+    return { kind: 'served', name: form.model, classifier };
   }
-  if (served !== undefined) {
-    const classifier = context.models.get(served);
-    if (!classifier) throw notFound('model', 'model', `no model named '${served}'`);
-    return { kind: 'served', name: served, classifier };
-  }
-  if (uploads.length === 0)
-    throw invalidField('model_files', `send 'model_files' (model.json and weight shards) or 'model'`);
   const files = new Map<string, Uint8Array>();
-  for (const [i, part] of uploads.entries()) {
-    if (typeof part === 'string')
-      throw invalidField(`model_files.${i}`, `'model_files.${i}' must be a file part`);
-    const key = part.name.split(/[\\/]/).pop() ?? '';
-    if (!key) throw invalidField(`model_files.${i}`, `'model_files.${i}' needs a file name`);
-    if (files.has(key)) throw invalidField(`model_files.${i}`, `the file '${key}' was sent twice`);
-    files.set(key, new Uint8Array(await part.arrayBuffer()));
+  for (const part of form.model_files) {
+    files.set(part.name.split(/[\\/]/).pop()!, new Uint8Array(await part.arrayBuffer()));
   }
   return { kind: 'upload', files, field: 'model_files', maxBytes: context.limits.auditBodyBytes };
 }
@@ -242,41 +284,30 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
         30,
       );
     }
-    let form: FormData;
-    try {
-      form = await c.req.formData();
-    } catch {
-      throw new ProblemError(400, 'malformed-body', 'Malformed body', 'the multipart body cannot be parsed');
-    }
-    const norm = text(form, 'norm');
-    if (norm !== 'L2' && norm !== 'Linf')
-      throw invalidField('norm', `'norm' must be L2 or Linf, got '${norm ?? ''}'`);
-    const eps = numberField(form, 'eps', { integer: false, min: 0 });
-    if (eps === undefined || !(eps > 0)) throw invalidField('eps', `'eps' must be a number > 0`);
-    const version = text(form, 'version') ?? 'standard';
-    if (version !== 'standard' && version !== 'plus' && version !== 'rand') {
-      throw invalidField('version', `'version' must be standard, plus or rand, got '${version}'`);
-    }
-    const n = numberField(form, 'n', { integer: true, min: 1, max: 10_000 }) ?? 1000;
-    const seed = numberField(form, 'seed', { integer: true, min: 0, max: 2 ** 32 - 1 }) ?? 0;
-    const iterations = numberField(form, 'iterations', { integer: true, min: 1, max: 10_000 });
-    const restarts = numberField(form, 'restarts', { integer: true, min: 1, max: 20 });
-    const data = await fileBytes(form, 'dataset');
-    if (!data) throw invalidField('dataset', `'dataset' (a labelled test set file) is required`);
-    const labels = await fileBytes(form, 'labels');
-    const model = await auditModel(form, context);
+    // Parsed and checked by AuditFormSchema before this handler runs (an unparseable body is a 400).
+    const values = c.req.valid('form');
+    const data = values.dataset!;
+    const model = await auditModel(values, context);
     let prepared: PreparedAudit;
     try {
       prepared = await prepareAudit({
         model,
         data: {
           kind: 'bytes',
-          bytes: data.bytes,
+          bytes: new Uint8Array(await data.arrayBuffer()),
           filename: data.name,
-          labels: labels?.bytes,
+          labels: values.labels ? new Uint8Array(await values.labels.arrayBuffer()) : undefined,
           maxBytes: context.limits.auditBodyBytes,
         },
-        parameters: { norm, eps, version, n, seed, iterations, restarts },
+        parameters: {
+          norm: values.norm,
+          eps: values.eps,
+          version: values.version,
+          n: values.n ?? 1000,
+          seed: values.seed ?? 0,
+          iterations: values.iterations,
+          restarts: values.restarts,
+        },
       });
     } catch (error) {
       // Data set errors name the 'dataset' part; model errors name the file at fault themselves.

@@ -49,6 +49,20 @@ export class ProblemError extends Error {
   }
 }
 
+/** A 422 for failed schema validation, one entry per issue, the field as its dotted path. */
+export function validationProblem(
+  issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>,
+  target: string,
+) {
+  const errors = issues.map((issue) => {
+    const path = issue.path.map(String).join('.');
+    const field = target === 'json' || target === 'form' ? path || 'body' : path || target;
+    return { field, message: issue.message };
+  });
+  const detail = errors.map((e) => `'${e.field}': ${e.message}`).join('; ');
+  return new ProblemError(422, 'invalid-parameter', 'Invalid parameter', detail, errors);
+}
+
 /** A 422 naming one field. */
 export function invalidField(field: string, message: string, slug = 'invalid-parameter'): ProblemError {
   return new ProblemError(422, slug, 'Invalid parameter', message, [{ field, message }]);

@@ -171,6 +171,35 @@ describe('audits', () => {
     expect(await problemField(json, 415)).toBe('content-type');
   });
 
+  it('parses the multipart form with its schema: each refusal names its part, nothing is queued', async () => {
+    const { app, queue } = setup();
+    const post = (form: FormData) => app.request('/v1/audits', { method: 'POST', body: form });
+    const fields = async (form: FormData) => {
+      const res = await post(form);
+      expect(res.status).toBe(422);
+      return ((await res.json()) as { errors: Array<{ field: string; message: string }> }).errors[0];
+    };
+    expect(await fields(auditForm(files, data, { ...QUICK, version: 'fast' }))).toEqual({
+      field: 'version',
+      message: "'version' must be standard, plus, rand, got 'fast'",
+    });
+    expect(await fields(auditForm(files, data, { ...QUICK, seed: '-1' }))).toEqual({
+      field: 'seed',
+      message: "'seed' must be an integer in [0, 4294967295], got '-1'",
+    });
+    expect((await fields(auditForm(files, data, { ...QUICK, model: 'colour' }))).field).toBe('model');
+    const textPart = auditForm(undefined, data, QUICK);
+    textPart.append('model_files', 'not a file');
+    expect(await fields(textPart)).toEqual({
+      field: 'model_files.0',
+      message: "'model_files.0' must be a file part",
+    });
+    const textLabels = auditForm(files, data, QUICK);
+    textLabels.append('labels', 'zero');
+    expect((await fields(textLabels)).field).toBe('labels');
+    expect(queue.depth).toEqual({ running: 0, queued: 0 });
+  });
+
   it('answers 429 with Retry-After when the audit queue is full and 503 while draining', async () => {
     const queue = new AuditQueue({ maxRunning: 1, maxQueued: 0 });
     const { app } = setup(queue);
