@@ -1,7 +1,7 @@
 import type { Rng } from '../util/random.js';
 
 /**
- * Training augmentation of RATIO (ALGORITHMS.md: random crop with padding 4, horizontal flip, Cutout 16),
+ * Training augmentation of RATIO (docs/algorithms.md: random crop with padding 4, horizontal flip, Cutout 16),
  * applied while copying uint8 NHWC pixels into the float batch, so it costs one pass over the batch and
  * no extra tensors.
  */

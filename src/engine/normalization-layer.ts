@@ -15,7 +15,7 @@ export interface InputNormalizationArgs extends LayerArgs {
 
 /**
  * `(x - mean) / std` per channel of an NHWC tensor. It lives inside every model so that all our
- * classifiers take [0,1] images (DESIGN.md) and an attack's eps is measured in pixel space.
+ * classifiers take [0,1] images (docs/design.md) and an attack's eps is measured in pixel space.
  * The statistics are layer config, not weights: they travel in model.json and cannot be trained.
  * Registered with tfjs serialization under `RatioInputNormalization`, so importing this module is
  * enough for `tf.loadLayersModel` to rebuild a saved model.

@@ -1,4 +1,4 @@
-/** Options every long-running engine call accepts (DESIGN.md: engine conventions). */
+/** Options every long-running engine call accepts (docs/design.md: the engine). */
 export interface LongRunOptions<P = EngineProgress> {
   /** Checked between iterations; an aborted signal rejects with an `AbortError`. */
   signal?: AbortSignal;

@@ -1,6 +1,6 @@
 /**
  * Training configuration: one JSON object (configs/*.json), every field also a CLI flag.
- * Defaults follow the RATIO reference setup (ALGORITHMS.md "RATIO training") scaled to small budgets.
+ * Defaults follow the RATIO reference setup (docs/algorithms.md, "RATIO training") scaled to small budgets.
  */
 
 export const OBJECTIVES = ['plain', 'oe', 'at', 'acet', 'ratio'] as const;

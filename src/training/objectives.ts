@@ -6,7 +6,7 @@ import type { Rng } from '../util/random.js';
 import type { InnerAttack, Objective } from './config.js';
 
 /**
- * The five training objectives of RATIO from one code path (ALGORITHMS.md "RATIO training"):
+ * The five training objectives of RATIO from one code path (docs/algorithms.md, "RATIO training"):
  * which half of the batch is attacked, and whether the out-distribution term is present.
  *
  *   plain: CE(clean in)                 at:   CE(adv in)

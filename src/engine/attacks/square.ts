@@ -29,7 +29,7 @@ export interface SquareOptions extends LongRunOptions<AttackProgress> {
   /** Runs from fresh random initialisations, each on the examples not yet broken (default 1). */
   restarts?: number;
   /**
-   * Stretch the 10000-query p schedule to `queries` (default true, as ALGORITHMS.md asks; the
+   * Stretch the 10000-query p schedule to `queries` (default true, as docs/algorithms.md says; the
    * reference AutoAttack composition passes `resc_schedule=False`).
    */
   rescaleSchedule?: boolean;
