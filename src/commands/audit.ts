@@ -2,8 +2,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../engine/types.js';
 import { readOptions, UsageError } from './args.js';
-import type { CommandModule } from './command.js';
-import { inputErrorMessage } from './input-errors.js';
+import { type CommandModule, runCommand } from './command.js';
 
 /**
  * `ratio audit`: AutoAttack robust accuracy of a model directory on a labelled data file, as a CI
@@ -152,28 +151,14 @@ async function audit(args: AuditArguments): Promise<number> {
 
 const command: CommandModule = {
   summary: 'AutoAttack robust accuracy of a model on labelled data; exit 1 under --min-robust-accuracy',
-  async run(argv) {
-    try {
-      const args = parseAuditArguments(argv);
-      if (args === 'help') {
-        console.log(HELP);
-        return 0;
-      }
-      return await audit(args);
-    } catch (error) {
-      const message =
-        error instanceof UsageError ? error.message : await inputErrorMessage(error, OPTION_OF_FIELD);
-      if (message !== undefined) {
-        console.error(`ratio audit: ${message}\n\n${HELP}`);
-        return 2;
-      }
-      if (error instanceof Error && error.name === 'AbortError') {
-        console.error('ratio audit: interrupted');
-        return 130;
-      }
-      throw error;
-    }
-  },
+  run: (argv) =>
+    runCommand({
+      name: 'audit',
+      help: HELP,
+      options: OPTION_OF_FIELD,
+      parse: () => parseAuditArguments(argv),
+      execute: audit,
+    }),
 };
 
 export default command;

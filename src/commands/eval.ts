@@ -2,9 +2,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageSet } from '../data/image-set.js';
 import type { EvalSettings } from '../jobs/evaluation.js';
-import { readOptions, UsageError } from './args.js';
-import type { CommandModule } from './command.js';
-import { inputErrorMessage } from './input-errors.js';
+import { readOptions } from './args.js';
+import { type CommandModule, runCommand } from './command.js';
 
 /**
  * `ratio eval`: the RATIO paper's table (Acc, R.Acc, ECE, AUC, WC AUC, MMC) and figures
@@ -209,22 +208,13 @@ const OPTION_OF_FIELD = { model: '--model' };
 
 export async function run(argv: string[]): Promise<number> {
   const { DEFAULT_EVAL_SETTINGS } = await import('../jobs/evaluation.js');
-  try {
-    const args = parseEvalArguments(argv, DEFAULT_EVAL_SETTINGS);
-    if (args === 'help') {
-      console.log(HELP);
-      return 0;
-    }
-    return await evaluate(args);
-  } catch (error) {
-    const message =
-      error instanceof UsageError ? error.message : await inputErrorMessage(error, OPTION_OF_FIELD);
-    if (message !== undefined) {
-      console.error(`ratio eval: ${message}\n\n${HELP}`);
-      return 2;
-    }
-    throw error;
-  }
+  return runCommand({
+    name: 'eval',
+    help: HELP,
+    options: OPTION_OF_FIELD,
+    parse: () => parseEvalArguments(argv, DEFAULT_EVAL_SETTINGS),
+    execute: evaluate,
+  });
 }
 
 const command: CommandModule = { summary, run };

@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { counterfactualsOf } from '../jobs/counterfactuals.js';
 import { worstCaseOod } from '../jobs/worst-case-ood.js';
-import { findModel, type ServiceApp, type ServiceContext } from './context.js';
+import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, base64Of, unsupportedMediaType } from './images.js';
 import { ModelParams } from './models.js';
 import { invalidField, problemResponses } from './problem.js';
@@ -167,44 +167,45 @@ const counterfactualRoute = createRoute({
   },
 });
 
-function requireJson(c: { req: { header(name: string): string | undefined } }): void {
-  const type = (c.req.header('content-type') ?? '').split(';')[0].trim().toLowerCase();
+/** The served model and APGD iterations of an analysis request, which must be JSON. */
+function analysisTarget(
+  context: ServiceContext,
+  contentType: string | undefined,
+  name: string,
+  body: { iterations?: number },
+) {
+  const type = (contentType ?? '').split(';')[0].trim().toLowerCase();
   if (type !== 'application/json') throw unsupportedMediaType(type, ['application/json']);
-}
-
-function checkIterations(context: ServiceContext, iterations: number | undefined, fallback: number): number {
-  const value = iterations ?? Math.min(fallback, context.limits.maxIterations);
-  if (value > context.limits.maxIterations) {
-    throw invalidField('iterations', `'iterations' must be <= ${context.limits.maxIterations}, got ${value}`);
+  const model = findModel(context, name);
+  const iterations = body.iterations ?? Math.min(100, context.limits.maxIterations);
+  if (iterations > context.limits.maxIterations) {
+    throw invalidField(
+      'iterations',
+      `'iterations' must be <= ${context.limits.maxIterations}, got ${iterations}`,
+    );
   }
-  return value;
+  return { model, iterations };
 }
 
 export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext): void {
   app.openapi(oodRoute, async (c) => {
-    requireJson(c);
     const name = c.req.valid('param').model;
-    const model = findModel(context, name);
     const body = c.req.valid('json');
-    const iterations = checkIterations(context, body.iterations, 100);
+    const { model, iterations } = analysisTarget(context, c.req.header('content-type'), name, body);
     const inputs = body.images.map((text, i) => ({
       field: `images.${i}`,
       bytes: base64Bytes(text, `images.${i}`),
     }));
-    // One deadline from arrival: it bounds the wait for a compute slot and the attack itself.
-    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
-    const found = await context.compute.run(
-      () =>
-        worstCaseOod(model, inputs, {
-          limits: context.limits,
-          eps: body.eps,
-          iterations,
-          restarts: body.restarts,
-          seed: body.seed,
-          threshold: body.threshold,
-          signal: deadline,
-        }),
-      deadline,
+    const found = await computeWithin(context, (signal) =>
+      worstCaseOod(model, inputs, {
+        limits: context.limits,
+        eps: body.eps,
+        iterations,
+        restarts: body.restarts,
+        seed: body.seed,
+        threshold: body.threshold,
+        signal,
+      }),
     );
     const results = found.results.map(({ worst_case_png, verdict, ...result }) => ({
       ...result,
@@ -215,25 +216,20 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
   });
 
   app.openapi(counterfactualRoute, async (c) => {
-    requireJson(c);
     const name = c.req.valid('param').model;
-    const model = findModel(context, name);
     const body = c.req.valid('json');
-    const iterations = checkIterations(context, body.iterations, 100);
+    const { model, iterations } = analysisTarget(context, c.req.header('content-type'), name, body);
     const wantsPng = (c.req.header('accept') ?? '').includes('image/png');
     const input = { field: 'image', bytes: base64Bytes(body.image, 'image') };
-    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
-    const answer = await context.compute.run(
-      () =>
-        counterfactualsOf(model, input, wantsPng ? 'grid' : 'json', {
-          limits: context.limits,
-          targets: body.targets,
-          radii: body.radii,
-          iterations,
-          seed: body.seed,
-          signal: deadline,
-        }),
-      deadline,
+    const answer = await computeWithin(context, (signal) =>
+      counterfactualsOf(model, input, wantsPng ? 'grid' : 'json', {
+        limits: context.limits,
+        targets: body.targets,
+        radii: body.radii,
+        iterations,
+        seed: body.seed,
+        signal,
+      }),
     );
     if (answer instanceof Uint8Array) {
       return c.body(Buffer.from(answer), 200, { 'content-type': 'image/png' });

@@ -39,3 +39,16 @@ export function findModel(context: ServiceContext, name: string): Classifier {
   }
   return model;
 }
+
+/**
+ * Runs synchronous compute (predict, worst-case OOD, counterfactuals) under the compute semaphore
+ * with one deadline from arrival: it bounds the wait for a slot (behind a long counterfactual, say)
+ * and the work itself, which gets it as its abort signal. Past it the answer is a 504.
+ */
+export function computeWithin<T>(
+  context: ServiceContext,
+  work: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
+  return context.compute.run(() => work(deadline), deadline);
+}

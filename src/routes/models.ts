@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Classifier } from '../engine/classifier.js';
 import { oodThreshold, predictImages } from '../jobs/predict.js';
-import { findModel, type ServiceApp, type ServiceContext } from './context.js';
+import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';
 import { problemResponses } from './problem.js';
 
@@ -189,16 +189,8 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
     const json =
       mediaType(c) === 'application/json' ? (c.req.valid('json') as { images: string[] }) : undefined;
     const inputs = await requestImages(c, context, json);
-    // The request timeout bounds the wait for a compute slot (behind a long counterfactual, say): 504.
-    const deadline = AbortSignal.timeout(context.limits.requestTimeoutMs);
-    const result = await context.compute.run(
-      () =>
-        predictImages(model, inputs, {
-          limits: context.limits,
-          threshold: query.threshold,
-          topK: query.top_k,
-        }),
-      deadline,
+    const result = await computeWithin(context, () =>
+      predictImages(model, inputs, { limits: context.limits, threshold: query.threshold, topK: query.top_k }),
     );
     return c.json({ model: c.req.valid('param').model, ...result }, 200);
   });
