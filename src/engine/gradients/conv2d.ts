@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import type { ConvPad } from './conv-pad.js';
 import { nativeCorrelation } from './native-conv.js';
 
 /**
@@ -7,11 +8,8 @@ import { nativeCorrelation } from './native-conv.js';
  * naive loop and Conv2DBackpropFilter does not exist at all.
  */
 
-export type ConvPad =
-  | 'same'
-  | 'valid'
-  | number
-  | [[number, number], [number, number], [number, number], [number, number]];
+export type { ConvPad } from './conv-pad.js';
+
 type Pair = [number, number];
 
 function convInfo(

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
-import type { ConvPad } from './conv2d.js';
+import type { ConvPad } from './conv-pad.js';
 
 /**
  * Convolutions on the wasm backend computed by native/conv.c (WebAssembly SIMD) directly on the
