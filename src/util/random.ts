@@ -74,3 +74,31 @@ export class Rng {
     this.spareNormal = saved.spareNormal ?? undefined;
   }
 }
+
+/** murmur3's 32-bit finaliser: every input bit flips about half of the output bits. */
+function avalanche(h: number): number {
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h >>> 0;
+}
+
+/**
+ * A uint32 seed that depends only on the given integers, in order (each taken modulo 2^32).
+ * Attacks seed every example's draws with `mixSeed(seed, attack, globalIndex, restart)`, so an
+ * example's random numbers never depend on the batch, shard or still-robust list it lands in.
+ */
+export function mixSeed(...parts: number[]): number {
+  let h = 0x9e3779b9;
+  for (const part of parts) h = avalanche((h ^ avalanche((part >>> 0) + 0x7f4a7c15)) + 0x165667b1);
+  return h;
+}
+
+/** A stable 32-bit hash of a name (FNV-1a), e.g. to mix an attack's name into a seed. */
+export function hashName(name: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}

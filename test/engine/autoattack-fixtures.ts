@@ -98,3 +98,15 @@ export function exactRobustAccuracy(problem: LinearProblem, eps: number): number
     if (problem.cleanCorrect[i] && problem.distance[i] > eps) robust++;
   return robust / problem.y.length;
 }
+
+/** A report with every timing removed (what must be identical across runs and shard layouts). */
+export function withoutTimings<
+  T extends { seconds: number; per_attack: { seconds: number }[]; samples: { seconds: number }[] },
+>(report: T): Omit<T, 'seconds'> {
+  const { seconds: _seconds, ...rest } = report;
+  return {
+    ...rest,
+    per_attack: report.per_attack.map(({ seconds: _s, ...attack }) => attack),
+    samples: report.samples.map(({ seconds: _s, ...sample }) => sample),
+  } as Omit<T, 'seconds'>;
+}

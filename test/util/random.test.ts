@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng } from '../../src/util/random.js';
+import { hashName, mixSeed, Rng } from '../../src/util/random.js';
 
 describe('Rng', () => {
   it('reproduces a sequence from the same seed and from a saved state', () => {
@@ -23,5 +23,18 @@ describe('Rng', () => {
     expect(Math.abs(variance - 1)).toBeLessThan(0.05);
     const perm = Array.from(rng.permutation(100)).sort((p, q) => p - q);
     expect(perm).toEqual(Array.from({ length: 100 }, (_, i) => i));
+  });
+});
+
+describe('mixSeed', () => {
+  it('depends on every part and on their order, and is a uint32', () => {
+    const seeds = new Set<number>();
+    for (let a = 0; a < 20; a++) for (let b = 0; b < 20; b++) seeds.add(mixSeed(7, a, b));
+    expect(seeds.size).toBe(400);
+    expect(mixSeed(1, 2)).not.toBe(mixSeed(2, 1));
+    expect(mixSeed(1, 2)).toBe(mixSeed(1, 2));
+    expect(mixSeed(0)).not.toBe(mixSeed(0, 0));
+    for (const seed of seeds) expect(Number.isInteger(seed) && seed >= 0 && seed < 2 ** 32).toBe(true);
+    expect(hashName('apgd-ce')).not.toBe(hashName('apgd-t'));
   });
 });

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { Rng } from '../../util/random.js';
+import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
 import { classAtRank, logitsOf } from '../logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
@@ -10,6 +10,7 @@ import {
   assertAttackBatch,
   assertPositiveIntegers,
   assertThreatModel,
+  sampleSeedsOf,
   yieldToEventLoop,
 } from './validate.js';
 
@@ -37,6 +38,12 @@ export interface ApgdOptions extends LongRunOptions<AttackProgress> {
   randomStart?: boolean;
   /** Name reported in progress events (default `apgd-<loss>`). */
   name?: string;
+  /**
+   * Per example, the seed of its random starts (restart r draws from mixSeed(seed_i, r)), so an
+   * example's run does not depend on its batch. Without it, one generator seeded with `seed` draws
+   * the starts of the whole batch (training and the OOD/counterfactual searches use that).
+   */
+  sampleSeeds?: Uint32Array;
 }
 
 export interface ApgdResult {
@@ -103,7 +110,8 @@ interface RunContext {
   temperature: number;
   eotIterations: number;
   randomStart: boolean;
-  rng: Rng;
+  /** One generator per example of `x`, or one for the whole batch. */
+  rngs: Rng | Rng[];
   signal?: AbortSignal;
   onIteration: () => void;
 }
@@ -161,7 +169,7 @@ async function singleRun(ctx: RunContext): Promise<RunResult> {
   const judged = hasSuccessCriterion(ctx.loss) && ctx.labelValues !== undefined;
   const isWrong = (predicted: Int32Array, i: number) => judged && predicted[i] !== ctx.labelValues![i];
 
-  let xAdv: tf.Tensor4D = ctx.randomStart ? randomStart(norm, x, eps, ctx.rng) : x.clone();
+  let xAdv: tf.Tensor4D = ctx.randomStart ? randomStart(norm, x, eps, ctx.rngs) : x.clone();
   let current = evaluate(ctx, xAdv);
   let grad = current.grad;
   let xBest = xAdv.clone();
@@ -302,7 +310,8 @@ export async function apgd(
   const name = options.name ?? `apgd-${loss}`;
   const n = x.shape[0];
   const rowSize = x.size / Math.max(n, 1);
-  const rng = new Rng(options.seed ?? 0);
+  const seeds = options.sampleSeeds === undefined ? undefined : sampleSeedsOf(options, n);
+  const batchRng = new Rng(options.seed ?? 0);
 
   const cleanRows = x.dataSync() as Float32Array;
   const bestRows = cleanRows.slice();
@@ -340,7 +349,7 @@ export async function apgd(
         temperature: options.temperature ?? classifier.card.temperature ?? 1,
         eotIterations: options.eotIterations ?? 1,
         randomStart: options.randomStart ?? true,
-        rng,
+        rngs: seeds ? active.map((i) => new Rng(mixSeed(seeds[i], restart))) : batchRng,
         signal: options.signal,
         onIteration: () => options.onProgress?.({ attack: name, done: ++done, total }),
       });
@@ -415,12 +424,11 @@ export function apgdTargeted(config: ApgdTargetedConfig = {}): Attack {
       const cleanLogits = logitsOf(classifier, x, Math.max(n, 1));
       const adversarialRows = (x.dataSync() as Float32Array).slice();
       const success = new Uint8Array(n);
-      const seeds = new Rng(options.seed ?? 0);
+      const seeds = sampleSeedsOf(options, n);
       const total = targetCount * (options.restarts ?? 1) * (config.iterations ?? 100);
       for (let rank = 2; rank <= targetCount + 1; rank++) {
         const active: number[] = [];
         for (let i = 0; i < n; i++) if (!success[i]) active.push(i);
-        const seed = seeds.seed();
         if (active.length === 0) break;
         const allTargets = classAtRank(cleanLogits, k, rank);
         const indices = tf.tensor1d(active, 'int32');
@@ -435,7 +443,7 @@ export function apgdTargeted(config: ApgdTargetedConfig = {}): Attack {
             {
               ...config,
               ...options,
-              seed,
+              sampleSeeds: Uint32Array.from(active, (i) => mixSeed(seeds[i], rank)),
               loss: 'dlr-targeted',
               targets: Int32Array.from(active, (i) => allTargets[i]),
               name: 'apgd-t',

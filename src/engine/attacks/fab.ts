@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { Rng } from '../../util/random.js';
+import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
 import { classAtRank, logitsOf } from '../logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
@@ -11,6 +11,7 @@ import {
   assertNonNegativeNumbers,
   assertPositiveIntegers,
   assertThreatModel,
+  sampleSeedsOf,
   yieldToEventLoop,
 } from './validate.js';
 
@@ -49,6 +50,8 @@ export interface FabOptions extends LongRunOptions<AttackProgress> {
   stopBelow?: number;
   /** Name reported in progress events (default 'fab-t' or 'fab'). */
   name?: string;
+  /** Per example, the seed of its random starts (target rank t, restart r: mixSeed(seed_i, t, r)). */
+  sampleSeeds?: Uint32Array;
 }
 
 export interface FabResult {
@@ -244,12 +247,13 @@ async function singleRun(input: RunInput): Promise<{ rows: Float32Array; norms: 
 }
 
 /** A random start around each clean row at radius 0.5 * min(eps, best norm so far) (reference). */
-function randomStartRows(norm: Norm, clean: Float32Array, radii: Float64Array, rng: Rng): Float32Array {
+function randomStartRows(norm: Norm, clean: Float32Array, radii: Float64Array, rngs: Rng[]): Float32Array {
   const m = radii.length;
   const rowSize = clean.length / Math.max(m, 1);
   const out = new Float32Array(clean.length);
   const noise = new Float64Array(rowSize);
   for (let i = 0; i < m; i++) {
+    const rng = rngs[i];
     for (let j = 0; j < rowSize; j++) noise[j] = norm === 'L2' ? rng.normal() : 2 * rng.next() - 1;
     const scale = radii[i] / (vectorNorm(norm, noise) + TINY);
     for (let j = 0; j < rowSize; j++) {
@@ -283,8 +287,8 @@ export async function fab(
   const restarts = options.restarts ?? 1;
   const stopBelow = options.stopBelow ?? eps;
   const name = options.name ?? (targeted ? 'fab-t' : 'fab');
-  const rng = new Rng(options.seed ?? 0);
   const n = x.shape[0];
+  const seeds = sampleSeedsOf(options, n);
   const rowSize = x.size / Math.max(n, 1);
   const imageShape = x.shape.slice(1) as [number, number, number];
 
@@ -315,7 +319,7 @@ export async function fab(
               norm,
               activeClean,
               Float64Array.from(active, (i) => 0.5 * Math.min(eps, norms[i])),
-              rng,
+              active.map((i) => new Rng(mixSeed(seeds[i], rank, restart))),
             );
       const run = await singleRun({
         classifier,

@@ -94,13 +94,23 @@ export function project<T extends tf.Tensor>(norm: Norm, x: T, u: T, eps: number
 /**
  * A random start on the sphere of radius eps, clipped to the box, drawn from the caller's seeded
  * PRNG (host-side, so it is identical on every backend): L2 uses a Gaussian direction, Linf a
- * uniform vector in [-1,1] rescaled to Linf norm eps (as the reference APGD).
+ * uniform vector in [-1,1] rescaled to Linf norm eps (as the reference APGD). With one `Rng` per
+ * row, row i's noise comes from `rng[i]` alone (its start then does not depend on its batch).
  */
-export function randomStart<T extends tf.Tensor>(norm: Norm, x: T, eps: number, rng: Rng): T {
+export function randomStart<T extends tf.Tensor>(
+  norm: Norm,
+  x: T,
+  eps: number,
+  rng: Rng | readonly Rng[],
+): T {
   const size = x.size;
+  const rows = x.shape[0] ?? 1;
+  const rowSize = size / Math.max(rows, 1);
   const noise = new Float32Array(size);
-  if (norm === 'L2') noise.set(rng.normals(size));
-  else for (let i = 0; i < size; i++) noise[i] = 2 * rng.next() - 1;
+  for (let i = 0; i < size; i++) {
+    const source = Array.isArray(rng) ? (rng as readonly Rng[])[Math.floor(i / rowSize)] : (rng as Rng);
+    noise[i] = norm === 'L2' ? source.normal() : 2 * source.next() - 1;
+  }
   return tf.tidy(() => {
     const direction = normalizePerExample(norm, tf.tensor(noise, x.shape));
     return x.add(direction.mul(eps)).clipByValue(0, 1) as T;

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { Rng } from '../../util/random.js';
+import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
@@ -7,6 +7,7 @@ import {
   assertAttackBatch,
   assertPositiveIntegers,
   assertThreatModel,
+  sampleSeedsOf,
   yieldToEventLoop,
 } from './validate.js';
 
@@ -16,7 +17,9 @@ import {
  * random square windows whose side shrinks on a schedule, and keeps the change only if the margin
  * drops. Forward passes only, batched over the examples not yet broken; an example stops being
  * queried once its margin is negative. Host-side float arrays hold the images (NHWC), so a window
- * update touches only its own pixels and every random number comes from the seeded `Rng`.
+ * update touches only its own pixels and every random number comes from the example's own seeded
+ * `Rng` (window positions are drawn per example, as in the original square-attack code), so an
+ * example's run never depends on the other examples of its batch.
  */
 
 export interface SquareOptions extends LongRunOptions<AttackProgress> {
@@ -35,6 +38,8 @@ export interface SquareOptions extends LongRunOptions<AttackProgress> {
   rescaleSchedule?: boolean;
   /** Name reported in progress events (default 'square'). */
   name?: string;
+  /** Per example, the seed of its draws (restart r draws from mixSeed(seed_i, r)). */
+  sampleSeeds?: Uint32Array;
 }
 
 export interface SquareResult {
@@ -157,10 +162,11 @@ interface Geometry {
 }
 
 /** Linf start: vertical stripes of +-eps, one sign per example, column and channel. */
-function initLinf(clean: Float32Array, g: Geometry, eps: number, rng: Rng): Float32Array {
+function initLinf(clean: Float32Array, g: Geometry, eps: number, rngs: Rng[]): Float32Array {
   const m = clean.length / g.rowSize;
   const out = new Float32Array(clean.length);
   for (let i = 0; i < m; i++) {
+    const rng = rngs[i];
     const signs = Array.from({ length: g.width * g.channels }, () => randomSign(rng));
     for (let r = 0; r < g.height; r++) {
       for (let c = 0; c < g.width * g.channels; c++) {
@@ -176,16 +182,17 @@ function initLinf(clean: Float32Array, g: Geometry, eps: number, rng: Rng): Floa
  * L2 start: a grid of s x s blocks (s = floor(h/5), at least 1), each an eta window with a random
  * sign per example and channel, the whole perturbation scaled to norm eps.
  */
-function initL2(clean: Float32Array, g: Geometry, eps: number, rng: Rng): Float32Array {
+function initL2(clean: Float32Array, g: Geometry, eps: number, rngs: Rng[]): Float32Array {
   const m = clean.length / g.rowSize;
   const s = Math.max(Math.floor(g.height / 5), 1);
   const startRow = Math.max(Math.floor((g.height - 5 * s) / 2), 0);
   const startCol = Math.max(Math.floor((g.width - 5 * s) / 2), 0);
   const delta = new Float64Array(clean.length);
-  for (let top = startRow; top + s <= g.height; top += s) {
-    for (let left = startCol; left + s <= g.width; left += s) {
-      const window = etaWindow(s, rng);
-      for (let i = 0; i < m; i++) {
+  for (let i = 0; i < m; i++) {
+    const rng = rngs[i];
+    for (let top = startRow; top + s <= g.height; top += s) {
+      for (let left = startCol; left + s <= g.width; left += s) {
+        const window = etaWindow(s, rng);
         for (let ch = 0; ch < g.channels; ch++) {
           const sign = randomSign(rng);
           for (let r = 0; r < s; r++) {
@@ -237,13 +244,14 @@ function proposeLinf(
   g: Geometry,
   s: number,
   eps: number,
-  rng: Rng,
+  rngs: Rng[],
 ): Float32Array {
   const m = best.length / g.rowSize;
-  const top = rng.int(g.height - s + 1);
-  const left = rng.int(g.width - s + 1);
   const out = best.slice();
   for (let i = 0; i < m; i++) {
+    const rng = rngs[i];
+    const top = rng.int(g.height - s + 1);
+    const left = rng.int(g.width - s + 1);
     for (let ch = 0; ch < g.channels; ch++) {
       const step = 2 * eps * randomSign(rng);
       for (let r = top; r < top + s; r++) {
@@ -269,21 +277,22 @@ function proposeL2(
   g: Geometry,
   s: number,
   eps: number,
-  rng: Rng,
+  rngs: Rng[],
 ): Float32Array {
   const m = best.length / g.rowSize;
   const { width, channels, rowSize } = g;
-  const top1 = rng.int(g.height - s + 1);
-  const left1 = rng.int(width - s + 1);
-  const top2 = rng.int(g.height - s + 1);
-  const left2 = rng.int(width - s + 1);
-  const window = etaWindow(s, rng);
   const inWindow = (r: number, c: number, top: number, left: number) =>
     r >= top && r < top + s && c >= left && c < left + s;
   const delta = new Float64Array(best.length);
   const out = new Float32Array(best.length);
   const block = new Float64Array(s * s);
   for (let i = 0; i < m; i++) {
+    const rng = rngs[i];
+    const top1 = rng.int(g.height - s + 1);
+    const left1 = rng.int(width - s + 1);
+    const top2 = rng.int(g.height - s + 1);
+    const left2 = rng.int(width - s + 1);
+    const window = etaWindow(s, rng);
     const offset = i * rowSize;
     let imageSquared = 0;
     let windowsSquared = 0;
@@ -363,8 +372,8 @@ export async function squareAttack(
   const restarts = options.restarts ?? 1;
   const rescale = options.rescaleSchedule ?? true;
   const name = options.name ?? 'square';
-  const rng = new Rng(options.seed ?? 0);
   const [n, height, width, channels] = x.shape;
+  const seeds = sampleSeedsOf(options, n);
   const g: Geometry = { height, width, channels, rowSize: height * width * channels };
   const clean = x.dataSync() as Float32Array;
   const bestRows = clean.slice();
@@ -382,7 +391,8 @@ export async function squareAttack(
     const runClean = rowsOf(clean, g.rowSize, active);
     const runLabels = Int32Array.from(active, (i) => y[i]);
     const init = norm === 'L2' ? initL2 : initLinf;
-    const runBest = init(runClean, g, eps, rng);
+    const runRngs = active.map((i) => new Rng(mixSeed(seeds[i], restart)));
+    const runBest = init(runClean, g, eps, runRngs);
     const runMargins = margins(classifier, runBest, [active.length, height, width, channels], runLabels);
     for (const i of active) spent[i]++;
 
@@ -396,7 +406,14 @@ export async function squareAttack(
       const openClean = rowsOf(runClean, g.rowSize, open);
       const openBest = rowsOf(runBest, g.rowSize, open);
       const propose = norm === 'L2' ? proposeL2 : proposeLinf;
-      const candidate = propose(openClean, openBest, g, s, eps, rng);
+      const candidate = propose(
+        openClean,
+        openBest,
+        g,
+        s,
+        eps,
+        open.map((j) => runRngs[j]),
+      );
       const candidateMargins = margins(
         classifier,
         candidate,

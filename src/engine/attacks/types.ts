@@ -13,6 +13,11 @@ export interface AttackOptions extends LongRunOptions<AttackProgress> {
   eps: number;
   /** Number of random restarts (white-box attacks); the RATIO paper evaluated with 5. */
   restarts?: number;
+  /**
+   * One seed per example for all of its random draws (AutoAttack passes mixSeed(seed, attack,
+   * global index)), so an example's result does not depend on its batch; default mixSeed(seed, i).
+   */
+  sampleSeeds?: Uint32Array;
 }
 
 /**

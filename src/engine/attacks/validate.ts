@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { mixSeed } from '../../util/random.js';
 import type { Classifier } from '../classifier.js';
 
 /** Lets timers, signals and other requests run between attack iterations (abort is checked after). */
@@ -52,4 +53,19 @@ export function assertNonNegativeNumbers(
       throw new Error(`'${name}' must be a finite number >= 0, got ${value}`);
     }
   }
+}
+
+/**
+ * The per-example seeds of a batch of n: the caller's `sampleSeeds` (checked), else mixSeed(seed, i)
+ * by position in the batch.
+ */
+export function sampleSeedsOf(options: { seed?: number; sampleSeeds?: Uint32Array }, n: number): Uint32Array {
+  if (options.sampleSeeds !== undefined) {
+    if (options.sampleSeeds.length !== n) {
+      throw new Error(`'sampleSeeds' must have ${n} entries, got ${options.sampleSeeds.length}`);
+    }
+    return options.sampleSeeds;
+  }
+  const seed = options.seed ?? 0;
+  return Uint32Array.from({ length: n }, (_, i) => mixSeed(seed, i));
 }
