@@ -1,0 +1,62 @@
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../engine/backend.js';
+import type { TfjsClassifier } from '../engine/classifier.js';
+import { loadModelFromFiles } from '../engine/model-files.js';
+import type { ParentMessage, ShardTaskMessage, WorkerMessage } from './shard-protocol.js';
+import { runShard } from './shards.js';
+
+/**
+ * A shard-pool worker process (forked by `ShardPool`): its own tfjs backend, one shard at a time,
+ * the model of the last audit kept loaded. Exits when the parent goes away.
+ */
+
+const send = (message: WorkerMessage) => process.send?.(message);
+
+let model: { key: string; classifier: Promise<TfjsClassifier> } | undefined;
+const controllers = new Map<number, AbortController>();
+
+function classifierFor(message: ShardTaskMessage): Promise<TfjsClassifier> {
+  if (model?.key !== message.modelKey) {
+    if (!message.files) throw new Error(`the worker holds no model '${message.modelKey}' and got no files`);
+    const previous = model?.classifier;
+    void previous?.then(
+      (c) => c.dispose(),
+      () => {},
+    );
+    model = { key: message.modelKey, classifier: loadModelFromFiles(message.files) };
+  }
+  return model.classifier;
+}
+
+async function runTask(message: ShardTaskMessage): Promise<void> {
+  const controller = new AbortController();
+  controllers.set(message.task, controller);
+  const x = tf.tensor4d(message.x, message.shape);
+  const probe = message.probe
+    ? { x: tf.tensor4d(message.probe.x, message.probe.shape), y: message.probe.y }
+    : undefined;
+  try {
+    const classifier = await classifierFor(message);
+    const part = await runShard(classifier, { x, y: message.y, probe }, message.range, message.settings, {
+      signal: controller.signal,
+      onProgress: (progress) => send({ type: 'progress', task: message.task, progress }),
+    });
+    send({ type: 'result', task: message.task, part });
+  } catch (error) {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    send({ type: 'error', task: message.task, name: failure.name, message: failure.message });
+  } finally {
+    controllers.delete(message.task);
+    tf.dispose([x, probe?.x]);
+  }
+}
+
+const backend = await initBackend();
+process.on('message', (message: ParentMessage) => {
+  if (message.type === 'shard') void runTask(message);
+  else if (message.type === 'cancel') {
+    controllers.get(message.task)?.abort(new DOMException('the audit was cancelled', 'AbortError'));
+  }
+});
+process.on('disconnect', () => process.exit(0));
+send({ type: 'ready', backend: backend.name, pid: process.pid });
