@@ -6,7 +6,9 @@ import { type CommandModule, runCommand } from './command.js';
 
 /**
  * `ratio audit`: AutoAttack robust accuracy of a model directory on a labelled data file, as a CI
- * gate: exit 0 when robust accuracy >= --min-robust-accuracy, 1 under it, 2 on bad input.
+ * gate: exit 0 when robust accuracy >= --min-robust-accuracy, 1 under it, 2 on bad input, 3 when
+ * the infrastructure failed (a shard worker that keeps dying). The audit runs as shards on a pool of
+ * worker processes (one per core by default); `--shard i/N` runs one shard for `ratio audit merge`.
  */
 
 const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --eps <number> [options]
@@ -22,6 +24,16 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --restarts <int>              restarts of the white-box attacks (default 1; plus: 5)
   --report <file>               write the JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
+  --workers <int>               worker processes (default RATIO_WORKERS, else one per core); 1 = in process
+  --shard <i>/<N>               run only shard i of N and write its rows to --report (merge them with
+                                'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
+  --iterations <int>            APGD/FAB iterations per run (default 100; lower only for smoke tests)
+  --queries <int>               Square queries per point (default 5000; lower only for smoke tests)
+
+       ratio audit merge <shard.json>... [--report <file>] [--min-robust-accuracy <p>]
+
+Exit codes: 0 pass, 1 under --min-robust-accuracy, 2 bad input, 3 service or infrastructure error.
+Every shard layout and worker count gives the same report (timings aside).
 `;
 
 /** The command-line option each input of the audit use case comes from. */
@@ -39,9 +51,31 @@ interface AuditArguments {
   restarts?: number;
   report?: string;
   minRobustAccuracy?: number;
+  workers: number;
+  shard?: { shard: number; shards: number };
+  iterations?: number;
+  queries?: number;
 }
 
-function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
+/** `--shard i/N`, or `--shards N` with the shard index from JOB_COMPLETION_INDEX (k8s Indexed Job). */
+async function shardOption(shard: string | undefined, shards: string | undefined) {
+  if (shard === undefined && shards === undefined) return undefined;
+  if (shard !== undefined && shards !== undefined)
+    throw new UsageError('give --shard i/N or --shards N, not both');
+  const { parseShardSpec, ShardError } = await import('../jobs/shards.js');
+  const index = process.env.JOB_COMPLETION_INDEX;
+  if (shard === undefined && index === undefined) {
+    throw new UsageError('--shards N takes the shard index from JOB_COMPLETION_INDEX, which is not set');
+  }
+  try {
+    return parseShardSpec(shard ?? `${index}/${shards}`);
+  } catch (error) {
+    if (error instanceof ShardError) throw new UsageError(`--shard: ${error.message}`);
+    throw error;
+  }
+}
+
+async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'help'> {
   const options = readOptions(argv, {
     model: { type: 'string' },
     data: { type: 'string' },
@@ -54,10 +88,26 @@ function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
     restarts: { type: 'string' },
     report: { type: 'string' },
     'min-robust-accuracy': { type: 'string' },
+    workers: { type: 'string' },
+    shard: { type: 'string' },
+    shards: { type: 'string' },
+    iterations: { type: 'string' },
+    queries: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (options.values.help) return 'help';
   options.require('model', 'data', 'norm', 'eps');
+  const shard = await shardOption(options.text('shard'), options.text('shards'));
+  if (shard && options.text('report') === undefined) throw new UsageError('--shard needs --report <file>');
+  const { parseWorkerCount } = await import('../jobs/shard-pool.js');
+  let workers: number;
+  try {
+    workers = parseWorkerCount(options.text('workers') ?? process.env.RATIO_WORKERS);
+  } catch (error) {
+    throw new UsageError(`--workers (or RATIO_WORKERS): ${(error as Error).message}`);
+  }
+  const optionalInteger = (name: string) =>
+    options.text(name) === undefined ? undefined : options.integer(name, 1, 1);
   const threshold = options.text('min-robust-accuracy');
   const minRobustAccuracy = threshold === undefined ? undefined : Number(threshold);
   if (minRobustAccuracy !== undefined && !(minRobustAccuracy >= 0 && minRobustAccuracy <= 1)) {
@@ -75,6 +125,10 @@ function parseAuditArguments(argv: string[]): AuditArguments | 'help' {
     restarts: options.text('restarts') === undefined ? undefined : options.integer('restarts', 1, 1),
     report: options.text('report'),
     minRobustAccuracy,
+    workers,
+    shard,
+    iterations: optionalInteger('iterations'),
+    queries: optionalInteger('queries'),
   };
 }
 
@@ -94,6 +148,7 @@ async function audit(args: AuditArguments): Promise<number> {
       n: args.n,
       seed: args.seed,
       restarts: args.restarts,
+      iterations: args.iterations,
     },
   });
   const controller = new AbortController();
@@ -101,64 +156,97 @@ async function audit(args: AuditArguments): Promise<number> {
   process.once('SIGINT', interrupt);
   const progress = new PhaseProgress(process.stderr);
   let attack = '';
+  const onProgress = (p: { attack: string; done: number; total: number }) => {
+    if (p.attack !== attack) {
+      if (attack) progress.done();
+      attack = p.attack;
+      progress.start(attack);
+    }
+    progress.update(p.done, p.total);
+  };
+  const { printAuditReport, gateExitCode } = await import('./audit-output.js');
   try {
-    const report = await runAudit(prepared, {
-      batchSize: args.batchSize,
-      signal: controller.signal,
-      onProgress: (p) => {
-        if (p.attack !== attack) {
-          if (attack) progress.done();
-          attack = p.attack;
-          progress.start(attack);
-        }
-        progress.update(p.done, p.total);
-      },
-    });
+    if (args.shard) {
+      const { runAuditShard, shardDocument } = await import('../jobs/audit-shards.js');
+      const result = await runAuditShard(prepared, args.shard, {
+        batchSize: args.batchSize,
+        queries: args.queries,
+        signal: controller.signal,
+        onProgress,
+      });
+      if (attack) progress.done();
+      const model = { dir: path.resolve(args.model), name: prepared.classifier.card.name };
+      const document = shardDocument(result, { model, data: { path: path.resolve(args.data) } });
+      await writeFile(args.report!, `${JSON.stringify(document, null, 2)}\n`);
+      console.log(
+        `shard ${result.shard}/${result.shards}: points [${result.start}, ${result.end}) of ${result.n}, ` +
+          `audit ${result.audit}, ${result.part.seconds.toFixed(1)} s; merge with 'ratio audit merge'`,
+      );
+      return 0;
+    }
+    const { ShardPool } = await import('../jobs/shard-pool.js');
+    const { defaultShardCount } = await import('../jobs/shards.js');
+    const shards = defaultShardCount(Math.min(args.n, prepared.dataset.size), args.workers);
+    // One shard (a small audit) or one worker: in process, the same report without starting workers.
+    const pool =
+      args.workers > 1 && shards > 1 ? new ShardPool({ workers: Math.min(args.workers, shards) }) : undefined;
+    let report: Awaited<ReturnType<typeof runAudit>>;
+    try {
+      report = await runAudit(prepared, {
+        batchSize: args.batchSize,
+        queries: args.queries,
+        signal: controller.signal,
+        onProgress,
+        run: pool ? pool.autoAttack.bind(pool) : undefined,
+      });
+    } finally {
+      await pool?.close();
+    }
     if (attack) progress.done();
     const document = {
       model: { dir: path.resolve(args.model), name: prepared.classifier.card.name },
       data: { path: path.resolve(args.data) },
       backend_threads: backend.threads,
       tfjs: backend.version,
+      workers: pool?.size ?? 1,
       min_robust_accuracy: args.minRobustAccuracy ?? null,
       ...report,
     };
     if (args.report) await writeFile(args.report, `${JSON.stringify(document, null, 2)}\n`);
-    for (const warning of report.warnings) console.error(`warning: ${warning}`);
-    console.log(
-      `clean accuracy ${(report.clean_accuracy * 100).toFixed(2)}%, robust accuracy ` +
-        `${(report.robust_accuracy * 100).toFixed(2)}% (${report.norm}, eps ${report.eps}, n ${report.n}, ` +
-        `${report.version}, seed ${report.seed}, ${report.backend}, ${report.seconds.toFixed(1)} s)`,
-    );
-    for (const step of report.per_attack) {
-      console.log(
-        `  after ${step.name.padEnd(9)} ${(step.robust_accuracy_after * 100).toFixed(2)}% ` +
-          `(${step.broken} broken, ${step.seconds.toFixed(1)} s)`,
-      );
-    }
-    if (args.minRobustAccuracy !== undefined && report.robust_accuracy < args.minRobustAccuracy) {
-      console.error(
-        `robust accuracy ${report.robust_accuracy} is below the threshold ${args.minRobustAccuracy}`,
-      );
-      return 1;
-    }
-    return 0;
+    printAuditReport(report);
+    return gateExitCode(report, args.minRobustAccuracy);
   } finally {
     process.removeListener('SIGINT', interrupt);
     prepared.classifier.dispose();
   }
 }
 
+/** Exit 3 when the infrastructure failed (a shard whose worker kept dying, a closed pool). */
+async function auditOrInfrastructureError(args: AuditArguments): Promise<number> {
+  try {
+    return await audit(args);
+  } catch (error) {
+    const { ShardFailedError, PoolClosedError } = await import('../jobs/shard-pool.js');
+    if (error instanceof ShardFailedError || error instanceof PoolClosedError) {
+      console.error(`ratio audit: infrastructure error: ${error.message}`);
+      return 3;
+    }
+    throw error;
+  }
+}
+
 const command: CommandModule = {
   summary: 'AutoAttack robust accuracy of a model on labelled data; exit 1 under --min-robust-accuracy',
-  run: (argv) =>
-    runCommand({
+  async run(argv) {
+    if (argv[0] === 'merge') return (await import('./audit-merge.js')).run(argv.slice(1));
+    return runCommand({
       name: 'audit',
       help: HELP,
       options: OPTION_OF_FIELD,
       parse: () => parseAuditArguments(argv),
-      execute: audit,
-    }),
+      execute: auditOrInfrastructureError,
+    });
+  },
 };
 
 export default command;

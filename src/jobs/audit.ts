@@ -139,6 +139,8 @@ export interface RunAuditOptions {
   onProgress?: (progress: AttackProgress) => void;
   /** Points per attack call (the engine's default when absent). */
   batchSize?: number;
+  /** Square queries per point (the engine's default, 5000, when absent; lower only for smoke tests). */
+  queries?: number;
   /** Runs the attacks; the engine's AutoAttack unless a test injects another. */
   run?: typeof autoAttack;
 }
@@ -157,6 +159,7 @@ export async function runAudit(audit: PreparedAudit, options: RunAuditOptions = 
       iterations: parameters.iterations,
       restarts: parameters.restarts,
       batchSize: options.batchSize,
+      queries: options.queries,
       signal: options.signal,
       onProgress: options.onProgress,
     });
