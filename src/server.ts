@@ -7,6 +7,7 @@ import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditQueue } from './jobs/audits.js';
 import { loadModelsFolder } from './jobs/models.js';
+import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
 
 /**
  * Starts the service: selects the backend, loads every model directory under `modelsDir`
@@ -25,6 +26,11 @@ export interface ServerOptions {
   /** Passed through to `createApp` (limits, compute semaphore, audit queue options). */
   app?: Omit<AppDependencies, 'models' | 'audits' | 'backend' | 'ready' | 'logger'>;
   audits?: ConstructorParameters<typeof AuditQueue>[0];
+  /**
+   * Audit worker processes (default: env RATIO_WORKERS, else one per core), started at the first
+   * audit; 0 runs audits in this process (its event loop then stalls during attack steps).
+   */
+  workers?: number;
   /** Node's own per-request timeout (headers + body), ms. Default 120 s. */
   requestTimeoutMs?: number;
 }
@@ -58,7 +64,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   for (const [name, model] of loaded) {
     if (!models.has(name)) models.set(name, model);
   }
-  const audits = new AuditQueue(options.audits);
+  const workers = options.workers ?? parseWorkerCount(process.env.RATIO_WORKERS);
+  // Started at the first audit, so a service that never audits never forks workers.
+  let pool: ShardPool | undefined;
+  const poolRun = (...args: Parameters<ShardPool['autoAttack']>) => {
+    pool ??= new ShardPool({ workers });
+    return pool.autoAttack(...args);
+  };
+  const audits = new AuditQueue({ ...(workers > 0 ? { run: poolRun } : {}), ...options.audits });
   const app = createApp({
     ...options.app,
     models,
@@ -91,6 +104,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         // Open SSE streams would hold the server forever.
         setTimeout(() => server.closeAllConnections(), 1_000).unref();
       });
+      await pool?.close();
       for (const model of models.values()) model.dispose();
       logger.info('server closed');
     })();

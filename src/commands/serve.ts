@@ -7,6 +7,7 @@ const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>]
   --port <n>        port (default: env PORT, else 8080; 0 = any free port)
   --host <addr>     address to bind (default: env HOST, else 0.0.0.0)
   --models <dir>    model directories <dir>/<name>/{model.json,card.json,...} (default: env RATIO_MODELS_DIR, else ./models)
+  --workers <n>     audit worker processes (default: env RATIO_WORKERS, else one per core; 0 = in process)
 
 environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu)
 SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, then stop.
@@ -15,7 +16,7 @@ SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, the
 export const summary = 'serve the HTTP API (predict, counterfactuals, OOD, audits)';
 
 export async function run(argv: string[]): Promise<number> {
-  let values: { port?: string; host?: string; models?: string; help?: boolean };
+  let values: { port?: string; host?: string; models?: string; workers?: string; help?: boolean };
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -24,6 +25,7 @@ export async function run(argv: string[]): Promise<number> {
         port: { type: 'string' },
         host: { type: 'string' },
         models: { type: 'string' },
+        workers: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -40,8 +42,13 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`ratio serve: --port must be an integer in [0, 65535], got '${values.port}'`);
     return 2;
   }
+  const workers = values.workers === undefined ? undefined : Number(values.workers);
+  if (workers !== undefined && !(Number.isInteger(workers) && workers >= 0)) {
+    console.error(`ratio serve: --workers must be an integer >= 0, got '${values.workers}'`);
+    return 2;
+  }
   const { startServer } = await import('../server.js');
-  const server = await startServer({ port, host: values.host, modelsDir: values.models });
+  const server = await startServer({ port, host: values.host, modelsDir: values.models, workers });
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);

@@ -4,7 +4,12 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import type * as tf from '@tensorflow/tfjs';
 import type { AttackProgress } from '../engine/attacks/types.js';
-import type { AutoAttackOptions, AutoAttackPart, AutoAttackReport } from '../engine/autoattack.js';
+import {
+  type AutoAttackOptions,
+  type AutoAttackPart,
+  type AutoAttackReport,
+  autoAttack,
+} from '../engine/autoattack.js';
 import { type Classifier, TfjsClassifier } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
 import type { ParentMessage, ShardTaskMessage, WorkerMessage } from './shard-protocol.js';
@@ -141,8 +146,8 @@ export class ShardPool {
     const files =
       options.modelFiles ??
       (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
-    if (!files)
-      throw new RangeError('the shard pool needs model files for a classifier that is not a tfjs model');
+    // A classifier that is not a tfjs model (a function) cannot travel: it runs here (same report).
+    if (!files) return autoAttack(classifier, x, y, options);
     const n = x.shape[0];
     if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
     const settings: ShardSettings = {
