@@ -525,6 +525,7 @@ export interface components {
         seed: number;
         iterations?: number;
         restarts?: number;
+        queries?: number;
       };
       created_at: string;
       started_at: string | null;
@@ -572,6 +573,8 @@ export interface components {
       iterations?: string;
       /** @example 1 */
       restarts?: string;
+      /** @example 5000 */
+      queries?: string;
     };
     /**
      * @example {

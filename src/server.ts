@@ -5,6 +5,7 @@ import pino from 'pino';
 import { type AppDependencies, createApp } from './app.js';
 import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
+import { AuditStore } from './jobs/audit-store.js';
 import { AuditQueue } from './jobs/audits.js';
 import { loadModelsFolder } from './jobs/models.js';
 import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
@@ -31,6 +32,11 @@ export interface ServerOptions {
    * audit; 0 runs audits in this process (its event loop then stalls during attack steps).
    */
   workers?: number;
+  /**
+   * Durable audits: their state lives under this directory and survives restarts (`ratio serve`
+   * passes RATIO_STATE_DIR or its default); absent, audits live in memory.
+   */
+  stateDir?: string;
   /** Node's own per-request timeout (headers + body), ms. Default 120 s. */
   requestTimeoutMs?: number;
 }
@@ -71,7 +77,13 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     pool ??= new ShardPool({ workers });
     return pool.autoAttack(...args);
   };
-  const audits = new AuditQueue({ ...(workers > 0 ? { run: poolRun } : {}), ...options.audits });
+  const audits = new AuditQueue({
+    ...(workers > 0 ? { run: poolRun } : {}),
+    ...(options.stateDir ? { store: new AuditStore(options.stateDir) } : {}),
+    ...options.audits,
+  });
+  const resumed = await audits.recover();
+  if (options.stateDir) logger.info({ stateDir: options.stateDir, resumed }, 'audit state recovered');
   const app = createApp({
     ...options.app,
     models,

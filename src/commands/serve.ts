@@ -8,6 +8,8 @@ const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>]
   --host <addr>     address to bind (default: env HOST, else 0.0.0.0)
   --models <dir>    model directories <dir>/<name>/{model.json,card.json,...} (default: env RATIO_MODELS_DIR, else ./models)
   --workers <n>     audit worker processes (default: env RATIO_WORKERS, else one per core; 0 = in process)
+  --state-dir <dir> durable audit state, resumed after a restart (default: env RATIO_STATE_DIR, else
+                    $XDG_STATE_HOME/ratio-audit or ~/.local/state/ratio-audit)
 
 environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu)
 SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, then stop.
@@ -16,7 +18,14 @@ SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, the
 export const summary = 'serve the HTTP API (predict, counterfactuals, OOD, audits)';
 
 export async function run(argv: string[]): Promise<number> {
-  let values: { port?: string; host?: string; models?: string; workers?: string; help?: boolean };
+  let values: {
+    port?: string;
+    host?: string;
+    models?: string;
+    workers?: string;
+    'state-dir'?: string;
+    help?: boolean;
+  };
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -26,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
         host: { type: 'string' },
         models: { type: 'string' },
         workers: { type: 'string' },
+        'state-dir': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -48,7 +58,9 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   }
   const { startServer } = await import('../server.js');
-  const server = await startServer({ port, host: values.host, modelsDir: values.models, workers });
+  const { defaultStateDir } = await import('../jobs/audit-store.js');
+  const stateDir = values['state-dir'] ?? defaultStateDir();
+  const server = await startServer({ port, host: values.host, modelsDir: values.models, workers, stateDir });
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);

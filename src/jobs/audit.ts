@@ -31,6 +31,8 @@ export interface AuditParameters {
   seed: number;
   /** APGD iterations per run (default 100). */
   iterations?: number;
+  /** Square queries per point (default 5000). */
+  queries?: number;
   restarts?: number;
 }
 
@@ -159,7 +161,7 @@ export async function runAudit(audit: PreparedAudit, options: RunAuditOptions = 
       iterations: parameters.iterations,
       restarts: parameters.restarts,
       batchSize: options.batchSize,
-      queries: options.queries,
+      queries: options.queries ?? parameters.queries,
       signal: options.signal,
       onProgress: options.onProgress,
     });

@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import type { AttackProgress } from '../engine/attacks/types.js';
-import type { autoAttack } from '../engine/autoattack.js';
+import { type AutoAttackOptions, type AutoAttackReport, autoAttack } from '../engine/autoattack.js';
+import type { Classifier } from '../engine/classifier.js';
 import { type AuditParameters, type AuditReport, type PreparedAudit, runAudit } from './audit.js';
+import type { AuditStore } from './audit-store.js';
 import { QueueFullError } from './semaphore.js';
+import type { ShardedRunOptions, ShardResult } from './shards.js';
 
 /**
  * Audits as background jobs: an in-memory store, a bounded queue run N at a time, progress events
@@ -38,8 +41,18 @@ export interface AuditQueueOptions {
   maxQueued?: number;
   /** Finished jobs kept for GET (oldest forgotten first). */
   retain?: number;
-  /** Runs the attacks; the default is the engine's AutoAttack (tests may inject a slower or failing one). */
-  run?: typeof autoAttack;
+  /**
+   * Runs the attacks; the default is the engine's AutoAttack (tests may inject a slower or failing
+   * one, the service its shard pool, which also takes the audit id, finished shards and a callback).
+   */
+  run?: (
+    classifier: Classifier,
+    x: Parameters<typeof autoAttack>[1],
+    y: Int32Array,
+    options: AutoAttackOptions & ShardedRunOptions,
+  ) => Promise<AutoAttackReport>;
+  /** Durable state (embedded mode): jobs, inputs and finished shards survive a restart. */
+  store?: AuditStore;
 }
 
 interface Entry {
@@ -49,6 +62,10 @@ interface Entry {
   listeners: Set<(event: AuditEvent) => void>;
   finished: Promise<void>;
   finish: () => void;
+  /** Resolves when the store holds the audit (false: not durable, e.g. a function model). */
+  persisted?: Promise<boolean>;
+  /** Finished shards of a resumed audit. */
+  shards: ShardResult[];
 }
 
 const FINAL_STATES: ReadonlySet<AuditState> = new Set(['succeeded', 'failed', 'cancelled']);
@@ -66,7 +83,8 @@ export class AuditQueue {
   private readonly queued: string[] = [];
   private running = 0;
   private draining = false;
-  private readonly options: Required<Omit<AuditQueueOptions, 'run'>> & Pick<AuditQueueOptions, 'run'>;
+  private readonly options: Required<Omit<AuditQueueOptions, 'run' | 'store'>> &
+    Pick<AuditQueueOptions, 'run' | 'store'>;
 
   constructor(options: AuditQueueOptions = {}) {
     this.options = { maxRunning: 1, maxQueued: 8, retain: 200, ...options };
@@ -116,6 +134,7 @@ export class AuditQueue {
       result: null,
       error: null,
     };
+    const store = this.options.store;
     this.entries.set(job.id, {
       job,
       submission,
@@ -123,6 +142,8 @@ export class AuditQueue {
       listeners: new Set(),
       finished,
       finish,
+      persisted: store?.create({ ...job }, submission).catch(() => false),
+      shards: [],
     });
     this.queued.push(job.id);
     this.forgetOldJobs();
@@ -199,6 +220,7 @@ export class AuditQueue {
     entry.job.result = result;
     entry.job.error = error;
     entry.job.finished_at = new Date().toISOString();
+    this.persist(entry);
     const submission = entry.submission;
     entry.submission = undefined;
     if (submission?.ownsClassifier) submission.classifier.dispose();
@@ -220,14 +242,83 @@ export class AuditQueue {
     }
   }
 
+  /** Writes the job to the store (when it holds the audit); a failed write never fails the job. */
+  private persist(entry: Entry): void {
+    const store = this.options.store;
+    if (!store || !entry.persisted) return;
+    const snapshot = { ...entry.job };
+    void entry.persisted.then((stored) => (stored ? store.saveJob(snapshot) : undefined)).catch(() => {});
+  }
+
+  /**
+   * Lists the store's audits again after a restart: finished ones as they were, unfinished ones
+   * queued to resume from their finished shards. Returns how many will resume.
+   */
+  async recover(): Promise<number> {
+    const store = this.options.store;
+    if (!store) return 0;
+    let resumed = 0;
+    for (const stored of await store.list()) {
+      if (this.entries.has(stored.job.id)) continue;
+      let finish = () => {};
+      const finished = new Promise<void>((resolve) => {
+        finish = resolve;
+      });
+      const entry: Entry = {
+        job: stored.job,
+        controller: new AbortController(),
+        listeners: new Set(),
+        finished,
+        finish,
+        persisted: Promise.resolve(true),
+        shards: stored.shards,
+      };
+      if (isFinal(stored.job.state)) {
+        finish();
+      } else {
+        try {
+          entry.submission = await stored.load();
+        } catch (error) {
+          this.entries.set(stored.job.id, entry);
+          this.end(entry, 'failed', null, `cannot resume after a restart: ${(error as Error).message}`);
+          continue;
+        }
+        entry.job.state = 'queued';
+        this.queued.push(stored.job.id);
+        resumed += 1;
+      }
+      this.entries.set(stored.job.id, entry);
+    }
+    this.forgetOldJobs();
+    this.pump();
+    return resumed;
+  }
+
   private async execute(entry: Entry): Promise<void> {
     const submission = entry.submission!;
+    await entry.persisted;
     entry.job.state = 'running';
-    entry.job.started_at = new Date().toISOString();
+    entry.job.started_at ??= new Date().toISOString();
+    this.persist(entry);
     this.emit(entry, { type: 'state', job: { ...entry.job } });
+    const run = this.options.run ?? autoAttack;
+    const store = this.options.store;
     try {
       const report = await runAudit(submission, {
-        run: this.options.run,
+        run: (classifier, x, y, options) =>
+          run(classifier, x, y, {
+            ...options,
+            audit: entry.job.id,
+            finished: entry.shards,
+            onShard: (result) => {
+              entry.shards.push(result);
+              if (store && entry.persisted) {
+                void entry.persisted
+                  .then((stored) => (stored ? store.saveShard(entry.job.id, result) : undefined))
+                  .catch(() => {});
+              }
+            },
+          }),
         signal: entry.controller.signal,
         onProgress: (progress) => {
           entry.job.progress = { ...progress };
@@ -249,6 +340,7 @@ export class AuditQueue {
       if (removed >= excess) break;
       if (isFinal(entry.job.state)) {
         this.entries.delete(id);
+        void this.options.store?.remove(id).catch(() => {});
         removed += 1;
       }
     }

@@ -17,6 +17,7 @@ import {
   defaultShardCount,
   mergeShardResults,
   planShards,
+  type ShardedRunOptions,
   type ShardRange,
   type ShardResult,
   type ShardSettings,
@@ -41,17 +42,11 @@ export interface ShardPoolOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-export interface PoolAuditOptions extends AutoAttackOptions {
+export interface PoolAuditOptions extends AutoAttackOptions, ShardedRunOptions {
   /** Shards to split the points into (default about 4 per worker, >= 32 points each). */
   shards?: number;
   /** The model files, when the classifier is not a tfjs model the pool can serialise. */
   modelFiles?: Map<string, Uint8Array>;
-  /** Called with every shard result as it arrives (e.g. to persist it). */
-  onShard?: (result: ShardResult) => void;
-  /** Shard results already known (a resumed audit): those shards do not run again. */
-  finished?: readonly ShardResult[];
-  /** Audit id written into shard results (default a fresh UUID). */
-  audit?: string;
 }
 
 /** A shard that could not complete (its worker died too often, or it failed). */

@@ -10,7 +10,13 @@ import { runShard } from './shards.js';
  * the model of the last audit kept loaded. Exits when the parent goes away.
  */
 
-const send = (message: WorkerMessage) => process.send?.(message);
+/** Sends to the parent; when the parent is gone (killed), this worker has no one to work for. */
+const send = (message: WorkerMessage) => {
+  if (!process.connected) process.exit(0);
+  process.send?.(message, undefined, undefined, (error: Error | null) => {
+    if (error) process.exit(0);
+  });
+};
 
 let model: { key: string; classifier: Promise<TfjsClassifier> } | undefined;
 const controllers = new Map<number, AbortController>();

@@ -53,6 +53,16 @@ export interface ShardResult {
   part: AutoAttackPart;
 }
 
+/** What a sharded runner (the pool) takes beyond the engine's options; plain AutoAttack ignores it. */
+export interface ShardedRunOptions {
+  /** Audit id written into shard results (default a fresh UUID). */
+  audit?: string;
+  /** Shard results already known (a resumed audit): those shards do not run again. */
+  finished?: readonly ShardResult[];
+  /** Called with every shard result as it arrives (e.g. to persist it). */
+  onShard?: (result: ShardResult) => void;
+}
+
 /** A shard specification or a set of shard results that cannot make one audit. */
 export class ShardError extends Error {
   override readonly name = 'ShardError';

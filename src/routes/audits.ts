@@ -22,6 +22,7 @@ const AuditParametersSchema = z.object({
   seed: z.number().int(),
   iterations: z.number().int().optional(),
   restarts: z.number().int().optional(),
+  queries: z.number().int().optional(),
 });
 
 export const AuditJobSchema = z
@@ -148,6 +149,7 @@ export const AuditFormSchema = z
     seed: formNumber('seed', { integer: true, min: 0, max: 2 ** 32 - 1, example: '0' }).optional(),
     iterations: formNumber('iterations', { integer: true, min: 1, max: 10_000, example: '100' }).optional(),
     restarts: formNumber('restarts', { integer: true, min: 1, max: 20, example: '1' }).optional(),
+    queries: formNumber('queries', { integer: true, min: 1, max: 20_000, example: '5000' }).optional(),
   })
   .superRefine((form, ctx) => {
     if (form.dataset === undefined) {
@@ -307,6 +309,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
           seed: values.seed ?? 0,
           iterations: values.iterations,
           restarts: values.restarts,
+          queries: values.queries,
         },
       });
     } catch (error) {

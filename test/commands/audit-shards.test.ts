@@ -25,7 +25,12 @@ function quiet() {
     }),
     vi.spyOn(process.stderr, 'write').mockImplementation(() => true),
   ];
-  return { errors: () => errors.join('\n'), restore: () => spies.forEach((s) => s.mockRestore()) };
+  return {
+    errors: () => errors.join('\n'),
+    restore: () => {
+      for (const spy of spies) spy.mockRestore();
+    },
+  };
 }
 
 const base = [

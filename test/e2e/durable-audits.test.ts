@@ -1,0 +1,142 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ArrayDataset } from '../../src/data/dataset.js';
+import { loadDataset } from '../../src/data/load.js';
+import { readModelDir } from '../../src/data/model-dir.js';
+import { autoAttack } from '../../src/engine/autoattack.js';
+import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { withoutTimings } from '../engine/autoattack-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../jobs/shard-fixtures.js';
+import { auditForm } from '../routes/audit-fixtures.js';
+
+/**
+ * kill -9 the real service (`ratio serve`, a child process) mid-audit, start it again on the same
+ * state directory: the audit is still listed, resumes from its finished shard and ends with the
+ * report of an uninterrupted run.
+ */
+
+let workDir = '';
+let stateDir = '';
+let modelsDir = '';
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  workDir = await mkdtemp(path.join(tmpdir(), 'ratio-durable-'));
+  stateDir = path.join(workDir, 'state');
+  modelsDir = path.join(workDir, 'models');
+  await cp(MODEL_DIR, path.join(modelsDir, 'ratio-cifar10'), { recursive: true });
+});
+
+afterAll(async () => {
+  for (const child of children)
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  await rm(workDir, { recursive: true, force: true });
+});
+
+/** Starts `ratio serve` on a free loopback port; resolves with its URL once it listens. */
+async function startService(): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(
+    process.execPath,
+    ['bin/ratio.js', 'serve', '--port', '0', '--host', '127.0.0.1', '--models', modelsDir, '--workers', '1'],
+    {
+      env: { ...process.env, RATIO_STATE_DIR: stateDir, LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  children.push(child);
+  const lines = createInterface({ input: child.stdout! });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once('exit', (code) => reject(new Error(`the service exited (${code}) before listening`)));
+    lines.on('line', (line) => {
+      try {
+        const entry = JSON.parse(line) as { msg?: string; url?: string };
+        if (entry.msg === 'listening' && entry.url) resolve(entry.url);
+      } catch {
+        // not a log line
+      }
+    });
+  });
+  return { child, url };
+}
+
+async function waitFor<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 150_000,
+): Promise<T> {
+  const started = Date.now();
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+const fields = {
+  model: 'ratio-cifar10',
+  norm: 'L2',
+  eps: '1',
+  n: '64',
+  seed: '1',
+  iterations: '1',
+  queries: '60',
+};
+
+describe('durable audits', { timeout: 400_000 }, () => {
+  it('survive kill -9 of the service and end with the uninterrupted report', async () => {
+    const data = (await readFile(DATA_FILE)).subarray(0, 64 * 3073);
+    const first = await startService();
+    const created = await fetch(`${first.url}/v1/audits`, {
+      method: 'POST',
+      body: auditForm(undefined, data, fields),
+    });
+    expect(created.status).toBe(202);
+    const { id } = (await created.json()) as { id: string };
+    const shardsDir = path.join(stateDir, 'audits', id, 'shards');
+    // 64 points on 1 worker: 2 shards, one after the other. Kill once the first is on disk.
+    const firstShard = await waitFor('the first shard', async () => {
+      const files = (await readdir(shardsDir).catch(() => [])).filter((f) => f.endsWith('.json'));
+      return files.length >= 1 ? files[0] : undefined;
+    });
+    const job = (await (await fetch(`${first.url}/v1/audits/${id}`)).json()) as { state: string };
+    expect(job.state).toBe('running');
+    const shardBytes = await readFile(path.join(shardsDir, firstShard));
+    first.child.kill('SIGKILL');
+    await new Promise((resolve) => first.child.once('exit', resolve));
+
+    const second = await startService();
+    const listed = await fetch(`${second.url}/v1/audits/${id}`);
+    expect(listed.status).toBe(200);
+    const done = await waitFor('the resumed audit', async () => {
+      const body = (await (await fetch(`${second.url}/v1/audits/${id}`)).json()) as {
+        state: string;
+        result: Parameters<typeof withoutTimings>[0] | null;
+      };
+      return body.state === 'running' || body.state === 'queued' ? undefined : body;
+    });
+    expect(done.state).toBe('succeeded');
+    // The finished shard was not run again (its file is as it was before the kill).
+    expect(Buffer.compare(await readFile(path.join(shardsDir, firstShard)), shardBytes)).toBe(0);
+
+    const classifier = await loadModelFromFiles(await readModelDir(MODEL_DIR));
+    const points = (await loadDataset(DATA_FILE)).take(64) as ArrayDataset;
+    const x = points.tensor();
+    const uninterrupted = await autoAttack(classifier, x, points.labels, {
+      norm: 'L2',
+      eps: 1,
+      seed: 1,
+      iterations: 1,
+      queries: 60,
+    });
+    x.dispose();
+    classifier.dispose();
+    expect(withoutTimings(done.result!)).toEqual(withoutTimings(uninterrupted));
+    second.child.kill('SIGTERM');
+    await new Promise((resolve) => second.child.once('exit', resolve));
+  });
+});
