@@ -13,6 +13,7 @@ const HELP = `usage: ratio audit merge <shard.json>... [--report <file>] [--min-
   <shard.json>...               the files of 'ratio audit --shard i/N --report <file>', all N of them
   --report <file>               write the merged JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
+  --junit <file>, --markdown <file>   summaries as 'ratio audit' writes them
 
 Exit codes: 0 pass, 1 under --min-robust-accuracy, 2 bad input (unreadable, foreign, missing or
 duplicate shards).
@@ -26,6 +27,8 @@ function parseMergeArguments(argv: string[]) {
     options: {
       report: { type: 'string' },
       'min-robust-accuracy': { type: 'string' },
+      junit: { type: 'string' },
+      markdown: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -60,7 +63,7 @@ export async function run(argv: string[]): Promise<number> {
       documents.push(parseShardDocument(text, file));
     }
     const report = mergeShardDocuments(documents);
-    const { printAuditReport, gateExitCode } = await import('./audit-output.js');
+    const { printAuditReport, gateExitCode, writeSummaries } = await import('./audit-output.js');
     const document = {
       audit: documents[0].audit,
       shards: documents[0].shards,
@@ -70,6 +73,7 @@ export async function run(argv: string[]): Promise<number> {
     const reportPath = values.report;
     if (reportPath) await writeFile(reportPath, `${JSON.stringify(document, null, 2)}\n`);
     printAuditReport(report);
+    await writeSummaries(report, { ...values, minRobustAccuracy }, `audit ${documents[0].audit}`);
     return gateExitCode(report, minRobustAccuracy);
   } catch (error) {
     if (error instanceof UsageError || error instanceof ShardError) {

@@ -24,6 +24,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --restarts <int>              restarts of the white-box attacks (default 1; plus: 5)
   --report <file>               write the JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
+  --junit <file>                write a JUnit XML summary (the gate as a test case) there
+  --markdown <file>             write a Markdown summary there (e.g. $GITHUB_STEP_SUMMARY)
   --workers <int>               worker processes (default RATIO_WORKERS, else one per core); 1 = in process
   --shard <i>/<N>               run only shard i of N and write its rows to --report (merge them with
                                 'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
@@ -52,6 +54,8 @@ interface AuditArguments {
   report?: string;
   minRobustAccuracy?: number;
   workers: number;
+  junit?: string;
+  markdown?: string;
   shard?: { shard: number; shards: number };
   iterations?: number;
   queries?: number;
@@ -89,6 +93,8 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     report: { type: 'string' },
     'min-robust-accuracy': { type: 'string' },
     workers: { type: 'string' },
+    junit: { type: 'string' },
+    markdown: { type: 'string' },
     shard: { type: 'string' },
     shards: { type: 'string' },
     iterations: { type: 'string' },
@@ -126,6 +132,8 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     report: options.text('report'),
     minRobustAccuracy,
     workers,
+    junit: options.text('junit'),
+    markdown: options.text('markdown'),
     shard,
     iterations: optionalInteger('iterations'),
     queries: optionalInteger('queries'),
@@ -164,7 +172,7 @@ async function audit(args: AuditArguments): Promise<number> {
     }
     progress.update(p.done, p.total);
   };
-  const { printAuditReport, gateExitCode } = await import('./audit-output.js');
+  const { printAuditReport, gateExitCode, writeSummaries } = await import('./audit-output.js');
   try {
     if (args.shard) {
       const { runAuditShard, shardDocument } = await import('../jobs/audit-shards.js');
@@ -214,6 +222,7 @@ async function audit(args: AuditArguments): Promise<number> {
     };
     if (args.report) await writeFile(args.report, `${JSON.stringify(document, null, 2)}\n`);
     printAuditReport(report);
+    await writeSummaries(report, args, prepared.classifier.card.name);
     return gateExitCode(report, args.minRobustAccuracy);
   } finally {
     process.removeListener('SIGINT', interrupt);

@@ -63,7 +63,20 @@ describe('ratio audit --shard / merge', { timeout: 180_000 }, () => {
       expect(withoutTimings(stripCliFields(actual))).toEqual(withoutTimings(stripCliFields(expected)));
       expect([actual.audit.length, actual.shards]).toEqual([16, 3]);
       expect(actual.robust_accuracy).toBe(expected.robust_accuracy);
-      expect(await run(['merge', ...shardFiles, '--min-robust-accuracy', '0.99'])).toBe(1);
+      const junit = path.join(workDir, 'audit.xml');
+      const markdown = path.join(workDir, 'audit.md');
+      const gate = ['--min-robust-accuracy', '0.99', '--junit', junit, '--markdown', markdown];
+      expect(await run(['merge', ...shardFiles, ...gate])).toBe(1);
+      const xml = await readFile(junit, 'utf8');
+      expect(xml).toMatch(/<testsuite name="audit [0-9a-f]{16}" tests="5" failures="1"/);
+      expect(xml).toMatch(/<failure message="robust accuracy [0-9.]+ is below 0.99"\/>/);
+      expect((xml.match(/<testcase /g) ?? []).length).toBe(5);
+      const md = await readFile(markdown, 'utf8');
+      expect(md).toContain(`| robust accuracy | ${(expected.robust_accuracy * 100).toFixed(2)}% |`);
+      expect(md).toContain('| gate | **FAIL** (< 99.00%) |');
+      expect(md.match(/^\| (apgd-ce|apgd-t|fab-t|square) \|/gm)?.length).toBe(4);
+      expect(await run(['merge', ...shardFiles, '--min-robust-accuracy', '0', '--junit', junit])).toBe(0);
+      expect(await readFile(junit, 'utf8')).not.toContain('<failure');
 
       // Bad input: a missing shard, a duplicate, a foreign file, unreadable JSON: exit 2.
       expect(await run(['merge', shardFiles[0], shardFiles[1]])).toBe(2);
