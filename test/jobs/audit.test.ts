@@ -63,6 +63,7 @@ describe('prepareAudit / runAudit', () => {
       ...r,
       seconds: 0,
       per_attack: r.per_attack.map((a) => ({ ...a, seconds: 0 })),
+      samples: r.samples.map((s) => ({ ...s, seconds: 0 })),
     });
     expect(withoutTimes(report)).toEqual(withoutTimes(direct));
     expect(report.n).toBe(4);
