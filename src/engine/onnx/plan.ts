@@ -356,25 +356,35 @@ export class Planner {
   }
 }
 
-/** The constant `name` as a ConstTensor, from the initializers (decoded on first use). */
+const FLOAT_DATA_TYPES = new Set<number>([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16]);
+
+/**
+ * Checks every constant's size from its dims (before any payload is decoded) against the limits;
+ * returns the parameter count: the elements of the float constants (weights, BatchNorm statistics).
+ */
 function checkParameters(model: OnnxModel, limits: OnnxLimits): number {
   let total = 0;
-  for (const [name, tensor] of model.initializers) {
-    const { size } = tensorShape(tensor, `initializer '${name}'`);
+  let floats = 0;
+  const tensors = [
+    ...[...model.initializers].map(([name, tensor]) => ({ tensor, where: `initializer '${name}'` })),
+    ...model.nodes.flatMap((node) =>
+      [...node.attributes.values()].flatMap((a) =>
+        a.t ? [{ tensor: a.t, where: `node '${node.name}'` }] : [],
+      ),
+    ),
+  ];
+  for (const { tensor, where } of tensors) {
+    const { size } = tensorShape(tensor, where);
     if (size > limits.maxTensorElements) {
-      throw new OnnxLimitError('tensorElements', size, limits.maxTensorElements, `initializer '${name}'`);
+      throw new OnnxLimitError('tensorElements', size, limits.maxTensorElements, where);
     }
     total += size;
-  }
-  for (const node of model.nodes) {
-    for (const attribute of node.attributes.values()) {
-      if (attribute.t) total += tensorShape(attribute.t, `node '${node.name}'`).size;
-    }
+    if (FLOAT_DATA_TYPES.has(tensor.dataType ?? 0)) floats += size;
   }
   if (total > limits.maxParameters) {
     throw new OnnxLimitError('parameters', total, limits.maxParameters, 'the model');
   }
-  return total;
+  return floats;
 }
 
 /** [H, W, C] from the single float NCHW input [batch, C, H, W]; refuses anything else. */
