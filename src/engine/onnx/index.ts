@@ -4,7 +4,15 @@ import { OnnxUnsupportedError } from './errors.js';
 import { CONV_OPS } from './ops-conv.js';
 import { FOLD_OPS } from './ops-fold.js';
 import { TENSOR_OPS } from './ops-tensor.js';
-import { DEFAULT_ONNX_LIMITS, type OnnxLimits, type OnnxPlan, type OpSpec, planModel } from './plan.js';
+import {
+  DEFAULT_ONNX_LIMITS,
+  type GraphPlan,
+  type OnnxLimits,
+  type OnnxPlan,
+  type OpSpec,
+  planGraph,
+  planModel,
+} from './plan.js';
 import { decodeModel } from './proto.js';
 import { materializeWeights, runPlan } from './runtime.js';
 
@@ -141,5 +149,52 @@ export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions =
     tf.dispose(weights.flat());
     if (error instanceof OnnxUnsupportedError) throw error;
     throw new OnnxUnsupportedError(`the planned model does not run: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * Any single-input graph of allow-listed ops, run in ONNX's own layout (NCHW in, logical shapes
+ * out): the general form behind the classifier, used by the ONNX backend node tests. Dimension 0
+ * of the input is the batch.
+ */
+export class OnnxGraph {
+  private weights: tf.Tensor[][];
+  private constructor(
+    private readonly plan: GraphPlan,
+    weights: tf.Tensor[][],
+  ) {
+    this.weights = weights;
+  }
+
+  static load(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxGraph {
+    const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
+    const p = planGraph(decodeModel(bytes, full.maxBytes, full.maxNodes), ONNX_OPS, full);
+    return new OnnxGraph(p, materializeWeights(p.steps));
+  }
+
+  /** The output for `x` (omitted when the graph has no input: every value was folded at load). */
+  run(x?: tf.Tensor): tf.Tensor {
+    const { input, output, steps } = this.plan;
+    if (output.kind === 'constant') {
+      // A folded shape may hold the batch size (NaN at load), known now.
+      const t = output.tensor;
+      const values = Float32Array.from(t.values, (v) =>
+        Number.isNaN(v) && t.type === 'int' ? (x?.shape[0] ?? v) : v,
+      );
+      return tf.tensor(values, t.shape, 'float32');
+    }
+    if (!input || !x) throw new Error("'x' is required: the graph has an input");
+    if (x.rank !== input.shape.length || x.shape.slice(1).some((d, i) => d !== input.shape[i + 1])) {
+      throw new Error(`'x' must be [n, ${input.shape.slice(1)}], got [${x.shape}]`);
+    }
+    return tf.tidy(() => {
+      const physical = input.layout.kind === 'nhwc' ? tf.transpose(x, [0, 2, 3, 1]) : x;
+      return runPlan(steps, this.weights, input.id, physical, output.id);
+    });
+  }
+
+  dispose(): void {
+    tf.dispose(this.weights.flat());
+    this.weights = [];
   }
 }

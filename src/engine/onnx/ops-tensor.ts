@@ -428,34 +428,45 @@ const concatOp: OpSpec = {
       );
       return;
     }
-    if (values.some((v) => v.kind === 'constant'))
-      throw new OnnxUnsupportedError('concatenating constants with activations is not supported', at);
-    const activations = values as Activation[];
+    const activations = values.filter((v): v is Activation => v.kind === 'activation');
     const rank = activations[0].shape.length;
     const axis = normalizeAxis(axisAttribute, rank);
     if (axis === 0)
       throw new OnnxUnsupportedError('concatenating along the batch is not supported', at, 'axis');
+    const shapes = values.map((v) => (v.kind === 'activation' ? v.shape : v.tensor.shape));
     if (
-      activations.some(
-        (v) => v.shape.length !== rank || v.shape.some((d, i) => i !== axis && d !== activations[0].shape[i]),
+      values.some((v) => v.kind === 'constant' && v.tensor.shape[0] !== 1) ||
+      shapes.some(
+        (shape) => shape.length !== rank || shape.some((d, i) => i > 0 && i !== axis && d !== shapes[0][i]),
       )
     ) {
-      throw new OnnxFormatError(
-        `node '${at.node}': inputs [${activations.map((v) => `[${v.shape}]`)}] do not concatenate on axis ${axis}`,
-        at.node,
+      throw new OnnxUnsupportedError(
+        `inputs ${shapes.map((shape) => `[${shape}]`).join(', ')} do not concatenate on axis ${axis} (constants must have batch 1)`,
+        at,
       );
     }
     const layout = rank === 4 ? 'nhwc' : 'plain';
-    const inputs = activations.map((v) => planner.toLayout(v, layout));
+    const inputs: Activation[] = [];
+    const weights: ConstTensor[] = [];
+    // Constants are repeated over the batch at run time.
+    const order = values.map((v) => {
+      if (v.kind === 'activation')
+        return { from: 'input' as const, index: inputs.push(planner.toLayout(v, layout)) - 1 };
+      const floats = constant('float', v.tensor.shape, v.tensor.values);
+      return {
+        from: 'weight' as const,
+        index: weights.push(rank === 4 ? transposeConstant(floats, [0, 2, 3, 1]) : floats) - 1,
+      };
+    });
     const shape = [...activations[0].shape];
-    shape[axis] = activations.reduce((sum, v) => sum + v.shape[axis], 0);
+    shape[axis] = shapes.reduce((sum, s) => sum + s[axis], 0);
     const physicalAxis = rank === 4 ? [0, 3, 1, 2][axis] : axis;
     planner.define(
       node.outputs[0],
       planner.emit(
-        { op: 'concat', axis: physicalAxis },
+        { op: 'concat', axis: physicalAxis, order },
         inputs,
-        [],
+        weights,
         shape,
         inputs[0].layout,
         node.outputs[0],

@@ -70,7 +70,7 @@ export type StepOp =
   | { op: 'reshape'; shape: number[] }
   | { op: 'transpose'; perm: number[] }
   | { op: 'matMul'; activation: FusedActivation }
-  | { op: 'concat'; axis: number }
+  | { op: 'concat'; axis: number; order: Array<{ from: 'input' | 'weight'; index: number }> }
   | { op: 'softmax' };
 
 export type Step = StepOp & {
@@ -426,11 +426,7 @@ function checkInput(model: OnnxModel): [number, number, number] {
   return [h as number, w as number, c as number];
 }
 
-/**
- * Plans `model` with the given op table. Throws `OnnxUnsupportedError` at the first node outside the
- * allow-list (before decoding any weight), then whatever planning each node finds.
- */
-export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits: OnnxLimits): OnnxPlan {
+function checkAllowList(model: OnnxModel, ops: Record<string, OpSpec>): Record<string, number> {
   const opsUsed: Record<string, number> = {};
   for (const node of model.nodes) {
     const at = { node: node.name, opType: node.opType, opset: model.opset };
@@ -447,13 +443,12 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
     }
     opsUsed[node.opType] = (opsUsed[node.opType] ?? 0) + 1;
   }
-  const inputShape = checkInput(model);
-  const parameterCount = checkParameters(model, limits);
-  const planner = new Planner(model, limits);
-  const [h, w, c] = inputShape;
-  const inputName = model.inputs[0].name;
-  const input = planner.activation([-1, c, h, w], { kind: 'nhwc' }, inputName);
-  planner.define(inputName, input);
+  return opsUsed;
+}
+
+/** Translates every node in order; the input (if any) is defined by the caller. */
+function planNodes(planner: Planner, ops: Record<string, OpSpec>): void {
+  const { model } = planner;
   for (const [name, tensor] of model.initializers) {
     if (!planner.values.has(name))
       planner.define(name, { kind: 'constant', tensor: decodeTensor(tensor, `initializer '${name}'`) });
@@ -493,6 +488,32 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
       }
     }
   }
+}
+
+/** The steps `output` depends on, in order (layout conversions and fused-away producers drop out). */
+function liveSteps(steps: readonly Step[], output: Activation): Step[] {
+  const live = new Set<number>([output.id]);
+  for (let i = steps.length - 1; i >= 0; i--) {
+    const step = steps[i];
+    if (live.has(step.output.id)) for (const source of step.inputs) live.add(source.id);
+  }
+  return steps.filter((step) => live.has(step.output.id));
+}
+
+/**
+ * Plans `model` as a classifier with the given op table. Throws `OnnxUnsupportedError` at the first
+ * node outside the allow-list (before decoding any weight), then whatever planning each node finds.
+ */
+export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits: OnnxLimits): OnnxPlan {
+  const opsUsed = checkAllowList(model, ops);
+  const inputShape = checkInput(model);
+  const parameterCount = checkParameters(model, limits);
+  const planner = new Planner(model, limits);
+  const [h, w, c] = inputShape;
+  const inputName = model.inputs[0].name;
+  const input = planner.activation([-1, c, h, w], { kind: 'nhwc' }, inputName);
+  planner.define(inputName, input);
+  planNodes(planner, ops);
   const outputName = model.outputs[0].name;
   const result = planner.values.get(outputName);
   if (!result) throw new OnnxFormatError(`the graph output '${outputName}' is never computed`);
@@ -502,16 +523,10 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
     );
   }
   const output = planner.toLayout(result, 'plain');
-  // Only the steps the output depends on run (layout conversions and fused-away producers drop out).
-  const live = new Set<number>([output.id]);
-  for (let i = planner.steps.length - 1; i >= 0; i--) {
-    const step = planner.steps[i];
-    if (live.has(step.output.id)) for (const source of step.inputs) live.add(source.id);
-  }
   return {
     input,
     output,
-    steps: planner.steps.filter((step) => live.has(step.output.id)),
+    steps: liveSteps(planner.steps, output),
     inputShape,
     numClasses: output.shape[1],
     inputName,
@@ -523,4 +538,43 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
     producer: model.producer,
     warnings: planner.warnings,
   };
+}
+
+export interface GraphPlan {
+  /** The single float input (dimension 0 is the batch; rank 4 is NCHW, held as NHWC); none when every value is constant. */
+  input: Activation | undefined;
+  /** The first graph output: an activation in logical (ONNX) layout, or a constant folded at load. */
+  output: Value;
+  steps: Step[];
+}
+
+/**
+ * Plans any single-input graph of allow-listed ops (no classifier contract on shapes): what the
+ * ONNX backend node tests run. Rank-4 inputs are NCHW as in a classifier, held as NHWC.
+ */
+export function planGraph(model: OnnxModel, ops: Record<string, OpSpec>, limits: OnnxLimits): GraphPlan {
+  checkAllowList(model, ops);
+  if (model.inputs.length > 1)
+    throw new OnnxUnsupportedError(`the graph has ${model.inputs.length} inputs; one is supported`);
+  checkParameters(model, limits);
+  const planner = new Planner(model, limits);
+  let input: Activation | undefined;
+  if (model.inputs.length === 1) {
+    const [info] = model.inputs;
+    if (info.elemType !== DataType.FLOAT) throw new OnnxUnsupportedError(`input '${info.name}' is not float`);
+    const dims = info.dims ?? [];
+    if (dims.length === 0 || dims.slice(1).some((d) => typeof d !== 'number')) {
+      throw new OnnxUnsupportedError(`input '${info.name}' needs a static shape but for the batch`);
+    }
+    const shape = [-1, ...(dims.slice(1) as number[])];
+    input = planner.activation(shape, shape.length === 4 ? { kind: 'nhwc' } : { kind: 'plain' }, info.name);
+    planner.define(info.name, input);
+  }
+  planNodes(planner, ops);
+  const outputName = model.outputs[0]?.name;
+  const result = planner.values.get(outputName);
+  if (!result) throw new OnnxFormatError(`the graph output '${outputName}' is never computed`);
+  if (result.kind === 'constant') return { input, output: result, steps: [] };
+  const output = planner.toLayout(result, 'plain');
+  return { input, output, steps: liveSteps(planner.steps, output) };
 }

@@ -68,8 +68,15 @@ export function runStep(step: Step, inputs: tf.Tensor[], weights: tf.Tensor[]): 
       if (!bias && step.activation === 'linear') return tf.matMul(x as tf.Tensor2D, weight);
       return tf.fused.matMul({ a: x as tf.Tensor2D, b: weight, bias, activation: step.activation });
     }
-    case 'concat':
-      return tf.concat(inputs, step.axis);
+    case 'concat': {
+      const batch = x.shape[0];
+      const parts = step.order.map(({ from, index }) =>
+        from === 'input'
+          ? inputs[index]
+          : tf.tile(weights[index], [batch, ...weights[index].shape.slice(1).map(() => 1)]),
+      );
+      return tf.concat(parts, step.axis);
+    }
     case 'softmax':
       return tf.softmax(x);
   }
