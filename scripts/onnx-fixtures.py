@@ -33,6 +33,20 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class NormalizeByInverse(nn.Module):
+    """src/engine/normalization-layer.ts exactly: (x - mean) * (1 / std), 1 / std rounded from double
+    to float32 as tfjs does, so that the import and the native model compute the same bits."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer('mean', torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1))
+        inverse = torch.tensor([1.0 / s for s in CIFAR10_STD], dtype=torch.float64).float()
+        self.register_buffer('inverse_std', inverse.view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) * self.inverse_std
+
+
 class PreActBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -170,7 +184,7 @@ class SmallCnn(nn.Module):
     def __init__(self, width=0.5):
         super().__init__()
         c = [max(1, round(b * width)) for b in (32, 32, 64, 64, 128)]
-        self.normalize = Normalize()
+        self.normalize = NormalizeByInverse()
         self.conv1 = nn.Conv2d(3, c[0], 3, 1, 1)
         self.conv2 = nn.Conv2d(c[0], c[1], 3, 1, 1)
         self.conv3 = nn.Conv2d(c[1], c[2], 3, 1, 1)
