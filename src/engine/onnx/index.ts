@@ -88,6 +88,7 @@ export function inspectOnnx(bytes: Uint8Array, limits?: Partial<OnnxLimits>): On
 export class OnnxClassifier implements Classifier {
   readonly card: ModelCard;
   readonly numClasses: number;
+  readonly format = 'onnx' as const;
   readonly summary: OnnxSummary;
   private readonly plan: OnnxPlan;
   private weights: tf.Tensor[][];
