@@ -1,6 +1,7 @@
 import {
   type BinaryOp,
   binaryConstant,
+  broadcastShape,
   concatConstants,
   constant,
   gatherConstant,
@@ -87,7 +88,13 @@ const gatherOp: OpSpec = {
   handler: (planner, node, at) => {
     const data = constInput(planner, node, 0, at, 'data');
     const indices = constInput(planner, node, 1, at, 'indices');
-    defineConstant(planner, node, gatherConstant(data, indices, new Attributes(node, at).int('axis', 0)));
+    const axis = normalizeAxis(new Attributes(node, at).int('axis', 0), data.shape.length);
+    checkFoldedSize(
+      planner,
+      (sizeOf(data.shape) / Math.max(1, data.shape[axis])) * sizeOf(indices.shape),
+      at,
+    );
+    defineConstant(planner, node, gatherConstant(data, indices, axis));
   },
 };
 
@@ -207,11 +214,30 @@ export const FOLD_OPS: Record<string, OpSpec> = {
 };
 
 /** Folding for the runtime ops whose inputs are all constant. */
-export function foldBinary(op: BinaryOp, a: ConstTensor, b: ConstTensor, at: OnnxNodeRef): ConstTensor {
-  if ([...a.values, ...b.values].some(Number.isNaN)) {
+export function foldBinary(
+  planner: Planner,
+  op: BinaryOp,
+  a: ConstTensor,
+  b: ConstTensor,
+  at: OnnxNodeRef,
+): ConstTensor {
+  if (a.values.some(Number.isNaN) || b.values.some(Number.isNaN)) {
     throw new OnnxUnsupportedError('arithmetic on the batch size is not supported', at);
   }
+  checkFoldedSize(planner, sizeOf(broadcastShape(a.shape, b.shape)), at);
   return binaryConstant(op, a, b);
+}
+
+/** A folded constant's size, checked before its values are computed. */
+function checkFoldedSize(planner: Planner, size: number, at: OnnxNodeRef): void {
+  if (size > planner.limits.maxTensorElements) {
+    throw new OnnxLimitError(
+      'tensorElements',
+      size,
+      planner.limits.maxTensorElements,
+      `node '${at.node}' (folded)`,
+    );
+  }
 }
 
 export function foldReshape(

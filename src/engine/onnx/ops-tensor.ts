@@ -88,7 +88,7 @@ function binaryOp(fn: 'add' | 'sub' | 'mul' | 'div'): OpSpec {
       const b = planner.input(node, 1);
       if (!a || !b) throw new OnnxFormatError(`node '${at.node}' needs two inputs`, at.node);
       if (a.kind === 'constant' && b.kind === 'constant') {
-        defineConstant(planner, node, foldBinary(onnxName, a.tensor, b.tensor, at));
+        defineConstant(planner, node, foldBinary(planner, onnxName, a.tensor, b.tensor, at));
         return;
       }
       if (a.kind === 'constant' || b.kind === 'constant') {

@@ -10,7 +10,7 @@ import {
   OnnxLimitError,
   OnnxUnsupportedError,
 } from '../../../src/engine/onnx/index.js';
-import { buildModel, DataType, floatTensor, type ModelSpec, withHead } from './onnx-builder.js';
+import { buildModel, DataType, floatTensor, intTensor, type ModelSpec, withHead } from './onnx-builder.js';
 
 const FIXTURES = path.join(import.meta.dirname, '../../fixtures/onnx');
 const fixture = (name: string) => new Uint8Array(readFileSync(path.join(FIXTURES, name, 'model.onnx')));
@@ -179,5 +179,30 @@ describe('inspectOnnx', () => {
     expect(summary.opsUsed).toMatchObject({ Conv: 2, MaxPool: 3, Gemm: 2, Relu: 3, Shape: 1, Gather: 1 });
     expect(summary.opset).toBe(17);
     expect(summary.warnings).toEqual([]);
+  });
+});
+
+describe('ONNX folding limits', () => {
+  it('refuses a folded constant over the element limit before computing it', () => {
+    const spec = withHead([{ op: 'Relu', inputs: ['x'], outputs: ['r'] }], 'r');
+    spec.nodes.unshift(
+      {
+        op: 'ConstantOfShape',
+        inputs: ['rows'],
+        outputs: ['a'],
+        attributes: { value: { tensor: floatTensor('v', [1], [1]) } },
+      },
+      {
+        op: 'ConstantOfShape',
+        inputs: ['cols'],
+        outputs: ['b'],
+        attributes: { value: { tensor: floatTensor('v', [1], [2]) } },
+      },
+      { op: 'Mul', name: 'outer', inputs: ['a', 'b'], outputs: ['big'] },
+    );
+    spec.initializers.push(intTensor('rows', [2], [5000, 1]), intTensor('cols', [2], [1, 5000]));
+    spec.outputs = [{ name: 'y', dims: ['n', 2] }];
+    const error = refuse(buildModel(spec), OnnxLimitError, { maxTensorElements: 1_000_000 });
+    expect(error.message).toContain("node 'outer'");
   });
 });
