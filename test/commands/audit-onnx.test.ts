@@ -19,7 +19,12 @@ function capture() {
     vi.spyOn(console, 'error').mockImplementation((m: unknown) => void out.push(String(m))),
     vi.spyOn(process.stderr, 'write').mockImplementation(() => true),
   ];
-  return { text: () => out.join('\n'), restore: () => spies.forEach((s) => s.mockRestore()) };
+  return {
+    text: () => out.join('\n'),
+    restore: () => {
+      for (const spy of spies) spy.mockRestore();
+    },
+  };
 }
 
 describe('ratio audit / models inspect with a PyTorch ONNX export', () => {
