@@ -321,7 +321,7 @@ const padOp: OpSpec = {
   },
 };
 
-/** Unused here but kept beside the conv ops: per-channel vectors as [C] constants. */
+/** A per-channel parameter (BatchNormalization's scale, bias, mean, variance) as a [C] constant. */
 export function channelVector(
   tensor: ConstTensor,
   channels: number,
