@@ -544,7 +544,7 @@ export interface components {
     AuditForm: {
       /** @description name of a served model (instead of model_files) */
       model?: string;
-      /** @description model.json, its weight shards and optionally card.json; the file name is the key */
+      /** @description model.json, its weight shards and optionally card.json, or one .onnx file (a PyTorch export) and optionally card.json; the file name is the key */
       model_files?: string[];
       /**
        * Format: binary

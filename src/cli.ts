@@ -9,6 +9,7 @@ const commands: Record<string, () => Promise<CommandModule>> = {
   audit: () => import('./commands/audit.js'),
   datasets: () => import('./commands/datasets.js'),
   eval: () => import('./commands/eval.js'),
+  models: () => import('./commands/models.js'),
   serve: () => import('./commands/serve.js'),
   train: () => import('./commands/train.js'),
 };

@@ -13,7 +13,8 @@ import { type CommandModule, runCommand } from './command.js';
 
 const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --eps <number> [options]
 
-  --model <dir>                 model directory: model.json, weight shards, card.json
+  --model <dir|file.onnx>       model directory (model.json + shards, or model.onnx; card.json),
+                                or a PyTorch ONNX export
   --data <path>                 labelled images: CIFAR-10/100 binary, idx(.gz), .npy, image folder, zip
   --norm L2|Linf                threat model
   --eps <number>                perturbation budget (> 0)

@@ -12,7 +12,8 @@ import { type CommandModule, runCommand } from './command.js';
 
 const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>]... [options]
 
-  --model <dir>             model directory: model.json, weight shards, card.json
+  --model <dir|file.onnx>   model directory (model.json + shards, or model.onnx; card.json),
+                            or a PyTorch ONNX export
   --data <path>             labelled in-distribution test images: CIFAR-10/100 binary, IDX(.gz), .npy,
                             or an image folder <root>/<class>/*.png|jpg (a seeded random subset)
   --ood <set>               OOD set, repeatable: svhn | cifar100 | mnist | fashion-mnist | noise (built

@@ -69,7 +69,7 @@ function manifestPaths(modelJson: Uint8Array): string[] {
 
 /**
  * Reads `model.json`, `card.json` (when present) and every weight shard its manifest names from
- * `dir`. Shard paths that would leave the directory, or resolve (through symlinks) outside it, are
+ * `dir`; a directory with `model.onnx` and no `model.json` gives `model.onnx` and `card.json`. Shard paths that would leave the directory, or resolve (through symlinks) outside it, are
  * not read, so the engine reports them. Throws `ModelDirError` for a missing directory or model.json,
  * a non-regular file, or more than `maxBytes` in total.
  */
@@ -102,6 +102,12 @@ export async function readModelDir(dir: string, options: ReadModelDirOptions = {
     }
     files.set(key, new Uint8Array(await readFile(resolved)));
   };
+  // An ONNX model (PyTorch's export) is one file: model.onnx, beside its card.
+  if (!(await exists(path.join(root, 'model.json'))) && (await exists(path.join(root, ONNX_FILE)))) {
+    await read(ONNX_FILE, true);
+    await read('card.json', false);
+    return files;
+  }
   await read('model.json', true);
   await read('card.json', false);
   for (const raw of manifestPaths(files.get('model.json')!)) {
@@ -109,6 +115,40 @@ export async function readModelDir(dir: string, options: ReadModelDirOptions = {
     if (key) await read(key, false);
   }
   return files;
+}
+
+/** The ONNX model file of a model directory. */
+export const ONNX_FILE = 'model.onnx';
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await lstat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reads a model given as a directory (see `readModelDir`) or as a single `.onnx` file, which
+ * becomes `model.onnx` of the file map (with no card: its name comes from the file).
+ */
+export async function readModelPath(
+  modelPath: string,
+  options: ReadModelDirOptions = {},
+): Promise<ModelFiles> {
+  if (!modelPath.toLowerCase().endsWith('.onnx')) return readModelDir(modelPath, options);
+  const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
+  let stats: Awaited<ReturnType<typeof lstat>>;
+  try {
+    stats = await lstat(await realpath(modelPath));
+  } catch {
+    throw new ModelDirError(modelPath, 'model file does not exist');
+  }
+  if (!stats.isFile()) throw new ModelDirError(modelPath, 'is not a regular file');
+  if (stats.size > maxBytes)
+    throw new ModelDirError(modelPath, `model file exceeds the limit of ${maxBytes} bytes`);
+  return new Map([[ONNX_FILE, new Uint8Array(await readFile(modelPath))]]);
 }
 
 /** Writes `bytes` to a temporary name beside `target`, then renames it into place. */
@@ -174,7 +214,7 @@ export async function updateModelCard(
   return updated;
 }
 
-/** Names of the subdirectories of `root` that hold a model.json (the models directory). */
+/** Names of the subdirectories of `root` that hold a model.json or a model.onnx (the models directory). */
 export async function listModelDirs(root: string): Promise<string[]> {
   let entries: string[];
   try {
@@ -187,7 +227,8 @@ export async function listModelDirs(root: string): Promise<string[]> {
     try {
       if ((await lstat(path.join(root, name, 'model.json'))).isFile()) names.push(name);
     } catch {
-      // not a model directory
+      // not a TF.js model directory; maybe an ONNX one
+      if (await exists(path.join(root, name, ONNX_FILE))) names.push(name);
     }
   }
   return names;

@@ -6,6 +6,11 @@ export interface ModelCard {
   classNames: string[];
   /** [height, width, channels] of one NHWC input image in [0,1]. */
   inputShape: [number, number, number];
+  /**
+   * The input layout of the model as its author wrote it: 'NCHW' for imported PyTorch/ONNX models
+   * (the classifier still takes NHWC; the import moved the weights), so reports can say so.
+   */
+  inputLayout?: 'NHWC' | 'NCHW';
   /** Softmax temperature fitted after training (1 = uncalibrated). */
   temperature: number;
   /** Training objective and budgets, when the model came from our pipeline. */

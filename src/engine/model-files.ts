@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { ModelFiles } from '../data/model-dir.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './model-topology.js';
+import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError } from './onnx/index.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
 import './normalization-layer.js';
 
@@ -20,8 +21,9 @@ export class ModelFileError extends Error {
     readonly path: string,
     readonly field: string | undefined,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(`${path}${field ? ` (${field})` : ''}: ${message}`);
+    super(`${path}${field ? ` (${field})` : ''}: ${message}`, options);
   }
 }
 
@@ -334,6 +336,49 @@ export async function loadModelFromFiles(
       'modelTopology',
       `the model does not run: ${(error as Error).message}`,
     );
+  }
+}
+
+const isOnnxFile = (key: string) => key.toLowerCase().endsWith('.onnx');
+
+/**
+ * Loads whichever model the files hold: an ONNX model (a `.onnx` file, see `loadOnnxFromFiles`) or
+ * a TF.js model (`loadModelFromFiles`). Rejects with `ModelFileError` naming the file at fault.
+ */
+export async function loadClassifierFromFiles(
+  files: ModelFiles,
+  options: LoadModelOptions = {},
+): Promise<TfjsClassifier | OnnxClassifier> {
+  if ([...files.keys()].some(isOnnxFile)) return loadOnnxFromFiles(files, options);
+  return loadModelFromFiles(files, options);
+}
+
+/**
+ * An ONNX model (PyTorch's export): one `.onnx` file, named anything (`model.onnx` in a model
+ * directory), plus an optional card.json. Import errors become `ModelFileError`s naming the file,
+ * the node when there is one, and keep the typed ONNX error as `cause`.
+ */
+export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions): OnnxClassifier {
+  const onnxKeys = [...files.keys()].filter(isOnnxFile);
+  const extra = [...files.keys()].filter((key) => !isOnnxFile(key) && key !== 'card.json');
+  if (onnxKeys.length !== 1 || extra.length > 0) {
+    throw new ModelFileError(
+      onnxKeys.join(', '),
+      undefined,
+      `an ONNX model is one .onnx file and optionally card.json; got ${[...files.keys()].join(', ')}`,
+    );
+  }
+  const [key] = onnxKeys;
+  const card = { ...parseCard(files), ...options.card };
+  try {
+    return loadOnnxClassifier(files.get(key)!, {
+      card,
+      limits: { maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES },
+    });
+  } catch (error) {
+    if (!(error instanceof OnnxImportError)) throw error;
+    const node = 'node' in error && typeof error.node === 'string' ? `node ${error.node}` : undefined;
+    throw new ModelFileError(key, node, `${error.name}: ${error.message}`, { cause: error });
   }
 }
 

@@ -1,7 +1,8 @@
 import path from 'node:path';
-import { listModelDirs, type ModelFiles, readModelDir } from '../data/model-dir.js';
-import { type Classifier, ModelContractError, type TfjsClassifier } from '../engine/classifier.js';
-import { loadModelFromFiles, ModelFileError } from '../engine/model-files.js';
+import { listModelDirs, type ModelFiles, readModelPath } from '../data/model-dir.js';
+import { type Classifier, ModelContractError } from '../engine/classifier.js';
+import { loadClassifierFromFiles, ModelFileError } from '../engine/model-files.js';
+import { inspectOnnx, OnnxImportError, type OnnxSummary } from '../engine/onnx/index.js';
 import { ModelLoadError } from './errors.js';
 
 /**
@@ -11,10 +12,12 @@ import { ModelLoadError } from './errors.js';
  * becomes a `ModelLoadError` naming the input.
  */
 
-/** Loads the model in directory `dir`. */
-export async function loadModelDir(dir: string, card: { name?: string } = {}): Promise<TfjsClassifier> {
-  const files = await readModelDir(dir);
-  return loadModelFromFiles(files, { card });
+/** Loads the model in directory `dir` (TF.js or ONNX), or the ONNX file `dir` names. */
+export async function loadModelDir(dir: string, card: { name?: string } = {}): Promise<Classifier> {
+  const files = await readModelPath(dir);
+  const name =
+    card.name ?? (dir.toLowerCase().endsWith('.onnx') ? path.basename(dir, path.extname(dir)) : undefined);
+  return loadClassifierFromFiles(files, { card: name ? { ...card, name } : card });
 }
 
 /**
@@ -44,11 +47,32 @@ export async function loadUploadedModel(
   files: ModelFiles,
   field: string,
   maxWeightBytes: number,
-): Promise<TfjsClassifier> {
+): Promise<Classifier> {
   try {
-    return await loadModelFromFiles(files, { maxWeightBytes });
+    return await loadClassifierFromFiles(files, { maxWeightBytes });
   } catch (error) {
     if (error instanceof ModelFileError || error instanceof ModelContractError) throw error;
     throw new ModelLoadError(field, `the model cannot be loaded: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * What `ratio models inspect` prints for an ONNX model (a .onnx file or a directory holding
+ * model.onnx): inputs, outputs, ops used, parameter count, warnings; no tensor is made. A file the
+ * importer refuses becomes a `ModelFileError` naming it, with the ONNX error as cause.
+ */
+export async function inspectModel(modelPath: string): Promise<OnnxSummary> {
+  const files = await readModelPath(modelPath);
+  const bytes = files.get('model.onnx');
+  if (!bytes)
+    throw new ModelLoadError(
+      'model',
+      `'${modelPath}' is not an ONNX model (a .onnx file or a directory with model.onnx)`,
+    );
+  try {
+    return inspectOnnx(bytes);
+  } catch (error) {
+    if (!(error instanceof OnnxImportError)) throw error;
+    throw new ModelFileError(modelPath, undefined, `${error.name}: ${error.message}`, { cause: error });
   }
 }

@@ -130,7 +130,8 @@ export const AuditFormSchema = z
       .openapi({
         type: 'array',
         items: { type: 'string', format: 'binary' },
-        description: 'model.json, its weight shards and optionally card.json; the file name is the key',
+        description:
+          'model.json, its weight shards and optionally card.json, or one .onnx file (a PyTorch export) and optionally card.json; the file name is the key',
       }),
     dataset: filePart('dataset', 'labelled test set: CIFAR binary, idx, .npy or a zip of an image folder'),
     labels: filePart('labels', 'labels file for idx/.npy images'),
@@ -169,7 +170,7 @@ export const AuditFormSchema = z
       ctx.addIssue({
         code: 'custom',
         path: ['model_files'],
-        message: `send 'model_files' (model.json and weight shards) or 'model'`,
+        message: `send 'model_files' (model.json and weight shards, or a .onnx file) or 'model'`,
       });
     }
   })

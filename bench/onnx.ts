@@ -1,0 +1,124 @@
+/**
+ * ONNX import benchmark: the PyTorch-exported twin of smallCnn (width 0.5, test/fixtures/onnx/
+ * small-cnn, made by scripts/onnx-fixtures.py) imported from ONNX, against the native tf.layers
+ * smallCnn holding the same weights, in the same run on the selected backend. Prints median
+ * forward and input-gradient times (cross-entropy) of both and their ratio; rounds alternate
+ * between the two models so machine noise hits both alike.
+ *
+ *   npm run bench:onnx -- [--batch 64] [--repeats 7]
+ */
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../src/engine/backend.js';
+import { type Classifier, TfjsClassifier } from '../src/engine/classifier.js';
+import { loadOnnxClassifier } from '../src/engine/onnx/index.js';
+import { decodeModel, decodeTensor } from '../src/engine/onnx/proto.js';
+import { smallCnn } from '../src/training/architectures.js';
+import { Rng } from '../src/util/random.js';
+
+const { values: args } = parseArgs({
+  options: { batch: { type: 'string', default: '64' }, repeats: { type: 'string', default: '7' } },
+});
+const batch = Number(args.batch);
+const repeats = Number(args.repeats);
+if (!Number.isInteger(batch) || batch < 1)
+  throw new Error(`'--batch' must be a positive integer, got ${args.batch}`);
+if (!Number.isInteger(repeats) || repeats < 1)
+  throw new Error(`'--repeats' must be a positive integer, got ${args.repeats}`);
+
+const backend = await initBackend();
+const bytes = new Uint8Array(
+  readFileSync(new URL('../test/fixtures/onnx/small-cnn/model.onnx', import.meta.url)),
+);
+const imported = loadOnnxClassifier(bytes);
+
+/** smallCnn x0.5 with the ONNX file's weights (OIHW -> HWIO, [out, in] -> [in, out]). */
+function nativeTwin(): TfjsClassifier {
+  const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.5 });
+  const onnx = decodeModel(bytes, 1e9, 1e5);
+  const weight = (name: string) => {
+    const t = decodeTensor(onnx.initializers.get(name)!, name);
+    return tf.tensor(t.values as Float32Array, t.shape);
+  };
+  tf.tidy(() => {
+    for (const layer of ['conv1', 'conv2', 'conv3', 'conv4', 'conv5']) {
+      model
+        .getLayer(layer)
+        .setWeights([tf.transpose(weight(`${layer}.weight`), [2, 3, 1, 0]), weight(`${layer}.bias`)]);
+    }
+    model.getLayer('logits').setWeights([tf.transpose(weight('fc.weight')), weight('fc.bias')]);
+  });
+  return new TfjsClassifier(model);
+}
+const native = nativeTwin();
+
+const rng = new Rng(1);
+const x = tf.tensor4d(
+  Float32Array.from({ length: batch * 32 * 32 * 3 }, () => rng.next()),
+  [batch, 32, 32, 3],
+);
+const labels = tf.oneHot(
+  tf.tensor1d(
+    Array.from({ length: batch }, () => rng.int(10)),
+    'int32',
+  ),
+  10,
+);
+
+function forward(classifier: Classifier): number {
+  const start = performance.now();
+  const logits = classifier.logits(x);
+  logits.dataSync();
+  logits.dispose();
+  return performance.now() - start;
+}
+
+function inputGradient(classifier: Classifier): number {
+  const start = performance.now();
+  const grad = tf.grad((input: tf.Tensor) =>
+    tf.losses.softmaxCrossEntropy(labels, classifier.logits(input as tf.Tensor4D)),
+  )(x);
+  grad.dataSync();
+  grad.dispose();
+  return performance.now() - start;
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+const times = {
+  onnxForward: [] as number[],
+  nativeForward: [] as number[],
+  onnxGradient: [] as number[],
+  nativeGradient: [] as number[],
+};
+// Warm-up: kernels compiled, weights uploaded.
+for (const c of [imported, native]) {
+  forward(c);
+  inputGradient(c);
+}
+for (let round = 0; round < repeats; round++) {
+  times.onnxForward.push(forward(imported));
+  times.nativeForward.push(forward(native));
+  times.nativeGradient.push(inputGradient(native));
+  times.onnxGradient.push(inputGradient(imported));
+}
+const ms = (v: number) => Math.round(v * 10) / 10;
+const result = {
+  bench: 'onnx-import',
+  model: 'smallCnn x0.5 (PyTorch export, opset 17) vs native tf.layers smallCnn x0.5, same weights',
+  backend: backend.name,
+  nativeKernels: backend.nativeKernels,
+  batch,
+  repeats,
+  forwardMs: { onnx: ms(median(times.onnxForward)), native: ms(median(times.nativeForward)) },
+  inputGradientMs: { onnx: ms(median(times.onnxGradient)), native: ms(median(times.nativeGradient)) },
+  ratio: {
+    forward: Math.round((median(times.onnxForward) / median(times.nativeForward)) * 1000) / 1000,
+    inputGradient: Math.round((median(times.onnxGradient) / median(times.nativeGradient)) * 1000) / 1000,
+  },
+  runtimeSteps: imported.summary.runtimeSteps,
+};
+console.log(JSON.stringify(result, null, 2));
+tf.dispose([x, labels]);
+imported.dispose();
+native.dispose();

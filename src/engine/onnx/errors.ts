@@ -1,0 +1,65 @@
+/**
+ * Why an ONNX file was refused. Every refusal happens while reading the file and planning the graph,
+ * before any tensor exists; each kind has its own class (chosen by type, never by message).
+ */
+export abstract class OnnxImportError extends Error {}
+
+/** The bytes are not a readable ONNX model: not protobuf, truncated, no graph, dangling names. */
+export class OnnxFormatError extends OnnxImportError {
+  override readonly name = 'OnnxFormatError';
+  constructor(
+    message: string,
+    /** The node at fault, when there is one. */
+    readonly node?: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Where in the graph an unsupported construct sits: node name, op type and the model's opset. */
+export interface OnnxNodeRef {
+  node: string;
+  opType: string;
+  opset: number;
+}
+
+/**
+ * A valid model that uses something the importer does not support: an operator outside the
+ * allow-list, an attribute value (e.g. `mode=reflect`), external weight data, a second input, a
+ * non-float input, a dynamic dimension other than the batch. The message names the node, its op
+ * type and the opset, and the attribute when one is at fault.
+ */
+export class OnnxUnsupportedError extends OnnxImportError {
+  override readonly name = 'OnnxUnsupportedError';
+  readonly node: string | undefined;
+  readonly opType: string | undefined;
+  readonly opset: number | undefined;
+  constructor(
+    message: string,
+    at?: OnnxNodeRef,
+    /** The attribute or input at fault (e.g. `group`, `pads`, `input`). */
+    readonly attribute?: string,
+  ) {
+    super(
+      at
+        ? `node '${at.node}' (${at.opType}, opset ${at.opset})${attribute ? ` attribute '${attribute}'` : ''}: ${message}`
+        : message,
+    );
+    this.node = at?.node;
+    this.opType = at?.opType;
+    this.opset = at?.opset;
+  }
+}
+
+/** A size over the configured limits (file bytes, parameters, elements of one tensor). */
+export class OnnxLimitError extends OnnxImportError {
+  override readonly name = 'OnnxLimitError';
+  constructor(
+    readonly limit: 'bytes' | 'parameters' | 'tensorElements' | 'nodes',
+    readonly value: number,
+    readonly maximum: number,
+    what: string,
+  ) {
+    super(`${what}: ${value} ${limit}, over the limit of ${maximum}`);
+  }
+}

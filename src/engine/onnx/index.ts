@@ -1,0 +1,201 @@
+import * as tf from '@tensorflow/tfjs';
+import { assertImageBatch, type Classifier, type ModelCard, probabilities } from '../classifier.js';
+import { OnnxUnsupportedError } from './errors.js';
+import { CONV_OPS } from './ops-conv.js';
+import { FOLD_OPS } from './ops-fold.js';
+import { TENSOR_OPS } from './ops-tensor.js';
+import {
+  DEFAULT_ONNX_LIMITS,
+  type GraphPlan,
+  type OnnxLimits,
+  type OnnxPlan,
+  type OpSpec,
+  planGraph,
+  planModel,
+} from './plan.js';
+import { decodeModel } from './proto.js';
+import { materializeWeights, runPlan } from './runtime.js';
+
+export { OnnxFormatError, OnnxImportError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
+export { DEFAULT_ONNX_LIMITS, type OnnxLimits } from './plan.js';
+
+/**
+ * ONNX import (PyTorch's `torch.onnx.export`, opsets 11-18): an ONNX file becomes a `Classifier`
+ * built from tfjs ops, so attacks differentiate through it and the project's kernels run it.
+ *
+ * @example
+ * const classifier = loadOnnxClassifier(await readFile('model.onnx'), { card: { classNames } });
+ * const logits = classifier.logits(images); // NHWC [n, 32, 32, 3] in [0, 1]
+ */
+
+/** Every op the importer accepts; the fold-only ones are computed at load, never run. */
+export const ONNX_OPS: Readonly<Record<string, OpSpec>> = { ...CONV_OPS, ...TENSOR_OPS, ...FOLD_OPS };
+
+/** Op types that may appear in a model (for documentation and `models inspect`). */
+export const SUPPORTED_ONNX_OPS: readonly string[] = Object.keys(ONNX_OPS).sort();
+
+export interface OnnxSummary {
+  /** The model's input as ONNX declares it: NCHW, batch written 'n'. */
+  input: { name: string; shape: Array<number | 'n'>; layout: 'NCHW' };
+  output: { name: string; shape: Array<number | 'n'> };
+  /** ONNX op type -> node count. */
+  opsUsed: Record<string, number>;
+  parameterCount: number;
+  opset: number;
+  irVersion: number;
+  producer: string;
+  /** Planned tfjs operations per call, after folding and fusion. */
+  runtimeSteps: number;
+  warnings: string[];
+}
+
+export interface LoadOnnxOptions {
+  /** Card fields (class names, temperature, name...); the input shape comes from the model. */
+  card?: Partial<ModelCard>;
+  limits?: Partial<OnnxLimits>;
+}
+
+function plan(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxPlan {
+  const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
+  return planModel(decodeModel(bytes, full.maxBytes, full.maxNodes), ONNX_OPS, full);
+}
+
+function summarize(p: OnnxPlan): OnnxSummary {
+  const [h, w, c] = p.inputShape;
+  return {
+    input: { name: p.inputName, shape: ['n', c, h, w], layout: 'NCHW' },
+    output: { name: p.outputName, shape: ['n', p.numClasses] },
+    opsUsed: p.opsUsed,
+    parameterCount: p.parameterCount,
+    opset: p.opset,
+    irVersion: p.irVersion,
+    producer: p.producer,
+    runtimeSteps: p.steps.length,
+    warnings: p.warnings,
+  };
+}
+
+/** Reads and checks an ONNX file without making any tensor: what `ratio models inspect` prints. */
+export function inspectOnnx(bytes: Uint8Array, limits?: Partial<OnnxLimits>): OnnxSummary {
+  return summarize(plan(bytes, limits));
+}
+
+/**
+ * A `Classifier` over an imported ONNX model. It takes NHWC images like every classifier (the
+ * NCHW -> NHWC change happened to the weights at load); the card records `inputLayout: 'NCHW'`,
+ * the layout of the user's model, so reports can speak in the user's terms.
+ */
+export class OnnxClassifier implements Classifier {
+  readonly card: ModelCard;
+  readonly numClasses: number;
+  readonly format = 'onnx' as const;
+  readonly summary: OnnxSummary;
+  private readonly plan: OnnxPlan;
+  private weights: tf.Tensor[][];
+
+  constructor(p: OnnxPlan, weights: tf.Tensor[][], card: Partial<ModelCard>) {
+    this.plan = p;
+    this.weights = weights;
+    this.numClasses = p.numClasses;
+    this.summary = summarize(p);
+    const classNames = card.classNames ?? Array.from({ length: p.numClasses }, (_, i) => `class_${i}`);
+    if (classNames.length !== p.numClasses) {
+      throw new OnnxUnsupportedError(
+        `the card has ${classNames.length} class names but the model outputs ${p.numClasses} logits`,
+      );
+    }
+    this.card = {
+      name: 'onnx_model',
+      temperature: 1,
+      ...card,
+      classNames,
+      inputShape: p.inputShape,
+      inputLayout: 'NCHW',
+      format: 'onnx',
+    };
+  }
+
+  logits(x: tf.Tensor4D): tf.Tensor2D {
+    assertImageBatch(x, this.card.inputShape);
+    return tf.tidy(
+      () => runPlan(this.plan.steps, this.weights, this.plan.input.id, x, this.plan.output.id) as tf.Tensor2D,
+    );
+  }
+
+  probs(x: tf.Tensor4D, options: { temperature?: number } = {}): tf.Tensor2D {
+    return probabilities(this, x, options);
+  }
+
+  dispose(): void {
+    tf.dispose(this.weights.flat());
+    this.weights = [];
+  }
+}
+
+/**
+ * Loads an ONNX model as a classifier. Every check (format, allow-list, attributes, limits, shapes)
+ * runs before the first tensor is made; then the weights become tensors and one image is run
+ * through the model, and a failure there frees them again. Throws the `OnnxImportError` kinds.
+ */
+export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions = {}): OnnxClassifier {
+  const p = plan(bytes, options.limits);
+  const weights = materializeWeights(p.steps);
+  try {
+    const classifier = new OnnxClassifier(p, weights, options.card ?? {});
+    tf.tidy(() => {
+      classifier.logits(tf.zeros([1, ...p.inputShape]) as tf.Tensor4D);
+    });
+    return classifier;
+  } catch (error) {
+    tf.dispose(weights.flat());
+    if (error instanceof OnnxUnsupportedError) throw error;
+    throw new OnnxUnsupportedError(`the planned model does not run: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * Any single-input graph of allow-listed ops, run in ONNX's own layout (NCHW in, logical shapes
+ * out): the general form behind the classifier, used by the ONNX backend node tests. Dimension 0
+ * of the input is the batch.
+ */
+export class OnnxGraph {
+  private weights: tf.Tensor[][];
+  private constructor(
+    private readonly plan: GraphPlan,
+    weights: tf.Tensor[][],
+  ) {
+    this.weights = weights;
+  }
+
+  static load(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxGraph {
+    const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
+    const p = planGraph(decodeModel(bytes, full.maxBytes, full.maxNodes), ONNX_OPS, full);
+    return new OnnxGraph(p, materializeWeights(p.steps));
+  }
+
+  /** The output for `x` (omitted when the graph has no input: every value was folded at load). */
+  run(x?: tf.Tensor): tf.Tensor {
+    const { input, output, steps } = this.plan;
+    if (output.kind === 'constant') {
+      // A folded shape may hold the batch size (NaN at load), known now.
+      const t = output.tensor;
+      const values = Float32Array.from(t.values, (v) =>
+        Number.isNaN(v) && t.type === 'int' ? (x?.shape[0] ?? v) : v,
+      );
+      return tf.tensor(values, t.shape, 'float32');
+    }
+    if (!input || !x) throw new Error("'x' is required: the graph has an input");
+    if (x.rank !== input.shape.length || x.shape.slice(1).some((d, i) => d !== input.shape[i + 1])) {
+      throw new Error(`'x' must be [n, ${input.shape.slice(1)}], got [${x.shape}]`);
+    }
+    return tf.tidy(() => {
+      const physical = input.layout.kind === 'nhwc' ? tf.transpose(x, [0, 2, 3, 1]) : x;
+      return runPlan(steps, this.weights, input.id, physical, output.id);
+    });
+  }
+
+  dispose(): void {
+    tf.dispose(this.weights.flat());
+    this.weights = [];
+  }
+}

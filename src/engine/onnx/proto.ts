@@ -1,0 +1,293 @@
+import onnxProto from 'onnx-proto';
+import { OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
+
+/**
+ * Reads an ONNX ModelProto with protobufjs (the `onnx-proto` package ships the compiled schema) into
+ * plain structures, and decodes tensor payloads to typed arrays. No tfjs tensor is made here.
+ */
+const { onnx } = onnxProto;
+type TensorProto = onnxProto.onnx.ITensorProto;
+type AttributeProto = onnxProto.onnx.IAttributeProto;
+type ValueInfoProto = onnxProto.onnx.IValueInfoProto;
+
+/** protobufjs gives int64 fields as numbers or Long objects. */
+type LongLike = number | { toNumber(): number };
+export const toNumber = (value: LongLike | null | undefined): number =>
+  value === null || value === undefined ? 0 : typeof value === 'number' ? value : value.toNumber();
+
+export const DataType = onnx.TensorProto.DataType;
+
+/**
+ * A constant, folded at load: floats in a Float32Array; integers and booleans in a Float64Array
+ * (exact below 2^53, which covers every shape and index). `NaN` in an integer tensor stands for
+ * the batch size, which is only known at run time (e.g. the `Shape` of an activation).
+ */
+export interface ConstTensor {
+  type: 'float' | 'int' | 'bool';
+  shape: number[];
+  values: Float32Array | Float64Array;
+}
+
+export interface OnnxNode {
+  /** The node's name, or `<opType>#<index>` when the file gives none. */
+  name: string;
+  opType: string;
+  domain: string;
+  /** Input names; '' marks an omitted optional input. */
+  inputs: string[];
+  outputs: string[];
+  attributes: Map<string, AttributeProto>;
+}
+
+export interface OnnxValueInfo {
+  name: string;
+  /** TensorProto.DataType of a tensor value (0 when not a tensor). */
+  elemType: number;
+  /** Static size, symbolic name, or null (unknown); undefined when the rank is unknown. */
+  dims: Array<number | string | null> | undefined;
+}
+
+export interface OnnxModel {
+  irVersion: number;
+  /** Version of the default ('' / 'ai.onnx') operator set. */
+  opset: number;
+  producer: string;
+  /** Graph inputs that are not initializers. */
+  inputs: OnnxValueInfo[];
+  outputs: OnnxValueInfo[];
+  initializers: Map<string, TensorProto>;
+  nodes: OnnxNode[];
+}
+
+function valueInfo(info: ValueInfoProto): OnnxValueInfo {
+  const tensorType = info.type?.tensorType;
+  const dims = tensorType?.shape?.dim?.map((d) => {
+    if (d.dimParam) return d.dimParam;
+    if (d.dimValue !== null && d.dimValue !== undefined) return toNumber(d.dimValue);
+    return null;
+  });
+  return {
+    name: info.name ?? '',
+    elemType: tensorType?.elemType ?? 0,
+    dims: tensorType?.shape ? dims : undefined,
+  };
+}
+
+/**
+ * Decodes and sanity-checks a model file. Throws `OnnxFormatError` when the bytes are not an ONNX
+ * model, `OnnxLimitError` over `maxBytes`, `OnnxUnsupportedError` for constructs outside what any
+ * classifier needs (functions, sparse initializers, non-default operator domains are checked later).
+ */
+export function decodeModel(bytes: Uint8Array, maxBytes: number, maxNodes: number): OnnxModel {
+  if (bytes.byteLength > maxBytes) {
+    throw new OnnxLimitError('bytes', bytes.byteLength, maxBytes, 'the ONNX file');
+  }
+  let model: onnxProto.onnx.ModelProto;
+  try {
+    model = onnx.ModelProto.decode(bytes);
+  } catch (error) {
+    throw new OnnxFormatError(
+      `the file is not a readable ONNX protobuf (truncated or not ONNX): ${(error as Error).message}`,
+    );
+  }
+  const graph = model.graph as onnxProto.onnx.GraphProto | null;
+  if (!graph || toNumber(model.irVersion) < 3 || model.opsetImport.length === 0) {
+    throw new OnnxFormatError(
+      'the file decodes as protobuf but is not an ONNX model (no graph, IR version or opset import)',
+    );
+  }
+  const defaultOpset = model.opsetImport.find((o) => o.domain === '' || o.domain === 'ai.onnx');
+  if (!defaultOpset)
+    throw new OnnxFormatError('the model imports no version of the default ONNX operator set');
+  if (graph.node.length > maxNodes) {
+    throw new OnnxLimitError('nodes', graph.node.length, maxNodes, 'the graph');
+  }
+  if (model.functions.length > 0) {
+    throw new OnnxUnsupportedError('model-local functions are not supported');
+  }
+  if (graph.sparseInitializer.length > 0) {
+    throw new OnnxUnsupportedError('sparse initializers are not supported');
+  }
+  const initializers = new Map<string, TensorProto>();
+  for (const tensor of graph.initializer) initializers.set(tensor.name ?? '', tensor);
+  const nodes = graph.node.map(
+    (node, index): OnnxNode => ({
+      name: node.name || `${node.opType}#${index}`,
+      opType: node.opType ?? '',
+      domain: node.domain ?? '',
+      inputs: node.input ?? [],
+      outputs: node.output ?? [],
+      attributes: new Map((node.attribute ?? []).map((a) => [a.name ?? '', a])),
+    }),
+  );
+  return {
+    irVersion: toNumber(model.irVersion),
+    opset: toNumber(defaultOpset.version),
+    producer: `${model.producerName ?? ''} ${model.producerVersion ?? ''}`.trim(),
+    inputs: graph.input.filter((i) => !initializers.has(i.name ?? '')).map(valueInfo),
+    outputs: graph.output.map(valueInfo),
+    initializers,
+    nodes,
+  };
+}
+
+const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16]);
+const INT_TYPES = new Set<number>([
+  DataType.INT8,
+  DataType.INT16,
+  DataType.INT32,
+  DataType.INT64,
+  DataType.UINT8,
+  DataType.UINT16,
+  DataType.UINT32,
+]);
+const BYTES_PER_ELEMENT: Record<number, number> = {
+  [DataType.FLOAT]: 4,
+  [DataType.DOUBLE]: 8,
+  [DataType.FLOAT16]: 2,
+  [DataType.INT8]: 1,
+  [DataType.INT16]: 2,
+  [DataType.INT32]: 4,
+  [DataType.INT64]: 8,
+  [DataType.UINT8]: 1,
+  [DataType.UINT16]: 2,
+  [DataType.UINT32]: 4,
+  [DataType.BOOL]: 1,
+};
+
+/** The tensor's dimensions and element count, checked, without touching its payload. */
+export function tensorShape(tensor: TensorProto, where: string): { shape: number[]; size: number } {
+  const shape = (tensor.dims ?? []).map(toNumber);
+  if (shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+    throw new OnnxFormatError(`${where}: tensor dims [${shape}] are not non-negative integers`);
+  }
+  return { shape, size: shape.reduce((a, b) => a * b, 1) };
+}
+
+function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exponent = (h >> 10) & 0x1f;
+  const fraction = h & 0x3ff;
+  if (exponent === 0) return sign * 2 ** -14 * (fraction / 1024);
+  if (exponent === 31) return fraction ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+  return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
+}
+
+function readRaw(raw: Uint8Array, dataType: number, size: number): number[] | Float32Array {
+  const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  if (dataType === DataType.FLOAT) {
+    const out = new Float32Array(size);
+    for (let i = 0; i < size; i++) out[i] = view.getFloat32(4 * i, true);
+    return out;
+  }
+  const out = new Array<number>(size);
+  for (let i = 0; i < size; i++) {
+    switch (dataType) {
+      case DataType.DOUBLE:
+        out[i] = view.getFloat64(8 * i, true);
+        break;
+      case DataType.FLOAT16:
+        out[i] = halfToFloat(view.getUint16(2 * i, true));
+        break;
+      case DataType.INT8:
+        out[i] = view.getInt8(i);
+        break;
+      case DataType.UINT8:
+      case DataType.BOOL:
+        out[i] = view.getUint8(i);
+        break;
+      case DataType.INT16:
+        out[i] = view.getInt16(2 * i, true);
+        break;
+      case DataType.UINT16:
+        out[i] = view.getUint16(2 * i, true);
+        break;
+      case DataType.INT32:
+        out[i] = view.getInt32(4 * i, true);
+        break;
+      case DataType.UINT32:
+        out[i] = view.getUint32(4 * i, true);
+        break;
+      default:
+        // INT64: exact below 2^53; the int64 extremes used as "to the end" stay huge.
+        out[i] = Number(view.getBigInt64(8 * i, true));
+    }
+  }
+  return out;
+}
+
+/** Typed-field payloads (float_data, int32_data, int64_data, double_data). */
+function readFields(tensor: TensorProto, dataType: number): Array<number | LongLike> {
+  switch (dataType) {
+    case DataType.FLOAT:
+      return tensor.floatData ?? [];
+    case DataType.DOUBLE:
+      return tensor.doubleData ?? [];
+    case DataType.INT64:
+      return tensor.int64Data ?? [];
+    case DataType.UINT32:
+      return tensor.uint64Data ?? [];
+    default:
+      // int32_data holds every type of 32 bits or fewer (float16 as its bit pattern).
+      return tensor.int32Data ?? [];
+  }
+}
+
+/**
+ * Decodes a TensorProto into a `ConstTensor`. Refuses external data (weights in another file:
+ * an uploaded model is one file, never a path to read) and payloads whose length does not match
+ * the dims.
+ */
+export function decodeTensor(tensor: TensorProto, where: string): ConstTensor {
+  if (
+    tensor.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL ||
+    (tensor.externalData?.length ?? 0) > 0
+  ) {
+    throw new OnnxUnsupportedError(
+      `${where}: tensor '${tensor.name}' stores its data in an external file; re-export with the weights inside model.onnx`,
+    );
+  }
+  const dataType = tensor.dataType ?? 0;
+  const bytesPer = BYTES_PER_ELEMENT[dataType];
+  if (bytesPer === undefined) {
+    throw new OnnxUnsupportedError(
+      `${where}: tensor '${tensor.name}' has data type ${onnx.TensorProto.DataType[dataType] ?? dataType}, which is not supported`,
+    );
+  }
+  const { shape, size } = tensorShape(tensor, where);
+  let values: number[] | Float32Array | Array<number | LongLike>;
+  const raw = tensor.rawData;
+  if (raw && raw.byteLength > 0) {
+    if (raw.byteLength !== size * bytesPer) {
+      throw new OnnxFormatError(
+        `${where}: tensor '${tensor.name}' [${shape}] needs ${size * bytesPer} bytes of raw data, has ${raw.byteLength}`,
+      );
+    }
+    values = readRaw(raw, dataType, size);
+  } else {
+    values = readFields(tensor, dataType);
+    if (values.length !== size) {
+      throw new OnnxFormatError(
+        `${where}: tensor '${tensor.name}' [${shape}] needs ${size} values, has ${values.length}`,
+      );
+    }
+    if (dataType === DataType.FLOAT16) values = values.map((v) => halfToFloat(toNumber(v)));
+  }
+  if (FLOAT_TYPES.has(dataType)) {
+    return {
+      type: 'float',
+      shape,
+      values: values instanceof Float32Array ? values : Float32Array.from(values, toNumber),
+    };
+  }
+  return {
+    type: INT_TYPES.has(dataType) ? 'int' : 'bool',
+    shape,
+    values: Float64Array.from(values as Array<number | LongLike>, (v) => {
+      const n = toNumber(v);
+      return dataType === DataType.BOOL ? (n !== 0 ? 1 : 0) : n;
+    }),
+  };
+}
+
+export type { AttributeProto, TensorProto };
