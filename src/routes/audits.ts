@@ -9,7 +9,7 @@ import {
 import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
-import { notFound, ProblemError, problemResponses, toProblemError, validationProblem } from './problem.js';
+import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
 
