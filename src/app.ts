@@ -7,6 +7,9 @@ import pino from 'pino';
 import type { BackendInfo } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
+import type { BatcherOptions } from './jobs/batcher.js';
+import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
+import { createInferenceMetrics, InferenceService } from './jobs/inference.js';
 import { ComputeSemaphore } from './jobs/semaphore.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';
@@ -45,6 +48,11 @@ export interface AppDependencies {
   compute?: ComputeSemaphore | { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
   /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
   audits?: AuditQueue | AuditQueueOptions;
+  /**
+   * Where forward passes and analyses run (default: this thread) and how predictions are batched;
+   * the server passes worker threads (src/jobs/compute-host.ts).
+   */
+  inference?: { compute?: ModelCompute; analysis?: ModelCompute; batching?: Partial<BatcherOptions> };
   backend?: () => BackendInfo | undefined;
   ready?: () => boolean;
   logger?: pino.Logger;
@@ -82,6 +90,12 @@ export function createApp(deps: AppDependencies): ServiceApp {
         ? deps.compute
         : new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
     audits: deps.audits instanceof AuditQueue ? deps.audits : new AuditQueue(deps.audits),
+    inference: new InferenceService(
+      deps.models,
+      deps.inference?.compute ?? new InProcessCompute(deps.models),
+      deps.inference?.batching,
+    ),
+    analysis: deps.inference?.analysis ?? new InProcessCompute(deps.models),
   };
 
   const app: ServiceApp = new OpenAPIHono<ServiceEnv>({
@@ -90,6 +104,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
   });
   const metrics = createMetrics(context);
+  context.inference.observe(createInferenceMetrics(metrics.registry, () => context.inference.queuedImages()));
 
   app.use('*', requestId());
   app.use('*', async (c, next) => {
