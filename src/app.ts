@@ -17,6 +17,7 @@ import type { ServiceApp, ServiceContext, ServiceEnv, ServiceLimits } from './ro
 import { registerDocsRoutes } from './routes/docs.js';
 import { createMetrics, registerHealthRoutes } from './routes/health.js';
 import { mediaType, unsupportedMediaType } from './routes/images.js';
+import { registerInferenceV2Routes } from './routes/inference-v2.js';
 import { registerModelRoutes } from './routes/models.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 
@@ -76,6 +77,7 @@ export const OPENAPI_CONFIG: Omit<OpenAPIObject, 'paths' | 'components'> = {
     { name: 'analysis', description: 'Worst-case OOD confidence and counterfactuals' },
     { name: 'audits', description: 'AutoAttack audits as jobs' },
     { name: 'health', description: 'Liveness, readiness, metrics' },
+    { name: 'inference-v2', description: 'Open Inference Protocol v2 (KServe, Triton, Seldon clients)' },
   ],
 };
 
@@ -154,6 +156,10 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
     metrics.registry,
   );
+  registerInferenceV2Routes(app, context, {
+    ready: deps.ready ?? (() => true),
+    serviceVersion: SERVICE_VERSION,
+  });
   registerDocsRoutes(app);
   app.doc31('/openapi.json', OPENAPI_CONFIG);
 
