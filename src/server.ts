@@ -6,10 +6,10 @@ import { type AppDependencies, createApp } from './app.js';
 import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditQueue } from './jobs/audits.js';
-import { loadModelsFolder } from './jobs/models.js';
 import type { BatcherOptions } from './jobs/batcher.js';
 import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
 import { ModelRouter, WorkerCompute } from './jobs/compute-host.js';
+import { loadModelsFolder } from './jobs/models.js';
 
 /**
  * Starts the service: selects the backend, loads every model directory under `modelsDir`

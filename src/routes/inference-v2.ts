@@ -1,8 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
 import type { Classifier } from '../engine/classifier.js';
+import { oodThreshold } from '../jobs/predict.js';
 import type { ServiceApp, ServiceContext } from './context.js';
-import { oodThreshold } from './models.js';
 import { toProblemError } from './problem.js';
 
 /**
