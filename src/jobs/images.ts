@@ -82,3 +82,22 @@ export async function pngOf(batch: tf.Tensor4D, index: number): Promise<Uint8Arr
     image.dispose();
   }
 }
+
+/** PNG of image `index` of NHWC rows in [0,1] of `shape` [H, W, C] (the same bytes as `pngOf`). */
+export async function pngOfRows(
+  rows: Float32Array,
+  index: number,
+  shape: readonly [number, number, number],
+): Promise<Uint8Array> {
+  const [height, width, channels] = shape;
+  const size = height * width * channels;
+  if (!(Number.isInteger(index) && index >= 0 && (index + 1) * size <= rows.length)) {
+    throw new RangeError(
+      `image ${index} is not within ${rows.length / size} images of ${height}x${width}x${channels}`,
+    );
+  }
+  const data = new Uint8Array(size);
+  for (let i = 0; i < size; i++)
+    data[i] = Math.max(0, Math.min(255, Math.round(rows[index * size + i] * 255)));
+  return encodePng({ data, height, width, channels });
+}
