@@ -84,68 +84,115 @@ export interface WorkerComputeOptions extends WorkerInit {
   env?: NodeJS.ProcessEnv;
 }
 
+/** Starts a worker thread and waits until its backend is up and its models are loaded. */
+async function spawnWorker(
+  options: WorkerComputeOptions,
+): Promise<{ worker: Worker; info: { backend: string; models: string[] } }> {
+  const label = options.name ?? 'compute';
+  const { code } = bootstrap();
+  const worker = new Worker(code, {
+    eval: true,
+    name: `ratio-${label}`,
+    workerData: { models: options.models } satisfies WorkerInit,
+    env: options.env ?? process.env,
+  });
+  const info = await new Promise<{ backend: string; models: string[] }>((resolve, reject) => {
+    const onMessage = (reply: WorkerReply) => {
+      if (reply.id !== 0) return;
+      cleanup();
+      if (reply.ok && 'ready' in reply) resolve(reply.ready);
+      else if (!reply.ok) reject(reviveError(reply.error));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(new ComputeWorkerError(`compute worker '${label}' failed to start: ${error.message}`));
+    };
+    const onExit = (exitCode: number) => {
+      cleanup();
+      reject(new ComputeWorkerError(`compute worker '${label}' exited with code ${exitCode} while starting`));
+    };
+    const cleanup = () => {
+      worker.off('message', onMessage);
+      worker.off('error', onError);
+      worker.off('exit', onExit);
+    };
+    worker.on('message', onMessage);
+    worker.on('error', onError);
+    worker.on('exit', onExit);
+  }).catch(async (error: unknown) => {
+    await worker.terminate();
+    throw error;
+  });
+  return { worker, info };
+}
+
 export class WorkerCompute implements ModelCompute {
   private nextId = 1;
   private readonly waiting = new Map<number, Waiting>();
   private failure: Error | undefined;
   private closed = false;
+  private restarting: Promise<void> | undefined;
+  /** Times the worker was started again after it failed or exited. */
+  restarts = 0;
 
   private constructor(
-    private readonly worker: Worker,
-    readonly label: string,
+    private worker: Worker,
+    private readonly options: WorkerComputeOptions,
     /** The backend the worker selected and the models it loaded. */
     readonly info: { backend: string; models: string[] },
   ) {
-    worker.on('message', (reply: WorkerReply) => this.settle(reply));
-    worker.on('error', (error) =>
-      this.fail(new ComputeWorkerError(`compute worker '${label}' failed: ${error.message}`)),
-    );
-    worker.on('exit', (code) => {
-      if (!this.closed)
-        this.fail(new ComputeWorkerError(`compute worker '${label}' exited with code ${code}`));
-    });
+    this.attach(worker);
+  }
+
+  get label(): string {
+    return this.options.name ?? 'compute';
   }
 
   /** Starts the worker and waits until its backend is up and its models are loaded. */
   static async start(options: WorkerComputeOptions): Promise<WorkerCompute> {
-    const label = options.name ?? 'compute';
-    const { code } = bootstrap();
-    const worker = new Worker(code, {
-      eval: true,
-      name: `ratio-${label}`,
-      workerData: { models: options.models } satisfies WorkerInit,
-      env: options.env ?? process.env,
+    const { worker, info } = await spawnWorker(options);
+    return new WorkerCompute(worker, options, info);
+  }
+
+  /** Events of a worker that has since been replaced are ignored. */
+  private attach(worker: Worker): void {
+    worker.on('message', (reply: WorkerReply) => {
+      if (worker === this.worker) this.settle(reply);
     });
-    const info = await new Promise<{ backend: string; models: string[] }>((resolve, reject) => {
-      const onMessage = (reply: WorkerReply) => {
-        if (reply.id !== 0) return;
-        cleanup();
-        if (reply.ok && 'ready' in reply) resolve(reply.ready);
-        else if (!reply.ok) reject(reviveError(reply.error));
-      };
-      const onError = (error: Error) => {
-        cleanup();
-        reject(new ComputeWorkerError(`compute worker '${label}' failed to start: ${error.message}`));
-      };
-      const onExit = (exitCode: number) => {
-        cleanup();
-        reject(
-          new ComputeWorkerError(`compute worker '${label}' exited with code ${exitCode} while starting`),
-        );
-      };
-      const cleanup = () => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-      };
-      worker.on('message', onMessage);
-      worker.on('error', onError);
-      worker.on('exit', onExit);
-    }).catch(async (error: unknown) => {
-      await worker.terminate();
-      throw error;
+    worker.on('error', (error) => {
+      if (worker === this.worker) {
+        this.fail(new ComputeWorkerError(`compute worker '${this.label}' failed: ${error.message}`));
+      }
     });
-    return new WorkerCompute(worker, label, info);
+    worker.on('exit', (code) => {
+      if (worker === this.worker && !this.closed) {
+        this.fail(new ComputeWorkerError(`compute worker '${this.label}' exited with code ${code}`));
+      }
+    });
+  }
+
+  /**
+   * After a failure the requests in flight were rejected; the next request starts a fresh worker
+   * (one start at a time), so one crash costs the requests it held, not the service.
+   */
+  private async revive(): Promise<void> {
+    if (!this.failure || this.closed) return;
+    this.restarting ??= (async () => {
+      try {
+        const { worker } = await spawnWorker(this.options);
+        if (this.closed) {
+          await worker.terminate();
+          return;
+        }
+        this.worker = worker;
+        this.attach(worker);
+        this.failure = undefined;
+        this.restarts += 1;
+      } finally {
+        this.restarting = undefined;
+      }
+    })();
+    await this.restarting;
   }
 
   /** Requests sent and not yet answered. */
@@ -167,15 +214,15 @@ export class WorkerCompute implements ModelCompute {
     this.waiting.clear();
   }
 
-  private call(
+  private async call(
     request: WorkerRequest,
     transfer: ArrayBuffer[],
     signal: AbortSignal | undefined,
   ): Promise<WorkerReply & { ok: true }> {
-    if (this.closed)
-      return Promise.reject(new ComputeWorkerError(`compute worker '${this.label}' is closed`));
-    if (this.failure) return Promise.reject(this.failure);
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.closed) throw new ComputeWorkerError(`compute worker '${this.label}' is closed`);
+    await this.revive();
+    if (this.failure) throw this.failure;
+    if (signal?.aborted) throw signal.reason;
     return new Promise((resolve, reject) => {
       const onAbort = () => {
         if (!this.waiting.delete(request.id)) return;
