@@ -1,5 +1,5 @@
 /**
- * `npm run bench:service -- [--json] [--duration 5] [--model ratio-cifar10] [--levels 1,8,32,128]`:
+ * `npm run bench:service -- [--json] [--duration 5] [--rounds 2] [--model ratio-cifar10] [--levels 1,8,32,128]`:
  * the OOD gate's throughput against the real server. For each configuration it spawns `ratio serve`
  * (a child process on a random loopback port, the shipped models) and drives POST
  * /v1/models/{model}/predict with a 32x32 PNG at each concurrency with autocannon (in this process, so
@@ -23,12 +23,14 @@ const { values } = parseArgs({
     models: { type: 'string' },
     levels: { type: 'string' },
     configs: { type: 'string' },
+    rounds: { type: 'string' },
   },
 });
 const duration = Number(values.duration ?? 5);
 const modelName = values.model ?? 'ratio-cifar10';
 const modelsDir = path.resolve(values.models ?? process.env.RATIO_MODELS_DIR ?? './models');
 const levels = (values.levels ?? '1,8,32,128').split(',').map(Number);
+const rounds = Number(values.rounds ?? 2);
 
 const CONFIGS: Record<string, Record<string, string>> = {
   batched: {},
@@ -153,34 +155,68 @@ async function whileCounterfactual(url: string) {
   };
 }
 
-const report: Record<string, unknown> = { model: modelName, duration_s_per_level: duration, configs: {} };
-for (const name of chosen) {
-  const env = CONFIGS[name];
-  if (!env) throw new Error(`unknown configuration '${name}'; known: ${Object.keys(CONFIGS).join(', ')}`);
-  const { url, child } = await startServe(env);
-  try {
+// All servers start first and stay up (idle ones cost nothing); the levels then run round-robin over
+// the configurations, `rounds` times, so a change of load on the shared machine hits every
+// configuration alike. Each figure is the median over the rounds.
+const servers = new Map<string, { url: string; child: ChildProcess }>();
+try {
+  for (const name of chosen) {
+    const env = CONFIGS[name];
+    if (!env) throw new Error(`unknown configuration '${name}'; known: ${Object.keys(CONFIGS).join(', ')}`);
+    const started = await startServe(env);
+    servers.set(name, started);
     // Warm-up: the first passes of each batch size compile and allocate.
     await autocannon({
-      url: `${url}/v1/models/${modelName}/predict`,
+      url: `${started.url}/v1/models/${modelName}/predict`,
       method: 'POST',
       headers: { 'content-type': 'image/png' },
       body: png,
       connections: 32,
       duration: 1,
     });
-    const predict = [];
-    for (const connections of levels) predict.push(await level(url, connections));
-    (report.configs as Record<string, unknown>)[name] = { env, predict };
-    if (name === 'batched') report.counterfactual = await whileCounterfactual(url);
+  }
+  const samples = new Map<string, Array<Awaited<ReturnType<typeof level>>>>();
+  for (let round = 0; round < rounds; round++) {
+    for (const connections of levels) {
+      for (const [name, { url }] of servers) {
+        const key = `${name}/${connections}`;
+        samples.set(key, [...(samples.get(key) ?? []), await level(url, connections)]);
+      }
+    }
+  }
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
+  const configs: Record<string, unknown> = {};
+  for (const [name, { url }] of servers) {
+    const predict = levels.map((connections) => {
+      const runs = samples.get(`${name}/${connections}`) ?? [];
+      return {
+        concurrency: connections,
+        requests_per_second: median(runs.map((r) => r.requests_per_second)),
+        latency_p50_ms: median(runs.map((r) => r.latency_p50_ms)),
+        latency_p99_ms: median(runs.map((r) => r.latency_p99_ms)),
+        refused_share: median(runs.map((r) => r.refused_share)),
+        requests_per_second_range: [
+          Math.min(...runs.map((r) => r.requests_per_second)),
+          Math.max(...runs.map((r) => r.requests_per_second)),
+        ],
+        errors: runs.reduce((total, r) => total + r.errors, 0),
+      };
+    });
     const metrics = await (await fetch(`${url}/metrics`)).text();
     const sum = Number(/inference_batch_images_sum\{[^}]*\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN);
     const count = Number(/inference_batch_images_count\{[^}]*\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN);
-    (report.configs as Record<string, Record<string, unknown>>)[name].mean_batch_images = Number(
-      (sum / count).toFixed(2),
-    );
-  } finally {
-    await stopServe(child);
+    configs[name] = { env: CONFIGS[name], predict, mean_batch_images: Number((sum / count).toFixed(2)) };
   }
+  const report: Record<string, unknown> = {
+    model: modelName,
+    duration_s_per_level: duration,
+    rounds,
+    configs,
+  };
+  const batched = servers.get('batched');
+  if (batched) report.counterfactual = await whileCounterfactual(batched.url);
+  if (values.json) console.log(JSON.stringify(report));
+  else console.dir(report, { depth: null });
+} finally {
+  for (const { child } of servers.values()) await stopServe(child);
 }
-if (values.json) console.log(JSON.stringify(report));
-else console.dir(report, { depth: null });
