@@ -1,113 +1,222 @@
 /**
- * `npm run bench:service -- [--json] [--duration 5]`: predict throughput and p50/p99 latency at
- * concurrency 1/8/32 with autocannon against the real server on loopback, a counterfactual's latency,
- * and, as the in-run baseline, the same model's in-process predict rate without HTTP.
- * The model: the first one in RATIO_MODELS_DIR (./models), else a seeded linear CIFAR-10 model.
- * Note: autocannon runs in this process too, so client and server share the event loop and cores.
+ * `npm run bench:service -- [--json] [--duration 5] [--rounds 2] [--model ratio-cifar10] [--levels 1,8,32,128]`:
+ * the OOD gate's throughput against the real server. For each configuration it spawns `ratio serve`
+ * (a child process on a random loopback port, the shipped models) and drives POST
+ * /v1/models/{model}/predict with a 32x32 PNG at each concurrency with autocannon (in this process, so
+ * the client does not share the server's event loop): requests/s, p50/p99 latency, share refused.
+ * Configurations, in the same run: `batched` (the defaults), `unbatched` (RATIO_BATCH_MAX_IMAGES=1:
+ * one forward pass per request, same worker thread) and `batched-wait-2ms` (RATIO_BATCH_MAX_WAIT_MS=2).
+ * Afterwards, on the batched server: a counterfactual's latency and the /health/live latency while it runs.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
-import * as tf from '@tensorflow/tfjs';
 import autocannon from 'autocannon';
-import pino from 'pino';
 import sharp from 'sharp';
-import { type Classifier, probabilities } from '../src/engine/classifier.js';
-import { startServer } from '../src/server.js';
 
 const { values } = parseArgs({
-  options: { json: { type: 'boolean' }, duration: { type: 'string' }, models: { type: 'string' } },
+  options: {
+    json: { type: 'boolean' },
+    duration: { type: 'string' },
+    model: { type: 'string' },
+    models: { type: 'string' },
+    levels: { type: 'string' },
+    configs: { type: 'string' },
+    rounds: { type: 'string' },
+  },
 });
 const duration = Number(values.duration ?? 5);
+const modelName = values.model ?? 'ratio-cifar10';
+const modelsDir = path.resolve(values.models ?? process.env.RATIO_MODELS_DIR ?? './models');
+const levels = (values.levels ?? '1,8,32,128').split(',').map(Number);
+const rounds = Number(values.rounds ?? 2);
 
-function fallbackModel(): Classifier {
-  const model = tf.sequential({
-    layers: [
-      tf.layers.flatten({ inputShape: [32, 32, 3] }),
-      tf.layers.dense({ units: 10, kernelInitializer: tf.initializers.glorotUniform({ seed: 7 }) }),
-    ],
+const CONFIGS: Record<string, Record<string, string>> = {
+  batched: {},
+  unbatched: { RATIO_BATCH_MAX_IMAGES: '1' },
+  'batched-wait-2ms': { RATIO_BATCH_MAX_WAIT_MS: '2' },
+};
+const chosen = (values.configs ?? Object.keys(CONFIGS).join(',')).split(',');
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const address = probe.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      probe.close(() => resolve(port));
+    });
   });
-  const card = {
-    name: 'linear-fallback',
-    inputShape: [32, 32, 3] as [number, number, number],
-    temperature: 1,
-  };
-  return {
-    card: { ...card, classNames: Array.from({ length: 10 }, (_, i) => `class_${i}`) },
-    numClasses: 10,
-    logits: (x) => model.apply(x, { training: false }) as tf.Tensor2D,
-    dispose: () => model.dispose(),
-  };
 }
 
-const server = await startServer({
-  port: 0,
-  host: '127.0.0.1',
-  modelsDir: values.models ?? process.env.RATIO_MODELS_DIR ?? './models',
-  logger: pino({ level: 'silent' }),
-  app: { compute: { maxRunning: 1, maxWaiting: 256 } },
-});
-if (server.models.size === 0)
-  (server.models as Map<string, Classifier>).set('linear-fallback', fallbackModel());
-const [modelName, model] = [...server.models][0];
-const [h, w, c] = model.card.inputShape;
+async function startServe(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.BENCH_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean),
+      'bin/ratio.js',
+      'serve',
+      '--port',
+      String(port),
+      '--host',
+      '127.0.0.1',
+      '--models',
+      modelsDir,
+    ],
+    { env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'ignore', 'inherit'] },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 240; i++) {
+    if (child.exitCode !== null) throw new Error(`ratio serve exited with ${child.exitCode}`);
+    const ready = await fetch(`${url}/health/ready`).then(
+      (r) => r.status === 200,
+      () => false,
+    );
+    if (ready) return { url, child };
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  child.kill('SIGKILL');
+  throw new Error('ratio serve did not become ready in 60 s');
+}
+
+async function stopServe(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
 const png = await sharp({
-  create: { width: w, height: h, channels: 3, background: { r: 120, g: 80, b: 200 } },
+  create: { width: 32, height: 32, channels: 3, background: { r: 120, g: 80, b: 200 } },
 })
   .png()
   .toBuffer();
 
-// Baseline: the engine's own predict rate on one image, no HTTP, no decoding.
-const x = tf.randomUniform([1, h, w, c]) as tf.Tensor4D;
-const baselineStart = performance.now();
-let baselineCalls = 0;
-while (performance.now() - baselineStart < 1000) {
-  tf.tidy(() => probabilities(model, x).dataSync());
-  baselineCalls += 1;
-}
-x.dispose();
-const baselinePerSecond = baselineCalls / ((performance.now() - baselineStart) / 1000);
-
-const predict = [];
-for (const connections of [1, 8, 32]) {
+async function level(url: string, connections: number) {
   const result = await autocannon({
-    url: `${server.url}/v1/models/${modelName}/predict`,
+    url: `${url}/v1/models/${modelName}/predict`,
     method: 'POST',
     headers: { 'content-type': 'image/png' },
     body: png,
     connections,
     duration,
   });
-  predict.push({
+  const answered = result['2xx'] + result.non2xx;
+  return {
     concurrency: connections,
-    requests_per_second: result.requests.average,
+    requests_per_second: Math.round(result['2xx'] / duration),
     latency_p50_ms: result.latency.p50,
     latency_p99_ms: result.latency.p99,
+    refused_share: answered > 0 ? Number((result.non2xx / answered).toFixed(4)) : 0,
     non_2xx: result.non2xx,
     errors: result.errors,
-  });
+  };
 }
 
-const counterfactualMs: number[] = [];
-for (let i = 0; i < 3; i++) {
-  const started = performance.now();
-  const res = await fetch(`${server.url}/v1/models/${modelName}/counterfactuals`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json', accept: 'image/png' },
-    body: JSON.stringify({ image: png.toString('base64'), radii: [0.5, 1, 2], iterations: 100 }),
-  });
-  await res.arrayBuffer();
-  if (res.status !== 200) throw new Error(`counterfactuals answered ${res.status}`);
-  counterfactualMs.push(performance.now() - started);
+/** Median counterfactual latency, and the worst /health/live latency sampled every 20 ms meanwhile. */
+async function whileCounterfactual(url: string) {
+  const counterfactualMs: number[] = [];
+  const liveMs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const started = performance.now();
+    const pending = fetch(`${url}/v1/models/${modelName}/counterfactuals`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'image/png' },
+      body: JSON.stringify({ image: png.toString('base64'), radii: [0.5, 1, 2], iterations: 100 }),
+    }).then(async (res) => {
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`counterfactuals answered ${res.status}`);
+      return performance.now() - started;
+    });
+    let done = false;
+    void pending.finally(() => {
+      done = true;
+    });
+    while (!done) {
+      const t = performance.now();
+      await (await fetch(`${url}/health/live`)).arrayBuffer();
+      liveMs.push(performance.now() - t);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    counterfactualMs.push(await pending);
+  }
+  counterfactualMs.sort((a, b) => a - b);
+  liveMs.sort((a, b) => a - b);
+  return {
+    radii: 3,
+    targets: 2,
+    iterations: 100,
+    median_ms: Math.round(counterfactualMs[1]),
+    health_live_samples: liveMs.length,
+    health_live_max_ms: Number(liveMs[liveMs.length - 1].toFixed(1)),
+  };
 }
-counterfactualMs.sort((a, b) => a - b);
 
-const report = {
-  model: modelName,
-  backend: (await import('../src/engine/backend.js')).backendInfo().name,
-  duration_s_per_level: duration,
-  baseline_in_process_predicts_per_second: baselinePerSecond,
-  predict,
-  counterfactual: { radii: 3, targets: 2, iterations: 100, median_ms: counterfactualMs[1] },
-};
-await server.close(1000);
-if (values.json) console.log(JSON.stringify(report));
-else console.log(report);
+// All servers start first and stay up (idle ones cost nothing); the levels then run round-robin over
+// the configurations, `rounds` times, so a change of load on the shared machine hits every
+// configuration alike. Each figure is the median over the rounds.
+const servers = new Map<string, { url: string; child: ChildProcess }>();
+try {
+  for (const name of chosen) {
+    const env = CONFIGS[name];
+    if (!env) throw new Error(`unknown configuration '${name}'; known: ${Object.keys(CONFIGS).join(', ')}`);
+    const started = await startServe(env);
+    servers.set(name, started);
+    // Warm-up: the first passes of each batch size compile and allocate.
+    await autocannon({
+      url: `${started.url}/v1/models/${modelName}/predict`,
+      method: 'POST',
+      headers: { 'content-type': 'image/png' },
+      body: png,
+      connections: 32,
+      duration: 1,
+    });
+  }
+  const samples = new Map<string, Array<Awaited<ReturnType<typeof level>>>>();
+  for (let round = 0; round < rounds; round++) {
+    for (const connections of levels) {
+      for (const [name, { url }] of servers) {
+        const key = `${name}/${connections}`;
+        samples.set(key, [...(samples.get(key) ?? []), await level(url, connections)]);
+      }
+    }
+  }
+  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor((values.length - 1) / 2)];
+  const configs: Record<string, unknown> = {};
+  for (const [name, { url }] of servers) {
+    const predict = levels.map((connections) => {
+      const runs = samples.get(`${name}/${connections}`) ?? [];
+      return {
+        concurrency: connections,
+        requests_per_second: median(runs.map((r) => r.requests_per_second)),
+        latency_p50_ms: median(runs.map((r) => r.latency_p50_ms)),
+        latency_p99_ms: median(runs.map((r) => r.latency_p99_ms)),
+        refused_share: median(runs.map((r) => r.refused_share)),
+        requests_per_second_range: [
+          Math.min(...runs.map((r) => r.requests_per_second)),
+          Math.max(...runs.map((r) => r.requests_per_second)),
+        ],
+        errors: runs.reduce((total, r) => total + r.errors, 0),
+      };
+    });
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const sum = Number(/inference_batch_images_sum\{[^}]*\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN);
+    const count = Number(/inference_batch_images_count\{[^}]*\} (\S+)/.exec(metrics)?.[1] ?? Number.NaN);
+    configs[name] = { env: CONFIGS[name], predict, mean_batch_images: Number((sum / count).toFixed(2)) };
+  }
+  const report: Record<string, unknown> = {
+    model: modelName,
+    duration_s_per_level: duration,
+    rounds,
+    configs,
+  };
+  const batched = servers.get('batched');
+  if (batched) report.counterfactual = await whileCounterfactual(batched.url);
+  if (values.json) console.log(JSON.stringify(report));
+  else console.dir(report, { depth: null });
+} finally {
+  for (const { child } of servers.values()) await stopServe(child);
+}

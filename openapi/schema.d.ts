@@ -194,6 +194,111 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  '/v2/health/live': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Open Inference Protocol: the server is live */
+    get: operations['oipServerLive'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/v2/health/ready': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Open Inference Protocol: every served model is ready */
+    get: operations['oipServerReady'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/v2': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Open Inference Protocol: server name, version and extensions */
+    get: operations['oipServerMetadata'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/v2/models/{model_name}': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Open Inference Protocol: input and output tensors of a model */
+    get: operations['oipModelMetadata'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/v2/models/{model_name}/ready': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** Open Inference Protocol: the model is ready for inference */
+    get: operations['oipModelReady'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
+  '/v2/models/{model_name}/infer': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    get?: never;
+    put?: never;
+    /**
+     * Open Inference Protocol: calibrated probabilities and the OOD verdict of FP32 images
+     * @description One input `input`, FP32, shape [N, H, W, C] (NHWC, as the metadata says), values in [0,1], flat or nested row-major. Outputs: `probabilities` [N, K] (softmax of logits / temperature), `max_confidence` [N], `predicted_class` [N] and `in_distribution` [N] (max_confidence >= threshold); `outputs` selects some. Request parameters `temperature` and `threshold` override the card. Requests of all clients share forward passes (dynamic batching).
+     */
+    post: operations['oipInfer'];
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -614,6 +719,217 @@ export interface components {
         tfjs: string;
       };
       models: string[];
+    };
+    /**
+     * @example {
+     *       "name": "ratio-cifar10",
+     *       "versions": [
+     *         "1"
+     *       ],
+     *       "platform": "tfjs",
+     *       "inputs": [
+     *         {
+     *           "name": "input",
+     *           "datatype": "FP32",
+     *           "shape": [
+     *             -1,
+     *             32,
+     *             32,
+     *             3
+     *           ]
+     *         }
+     *       ],
+     *       "outputs": [
+     *         {
+     *           "name": "probabilities",
+     *           "datatype": "FP32",
+     *           "shape": [
+     *             -1,
+     *             10
+     *           ]
+     *         },
+     *         {
+     *           "name": "max_confidence",
+     *           "datatype": "FP32",
+     *           "shape": [
+     *             -1
+     *           ]
+     *         },
+     *         {
+     *           "name": "predicted_class",
+     *           "datatype": "INT32",
+     *           "shape": [
+     *             -1
+     *           ]
+     *         },
+     *         {
+     *           "name": "in_distribution",
+     *           "datatype": "BOOL",
+     *           "shape": [
+     *             -1
+     *           ]
+     *         }
+     *       ],
+     *       "parameters": {
+     *         "layout": "NHWC",
+     *         "range": "[0,1]",
+     *         "temperature": 0.43,
+     *         "ood_threshold": 0.21
+     *       }
+     *     }
+     */
+    ModelMetadata: {
+      name: string;
+      versions: string[];
+      platform: string;
+      inputs: components['schemas']['MetadataTensor'][];
+      outputs: components['schemas']['MetadataTensor'][];
+      parameters?: {
+        [key: string]: string | number | boolean;
+      };
+    };
+    MetadataTensor: {
+      name: string;
+      /** @example FP32 */
+      datatype: string;
+      /**
+       * @example [
+       *       -1,
+       *       32,
+       *       32,
+       *       3
+       *     ]
+       */
+      shape: number[];
+    };
+    InferenceError: {
+      /** @example model 'nope' is not served */
+      error: string;
+    };
+    /**
+     * @example {
+     *       "model_name": "ratio-cifar10",
+     *       "id": "42",
+     *       "parameters": {
+     *         "temperature": 0.43,
+     *         "threshold": 0.21
+     *       },
+     *       "outputs": [
+     *         {
+     *           "name": "probabilities",
+     *           "shape": [
+     *             1,
+     *             3
+     *           ],
+     *           "datatype": "FP32",
+     *           "data": [
+     *             0.8,
+     *             0.15,
+     *             0.05
+     *           ]
+     *         },
+     *         {
+     *           "name": "in_distribution",
+     *           "shape": [
+     *             1
+     *           ],
+     *           "datatype": "BOOL",
+     *           "data": [
+     *             true
+     *           ]
+     *         }
+     *       ]
+     *     }
+     */
+    InferenceResponse: {
+      model_name: string;
+      model_version?: string;
+      id?: string;
+      /**
+       * @description temperature (> 0) and threshold (in [0,1]) override the card
+       * @example {
+       *       "threshold": 0.5
+       *     }
+       */
+      parameters?: {
+        [key: string]: string | number | boolean;
+      };
+      outputs: {
+        name: string;
+        shape: number[];
+        datatype: string;
+        data: (number | boolean)[];
+      }[];
+    };
+    /**
+     * @example {
+     *       "id": "42",
+     *       "inputs": [
+     *         {
+     *           "name": "input",
+     *           "shape": [
+     *             1,
+     *             32,
+     *             32,
+     *             3
+     *           ],
+     *           "datatype": "FP32",
+     *           "data": [
+     *             0.5,
+     *             0.25,
+     *             0.75
+     *           ]
+     *         }
+     *       ],
+     *       "outputs": [
+     *         {
+     *           "name": "probabilities"
+     *         },
+     *         {
+     *           "name": "in_distribution"
+     *         }
+     *       ]
+     *     }
+     */
+    InferenceRequest: {
+      id?: string;
+      /**
+       * @description temperature (> 0) and threshold (in [0,1]) override the card
+       * @example {
+       *       "threshold": 0.5
+       *     }
+       */
+      parameters?: {
+        [key: string]: string | number | boolean;
+      };
+      inputs: {
+        name: string;
+        shape: number[];
+        datatype: string;
+        /**
+         * @description temperature (> 0) and threshold (in [0,1]) override the card
+         * @example {
+         *       "threshold": 0.5
+         *     }
+         */
+        parameters?: {
+          [key: string]: string | number | boolean;
+        };
+        /** @description row-major values, flat or nested by shape */
+        data: unknown[];
+      }[];
+      outputs?: {
+        name: string;
+        /**
+         * @description temperature (> 0) and threshold (in [0,1]) override the card
+         * @example {
+         *       "threshold": 0.5
+         *     }
+         */
+        parameters?: {
+          [key: string]: string | number | boolean;
+        };
+      }[];
     };
   };
   responses: never;
@@ -1204,6 +1520,249 @@ export interface operations {
         };
         content: {
           'text/plain': string;
+        };
+      };
+    };
+  };
+  oipServerLive: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Live */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            live: boolean;
+          };
+        };
+      };
+    };
+  };
+  oipServerReady: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Ready */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            ready: boolean;
+          };
+        };
+      };
+      /** @description Not ready */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            ready: boolean;
+          };
+        };
+      };
+    };
+  };
+  oipServerMetadata: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Server metadata */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            name: string;
+            version: string;
+            extensions: string[];
+          };
+        };
+      };
+    };
+  };
+  oipModelMetadata: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path: {
+        model_name: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Model metadata */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['ModelMetadata'];
+        };
+      };
+      /** @description Unknown model */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+    };
+  };
+  oipModelReady: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path: {
+        model_name: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description Ready */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            ready: boolean;
+          };
+        };
+      };
+      /** @description Not ready */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': {
+            ready: boolean;
+          };
+        };
+      };
+      /** @description Unknown model */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+    };
+  };
+  oipInfer: {
+    parameters: {
+      query?: never;
+      header?: never;
+      path: {
+        model_name: string;
+      };
+      cookie?: never;
+    };
+    requestBody: {
+      content: {
+        'application/json': components['schemas']['InferenceRequest'];
+      };
+    };
+    responses: {
+      /** @description Inference response */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceResponse'];
+        };
+      };
+      /** @description Invalid request (shape, datatype, values, parameters, outputs) */
+      400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description Unknown model */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description Body over the size limit */
+      413: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description Batch queue full; retry after `Retry-After` seconds */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description Internal error (see the server log) */
+      500: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description Shutting down */
+      503: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
+      /** @description The wait for a forward pass exceeded the request timeout */
+      504: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
         };
       };
     };

@@ -7,6 +7,9 @@ import pino from 'pino';
 import type { BackendInfo } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
+import type { BatcherOptions } from './jobs/batcher.js';
+import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
+import { createInferenceMetrics, InferenceService } from './jobs/inference.js';
 import { ComputeSemaphore } from './jobs/semaphore.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';
@@ -14,6 +17,7 @@ import type { ServiceApp, ServiceContext, ServiceEnv, ServiceLimits } from './ro
 import { registerDocsRoutes } from './routes/docs.js';
 import { createMetrics, registerHealthRoutes } from './routes/health.js';
 import { mediaType, unsupportedMediaType } from './routes/images.js';
+import { registerInferenceV2Routes } from './routes/inference-v2.js';
 import { registerModelRoutes } from './routes/models.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 
@@ -45,6 +49,11 @@ export interface AppDependencies {
   compute?: ComputeSemaphore | { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
   /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
   audits?: AuditQueue | AuditQueueOptions;
+  /**
+   * Where forward passes and analyses run (default: this thread) and how predictions are batched;
+   * the server passes worker threads (src/jobs/compute-host.ts).
+   */
+  inference?: { compute?: ModelCompute; analysis?: ModelCompute; batching?: Partial<BatcherOptions> };
   backend?: () => BackendInfo | undefined;
   ready?: () => boolean;
   logger?: pino.Logger;
@@ -68,6 +77,7 @@ export const OPENAPI_CONFIG: Omit<OpenAPIObject, 'paths' | 'components'> = {
     { name: 'analysis', description: 'Worst-case OOD confidence and counterfactuals' },
     { name: 'audits', description: 'AutoAttack audits as jobs' },
     { name: 'health', description: 'Liveness, readiness, metrics' },
+    { name: 'inference-v2', description: 'Open Inference Protocol v2 (KServe, Triton, Seldon clients)' },
   ],
 };
 
@@ -82,6 +92,12 @@ export function createApp(deps: AppDependencies): ServiceApp {
         ? deps.compute
         : new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
     audits: deps.audits instanceof AuditQueue ? deps.audits : new AuditQueue(deps.audits),
+    inference: new InferenceService(
+      deps.models,
+      deps.inference?.compute ?? new InProcessCompute(deps.models),
+      deps.inference?.batching,
+    ),
+    analysis: deps.inference?.analysis ?? new InProcessCompute(deps.models),
   };
 
   const app: ServiceApp = new OpenAPIHono<ServiceEnv>({
@@ -90,6 +106,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
   });
   const metrics = createMetrics(context);
+  context.inference.observe(createInferenceMetrics(metrics.registry, () => context.inference.queuedImages()));
 
   app.use('*', requestId());
   app.use('*', async (c, next) => {
@@ -139,6 +156,10 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
     metrics.registry,
   );
+  registerInferenceV2Routes(app, context, {
+    ready: deps.ready ?? (() => true),
+    serviceVersion: SERVICE_VERSION,
+  });
   registerDocsRoutes(app);
   app.doc31('/openapi.json', OPENAPI_CONFIG);
 

@@ -7,6 +7,9 @@ import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditStore } from './jobs/audit-store.js';
 import { AuditQueue } from './jobs/audits.js';
+import type { BatcherOptions } from './jobs/batcher.js';
+import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
+import { ModelRouter, WorkerCompute } from './jobs/compute-host.js';
 import { loadModelsFolder } from './jobs/models.js';
 import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
 
@@ -39,6 +42,33 @@ export interface ServerOptions {
   stateDir?: string;
   /** Node's own per-request timeout (headers + body), ms. Default 120 s. */
   requestTimeoutMs?: number;
+  /**
+   * Where forward passes and analyses run: 'worker' (default; env RATIO_COMPUTE): two worker threads,
+   * one for batched predictions and one for worst-case OOD and counterfactuals, so the event loop
+   * only parses and answers; 'inline': this thread.
+   */
+  compute?: 'worker' | 'inline';
+  /** Dynamic batching; defaults from env RATIO_BATCH_MAX_IMAGES, RATIO_BATCH_MAX_WAIT_MS, RATIO_BATCH_QUEUE_IMAGES. */
+  batching?: Partial<BatcherOptions>;
+}
+
+/** Batcher settings from the environment (unset or empty variables keep the defaults). */
+export function batchingFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<BatcherOptions> {
+  const read = (name: string): number | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return undefined;
+    const value = Number(raw);
+    if (!Number.isFinite(value)) throw new RangeError(`${name} must be a number, got '${raw}'`);
+    return value;
+  };
+  const options: Partial<BatcherOptions> = {};
+  const maxBatchImages = read('RATIO_BATCH_MAX_IMAGES');
+  const maxWaitMs = read('RATIO_BATCH_MAX_WAIT_MS');
+  const maxQueuedImages = read('RATIO_BATCH_QUEUE_IMAGES');
+  if (maxBatchImages !== undefined) options.maxBatchImages = maxBatchImages;
+  if (maxWaitMs !== undefined) options.maxWaitMs = maxWaitMs;
+  if (maxQueuedImages !== undefined) options.maxQueuedImages = maxQueuedImages;
+  return options;
 }
 
 export interface RunningServer {
@@ -53,6 +83,27 @@ export interface RunningServer {
   close(graceMs?: number): Promise<void>;
 }
 
+/**
+ * The compute of the served models: in 'worker' mode the models read from files run in two worker
+ * threads (predictions; analyses), models given as objects stay on this thread.
+ */
+async function startCompute(
+  mode: 'worker' | 'inline',
+  models: ReadonlyMap<string, Classifier>,
+  files: ReadonlyMap<string, Map<string, Uint8Array>>,
+): Promise<{ inference: ModelCompute; analysis: ModelCompute }> {
+  const local = new InProcessCompute(models);
+  if (mode === 'inline' || files.size === 0) return { inference: local, analysis: local };
+  const fromFiles = [...files].map(([name, modelFiles]) => ({ name, files: modelFiles }));
+  const [inferenceWorker, analysisWorker] = await Promise.all([
+    WorkerCompute.start({ name: 'inference', models: fromFiles }),
+    WorkerCompute.start({ name: 'analysis', models: fromFiles }),
+  ]);
+  const route = (worker: WorkerCompute) =>
+    new ModelRouter(new Map([...models.keys()].map((name) => [name, files.has(name) ? worker : local])));
+  return { inference: route(inferenceWorker), analysis: route(analysisWorker) };
+}
+
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
   const port = options.port ?? Number(process.env.PORT ?? 8080);
@@ -62,13 +113,16 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const backend = await initBackend();
   logger.info({ backend }, 'backend selected');
   const models = new Map(options.models ?? []);
+  const files = new Map<string, Map<string, Uint8Array>>();
   const loaded = await loadModelsFolder(
     modelsDir,
     (name) => logger.info({ model: name }, 'model loaded'),
     (name, error) => logger.error({ model: name, err: error }, 'model skipped: it cannot be loaded'),
+    files,
   );
   for (const [name, model] of loaded) {
     if (!models.has(name)) models.set(name, model);
+    else files.delete(name);
   }
   const workers = options.workers ?? parseWorkerCount(process.env.RATIO_WORKERS);
   // Started at the first audit, so a service that never audits never forks workers.
@@ -84,8 +138,19 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   });
   const resumed = await audits.recover();
   if (options.stateDir) logger.info({ stateDir: options.stateDir, resumed }, 'audit state recovered');
+  const batching = { ...batchingFromEnv(), ...options.batching };
+  const { inference, analysis } = await startCompute(
+    options.compute ?? (process.env.RATIO_COMPUTE === 'inline' ? 'inline' : 'worker'),
+    models,
+    files,
+  );
+  logger.info(
+    { batching, compute: options.compute ?? process.env.RATIO_COMPUTE ?? 'worker' },
+    'compute started',
+  );
   const app = createApp({
     ...options.app,
+    inference: { compute: inference, analysis, batching },
     models,
     audits,
     logger,
@@ -116,7 +181,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         // Open SSE streams would hold the server forever.
         setTimeout(() => server.closeAllConnections(), 1_000).unref();
       });
-      await pool?.close();
+      await Promise.all([pool?.close(), inference.close(), analysis.close()]);
       for (const model of models.values()) model.dispose();
       logger.info('server closed');
     })();

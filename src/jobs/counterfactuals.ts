@@ -1,10 +1,12 @@
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import { type GridRow, type PixelImage, renderCounterfactualGrid } from '../data/figures.js';
 import type { Classifier } from '../engine/classifier.js';
-import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
+import { DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { classAtRank, logitsOf } from '../engine/logits.js';
+import type { ModelCompute } from './compute.js';
 import { InvalidInputError } from './errors.js';
-import { type ImageInput, type ImageLimits, imagesToTensor, pngOf } from './images.js';
+import { type ImageInput, type ImageLimits, imagesToPixels, pngOfRows } from './images.js';
+import { computeHere } from './worst-case-ood.js';
 
 /**
  * The visual-counterfactual use case for one image: resolve the target classes (named, indexed, or
@@ -25,6 +27,11 @@ export function resolveTargets(
     const k = model.numClasses;
     return Array.from({ length: Math.min(2, k) }, (_, r) => classAtRank(logits.subarray(0, k), k, r + 1)[0]);
   }
+  return resolveTargetIndices(model, requested);
+}
+
+/** Requested target classes (names or indices) as indices; throws naming the bad one. */
+function resolveTargetIndices(model: Classifier, requested: ReadonlyArray<string | number>): number[] {
   return requested.map((target, i) => {
     const index = typeof target === 'number' ? target : model.card.classNames.indexOf(target);
     if (index < 0 || index >= model.numClasses) {
@@ -46,6 +53,25 @@ export interface CounterfactualRequestOptions {
   iterations: number;
   seed?: number;
   signal?: AbortSignal;
+  /** Where the search runs: the service's analysis worker (by model name); default: this thread. */
+  compute?: { compute: ModelCompute; name: string };
+}
+
+/**
+ * `resolveTargets` without a tensor on this thread: requested targets are checked as there; the
+ * default (the two most probable classes) ranks the calibrated probabilities from `compute`, the
+ * order of the logits (softmax is monotone; ties by the lower index).
+ */
+async function targetsOf(
+  model: Classifier,
+  requested: ReadonlyArray<string | number> | undefined,
+  pixels: Float32Array,
+  compute: { compute: ModelCompute; name: string },
+): Promise<number[]> {
+  if (requested) return resolveTargetIndices(model, requested);
+  const k = model.numClasses;
+  const probs = await compute.compute.probabilities(compute.name, pixels.slice(), 1, Float32Array.of(1));
+  return Array.from({ length: Math.min(2, k) }, (_, r) => classAtRank(probs, k, r + 1)[0]);
 }
 
 export interface CounterfactualAnswer {
@@ -77,72 +103,61 @@ export async function counterfactualsOf(
   options: CounterfactualRequestOptions,
 ): Promise<CounterfactualAnswer | Uint8Array> {
   const radii = [...(options.radii ?? DEFAULT_COUNTERFACTUAL_RADII)].sort((a, b) => a - b);
-  const x = await imagesToTensor([input], model, options.limits);
-  let targets: number[];
-  let tiled: tf.Tensor4D;
-  try {
-    targets = resolveTargets(model, options.targets, x);
-    tiled = tf.tidy(() => tf.tile(x, [targets.length, 1, 1, 1]) as tf.Tensor4D);
-  } finally {
-    x.dispose();
-  }
-  try {
-    const result = await counterfactuals(model, tiled, Int32Array.from(targets), {
-      radii,
-      iterations: options.iterations,
-      seed: options.seed ?? 0,
-      signal: options.signal,
+  const pixels = await imagesToPixels([input], model, options.limits);
+  const compute = options.compute ?? computeHere(model);
+  const targets = await targetsOf(model, options.targets, pixels, compute);
+  const tiled = new Float32Array(pixels.length * targets.length);
+  for (let t = 0; t < targets.length; t++) tiled.set(pixels, t * pixels.length);
+  const result = await compute.compute.counterfactuals(
+    compute.name,
+    tiled,
+    targets.length,
+    { targets: Int32Array.from(targets), radii, iterations: options.iterations, seed: options.seed ?? 0 },
+    options.signal,
+  );
+  const names = model.card.classNames;
+  const className = (c: number) => names[c] ?? String(c);
+  const original = result.originalClass[0];
+  if (format === 'grid') {
+    const [h, w, c] = model.card.inputShape;
+    if (c !== 1 && c !== 3) throw new Error(`a grid needs images with 1 or 3 channels, got ${c}`);
+    const size = h * w * c;
+    const image = (data: Float32Array): PixelImage => ({ data, height: h, width: w, channels: c });
+    const rows: GridRow[] = targets.map((target, t) => ({
+      label: [
+        `${className(original)} -> ${className(target)}`,
+        caption(result.clean.p_target[t], result.clean.p_original[t]).join(' '),
+      ],
+      original: image(pixels.slice(0, size)),
+      cells: result.radii.map((r) => ({
+        image: image(r.images.slice(t * size, (t + 1) * size)),
+        caption: caption(r.p_target[t], r.p_original[t]),
+      })),
+    }));
+    const png = await renderCounterfactualGrid(rows, {
+      columnTitles: result.radii.map((r) => `eps ${r.eps}`),
+      scale: Math.max(1, Math.floor(128 / Math.max(h, w))),
     });
-    try {
-      const names = model.card.classNames;
-      const className = (c: number) => names[c] ?? String(c);
-      const original = result.originalClass[0];
-      if (format === 'grid') {
-        const [h, w, c] = model.card.inputShape;
-        if (c !== 1 && c !== 3) throw new Error(`a grid needs images with 1 or 3 channels, got ${c}`);
-        const size = h * w * c;
-        const pixels = (data: Float32Array): PixelImage => ({ data, height: h, width: w, channels: c });
-        const clean = (tiled.dataSync() as Float32Array).slice(0, size);
-        const perRadius = result.radii.map((r) => r.images.dataSync() as Float32Array);
-        const rows: GridRow[] = targets.map((target, t) => ({
-          label: [
-            `${className(original)} -> ${className(target)}`,
-            caption(result.clean.p_target[t], result.clean.p_original[t]).join(' '),
-          ],
-          original: pixels(clean),
-          cells: result.radii.map((r, k) => ({
-            image: pixels(perRadius[k].slice(t * size, (t + 1) * size)),
-            caption: caption(r.p_target[t], r.p_original[t]),
-          })),
-        }));
-        const png = await renderCounterfactualGrid(rows, {
-          columnTitles: result.radii.map((r) => `eps ${r.eps}`),
-          scale: Math.max(1, Math.floor(128 / Math.max(h, w))),
-        });
-        return new Uint8Array(png);
-      }
-      const pngs = await Promise.all(
-        result.radii.map((r) => Promise.all(targets.map((_, t) => pngOf(r.images, t)))),
-      );
-      return {
-        original_class: { index: original, class: names[original] },
-        targets: targets.map((index, t) => ({
-          index,
-          class: names[index],
-          clean: { p_target: result.clean.p_target[t], p_original: result.clean.p_original[t] },
-          radii: result.radii.map((r, k) => ({
-            eps: r.eps,
-            p_target: r.p_target[t],
-            p_original: r.p_original[t],
-            distance: r.distance[t],
-            png: pngs[k][t],
-          })),
-        })),
-      };
-    } finally {
-      for (const r of result.radii) r.images.dispose();
-    }
-  } finally {
-    tiled.dispose();
+    return new Uint8Array(png);
   }
+  const pngs = await Promise.all(
+    result.radii.map((r) =>
+      Promise.all(targets.map((_, t) => pngOfRows(r.images, t, model.card.inputShape))),
+    ),
+  );
+  return {
+    original_class: { index: original, class: names[original] },
+    targets: targets.map((index, t) => ({
+      index,
+      class: names[index],
+      clean: { p_target: result.clean.p_target[t], p_original: result.clean.p_original[t] },
+      radii: result.radii.map((r, k) => ({
+        eps: r.eps,
+        p_target: r.p_target[t],
+        p_original: r.p_original[t],
+        distance: r.distance[t],
+        png: pngs[k][t],
+      })),
+    })),
+  };
 }

@@ -24,14 +24,14 @@ export interface ImageLimits {
 
 /**
  * Decodes every input to the model's channels, resizes it to the model's input size (cover-crop)
- * and stacks them as one NHWC float32 tensor in [0,1]; the caller disposes it. An image that
- * cannot be read is a `InputFieldError` naming its field (its cause an `ImageError`).
+ * and stacks them as NHWC float32 rows in [0,1]. An image that cannot be read is a
+ * `InputFieldError` naming its field (its cause an `ImageError`).
  */
-export async function imagesToTensor(
+export async function imagesToPixels(
   inputs: ImageInput[],
   classifier: Classifier,
   limits: ImageLimits,
-): Promise<tf.Tensor4D> {
+): Promise<Float32Array> {
   if (inputs.length > limits.maxBatch) {
     throw new InvalidInputError(
       'images',
@@ -60,7 +60,17 @@ export async function imagesToTensor(
     const offset = i * size;
     for (let j = 0; j < size; j++) values[offset + j] = decoded.data[j] / 255;
   }
-  return tf.tensor4d(values, [inputs.length, height, width, channels]);
+  return values;
+}
+
+/** `imagesToPixels` as one NHWC tensor; the caller disposes it. */
+export async function imagesToTensor(
+  inputs: ImageInput[],
+  classifier: Classifier,
+  limits: ImageLimits,
+): Promise<tf.Tensor4D> {
+  const values = await imagesToPixels(inputs, classifier, limits);
+  return tf.tensor4d(values, [inputs.length, ...classifier.card.inputShape]);
 }
 
 /** PNG of image `index` of an NHWC batch in [0,1]. */
@@ -71,4 +81,23 @@ export async function pngOf(batch: tf.Tensor4D, index: number): Promise<Uint8Arr
   } finally {
     image.dispose();
   }
+}
+
+/** PNG of image `index` of NHWC rows in [0,1] of `shape` [H, W, C] (the same bytes as `pngOf`). */
+export async function pngOfRows(
+  rows: Float32Array,
+  index: number,
+  shape: readonly [number, number, number],
+): Promise<Uint8Array> {
+  const [height, width, channels] = shape;
+  const size = height * width * channels;
+  if (!(Number.isInteger(index) && index >= 0 && (index + 1) * size <= rows.length)) {
+    throw new RangeError(
+      `image ${index} is not within ${rows.length / size} images of ${height}x${width}x${channels}`,
+    );
+  }
+  const data = new Uint8Array(size);
+  for (let i = 0; i < size; i++)
+    data[i] = Math.max(0, Math.min(255, Math.round(rows[index * size + i] * 255)));
+  return encodePng({ data, height, width, channels });
 }

@@ -28,12 +28,16 @@ export async function loadModelsFolder(
   root: string,
   onLoaded: (name: string) => void,
   onSkipped: (name: string, error: unknown) => void,
+  /** Receives each loaded model's files (the service's compute worker threads load them again). */
+  filesOut?: Map<string, ModelFiles>,
 ): Promise<Map<string, Classifier>> {
   const models = new Map<string, Classifier>();
   for (const name of await listModelDirs(root)) {
     try {
-      // readModelDir refuses shard paths that leave the folder and caps the total size.
-      models.set(name, await loadModelDir(path.join(root, name), { name }));
+      // readModelPath refuses shard paths that leave the folder and caps the total size.
+      const files = await readModelPath(path.join(root, name));
+      models.set(name, await loadClassifierFromFiles(files, { card: { name } }));
+      filesOut?.set(name, files);
       onLoaded(name);
     } catch (error) {
       onSkipped(name, error);

@@ -1,6 +1,7 @@
+import * as tf from '@tensorflow/tfjs';
 import { type Classifier, probabilities } from '../engine/classifier.js';
 import { InvalidInputError } from './errors.js';
-import { type ImageInput, type ImageLimits, imagesToTensor } from './images.js';
+import { type ImageInput, type ImageLimits, imagesToPixels } from './images.js';
 
 /** The predict use case: calibrated probabilities, top-k and the in-distribution verdict per image. */
 
@@ -52,6 +53,24 @@ export interface PredictOptions {
   threshold?: number;
   /** Classes listed per image (default 5, at most the class count). */
   topK?: number;
+  /**
+   * Calibrated probabilities of `count` NHWC rows (`count x K` values): the dynamic batcher in the
+   * service (InferenceService.probabilities); default: one forward pass on this thread.
+   */
+  forward?: (pixels: Float32Array, count: number) => Promise<Float32Array>;
+}
+
+/** One forward pass on this thread at the card's temperature; leaves no tensor behind. */
+function forwardHere(model: Classifier, pixels: Float32Array, count: number): Float32Array {
+  const x = tf.tensor4d(pixels, [count, ...model.card.inputShape]);
+  try {
+    const probs = probabilities(model, x);
+    const values = probs.dataSync() as Float32Array;
+    probs.dispose();
+    return values;
+  } finally {
+    x.dispose();
+  }
 }
 
 export interface PredictResult {
@@ -69,15 +88,10 @@ export async function predictImages(
   const threshold = oodThreshold(model, options.threshold);
   const topK = Math.min(options.topK ?? 5, model.numClasses);
   if (!(topK >= 1)) throw new InvalidInputError('top_k', `'top_k' must be >= 1`);
-  const x = await imagesToTensor(inputs, model, options.limits);
-  let values: Float32Array;
-  try {
-    const probs = probabilities(model, x);
-    values = probs.dataSync() as Float32Array;
-    probs.dispose();
-  } finally {
-    x.dispose();
-  }
+  const pixels = await imagesToPixels(inputs, model, options.limits);
+  const values = options.forward
+    ? await options.forward(pixels, inputs.length)
+    : forwardHere(model, pixels, inputs.length);
   const k = model.numClasses;
   const predictions = inputs.map((_, i) =>
     describePrediction(model, Array.from(values.subarray(i * k, (i + 1) * k)), topK, threshold),

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../engine/backend.js';
-import type { TfjsClassifier } from '../engine/classifier.js';
-import { loadModelFromFiles } from '../engine/model-files.js';
+import type { Classifier } from '../engine/classifier.js';
+import { loadClassifierFromFiles } from '../engine/model-files.js';
 import type { ParentMessage, ShardTaskMessage, WorkerMessage } from './shard-protocol.js';
 import { runShard } from './shards.js';
 
@@ -18,10 +18,10 @@ const send = (message: WorkerMessage) => {
   });
 };
 
-let model: { key: string; classifier: Promise<TfjsClassifier> } | undefined;
+let model: { key: string; classifier: Promise<Classifier> } | undefined;
 const controllers = new Map<number, AbortController>();
 
-function classifierFor(message: ShardTaskMessage): Promise<TfjsClassifier> {
+function classifierFor(message: ShardTaskMessage): Promise<Classifier> {
   if (model?.key !== message.modelKey) {
     if (!message.files) throw new Error(`the worker holds no model '${message.modelKey}' and got no files`);
     const previous = model?.classifier;
@@ -29,7 +29,7 @@ function classifierFor(message: ShardTaskMessage): Promise<TfjsClassifier> {
       (c) => c.dispose(),
       () => {},
     );
-    model = { key: message.modelKey, classifier: loadModelFromFiles(message.files) };
+    model = { key: message.modelKey, classifier: loadClassifierFromFiles(message.files) };
   }
   return model.classifier;
 }

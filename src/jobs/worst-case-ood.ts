@@ -1,6 +1,6 @@
 import type { Classifier } from '../engine/classifier.js';
-import { worstCaseConfidence } from '../engine/ood-worst-case.js';
-import { type ImageInput, type ImageLimits, imagesToTensor, pngOf } from './images.js';
+import { InProcessCompute, type ModelCompute } from './compute.js';
+import { type ImageInput, type ImageLimits, imagesToPixels, pngOfRows } from './images.js';
 import { oodThreshold } from './predict.js';
 
 /**
@@ -29,6 +29,13 @@ export interface WorstCaseOptions {
   /** Max-confidence threshold of the verdict (default: the card's). */
   threshold?: number;
   signal?: AbortSignal;
+  /** Where the search runs: the service's analysis worker (by model name); default: this thread. */
+  compute?: { compute: ModelCompute; name: string };
+}
+
+/** `model` alone on this thread, as a `ModelCompute`. */
+export function computeHere(model: Classifier): { compute: ModelCompute; name: string } {
+  return { compute: new InProcessCompute(new Map([['model', model]])), name: 'model' };
 }
 
 export interface WorstCaseImageResult {
@@ -46,7 +53,7 @@ export interface WorstCaseResult {
   results: WorstCaseImageResult[];
 }
 
-/** Runs the worst-case search on every image; leaves no tensor behind. */
+/** Runs the worst-case search on every image (where `options.compute` says); leaves no tensor behind. */
 export async function worstCaseOod(
   model: Classifier,
   inputs: ImageInput[],
@@ -54,32 +61,25 @@ export async function worstCaseOod(
 ): Promise<WorstCaseResult> {
   const eps = options.eps ?? model.card.epsOut ?? 1;
   const threshold = oodThreshold(model, options.threshold);
-  const x = await imagesToTensor(inputs, model, options.limits);
-  try {
-    const found = await worstCaseConfidence(model, x, {
-      eps,
-      iterations: options.iterations,
-      restarts: options.restarts ?? 1,
-      seed: options.seed ?? 0,
-      signal: options.signal,
-    });
-    try {
-      const pngs = await Promise.all(inputs.map((_, i) => pngOf(found.images, i)));
-      const results = inputs.map((_, i) => {
-        const index = found.predicted[i];
-        return {
-          clean_confidence: found.cleanConfidence[i],
-          worst_case_confidence: found.confidence[i],
-          worst_case_class: { index, class: model.card.classNames[index] },
-          worst_case_png: pngs[i],
-          verdict: oodVerdict(found.cleanConfidence[i], found.confidence[i], threshold),
-        };
-      });
-      return { eps, threshold, results };
-    } finally {
-      found.images.dispose();
-    }
-  } finally {
-    x.dispose();
-  }
+  const pixels = await imagesToPixels(inputs, model, options.limits);
+  const { compute, name } = options.compute ?? computeHere(model);
+  const found = await compute.worstCase(
+    name,
+    pixels,
+    inputs.length,
+    { eps, iterations: options.iterations, restarts: options.restarts ?? 1, seed: options.seed ?? 0 },
+    options.signal,
+  );
+  const pngs = await Promise.all(inputs.map((_, i) => pngOfRows(found.images, i, model.card.inputShape)));
+  const results = inputs.map((_, i) => {
+    const index = found.predicted[i];
+    return {
+      clean_confidence: found.cleanConfidence[i],
+      worst_case_confidence: found.confidence[i],
+      worst_case_class: { index, class: model.card.classNames[index] },
+      worst_case_png: pngs[i],
+      verdict: oodVerdict(found.cleanConfidence[i], found.confidence[i], threshold),
+    };
+  });
+  return { eps, threshold, results };
 }

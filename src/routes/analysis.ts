@@ -205,6 +205,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
         seed: body.seed,
         threshold: body.threshold,
         signal,
+        compute: { compute: context.analysis, name },
       }),
     );
     const results = found.results.map(({ worst_case_png, verdict, ...result }) => ({
@@ -229,6 +230,7 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
         iterations,
         seed: body.seed,
         signal,
+        compute: { compute: context.analysis, name },
       }),
     );
     if (answer instanceof Uint8Array) {

@@ -1,6 +1,8 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Classifier } from '../engine/classifier.js';
 import type { AuditQueue } from '../jobs/audits.js';
+import type { ModelCompute } from '../jobs/compute.js';
+import type { InferenceService } from '../jobs/inference.js';
 import type { ComputeSemaphore } from '../jobs/semaphore.js';
 import type { ImageLimits } from './images.js';
 import { notFound } from './problem.js';
@@ -24,6 +26,10 @@ export interface ServiceLimits extends ImageLimits {
 export interface ServiceContext {
   models: ReadonlyMap<string, Classifier>;
   compute: ComputeSemaphore;
+  /** Predictions through the dynamic batcher (off the event loop in the server). */
+  inference: InferenceService;
+  /** Worst-case OOD and counterfactuals (a worker thread of their own in the server). */
+  analysis: ModelCompute;
   audits: AuditQueue;
   limits: ServiceLimits;
 }

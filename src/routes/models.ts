@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Classifier } from '../engine/classifier.js';
 import { oodThreshold, predictImages } from '../jobs/predict.js';
-import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
+import { findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';
 import { problemResponses } from './problem.js';
 
@@ -189,9 +189,15 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
     const json =
       mediaType(c) === 'application/json' ? (c.req.valid('json') as { images: string[] }) : undefined;
     const inputs = await requestImages(c, context, json);
-    const result = await computeWithin(context, () =>
-      predictImages(model, inputs, { limits: context.limits, threshold: query.threshold, topK: query.top_k }),
-    );
+    const name = c.req.valid('param').model;
+    // The request timeout bounds the wait in the batch queue: 504. A full queue answers 429.
+    const signal = AbortSignal.timeout(context.limits.requestTimeoutMs);
+    const result = await predictImages(model, inputs, {
+      limits: context.limits,
+      threshold: query.threshold,
+      topK: query.top_k,
+      forward: (pixels, count) => context.inference.probabilities(name, pixels, count, { signal }),
+    });
     return c.json({ model: c.req.valid('param').model, ...result }, 200);
   });
 }

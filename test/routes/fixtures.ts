@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { type Classifier, functionClassifier } from '../../src/engine/classifier.js';
+import { InProcessCompute, type ModelCompute } from '../../src/jobs/compute.js';
 
 /** Shape of the test model's input: small so APGD runs in milliseconds. */
 export const SHAPE: [number, number, number] = [8, 8, 3];
@@ -54,4 +55,33 @@ export function colourLogits(rgb: [number, number, number]): number[] {
   const means = rgb.map((v) => v / 255);
   const overall = (means[0] + means[1] + means[2]) / 3;
   return means.map((m) => 6 * m - 3 * overall);
+}
+
+/**
+ * The in-process compute of `models` whose forward passes wait until the test opens the gate, so
+ * tests can fill the batch queue deterministically.
+ */
+export function gatedCompute(models: ReadonlyMap<string, Classifier>) {
+  const inner = new InProcessCompute(models);
+  const gates: Array<() => void> = [];
+  const passes: number[] = [];
+  const compute: ModelCompute = {
+    probabilities: async (model, images, count, temperatures) => {
+      passes.push(count);
+      await new Promise<void>((resolve) => gates.push(resolve));
+      return inner.probabilities(model, images, count, temperatures);
+    },
+    worstCase: (...args) => inner.worstCase(...args),
+    counterfactuals: (...args) => inner.counterfactuals(...args),
+    close: async () => {},
+  };
+  /** Opens every gate now and from now on. */
+  const open = () => {
+    compute.probabilities = (model, images, count, temperatures) => {
+      passes.push(count);
+      return inner.probabilities(model, images, count, temperatures);
+    };
+    for (const gate of gates.splice(0)) gate();
+  };
+  return { compute, passes, open };
 }

@@ -1,8 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { ComputeSemaphore } from '../../src/jobs/semaphore.js';
-import { base64, CLASS_NAMES, colourLogits, colourModel, softmax, solidPng } from './fixtures.js';
+import {
+  base64,
+  CLASS_NAMES,
+  colourLogits,
+  colourModel,
+  gatedCompute,
+  softmax,
+  solidPng,
+} from './fixtures.js';
 
 type Json = Record<string, unknown>;
 
@@ -172,29 +179,57 @@ describe('POST /v1/models/{model}/predict', () => {
     expect(body.errors?.[0].field).toBe('body');
   });
 
-  it('answers 429 with Retry-After when the compute semaphore is full', async () => {
-    const app = makeApp({ compute: { maxRunning: 1, maxWaiting: 0, retryAfterSeconds: 3 } });
-    const png = await solidPng([255, 0, 0], 300, 300);
-    const answers = await Promise.all(Array.from({ length: 6 }, () => postPng(app, png)));
-    const statuses = answers.map((r) => r.status);
-    expect(statuses).toContain(200);
-    expect(statuses).toContain(429);
-    const refused = answers.find((r) => r.status === 429)!;
-    expect(refused.headers.get('retry-after')).toBe('3');
-    expect(refused.headers.get('content-type')).toBe('application/problem+json');
+  it('answers 429 with Retry-After only when the batch queue is full, counted in images', async () => {
+    const models = new Map([['colour', colourModel()]]);
+    const gated = gatedCompute(models);
+    const app = createApp({
+      models,
+      inference: { compute: gated.compute, batching: { maxQueuedImages: 2, retryAfterSeconds: 3 } },
+    });
+    const png = await solidPng([255, 0, 0]);
+    const two = JSON.stringify({ images: [base64(png), base64(png)] });
+    const postJson = (body: string) =>
+      app.request('/v1/models/colour/predict', {
+        method: 'POST',
+        body,
+        headers: { 'content-type': 'application/json' },
+      });
+    const running = postPng(app, png); // dispatched at once; its pass waits at the gate
+    while (gated.passes.length === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+    const queued = postJson(two); // 2 images waiting: the queue is full
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const refused = await problem(await postPng(app, png), 429);
+    expect(refused.title).toBe('Compute queue full');
+    const again = await postPng(app, png);
+    expect(again.headers.get('retry-after')).toBe('3');
+    const metrics = await (await app.request('/metrics')).text();
+    expect(metrics).toContain('inference_rejected_total{model="colour"} 2');
+    expect(metrics).toContain('inference_queue_images{model="colour"} 2');
+    gated.open();
+    expect((await running).status).toBe(200);
+    expect((await queued).status).toBe(200);
+    expect(gated.passes).toEqual([1, 2]);
   });
 
-  it('answers 504 problem+json when the wait for a compute slot outlasts the request timeout', async () => {
-    const compute = new ComputeSemaphore({ maxRunning: 1, maxWaiting: 4 });
-    const app = makeApp({ compute, limits: { requestTimeoutMs: 150 } });
+  it('answers 504 problem+json when the wait in the batch queue outlasts the request timeout', async () => {
+    const models = new Map([['colour', colourModel()]]);
+    const gated = gatedCompute(models);
+    const app = createApp({
+      models,
+      inference: { compute: gated.compute },
+      limits: { requestTimeoutMs: 150 },
+    });
     const png = await solidPng([255, 0, 0]);
-    const release = await compute.acquire(); // a long computation holds the only slot
+    const first = postPng(app, png); // holds the only forward pass
+    while (gated.passes.length === 0) await new Promise((resolve) => setTimeout(resolve, 1));
     const started = performance.now();
     const body = await problem(await postPng(app, png), 504);
     expect(performance.now() - started).toBeGreaterThanOrEqual(140);
     expect(body.status).toBe(504);
-    expect(compute.depth).toEqual({ running: 1, waiting: 0 }); // the timed-out request left the line
-    release();
+    const metrics = await (await app.request('/metrics')).text();
+    expect(metrics).toContain('inference_queue_images{model="colour"} 0'); // the timed-out request left
+    gated.open();
+    expect((await first).status).toBe(200);
     expect((await postPng(app, png)).status).toBe(200);
   });
 
