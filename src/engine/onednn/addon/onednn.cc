@@ -44,6 +44,34 @@ dnnl::stream& cpuStream() {
   return stream;
 }
 
+/** Threads set by setThreads (RATIO_THREADS); small primitives run on one (see threadsFor). */
+int configuredThreads = omp_get_max_threads();
+
+/**
+ * Below this many multiply-adds a primitive runs on one thread: waking the OpenMP team costs more
+ * than it saves (a dense layer's 64x128x10 product), and on a busy machine a descheduled team member
+ * stalls the whole call at the barrier.
+ */
+constexpr int64_t kParallelWork = int64_t{1} << 22;
+
+int threadsFor(int64_t work) { return work < kParallelWork ? 1 : configuredThreads; }
+
+/** Runs the enclosed primitive creation or execution on `threads` OpenMP threads. */
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads) : changed_(threads != configuredThreads) {
+    if (changed_) omp_set_num_threads(threads);
+  }
+  ~ThreadScope() {
+    if (changed_) omp_set_num_threads(configuredThreads);
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  bool changed_;
+};
+
 struct Heap {
   uint8_t* base;
   size_t length;
@@ -177,6 +205,10 @@ struct ConvGeometry {
 
   int64_t srcCount(Napi::Env env) const { return product(env, {batch, inHeight, inWidth, inChannels}); }
   int64_t dstCount(Napi::Env env) const { return product(env, {batch, outHeight, outWidth, outChannels}); }
+  /** Multiply-adds of one pass (the same for forward and both backward passes). */
+  int64_t work(Napi::Env env) const {
+    return product(env, {batch, outHeight, outWidth, outChannels, kernelHeight, kernelWidth, inChannels / groups});
+  }
   int64_t weightsCount(Napi::Env env) const {
     return product(env, {kernelHeight, kernelWidth, inChannels / groups, outChannels});
   }
@@ -259,18 +291,21 @@ struct WeightsReorder {
 };
 
 struct ForwardEntry {
+  int threads;
   dnnl::convolution_forward primitive;
   WeightsReorder weights;
   std::string implementation;
 };
 
 struct BackwardDataEntry {
+  int threads;
   dnnl::convolution_backward_data primitive;
   WeightsReorder weights;
   std::string implementation;
 };
 
 struct BackwardWeightsEntry {
+  int threads;
   dnnl::convolution_backward_weights primitive;
   WeightsReorder weights;
   std::string implementation;
@@ -320,10 +355,12 @@ Napi::Value ConvForward(const Napi::CallbackInfo& info) {
     std::ostringstream key;
     key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
     auto& entry = forwardCache[key.str()];
+    const int threads = threadsFor(g.work(env));
+    ThreadScope scope(threads);
     if (!entry) {
       auto pd = forwardDesc(g, bias != nullptr, dnnl::prop_kind::forward_inference,
                             activationAttr(activation, alpha));
-      entry.reset(new ForwardEntry{dnnl::convolution_forward(pd),
+      entry.reset(new ForwardEntry{threads, dnnl::convolution_forward(pd),
                                    WeightsReorder(g.userWeightsDesc(), pd.weights_desc(), false),
                                    pd.impl_info_str()});
     }
@@ -351,13 +388,14 @@ Napi::Value ConvBackwardData(const Napi::CallbackInfo& info) {
 
   wrapDnnlErrors(env, [&] {
     auto& entry = backwardDataCache[g.key()];
+    ThreadScope scope(threadsFor(g.work(env)));
     if (!entry) {
       auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
       dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
                                                  g.anyWeightsDesc(), g.dstDesc(), g.strides(), g.dilates(),
                                                  g.padLeftDims(), g.padRightDims());
       dnnl::convolution_backward_data::primitive_desc pd(desc, cpuEngine(), hint);
-      entry.reset(new BackwardDataEntry{dnnl::convolution_backward_data(pd),
+      entry.reset(new BackwardDataEntry{threadsFor(g.work(env)), dnnl::convolution_backward_data(pd),
                                         WeightsReorder(g.userWeightsDesc(), pd.weights_desc(), false),
                                         pd.impl_info_str()});
     }
@@ -383,13 +421,14 @@ Napi::Value ConvBackwardWeights(const Napi::CallbackInfo& info) {
 
   wrapDnnlErrors(env, [&] {
     auto& entry = backwardWeightsCache[g.key()];
+    ThreadScope scope(threadsFor(g.work(env)));
     if (!entry) {
       auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
       dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
                                                     g.anyWeightsDesc(), g.dstDesc(), g.strides(), g.dilates(),
                                                     g.padLeftDims(), g.padRightDims());
       dnnl::convolution_backward_weights::primitive_desc pd(desc, cpuEngine(), hint);
-      entry.reset(new BackwardWeightsEntry{dnnl::convolution_backward_weights(pd),
+      entry.reset(new BackwardWeightsEntry{threadsFor(g.work(env)), dnnl::convolution_backward_weights(pd),
                                            WeightsReorder(g.userWeightsDesc(), pd.diff_weights_desc(), true),
                                            pd.impl_info_str()});
     }
@@ -433,6 +472,7 @@ struct MatMulGeometry {
 };
 
 struct MatMulEntry {
+  int threads;
   dnnl::matmul primitive;
   std::string implementation;
 };
@@ -469,11 +509,13 @@ Napi::Value MatMul(const Napi::CallbackInfo& info) {
     std::ostringstream key;
     key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
     auto& entry = matMulCache[key.str()];
+    const int threads = threadsFor(product(env, {g.batch(), g.m, g.n, g.k}));
+    ThreadScope scope(threads);
     if (!entry) {
       dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.biasDesc(), g.cDesc())
                                      : dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.cDesc());
       dnnl::matmul::primitive_desc pd(desc, activationAttr(activation, alpha), cpuEngine());
-      entry.reset(new MatMulEntry{dnnl::matmul(pd), pd.impl_info_str()});
+      entry.reset(new MatMulEntry{threads, dnnl::matmul(pd), pd.impl_info_str()});
     }
     std::unordered_map<int, memory> args{
         {DNNL_ARG_SRC, memory(g.aDesc(), cpuEngine(), a)},
@@ -492,12 +534,21 @@ Napi::Value MatMul(const Napi::CallbackInfo& info) {
 
 /** setThreads(n): OpenMP threads for every later primitive call. */
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
-  omp_set_num_threads(static_cast<int>(integerArg(info, 0, "threads", 1, 4096)));
+  const int threads = static_cast<int>(integerArg(info, 0, "threads", 1, 4096));
+  // Primitives created for another thread count are created again (some fix their split at creation).
+  if (threads != configuredThreads) {
+    forwardCache.clear();
+    backwardDataCache.clear();
+    backwardWeightsCache.clear();
+    matMulCache.clear();
+  }
+  configuredThreads = threads;
+  omp_set_num_threads(threads);
   return info.Env().Undefined();
 }
 
 Napi::Value Threads(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), omp_get_max_threads());
+  return Napi::Number::New(info.Env(), configuredThreads);
 }
 
 Napi::Value Version(const Napi::CallbackInfo& info) {
@@ -510,12 +561,13 @@ Napi::Value Version(const Napi::CallbackInfo& info) {
 /** { 'forward <geometry>': 'brgconv:avx512_core', ... } for every cached primitive. */
 Napi::Value Implementations(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
-  for (auto& [key, entry] : forwardCache) result.Set("conv forward " + key, entry->implementation);
-  for (auto& [key, entry] : backwardDataCache) result.Set("conv backward data " + key, entry->implementation);
-  for (auto& [key, entry] : backwardWeightsCache) {
-    result.Set("conv backward weights " + key, entry->implementation);
-  }
-  for (auto& [key, entry] : matMulCache) result.Set("matmul " + key, entry->implementation);
+  auto describe = [](const auto& entry) {
+    return entry->implementation + " (" + std::to_string(entry->threads) + " threads)";
+  };
+  for (auto& [key, entry] : forwardCache) result.Set("conv forward " + key, describe(entry));
+  for (auto& [key, entry] : backwardDataCache) result.Set("conv backward data " + key, describe(entry));
+  for (auto& [key, entry] : backwardWeightsCache) result.Set("conv backward weights " + key, describe(entry));
+  for (auto& [key, entry] : matMulCache) result.Set("matmul " + key, describe(entry));
   return result;
 }
 
