@@ -91,10 +91,18 @@ export function loadAddon(path: URL = ADDON_PATH): AddonLoad {
       reason: `${path.pathname} is not built (npm ci builds it when libdnnl-dev is installed)`,
     };
   }
+  // OpenMP threads that spin between primitives take the core from the JavaScript/wasm work between
+  // them, and on a busy machine from everyone: measured, a training step took twice as long with
+  // libgomp's default spinning as with PASSIVE waiting under load. libgomp reads this once, when the
+  // addon loads it; it is removed again so that child processes see the environment as it was.
+  const waitPolicyUnset = process.env.OMP_WAIT_POLICY === undefined;
+  if (waitPolicyUnset) process.env.OMP_WAIT_POLICY = 'PASSIVE';
   try {
     const addon = createRequire(import.meta.url)(path.pathname) as OnednnAddon;
     return { addon };
   } catch (error) {
     return { addon: null, reason: error instanceof Error ? error.message.split('\n')[0] : String(error) };
+  } finally {
+    if (waitPolicyUnset) delete process.env.OMP_WAIT_POLICY;
   }
 }
