@@ -212,14 +212,18 @@ interface PeerTimes {
   train_step_ms: number;
 }
 
-/** PyTorch's smallCnn on the same threads and batch, or why it could not run. */
+const peerWaitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
+
+/** PyTorch's smallCnn on the same threads, batch and OpenMP wait policy, or why it could not run. */
 function runPeer(): PeerTimes | { unavailable: string } {
   const script = new URL('../../shared/peer/torch_bench.py', import.meta.url).pathname;
   if (!existsSync(script)) return { unavailable: `${script} not found` };
   const run = spawnSync(
     '/usr/bin/python3',
     [script, '--threads', String(backend.threads), '--batch', String(batch)],
-    { encoding: 'utf8', timeout: 600_000 },
+    // The wait policy ours runs with (onednn/addon.ts): spinning OpenMP threads slow PyTorch as much
+    // as us on a busy machine, so both wait alike.
+    { encoding: 'utf8', timeout: 600_000, env: { ...process.env, OMP_WAIT_POLICY: peerWaitPolicy } },
   );
   const line = run.stdout?.trim().split('\n').at(-1);
   if (run.status !== 0 || !line)
@@ -236,7 +240,7 @@ if (args.peer) {
     'unavailable' in peer
       ? { peer }
       : {
-          peer,
+          peer: { ...peer, omp_wait_policy: peerWaitPolicy },
           over_peer: {
             forward: ratio(forwardMs, peer.forward_ms),
             input_grad: ratio(inputGradMs, peer.input_grad_ms),

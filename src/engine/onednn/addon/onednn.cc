@@ -56,20 +56,23 @@ constexpr int64_t kParallelWork = int64_t{1} << 22;
 
 int threadsFor(int64_t work) { return work < kParallelWork ? 1 : configuredThreads; }
 
-/** Runs the enclosed primitive creation or execution on `threads` OpenMP threads. */
+/**
+ * Serialises every call: the primitive caches and the stream are shared by the whole process, and a
+ * process may load the addon in several worker threads (each with its own tfjs). Each call already
+ * uses every configured core, so waiting costs no throughput.
+ */
+std::mutex callMutex;
+
+/** Holds the call lock and runs the enclosed primitive creation or execution on `threads` threads. */
 class ThreadScope {
  public:
-  explicit ThreadScope(int threads) : changed_(threads != configuredThreads) {
-    if (changed_) omp_set_num_threads(threads);
+  explicit ThreadScope(int threads) : lock_(callMutex) {
+    // The thread count is an OpenMP per-thread setting: set it on whichever thread calls.
+    omp_set_num_threads(threads);
   }
-  ~ThreadScope() {
-    if (changed_) omp_set_num_threads(configuredThreads);
-  }
-  ThreadScope(const ThreadScope&) = delete;
-  ThreadScope& operator=(const ThreadScope&) = delete;
 
  private:
-  bool changed_;
+  std::lock_guard<std::mutex> lock_;
 };
 
 struct Heap {
@@ -354,9 +357,9 @@ Napi::Value ConvForward(const Napi::CallbackInfo& info) {
   wrapDnnlErrors(env, [&] {
     std::ostringstream key;
     key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
-    auto& entry = forwardCache[key.str()];
     const int threads = threadsFor(g.work(env));
     ThreadScope scope(threads);
+    auto& entry = forwardCache[key.str()];
     if (!entry) {
       auto pd = forwardDesc(g, bias != nullptr, dnnl::prop_kind::forward_inference,
                             activationAttr(activation, alpha));
@@ -387,8 +390,8 @@ Napi::Value ConvBackwardData(const Napi::CallbackInfo& info) {
   float* diffSrc = tensorAt(env, heap, integerArg(info, 4, "diffSrc", 0, INT64_MAX / 2), g.srcCount(env), "diffSrc");
 
   wrapDnnlErrors(env, [&] {
-    auto& entry = backwardDataCache[g.key()];
     ThreadScope scope(threadsFor(g.work(env)));
+    auto& entry = backwardDataCache[g.key()];
     if (!entry) {
       auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
       dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
@@ -420,8 +423,8 @@ Napi::Value ConvBackwardWeights(const Napi::CallbackInfo& info) {
       tensorAt(env, heap, integerArg(info, 4, "diffWeights", 0, INT64_MAX / 2), g.weightsCount(env), "diffWeights");
 
   wrapDnnlErrors(env, [&] {
-    auto& entry = backwardWeightsCache[g.key()];
     ThreadScope scope(threadsFor(g.work(env)));
+    auto& entry = backwardWeightsCache[g.key()];
     if (!entry) {
       auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
       dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
@@ -508,9 +511,9 @@ Napi::Value MatMul(const Napi::CallbackInfo& info) {
   wrapDnnlErrors(env, [&] {
     std::ostringstream key;
     key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
-    auto& entry = matMulCache[key.str()];
     const int threads = threadsFor(product(env, {g.batch(), g.m, g.n, g.k}));
     ThreadScope scope(threads);
+    auto& entry = matMulCache[key.str()];
     if (!entry) {
       dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.biasDesc(), g.cDesc())
                                      : dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.cDesc());
@@ -535,6 +538,7 @@ Napi::Value MatMul(const Napi::CallbackInfo& info) {
 /** setThreads(n): OpenMP threads for every later primitive call. */
 Napi::Value SetThreads(const Napi::CallbackInfo& info) {
   const int threads = static_cast<int>(integerArg(info, 0, "threads", 1, 4096));
+  std::lock_guard<std::mutex> lock(callMutex);
   // Primitives created for another thread count are created again (some fix their split at creation).
   if (threads != configuredThreads) {
     forwardCache.clear();
@@ -543,7 +547,6 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     matMulCache.clear();
   }
   configuredThreads = threads;
-  omp_set_num_threads(threads);
   return info.Env().Undefined();
 }
 
@@ -561,6 +564,7 @@ Napi::Value Version(const Napi::CallbackInfo& info) {
 /** { 'forward <geometry>': 'brgconv:avx512_core', ... } for every cached primitive. */
 Napi::Value Implementations(const Napi::CallbackInfo& info) {
   Napi::Object result = Napi::Object::New(info.Env());
+  std::lock_guard<std::mutex> lock(callMutex);
   auto describe = [](const auto& entry) {
     return entry->implementation + " (" + std::to_string(entry->threads) + " threads)";
   };
