@@ -2,17 +2,24 @@
 # downloads libtensorflow, which works in an image build (not on the offline dev machines).
 FROM node:20-bookworm-slim AS deps
 WORKDIR /app
+# oneDNN: npm ci builds the addon of src/engine/onednn/addon (the CPU kernels when libtensorflow is absent).
+RUN apt-get update && apt-get install -y --no-install-recommends libdnnl-dev build-essential python3 \
+ && rm -rf /var/lib/apt/lists/*
 COPY package.json package-lock.json ./
+COPY src/engine/onednn/addon ./src/engine/onednn/addon
 RUN npm ci --omit=dev --include=optional \
- && npm install --no-save @tensorflow/tfjs-node-gpu@4.22.0
+ && npm install --no-save @tensorflow/tfjs-node-gpu@4.22.0 \
+ && mkdir -p src/engine/onednn/addon/build
 
 FROM node:20-bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends libdnnl2 libgomp1 && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production PORT=8080 RATIO_MODELS_DIR=/app/models LOG_LEVEL=info
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json tsconfig.json ./
 COPY bin ./bin
 COPY src ./src
+COPY --from=deps /app/src/engine/onednn/addon/build ./src/engine/onednn/addon/build
 COPY openapi/openapi.json ./openapi/openapi.json
 COPY models ./models
 USER node

@@ -26,6 +26,20 @@ export default defineConfig({
           env: { RATIO_BACKEND: 'cpu' },
         },
       },
+      {
+        extends: true,
+        test: {
+          // Where the oneDNN addon is built, `default` runs on it; this runs the kernel suites on the
+          // wasm-native kernels that serve where it is absent.
+          name: 'engine-wasm-native',
+          include: [
+            'test/engine/gradients/**/*.test.ts',
+            'test/engine/backend.test.ts',
+            'test/engine/onednn.test.ts',
+          ],
+          env: { RATIO_KERNELS: 'wasm-native' },
+        },
+      },
     ],
   },
 });

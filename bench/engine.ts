@@ -2,16 +2,23 @@
  * Engine benchmark: smallCnn, batch 64, 32x32x3 on the selected backend (RATIO_BACKEND forces one).
  * Prints forward, input-gradient and training-step times with the project's gradients, and the input
  * gradient with tfjs's stock gradients and kernels measured in the same run as the baseline (medians
- * over --repeats rounds).
+ * over --repeats rounds). Where the oneDNN kernels run, the same three again on the wasm-native kernels
+ * (`wasm_native_*`), round-robin in the same rounds.
  *
- *   npm run bench:engine -- --json [--batch 64] [--repeats 5] [--profile]
+ *   npm run bench:engine -- --json [--batch 64] [--repeats 5] [--profile] [--peer]
  *
- * --profile prints the kernels that dominate one training step (tf.profile), slowest first.
+ * --profile prints the kernels that dominate one training step (wall time per kernel), slowest first.
+ * --peer runs PyTorch's smallCnn (../shared/peer/torch_bench.py, Debian's python3-torch) with the same
+ * threads and batch after our rounds, and prints our times over its (`over_peer`).
  */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/engine/backend.js';
 import { useFastConvGradients, useStockConvGradients } from '../src/engine/gradients/register.js';
+import type { OnednnAddon } from '../src/engine/onednn/addon.js';
+import { installOnednnKernels, uninstallOnednnKernels } from '../src/engine/onednn/kernels.js';
 import { smallCnn } from '../src/training/architectures.js';
 import { Rng } from '../src/util/random.js';
 
@@ -21,6 +28,7 @@ const { values: args } = parseArgs({
     batch: { type: 'string', default: '64' },
     repeats: { type: 'string', default: '5' },
     profile: { type: 'boolean', default: false },
+    peer: { type: 'boolean', default: false },
   },
 });
 const batch = Number(args.batch);
@@ -89,10 +97,26 @@ function useFastGradientsAgain(): void {
  * them all alike: the targets are ratios to the forward time. The first round warms up (XNNPACK
  * operators, wasm memory) and is not counted.
  */
+/** The oneDNN addon while its kernels are taken off for the wasm-native measurements. */
+let onednnOff: OnednnAddon | null = null;
+function wasmNativeKernels(): void {
+  onednnOff = uninstallOnednnKernels();
+}
+function onednnKernelsAgain(): void {
+  if (onednnOff) installOnednnKernels(onednnOff);
+  onednnOff = null;
+}
+const wasmNative = backend.kernels === 'onednn' ? ['forward_ms', 'input_grad_ms', 'train_step_ms'] : [];
 const measurements: Array<{ key: string; run: () => void; before?: () => void; after?: () => void }> = [
   { key: 'forward_ms', run: forward },
   { key: 'input_grad_ms', run: inputGradient },
   { key: 'train_step_ms', run: trainStep },
+  ...wasmNative.map((key, i) => ({
+    key: `wasm_native_${key}`,
+    run: [forward, inputGradient, trainStep][i],
+    before: wasmNativeKernels,
+    after: onednnKernelsAgain,
+  })),
   {
     key: 'stock_input_grad_ms',
     run: inputGradient,
@@ -101,7 +125,9 @@ const measurements: Array<{ key: string; run: () => void; before?: () => void; a
   },
 ];
 const times = new Map<string, number[]>(measurements.map((m) => [m.key, []]));
-log(`backend ${backend.name} (threads ${backend.threads}, simd ${backend.simd}), batch ${batch}`);
+log(
+  `backend ${backend.name}, kernels ${backend.kernels} (threads ${backend.threads}, simd ${backend.simd}), batch ${batch}`,
+);
 for (let round = 0; round <= repeats; round++) {
   for (const measurement of measurements) {
     measurement.before?.();
@@ -124,21 +150,110 @@ const inputGradMs = median('input_grad_ms');
 const trainStepMs = median('train_step_ms');
 const stockInputGradMs = median('stock_input_grad_ms');
 
-if (args.profile) {
-  const profile = await tf.profile(() => trainStep());
+/**
+ * Wall time per kernel over one training step: every kernel of the backend wrapped with a timer.
+ * (tf.profile on wasm reads every kernel's output back to time it, which for the large activations
+ * costs more than the kernels.) Kernels called from inside another count in both.
+ */
+function kernelTimes(run: () => void): { total: number; byKernel: Map<string, number> } {
+  const originals = tf.getKernelsForBackend(backend.name);
   const byKernel = new Map<string, number>();
-  for (const kernel of profile.kernels) {
-    // wasm and cpu report a number; only WebGL can report an error object or a promise.
-    const ms = typeof kernel.kernelTimeMs === 'number' ? kernel.kernelTimeMs : 0;
-    byKernel.set(kernel.name, (byKernel.get(kernel.name) ?? 0) + ms);
+  for (const config of originals) {
+    tf.unregisterKernel(config.kernelName, config.backendName);
+    tf.registerKernel({
+      ...config,
+      kernelFunc: (kernelArgs) => {
+        const start = performance.now();
+        try {
+          return config.kernelFunc(kernelArgs);
+        } finally {
+          const ms = performance.now() - start;
+          byKernel.set(config.kernelName, (byKernel.get(config.kernelName) ?? 0) + ms);
+        }
+      },
+    });
   }
+  const start = performance.now();
+  try {
+    run();
+  } finally {
+    for (const config of originals) {
+      tf.unregisterKernel(config.kernelName, config.backendName);
+      tf.registerKernel(config);
+    }
+  }
+  return { total: performance.now() - start, byKernel };
+}
+
+function printProfile(title: string): void {
+  trainStep(); // warm
+  const { total, byKernel } = kernelTimes(trainStep);
   const top = [...byKernel.entries()].sort((a, b) => b[1] - a[1]).slice(0, 15);
-  console.error('kernel time in one training step (ms), nested kernels counted in their callers too:');
+  console.error(
+    `${title}: one training step ${total.toFixed(1)} ms; wall time per kernel (ms), nested counted twice:`,
+  );
   for (const [name, ms] of top) console.error(`  ${name.padEnd(32)} ${ms.toFixed(1)}`);
 }
 
+if (args.profile) {
+  printProfile(`kernels ${backend.kernels}`);
+  if (wasmNative.length > 0) {
+    wasmNativeKernels();
+    printProfile('kernels wasm-native');
+    onednnKernelsAgain();
+  }
+}
+
+interface PeerTimes {
+  peer: string;
+  threads: number;
+  forward_ms: number;
+  input_grad_ms: number;
+  train_step_ms: number;
+}
+
+const peerWaitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
+
+/** PyTorch's smallCnn on the same threads, batch and OpenMP wait policy, or why it could not run. */
+function runPeer(): PeerTimes | { unavailable: string } {
+  const script = new URL('../../shared/peer/torch_bench.py', import.meta.url).pathname;
+  if (!existsSync(script)) return { unavailable: `${script} not found` };
+  const run = spawnSync(
+    '/usr/bin/python3',
+    [script, '--threads', String(backend.threads), '--batch', String(batch)],
+    // The wait policy ours runs with (onednn/addon.ts): spinning OpenMP threads slow PyTorch as much
+    // as us on a busy machine, so both wait alike.
+    { encoding: 'utf8', timeout: 600_000, env: { ...process.env, OMP_WAIT_POLICY: peerWaitPolicy } },
+  );
+  const line = run.stdout?.trim().split('\n').at(-1);
+  if (run.status !== 0 || !line)
+    return { unavailable: (run.stderr || String(run.error)).trim().split('\n').at(-1) ?? '' };
+  return JSON.parse(line) as PeerTimes;
+}
+
+const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+let peerResult: Record<string, unknown> = {};
+if (args.peer) {
+  log('running the PyTorch peer');
+  const peer = runPeer();
+  peerResult =
+    'unavailable' in peer
+      ? { peer }
+      : {
+          peer: { ...peer, omp_wait_policy: peerWaitPolicy },
+          over_peer: {
+            forward: ratio(forwardMs, peer.forward_ms),
+            input_grad: ratio(inputGradMs, peer.input_grad_ms),
+            train_step: ratio(trainStepMs, peer.train_step_ms),
+          },
+        };
+}
+const wasmNativeResult: Record<string, number> = {};
+for (const key of wasmNative) wasmNativeResult[`wasm_native_${key}`] = median(`wasm_native_${key}`);
+
 const result = {
   backend: backend.name,
+  kernels: backend.kernels,
   threads: backend.threads,
   simd: backend.simd,
   batch,
@@ -149,6 +264,8 @@ const result = {
   input_grad_over_forward: Math.round((inputGradMs / forwardMs) * 100) / 100,
   train_step_over_forward: Math.round((trainStepMs / forwardMs) * 100) / 100,
   stock_over_fast_input_grad: Math.round((stockInputGradMs / inputGradMs) * 100) / 100,
+  ...wasmNativeResult,
+  ...peerResult,
 };
 console.log(args.json ? JSON.stringify(result) : JSON.stringify(result, null, 2));
 tf.dispose([x, labels]);

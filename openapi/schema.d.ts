@@ -686,11 +686,12 @@ export interface components {
      *       "status": "ready",
      *       "backend": {
      *         "name": "wasm",
-     *         "threads": 1,
+     *         "threads": 2,
      *         "simd": true,
      *         "version": "4.22.0",
      *         "fastGradients": true,
-     *         "nativeKernels": true
+     *         "nativeKernels": true,
+     *         "kernels": "onednn"
      *       },
      *       "versions": {
      *         "service": "0.1.0",
@@ -712,6 +713,8 @@ export interface components {
         version: string;
         fastGradients: boolean;
         nativeKernels: boolean;
+        /** @enum {string} */
+        kernels: 'onednn' | 'wasm-native' | 'stock';
       } | null;
       versions: {
         service: string;

@@ -2,6 +2,14 @@ import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
 import { nativeConvAvailable } from './gradients/native-conv.js';
 import { useFastConvGradients } from './gradients/register.js';
+import {
+  type KernelsChoice,
+  type KernelsName,
+  loadAddon,
+  parseKernelsChoice,
+  parseThreads,
+} from './onednn/addon.js';
+import { installOnednnKernels } from './onednn/kernels.js';
 
 export type BackendName = 'tensorflow' | 'wasm' | 'cpu';
 
@@ -9,7 +17,10 @@ export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow', 'wasm', 'cpu
 
 export interface BackendInfo {
   name: BackendName;
-  /** Threads the backend computes with (wasm in Node: 1, see README "Engine backend"). */
+  /**
+   * Threads the heavy kernels compute with: oneDNN's (RATIO_THREADS, default every core) when `kernels`
+   * is `onednn`, else the backend's (wasm in Node: 1, see README "Engine backend").
+   */
   threads: number;
   /** Whether the backend runs SIMD code (wasm: the SIMD build was loaded). */
   simd: boolean;
@@ -19,6 +30,11 @@ export interface BackendInfo {
   fastGradients: boolean;
   /** Whether the Conv2D gradients run as the native WebAssembly SIMD kernels (wasm only). */
   nativeKernels: boolean;
+  /**
+   * Which kernels run convolutions and matrix products: `onednn` (the oneDNN addon, README "oneDNN
+   * kernels"), `wasm-native` (the WebAssembly SIMD kernels of gradients/native), `stock` (tfjs's own).
+   */
+  kernels: KernelsName;
 }
 
 /**
@@ -67,7 +83,9 @@ async function activate(name: BackendName): Promise<void> {
   await tf.ready();
 }
 
-async function describe(name: BackendName): Promise<Omit<BackendInfo, 'fastGradients' | 'nativeKernels'>> {
+async function describe(
+  name: BackendName,
+): Promise<Omit<BackendInfo, 'fastGradients' | 'nativeKernels' | 'kernels'>> {
   const version = tf.version.tfjs;
   if (name === 'wasm') {
     const wasm = await import('@tensorflow/tfjs-backend-wasm');
@@ -89,8 +107,27 @@ function parseForced(preferred: string | undefined): BackendName | undefined {
   return match;
 }
 
+/**
+ * Installs the oneDNN kernels on wasm unless RATIO_KERNELS=wasm-native; returns their thread count, or
+ * null where the addon is absent (an error when RATIO_KERNELS=onednn asked for it).
+ */
+function useOnednn(choice: KernelsChoice | undefined, threads: number): number | null {
+  if (choice === 'wasm-native') return null;
+  const loaded = loadAddon();
+  if (!loaded.addon) {
+    if (choice === 'onednn') throw new Error(`RATIO_KERNELS=onednn is not available: ${loaded.reason}`);
+    return null;
+  }
+  loaded.addon.setThreads(threads);
+  installOnednnKernels(loaded.addon);
+  return loaded.addon.threads();
+}
+
 async function select(preferred: string | undefined): Promise<BackendInfo> {
   const forced = parseForced(preferred);
+  // Checked before any backend starts, so that a typo is reported as such.
+  const kernelsChoice = parseKernelsChoice(process.env.RATIO_KERNELS);
+  const threads = parseThreads();
   const candidates = forced ? [forced] : BACKEND_NAMES;
   const failures: string[] = [];
   for (const name of candidates) {
@@ -103,7 +140,15 @@ async function select(preferred: string | undefined): Promise<BackendInfo> {
     const fastGradients = FAST_GRADIENT_BACKENDS.has(name);
     if (fastGradients) useFastConvGradients(name);
     const nativeKernels = name === 'wasm' && nativeConvAvailable();
-    return { ...(await describe(name)), fastGradients, nativeKernels };
+    const described = await describe(name);
+    if (kernelsChoice === 'onednn' && name !== 'wasm') {
+      throw new Error(`RATIO_KERNELS=onednn runs on the wasm backend, not on '${name}'`);
+    }
+    const onednnThreads = name === 'wasm' ? useOnednn(kernelsChoice, threads) : null;
+    if (onednnThreads !== null) {
+      return { ...described, threads: onednnThreads, fastGradients, nativeKernels, kernels: 'onednn' };
+    }
+    return { ...described, fastGradients, nativeKernels, kernels: nativeKernels ? 'wasm-native' : 'stock' };
   }
   if (forced) {
     throw new Error(`RATIO_BACKEND=${forced} is not available: ${failures.join('; ')}`);

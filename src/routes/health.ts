@@ -26,6 +26,7 @@ const ReadySchema = z
         version: z.string(),
         fastGradients: z.boolean(),
         nativeKernels: z.boolean(),
+        kernels: z.enum(['onednn', 'wasm-native', 'stock']),
       })
       .nullable(),
     versions: z.object({ service: z.string(), node: z.string(), tfjs: z.string() }),
@@ -36,11 +37,12 @@ const ReadySchema = z
       status: 'ready',
       backend: {
         name: 'wasm',
-        threads: 1,
+        threads: 2,
         simd: true,
         version: '4.22.0',
         fastGradients: true,
         nativeKernels: true,
+        kernels: 'onednn',
       },
       versions: { service: '0.1.0', node: 'v20.19.0', tfjs: '4.22.0' },
       models: ['ratio-cifar10'],

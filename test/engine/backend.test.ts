@@ -2,6 +2,8 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { BACKEND_NAMES, backendInfo, initBackend } from '../../src/engine/backend.js';
 import { fastConv2DGradConfig } from '../../src/engine/gradients/register.js';
+import { parseThreads } from '../../src/engine/onednn/addon.js';
+import { onednnKernelsInstalled } from '../../src/engine/onednn/kernels.js';
 
 async function importable(specifier: string): Promise<boolean> {
   try {
@@ -38,7 +40,8 @@ describe('initBackend', () => {
       // Node 20 validates the SIMD probe; threads stay 1 (README: the threaded build needs Web Workers).
       expect(info.simd).toBe(true);
       const wasm = await import('@tensorflow/tfjs-backend-wasm');
-      expect(info.threads).toBe(wasm.getThreadsCount());
+      // The oneDNN kernels run on RATIO_THREADS (default every core) OpenMP threads.
+      expect(info.threads).toBe(info.kernels === 'onednn' ? parseThreads() : wasm.getThreadsCount());
     }
     if (info.name === 'cpu') expect(info).toMatchObject({ threads: 1, simd: false });
   });
@@ -55,13 +58,17 @@ describe('initBackend', () => {
     const info = await initBackend();
     if (info.name === 'tensorflow') return expect(info.fastGradients).toBe(false);
     expect(info.fastGradients).toBe(true);
-    expect(tf.getGradient(tf.Conv2D)).toBe(fastConv2DGradConfig);
+    // The oneDNN kernels install their own Conv2D gradient over it (test/engine/onednn.test.ts).
+    if (info.kernels !== 'onednn') expect(tf.getGradient(tf.Conv2D)).toBe(fastConv2DGradConfig);
     // The filter-gradient kernel that stock wasm lacks now exists on the selected backend.
     const kernels = tf.getKernelsForBackend(info.name).map((kernel) => kernel.kernelName);
     expect(kernels).toContain(tf.Conv2DBackpropFilter);
     expect(kernels).toContain(tf.Conv2DBackpropInput);
     // The native kernels are reported where they run: on wasm, and nowhere else.
     expect(info.nativeKernels).toBe(info.name === 'wasm');
+    expect(info.kernels).toBe(
+      info.name !== 'wasm' ? 'stock' : onednnKernelsInstalled() ? 'onednn' : 'wasm-native',
+    );
   });
 
   it('rejects an unknown RATIO_BACKEND, naming the variable and the choices', async () => {

@@ -19,11 +19,13 @@ describe('health, metrics, OpenAPI and docs', () => {
     const ready = await app.request('/health/ready');
     expect(ready.status).toBe(200);
     const body = (await ready.json()) as {
-      backend: { name: string };
+      backend: { name: string; kernels: string; threads: number };
       versions: { tfjs: string };
       models: string[];
     };
     expect(body.backend.name).toBe(backendInfo().name);
+    // Which kernels run the convolutions (onednn, wasm-native, stock) and on how many threads.
+    expect(body.backend).toMatchObject({ kernels: backendInfo().kernels, threads: backendInfo().threads });
     expect(body.versions.tfjs).toMatch(/^4\./);
     expect(body.models).toEqual(['colour']);
   });

@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
+import type { OnednnAddon } from '../onednn/addon.js';
+import { installOnednnKernels, uninstallOnednnKernels } from '../onednn/kernels.js';
 import { type ConvPad, conv2dFilterGradient, conv2dInputGradient } from './conv2d.js';
 import { wasmMaxPoolGradConfig } from './max-pool-wasm.js';
 import { nativeConv2D, nativeFilterGradient } from './native-conv.js';
@@ -27,6 +29,8 @@ const stockMeanGradient: tf.GradConfig = tf.getGradient(tf.Mean);
 const stockKernels = new Map<string, Map<string, tf.KernelConfig | undefined>>();
 const fastKernelBackends = new Set<string>();
 let fastGradientInstalled = false;
+/** The oneDNN addon `useStockConvGradients` took off wasm, put back by `useFastConvGradients('wasm')`. */
+let suspendedOnednn: OnednnAddon | null = null;
 
 function asTensor4D(info: tf.TensorInfo): tf.Tensor4D {
   return asTensor(info) as tf.Tensor4D;
@@ -217,7 +221,8 @@ function replaceKernel(config: tf.KernelConfig): void {
  * Installs the fast Conv2D and Mean gradients (global) and the fast backprop kernels on `backendName`
  * (on wasm also a correct and faster MaxPoolGrad, see max-pool-wasm.ts, and the Identity, Cast and
  * Sum kernels of wasm-kernels.ts).
- * Idempotent; `useStockConvGradients` undoes it (the benchmark compares both in one run).
+ * Idempotent; `useStockConvGradients` undoes it (the benchmark compares both in one run), the oneDNN
+ * kernels included (../onednn/kernels.ts), which this call puts back on wasm.
  */
 export function useFastConvGradients(backendName: string): void {
   if (!fastGradientInstalled) {
@@ -237,10 +242,16 @@ export function useFastConvGradients(backendName: string): void {
     }
     fastKernelBackends.add(backendName);
   }
+  // The oneDNN kernels sit on top of the ones above (their fallbacks), so they go back on last.
+  if (backendName === 'wasm' && suspendedOnednn) {
+    installOnednnKernels(suspendedOnednn);
+    suspendedOnednn = null;
+  }
 }
 
 /** Restores tfjs's own Conv2D gradient and every replaced kernel (for comparisons and tests). */
 export function useStockConvGradients(): void {
+  suspendedOnednn ??= uninstallOnednnKernels();
   if (fastGradientInstalled) {
     tf.registerGradient(stockConv2DGradient);
     tf.registerGradient(stockMeanGradient);

@@ -1,0 +1,108 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+
+/**
+ * The oneDNN Node-API addon (addon/onednn.cc), built by `npm ci` where a C++ compiler and
+ * libdnnl-dev are present (addon/build.mjs). Every function takes tfjs-backend-wasm's heap and byte
+ * offsets into it, checks each tensor against the heap and throws a RangeError otherwise.
+ */
+export interface OnednnAddon {
+  /** Conv2D / depthwise (groups = input channels) forward, with an optional bias and activation. */
+  convForward(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    weights: number,
+    bias: number,
+    dst: number,
+    activation: number,
+    alpha: number,
+  ): void;
+  convBackwardData(
+    heap: ArrayBuffer,
+    geometry: number[],
+    diffDst: number,
+    weights: number,
+    diffSrc: number,
+  ): void;
+  convBackwardWeights(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    diffDst: number,
+    diffWeights: number,
+  ): void;
+  matMul(
+    heap: ArrayBuffer,
+    geometry: number[],
+    a: number,
+    b: number,
+    bias: number,
+    c: number,
+    activation: number,
+    alpha: number,
+  ): void;
+  setThreads(threads: number): void;
+  threads(): number;
+  version(): string;
+  /** The oneDNN implementation chosen for every cached primitive (e.g. 'brgconv:avx512_core'). */
+  implementations(): Record<string, string>;
+}
+
+/** Which kernels run the heavy ops: `onednn` (this addon), `wasm-native` (conv.wasm), `stock` (tfjs). */
+export type KernelsName = 'onednn' | 'wasm-native' | 'stock';
+
+/** Values of RATIO_KERNELS: force the addon (an error where it cannot load) or keep it off. */
+export const KERNEL_CHOICES = ['onednn', 'wasm-native'] as const;
+export type KernelsChoice = (typeof KERNEL_CHOICES)[number];
+
+export const ADDON_PATH = new URL('./addon/build/Release/ratio_onednn.node', import.meta.url);
+
+export function parseKernelsChoice(value: string | undefined): KernelsChoice | undefined {
+  const trimmed = value?.trim().toLowerCase();
+  if (!trimmed) return undefined;
+  const match = KERNEL_CHOICES.find((choice) => choice === trimmed);
+  if (!match) throw new Error(`'RATIO_KERNELS' must be one of ${KERNEL_CHOICES.join(', ')}; got '${value}'`);
+  return match;
+}
+
+/**
+ * Threads for oneDNN: RATIO_THREADS when set (a worker pool running N processes sets cores / N),
+ * else every core.
+ */
+export function parseThreads(value: string | undefined = process.env.RATIO_THREADS): number {
+  const trimmed = value?.trim();
+  if (!trimmed) return availableParallelism();
+  const threads = Number(trimmed);
+  if (!Number.isInteger(threads) || threads < 1 || threads > 4096) {
+    throw new Error(`'RATIO_THREADS' must be an integer from 1 to 4096; got '${value}'`);
+  }
+  return threads;
+}
+
+export type AddonLoad = { addon: OnednnAddon } | { addon: null; reason: string };
+
+/** Loads the addon (not built, or libdnnl missing at run time: `addon` is null and `reason` says why). */
+export function loadAddon(path: URL = ADDON_PATH): AddonLoad {
+  if (!existsSync(path)) {
+    return {
+      addon: null,
+      reason: `${path.pathname} is not built (npm ci builds it when libdnnl-dev is installed)`,
+    };
+  }
+  // OpenMP threads that spin between primitives take the core from the JavaScript/wasm work between
+  // them, and on a busy machine from everyone: measured, a training step took twice as long with
+  // libgomp's default spinning as with PASSIVE waiting under load. libgomp reads this once, when the
+  // addon loads it; it is removed again so that child processes see the environment as it was.
+  const waitPolicyUnset = process.env.OMP_WAIT_POLICY === undefined;
+  if (waitPolicyUnset) process.env.OMP_WAIT_POLICY = 'PASSIVE';
+  try {
+    const addon = createRequire(import.meta.url)(path.pathname) as OnednnAddon;
+    return { addon };
+  } catch (error) {
+    return { addon: null, reason: error instanceof Error ? error.message.split('\n')[0] : String(error) };
+  } finally {
+    if (waitPolicyUnset) delete process.env.OMP_WAIT_POLICY;
+  }
+}

@@ -1,0 +1,592 @@
+// oneDNN kernels for tfjs-backend-wasm's tensors (see ../kernels.ts).
+//
+// Every function takes the wasm heap (the ArrayBuffer of tfjs-backend-wasm's WebAssembly.Memory),
+// the byte offsets of its tensors in it and their geometry, computes every tensor's size from that
+// geometry itself and checks it against the heap before oneDNN touches memory: a wrong offset or size
+// throws a JavaScript RangeError, never reads or writes outside the buffer. The tensors are used where
+// they lie (no copies); only weights are reordered into the layout the chosen oneDNN implementation
+// wants. Primitives are created once per geometry and cached (creating one JIT-compiles code).
+//
+// Layouts: activations NHWC, filters HWIO (tfjs's Conv2D) or HWIGO with I = 1 (tfjs's depthwise
+// [kh, kw, channels, multiplier]), matrices row-major with optional transposes.
+
+#include <napi.h>
+#include <omp.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <sstream>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace {
+
+using dnnl::memory;
+using Dims = memory::dims;
+using Tag = memory::format_tag;
+using DataType = memory::data_type;
+
+/** Largest accepted dimension: far above any real tensor, small enough that products of a few stay
+ * well inside int64 before the overflow-checked multiplication below is even needed. */
+constexpr int64_t kMaxDim = int64_t{1} << 30;
+
+dnnl::engine& cpuEngine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& cpuStream() {
+  static dnnl::stream stream(cpuEngine());
+  return stream;
+}
+
+/** Threads set by setThreads (RATIO_THREADS); small primitives run on one (see threadsFor). */
+int configuredThreads = omp_get_max_threads();
+
+/**
+ * Below this many multiply-adds a primitive runs on one thread: waking the OpenMP team costs more
+ * than it saves (a dense layer's 64x128x10 product), and on a busy machine a descheduled team member
+ * stalls the whole call at the barrier.
+ */
+constexpr int64_t kParallelWork = int64_t{1} << 22;
+
+int threadsFor(int64_t work) { return work < kParallelWork ? 1 : configuredThreads; }
+
+/**
+ * Serialises every call: the primitive caches and the stream are shared by the whole process, and a
+ * process may load the addon in several worker threads (each with its own tfjs). Each call already
+ * uses every configured core, so waiting costs no throughput.
+ */
+std::mutex callMutex;
+
+/** Holds the call lock and runs the enclosed primitive creation or execution on `threads` threads. */
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads) : lock_(callMutex) {
+    // The thread count is an OpenMP per-thread setting: set it on whichever thread calls.
+    omp_set_num_threads(threads);
+  }
+
+ private:
+  std::lock_guard<std::mutex> lock_;
+};
+
+struct Heap {
+  uint8_t* base;
+  size_t length;
+};
+
+Heap heapArg(const Napi::CallbackInfo& info, size_t index) {
+  if (index >= info.Length() || !info[index].IsArrayBuffer()) {
+    throw Napi::TypeError::New(info.Env(), "argument 'heap' must be an ArrayBuffer (the wasm memory)");
+  }
+  auto buffer = info[index].As<Napi::ArrayBuffer>();
+  return {static_cast<uint8_t*>(buffer.Data()), buffer.ByteLength()};
+}
+
+int64_t integerValue(Napi::Env env, const Napi::Value& value, const std::string& name, int64_t min,
+                     int64_t max) {
+  if (!value.IsNumber()) throw Napi::TypeError::New(env, "'" + name + "' must be a number");
+  const double number = value.As<Napi::Number>().DoubleValue();
+  if (!(number >= static_cast<double>(min) && number <= static_cast<double>(max)) ||
+      number != static_cast<double>(static_cast<int64_t>(number))) {
+    std::ostringstream message;
+    message << "'" << name << "' must be an integer in [" << min << ", " << max << "], got " << number;
+    throw Napi::RangeError::New(env, message.str());
+  }
+  return static_cast<int64_t>(number);
+}
+
+int64_t integerArg(const Napi::CallbackInfo& info, size_t index, const std::string& name, int64_t min,
+                   int64_t max) {
+  if (index >= info.Length()) throw Napi::TypeError::New(info.Env(), "missing argument '" + name + "'");
+  return integerValue(info.Env(), info[index], name, min, max);
+}
+
+/** An array of integers (the geometry), each in [min, kMaxDim]. */
+std::vector<int64_t> integersArg(const Napi::CallbackInfo& info, size_t index, const std::string& name,
+                                 size_t count, int64_t min) {
+  if (index >= info.Length() || !info[index].IsArray()) {
+    throw Napi::TypeError::New(info.Env(), "'" + name + "' must be an array of integers");
+  }
+  auto array = info[index].As<Napi::Array>();
+  if (array.Length() != count) {
+    throw Napi::RangeError::New(info.Env(),
+                                "'" + name + "' must have " + std::to_string(count) + " entries");
+  }
+  std::vector<int64_t> values(count);
+  for (uint32_t i = 0; i < count; i++) {
+    values[i] = integerValue(info.Env(), array.Get(i), name + "[" + std::to_string(i) + "]", min, kMaxDim);
+  }
+  return values;
+}
+
+int64_t product(Napi::Env env, std::initializer_list<int64_t> factors) {
+  int64_t result = 1;
+  for (int64_t factor : factors) {
+    if (__builtin_mul_overflow(result, factor, &result)) {
+      throw Napi::RangeError::New(env, "tensor size overflows");
+    }
+  }
+  return result;
+}
+
+/**
+ * The float32 tensor of `count` values at byte `offset` of the heap, after checking that it lies
+ * entirely inside the heap and is aligned.
+ */
+float* tensorAt(Napi::Env env, const Heap& heap, int64_t offset, int64_t count, const char* name) {
+  const uint64_t length = heap.length;
+  if (offset < 0 || offset % 4 != 0) {
+    throw Napi::RangeError::New(env, std::string("offset of '") + name + "' must be a non-negative multiple of 4");
+  }
+  int64_t bytes = 0;
+  if (count < 1 || __builtin_mul_overflow(count, int64_t{4}, &bytes) ||
+      static_cast<uint64_t>(offset) > length || static_cast<uint64_t>(bytes) > length - static_cast<uint64_t>(offset)) {
+    std::ostringstream message;
+    message << "'" << name << "' (" << count << " float32 at byte " << offset
+            << ") does not lie inside the wasm heap (" << length << " bytes)";
+    throw Napi::RangeError::New(env, message.str());
+  }
+  return reinterpret_cast<float*>(heap.base + offset);
+}
+
+/** Post-op codes shared with kernels.ts (ACTIVATION_CODES). */
+enum Activation { kLinear = 0, kRelu = 1, kRelu6 = 2, kLeakyRelu = 3, kElu = 4, kSigmoid = 5 };
+
+dnnl::primitive_attr activationAttr(int64_t activation, float alpha) {
+  dnnl::primitive_attr attr;
+  dnnl::post_ops ops;
+  switch (activation) {
+    case kLinear:
+      break;
+    case kRelu:
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+      break;
+    case kRelu6:
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, 0.f, 6.f);
+      break;
+    case kLeakyRelu:
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, alpha, 0.f);
+      break;
+    case kElu:
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_elu, 1.f, 0.f);
+      break;
+    case kSigmoid:
+      ops.append_eltwise(1.f, dnnl::algorithm::eltwise_logistic, 0.f, 0.f);
+      break;
+  }
+  attr.set_post_ops(ops);
+  return attr;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Convolutions
+
+/** The geometry array shared with kernels.ts (convGeometry), in this order. */
+struct ConvGeometry {
+  int64_t batch, inHeight, inWidth, inChannels;
+  int64_t outHeight, outWidth, outChannels;
+  int64_t kernelHeight, kernelWidth, strideHeight, strideWidth, dilationHeight, dilationWidth;
+  int64_t padTop, padLeft, padBottom, padRight;
+  int64_t groups;
+
+  static constexpr size_t kCount = 18;
+
+  std::string key() const {
+    std::ostringstream out;
+    out << batch << ',' << inHeight << ',' << inWidth << ',' << inChannels << ',' << outHeight << ','
+        << outWidth << ',' << outChannels << ',' << kernelHeight << ',' << kernelWidth << ',' << strideHeight
+        << ',' << strideWidth << ',' << dilationHeight << ',' << dilationWidth << ',' << padTop << ','
+        << padLeft << ',' << padBottom << ',' << padRight << ',' << groups;
+    return out.str();
+  }
+
+  int64_t srcCount(Napi::Env env) const { return product(env, {batch, inHeight, inWidth, inChannels}); }
+  int64_t dstCount(Napi::Env env) const { return product(env, {batch, outHeight, outWidth, outChannels}); }
+  /** Multiply-adds of one pass (the same for forward and both backward passes). */
+  int64_t work(Napi::Env env) const {
+    return product(env, {batch, outHeight, outWidth, outChannels, kernelHeight, kernelWidth, inChannels / groups});
+  }
+  int64_t weightsCount(Napi::Env env) const {
+    return product(env, {kernelHeight, kernelWidth, inChannels / groups, outChannels});
+  }
+
+  memory::desc srcDesc() const {
+    return memory::desc({batch, inChannels, inHeight, inWidth}, DataType::f32, Tag::nhwc);
+  }
+  memory::desc dstDesc() const {
+    return memory::desc({batch, outChannels, outHeight, outWidth}, DataType::f32, Tag::nhwc);
+  }
+  Dims weightsDims() const {
+    if (groups == 1) return {outChannels, inChannels, kernelHeight, kernelWidth};
+    return {groups, outChannels / groups, inChannels / groups, kernelHeight, kernelWidth};
+  }
+  memory::desc userWeightsDesc() const {
+    return memory::desc(weightsDims(), DataType::f32, groups == 1 ? Tag::hwio : Tag::hwigo);
+  }
+  memory::desc anyWeightsDesc() const { return memory::desc(weightsDims(), DataType::f32, Tag::any); }
+  Dims strides() const { return {strideHeight, strideWidth}; }
+  Dims dilates() const { return {dilationHeight - 1, dilationWidth - 1}; }
+  Dims padLeftDims() const { return {padTop, padLeft}; }
+  Dims padRightDims() const { return {padBottom, padRight}; }
+};
+
+ConvGeometry convGeometryArg(const Napi::CallbackInfo& info, size_t index) {
+  const Napi::Env env = info.Env();
+  auto v = integersArg(info, index, "geometry", ConvGeometry::kCount, 0);
+  ConvGeometry g{v[0], v[1], v[2],  v[3],  v[4],  v[5],  v[6],  v[7],  v[8],
+                 v[9], v[10], v[11], v[12], v[13], v[14], v[15], v[16], v[17]};
+  for (size_t i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17}) {
+    if (v[i] < 1) throw Napi::RangeError::New(env, "geometry[" + std::to_string(i) + "] must be >= 1");
+  }
+  if (g.groups != 1 && !(g.groups == g.inChannels && g.outChannels % g.groups == 0)) {
+    throw Napi::RangeError::New(env, "groups must be 1 or the input channels (depthwise) dividing the output channels");
+  }
+  // The output size must be exactly what the padded input, filter, dilation and stride give.
+  const int64_t spanHeight = (g.kernelHeight - 1) * g.dilationHeight + 1;
+  const int64_t spanWidth = (g.kernelWidth - 1) * g.dilationWidth + 1;
+  const int64_t paddedHeight = g.inHeight + g.padTop + g.padBottom;
+  const int64_t paddedWidth = g.inWidth + g.padLeft + g.padRight;
+  if (paddedHeight < spanHeight || paddedWidth < spanWidth ||
+      (paddedHeight - spanHeight) / g.strideHeight + 1 != g.outHeight ||
+      (paddedWidth - spanWidth) / g.strideWidth + 1 != g.outWidth) {
+    throw Napi::RangeError::New(env, "output size does not match input, filter, strides, dilations and pads");
+  }
+  return g;
+}
+
+/** A reorder between two layouts of the same tensor, or none when they are equal. */
+struct WeightsReorder {
+  memory::desc user;
+  memory::desc internal;
+  std::unique_ptr<dnnl::reorder> reorder;
+  std::unique_ptr<memory> buffer;  // the weights in `internal`'s layout, reused across calls
+
+  WeightsReorder(const memory::desc& userDesc, const memory::desc& internalDesc, bool toUser)
+      : user(userDesc), internal(internalDesc) {
+    if (user != internal) {
+      buffer = std::make_unique<memory>(internal, cpuEngine());
+      const memory::desc& from = toUser ? internal : user;
+      const memory::desc& to = toUser ? user : internal;
+      reorder = std::make_unique<dnnl::reorder>(dnnl::reorder::primitive_desc(cpuEngine(), from, cpuEngine(), to));
+    }
+  }
+
+  /** Copies user weights in (toUser false): returns the memory the primitive reads. */
+  memory in(float* data) {
+    memory userMemory(user, cpuEngine(), data);
+    if (!reorder) return userMemory;
+    reorder->execute(cpuStream(), userMemory, *buffer);
+    return *buffer;
+  }
+  /** The memory the primitive writes; `out` copies it to the user's layout afterwards. */
+  memory target(float* data) { return reorder ? *buffer : memory(user, cpuEngine(), data); }
+  void out(float* data) {
+    if (!reorder) return;
+    memory userMemory(user, cpuEngine(), data);
+    reorder->execute(cpuStream(), *buffer, userMemory);
+  }
+};
+
+struct ForwardEntry {
+  int threads;
+  dnnl::convolution_forward primitive;
+  WeightsReorder weights;
+  std::string implementation;
+};
+
+struct BackwardDataEntry {
+  int threads;
+  dnnl::convolution_backward_data primitive;
+  WeightsReorder weights;
+  std::string implementation;
+};
+
+struct BackwardWeightsEntry {
+  int threads;
+  dnnl::convolution_backward_weights primitive;
+  WeightsReorder weights;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<ForwardEntry>> forwardCache;
+std::unordered_map<std::string, std::unique_ptr<BackwardDataEntry>> backwardDataCache;
+std::unordered_map<std::string, std::unique_ptr<BackwardWeightsEntry>> backwardWeightsCache;
+
+dnnl::convolution_forward::primitive_desc forwardDesc(const ConvGeometry& g, bool bias, dnnl::prop_kind kind,
+                                                      const dnnl::primitive_attr& attr) {
+  const memory::desc biasDesc =
+      bias ? memory::desc({g.outChannels}, DataType::f32, Tag::a) : memory::desc();
+  dnnl::convolution_forward::desc desc(kind, dnnl::algorithm::convolution_direct, g.srcDesc(),
+                                       g.anyWeightsDesc(), biasDesc, g.dstDesc(), g.strides(), g.dilates(),
+                                       g.padLeftDims(), g.padRightDims());
+  return dnnl::convolution_forward::primitive_desc(desc, attr, cpuEngine());
+}
+
+void wrapDnnlErrors(Napi::Env env, const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const dnnl::error& error) {
+    throw Napi::Error::New(env, std::string("oneDNN: ") + error.what());
+  }
+}
+
+/** convForward(heap, geometry, src, weights, bias (-1: none), dst, activation, alpha) */
+Napi::Value ConvForward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const ConvGeometry g = convGeometryArg(info, 1);
+  const int64_t srcOffset = integerArg(info, 2, "src", 0, INT64_MAX / 2);
+  const int64_t weightsOffset = integerArg(info, 3, "weights", 0, INT64_MAX / 2);
+  const int64_t biasOffset = integerArg(info, 4, "bias", -1, INT64_MAX / 2);
+  const int64_t dstOffset = integerArg(info, 5, "dst", 0, INT64_MAX / 2);
+  const int64_t activation = integerArg(info, 6, "activation", kLinear, kSigmoid);
+  if (info.Length() < 8 || !info[7].IsNumber()) throw Napi::TypeError::New(env, "'alpha' must be a number");
+  const float alpha = info[7].As<Napi::Number>().FloatValue();
+
+  float* src = tensorAt(env, heap, srcOffset, g.srcCount(env), "src");
+  float* weights = tensorAt(env, heap, weightsOffset, g.weightsCount(env), "weights");
+  float* bias = biasOffset >= 0 ? tensorAt(env, heap, biasOffset, g.outChannels, "bias") : nullptr;
+  float* dst = tensorAt(env, heap, dstOffset, g.dstCount(env), "dst");
+
+  wrapDnnlErrors(env, [&] {
+    std::ostringstream key;
+    key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
+    const int threads = threadsFor(g.work(env));
+    ThreadScope scope(threads);
+    auto& entry = forwardCache[key.str()];
+    if (!entry) {
+      auto pd = forwardDesc(g, bias != nullptr, dnnl::prop_kind::forward_inference,
+                            activationAttr(activation, alpha));
+      entry.reset(new ForwardEntry{threads, dnnl::convolution_forward(pd),
+                                   WeightsReorder(g.userWeightsDesc(), pd.weights_desc(), false),
+                                   pd.impl_info_str()});
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(g.srcDesc(), cpuEngine(), src)},
+        {DNNL_ARG_WEIGHTS, entry->weights.in(weights)},
+        {DNNL_ARG_DST, memory(g.dstDesc(), cpuEngine(), dst)},
+    };
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory({{g.outChannels}, DataType::f32, Tag::a}, cpuEngine(), bias));
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/** convBackwardData(heap, geometry, diffDst, weights, diffSrc): dL/dx. */
+Napi::Value ConvBackwardData(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const ConvGeometry g = convGeometryArg(info, 1);
+  float* diffDst = tensorAt(env, heap, integerArg(info, 2, "diffDst", 0, INT64_MAX / 2), g.dstCount(env), "diffDst");
+  float* weights =
+      tensorAt(env, heap, integerArg(info, 3, "weights", 0, INT64_MAX / 2), g.weightsCount(env), "weights");
+  float* diffSrc = tensorAt(env, heap, integerArg(info, 4, "diffSrc", 0, INT64_MAX / 2), g.srcCount(env), "diffSrc");
+
+  wrapDnnlErrors(env, [&] {
+    ThreadScope scope(threadsFor(g.work(env)));
+    auto& entry = backwardDataCache[g.key()];
+    if (!entry) {
+      auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
+      dnnl::convolution_backward_data::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
+                                                 g.anyWeightsDesc(), g.dstDesc(), g.strides(), g.dilates(),
+                                                 g.padLeftDims(), g.padRightDims());
+      dnnl::convolution_backward_data::primitive_desc pd(desc, cpuEngine(), hint);
+      entry.reset(new BackwardDataEntry{threadsFor(g.work(env)), dnnl::convolution_backward_data(pd),
+                                        WeightsReorder(g.userWeightsDesc(), pd.weights_desc(), false),
+                                        pd.impl_info_str()});
+    }
+    entry->primitive.execute(cpuStream(), {
+                                              {DNNL_ARG_DIFF_DST, memory(g.dstDesc(), cpuEngine(), diffDst)},
+                                              {DNNL_ARG_WEIGHTS, entry->weights.in(weights)},
+                                              {DNNL_ARG_DIFF_SRC, memory(g.srcDesc(), cpuEngine(), diffSrc)},
+                                          });
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/** convBackwardWeights(heap, geometry, src, diffDst, diffWeights): dL/dfilter. */
+Napi::Value ConvBackwardWeights(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const ConvGeometry g = convGeometryArg(info, 1);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), g.srcCount(env), "src");
+  float* diffDst = tensorAt(env, heap, integerArg(info, 3, "diffDst", 0, INT64_MAX / 2), g.dstCount(env), "diffDst");
+  float* diffWeights =
+      tensorAt(env, heap, integerArg(info, 4, "diffWeights", 0, INT64_MAX / 2), g.weightsCount(env), "diffWeights");
+
+  wrapDnnlErrors(env, [&] {
+    ThreadScope scope(threadsFor(g.work(env)));
+    auto& entry = backwardWeightsCache[g.key()];
+    if (!entry) {
+      auto hint = forwardDesc(g, false, dnnl::prop_kind::forward_training, dnnl::primitive_attr());
+      dnnl::convolution_backward_weights::desc desc(dnnl::algorithm::convolution_direct, g.srcDesc(),
+                                                    g.anyWeightsDesc(), g.dstDesc(), g.strides(), g.dilates(),
+                                                    g.padLeftDims(), g.padRightDims());
+      dnnl::convolution_backward_weights::primitive_desc pd(desc, cpuEngine(), hint);
+      entry.reset(new BackwardWeightsEntry{threadsFor(g.work(env)), dnnl::convolution_backward_weights(pd),
+                                           WeightsReorder(g.userWeightsDesc(), pd.diff_weights_desc(), true),
+                                           pd.impl_info_str()});
+    }
+    entry->primitive.execute(cpuStream(), {
+                                              {DNNL_ARG_SRC, memory(g.srcDesc(), cpuEngine(), src)},
+                                              {DNNL_ARG_DIFF_DST, memory(g.dstDesc(), cpuEngine(), diffDst)},
+                                              {DNNL_ARG_DIFF_WEIGHTS, entry->weights.target(diffWeights)},
+                                          });
+    entry->weights.out(diffWeights);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Matrix products
+
+/** [batchA, batchB, m, k, n, transposeA, transposeB], shared with kernels.ts (matMulGeometry). */
+struct MatMulGeometry {
+  int64_t batchA, batchB, m, k, n, transposeA, transposeB;
+  static constexpr size_t kCount = 7;
+
+  int64_t batch() const { return batchA > batchB ? batchA : batchB; }
+  std::string key() const {
+    std::ostringstream out;
+    out << batchA << ',' << batchB << ',' << m << ',' << k << ',' << n << ',' << transposeA << ','
+        << transposeB;
+    return out.str();
+  }
+  memory::desc aDesc() const {
+    // a is [batchA, m, k], or [batchA, k, m] read transposed.
+    return memory::desc({batchA, m, k}, DataType::f32,
+                        transposeA ? Dims{m * k, 1, m} : Dims{m * k, k, 1});
+  }
+  memory::desc bDesc() const {
+    return memory::desc({batchB, k, n}, DataType::f32,
+                        transposeB ? Dims{k * n, 1, k} : Dims{k * n, n, 1});
+  }
+  memory::desc cDesc() const { return memory::desc({batch(), m, n}, DataType::f32, Dims{m * n, n, 1}); }
+  memory::desc biasDesc() const { return memory::desc({1, 1, n}, DataType::f32, Dims{n, n, 1}); }
+};
+
+struct MatMulEntry {
+  int threads;
+  dnnl::matmul primitive;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<MatMulEntry>> matMulCache;
+
+/** matMul(heap, geometry, a, b, bias (-1: none), c, activation, alpha) */
+Napi::Value MatMul(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  auto v = integersArg(info, 1, "geometry", MatMulGeometry::kCount, 0);
+  const MatMulGeometry g{v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+  for (size_t i = 0; i < 5; i++) {
+    if (v[i] < 1) throw Napi::RangeError::New(env, "geometry[" + std::to_string(i) + "] must be >= 1");
+  }
+  if (g.transposeA > 1 || g.transposeB > 1) throw Napi::RangeError::New(env, "transposes must be 0 or 1");
+  if (g.batchA != g.batchB && g.batchA != 1 && g.batchB != 1) {
+    throw Napi::RangeError::New(env, "batch sizes must be equal or one of them 1");
+  }
+  const int64_t aOffset = integerArg(info, 2, "a", 0, INT64_MAX / 2);
+  const int64_t bOffset = integerArg(info, 3, "b", 0, INT64_MAX / 2);
+  const int64_t biasOffset = integerArg(info, 4, "bias", -1, INT64_MAX / 2);
+  const int64_t cOffset = integerArg(info, 5, "c", 0, INT64_MAX / 2);
+  const int64_t activation = integerArg(info, 6, "activation", kLinear, kSigmoid);
+  if (info.Length() < 8 || !info[7].IsNumber()) throw Napi::TypeError::New(env, "'alpha' must be a number");
+  const float alpha = info[7].As<Napi::Number>().FloatValue();
+
+  float* a = tensorAt(env, heap, aOffset, product(env, {g.batchA, g.m, g.k}), "a");
+  float* b = tensorAt(env, heap, bOffset, product(env, {g.batchB, g.k, g.n}), "b");
+  float* bias = biasOffset >= 0 ? tensorAt(env, heap, biasOffset, g.n, "bias") : nullptr;
+  float* c = tensorAt(env, heap, cOffset, product(env, {g.batch(), g.m, g.n}), "c");
+
+  wrapDnnlErrors(env, [&] {
+    std::ostringstream key;
+    key << g.key() << '|' << (bias ? 1 : 0) << '|' << activation << '|' << alpha;
+    const int threads = threadsFor(product(env, {g.batch(), g.m, g.n, g.k}));
+    ThreadScope scope(threads);
+    auto& entry = matMulCache[key.str()];
+    if (!entry) {
+      dnnl::matmul::desc desc = bias ? dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.biasDesc(), g.cDesc())
+                                     : dnnl::matmul::desc(g.aDesc(), g.bDesc(), g.cDesc());
+      dnnl::matmul::primitive_desc pd(desc, activationAttr(activation, alpha), cpuEngine());
+      entry.reset(new MatMulEntry{threads, dnnl::matmul(pd), pd.impl_info_str()});
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(g.aDesc(), cpuEngine(), a)},
+        {DNNL_ARG_WEIGHTS, memory(g.bDesc(), cpuEngine(), b)},
+        {DNNL_ARG_DST, memory(g.cDesc(), cpuEngine(), c)},
+    };
+    if (bias) args.emplace(DNNL_ARG_BIAS, memory(g.biasDesc(), cpuEngine(), bias));
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Threads and introspection
+
+/** setThreads(n): OpenMP threads for every later primitive call. */
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  const int threads = static_cast<int>(integerArg(info, 0, "threads", 1, 4096));
+  std::lock_guard<std::mutex> lock(callMutex);
+  // Primitives created for another thread count are created again (some fix their split at creation).
+  if (threads != configuredThreads) {
+    forwardCache.clear();
+    backwardDataCache.clear();
+    backwardWeightsCache.clear();
+    matMulCache.clear();
+  }
+  configuredThreads = threads;
+  return info.Env().Undefined();
+}
+
+Napi::Value Threads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), configuredThreads);
+}
+
+Napi::Value Version(const Napi::CallbackInfo& info) {
+  const dnnl_version_t* version = dnnl_version();
+  std::ostringstream out;
+  out << version->major << '.' << version->minor << '.' << version->patch;
+  return Napi::String::New(info.Env(), out.str());
+}
+
+/** { 'forward <geometry>': 'brgconv:avx512_core', ... } for every cached primitive. */
+Napi::Value Implementations(const Napi::CallbackInfo& info) {
+  Napi::Object result = Napi::Object::New(info.Env());
+  std::lock_guard<std::mutex> lock(callMutex);
+  auto describe = [](const auto& entry) {
+    return entry->implementation + " (" + std::to_string(entry->threads) + " threads)";
+  };
+  for (auto& [key, entry] : forwardCache) result.Set("conv forward " + key, describe(entry));
+  for (auto& [key, entry] : backwardDataCache) result.Set("conv backward data " + key, describe(entry));
+  for (auto& [key, entry] : backwardWeightsCache) result.Set("conv backward weights " + key, describe(entry));
+  for (auto& [key, entry] : matMulCache) result.Set("matmul " + key, describe(entry));
+  return result;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("convForward", Napi::Function::New(env, ConvForward));
+  exports.Set("convBackwardData", Napi::Function::New(env, ConvBackwardData));
+  exports.Set("convBackwardWeights", Napi::Function::New(env, ConvBackwardWeights));
+  exports.Set("matMul", Napi::Function::New(env, MatMul));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("threads", Napi::Function::New(env, Threads));
+  exports.Set("version", Napi::Function::New(env, Version));
+  exports.Set("implementations", Napi::Function::New(env, Implementations));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ratio_onednn, Init)
