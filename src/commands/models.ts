@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
-import type { CommandModule } from './command.js';
-import { inputErrorMessage } from './input-errors.js';
+import { UsageError } from './args.js';
+import { type CommandModule, runCommand } from './command.js';
 
 /** `ratio models inspect <model>`: what an imported (ONNX) model is, without running it. */
 
@@ -10,33 +10,33 @@ const HELP = `usage: ratio models inspect <file.onnx | dir with model.onnx> [--j
   count, opset and producer, and warnings (e.g. a final Softmax); exit 2 when the importer refuses it
 `;
 
-async function inspect(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    strict: true,
-    allowPositionals: true,
-    options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
-  });
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  const modelPath = positionals[0];
-  if (!modelPath) {
-    console.error(`ratio models inspect: a model path is required\n\n${HELP}`);
-    return 2;
-  }
-  const { inspectModel } = await import('../jobs/models.js');
-  let summary: Awaited<ReturnType<typeof inspectModel>>;
+interface InspectArguments {
+  modelPath: string;
+  json: boolean;
+}
+
+function parseInspect(argv: string[]): InspectArguments | 'help' {
+  let parsed: ReturnType<typeof parseArgs>;
   try {
-    summary = await inspectModel(modelPath);
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: true,
+      options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    });
   } catch (error) {
-    const message = await inputErrorMessage(error, { model: 'model' });
-    if (message === undefined) throw error;
-    console.error(`ratio models inspect: ${message}`);
-    return 2;
+    throw new UsageError((error as Error).message);
   }
-  if (values.json) {
+  if (parsed.values.help) return 'help';
+  const modelPath = parsed.positionals[0];
+  if (!modelPath) throw new UsageError('a model path is required');
+  return { modelPath, json: parsed.values.json === true };
+}
+
+async function inspect({ modelPath, json }: InspectArguments): Promise<number> {
+  const { inspectModel } = await import('../jobs/models.js');
+  const summary = await inspectModel(modelPath);
+  if (json) {
     console.log(JSON.stringify(summary, null, 2));
     return 0;
   }
@@ -62,7 +62,15 @@ export const summary = 'inspect a model file (ONNX): inputs, outputs, ops used, 
 
 export async function run(argv: string[]): Promise<number> {
   const [subcommand, ...rest] = argv;
-  if (subcommand === 'inspect') return inspect(rest);
+  if (subcommand === 'inspect') {
+    return runCommand({
+      name: 'models inspect',
+      help: HELP,
+      options: { model: '<model>' },
+      parse: () => parseInspect(rest),
+      execute: inspect,
+    });
+  }
   if (!subcommand || subcommand === '--help' || subcommand === '-h') {
     console.log(HELP);
     return subcommand ? 0 : 2;

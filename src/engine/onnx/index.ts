@@ -3,16 +3,10 @@ import { assertImageBatch, type Classifier, type ModelCard, probabilities } from
 import { OnnxUnsupportedError } from './errors.js';
 import { CONV_OPS } from './ops-conv.js';
 import { FOLD_OPS } from './ops-fold.js';
+import { SHAPE_OPS } from './ops-shape.js';
 import { TENSOR_OPS } from './ops-tensor.js';
-import {
-  DEFAULT_ONNX_LIMITS,
-  type GraphPlan,
-  type OnnxLimits,
-  type OnnxPlan,
-  type OpSpec,
-  planGraph,
-  planModel,
-} from './plan.js';
+import { DEFAULT_ONNX_LIMITS, type OnnxLimits, type OnnxPlan, type OpSpec } from './plan.js';
+import { type GraphPlan, planGraph, planModel } from './plan-model.js';
 import { decodeModel } from './proto.js';
 import { materializeWeights, runPlan } from './runtime.js';
 
@@ -29,7 +23,12 @@ export { DEFAULT_ONNX_LIMITS, type OnnxLimits } from './plan.js';
  */
 
 /** Every op the importer accepts; the fold-only ones are computed at load, never run. */
-export const ONNX_OPS: Readonly<Record<string, OpSpec>> = { ...CONV_OPS, ...TENSOR_OPS, ...FOLD_OPS };
+export const ONNX_OPS: Readonly<Record<string, OpSpec>> = {
+  ...CONV_OPS,
+  ...TENSOR_OPS,
+  ...SHAPE_OPS,
+  ...FOLD_OPS,
+};
 
 /** Op types that may appear in a model (for documentation and `models inspect`). */
 export const SUPPORTED_ONNX_OPS: readonly string[] = Object.keys(ONNX_OPS).sort();
