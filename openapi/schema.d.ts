@@ -167,7 +167,7 @@ export interface paths {
       path?: never;
       cookie?: never;
     };
-    /** Ready to serve: backend selected and models loaded */
+    /** Ready to serve: backend selected, models loaded, and a trial inference of each succeeds */
     get: operations['ready'];
     put?: never;
     post?: never;
@@ -392,7 +392,7 @@ export interface components {
       /** @description L2 radius (default: the card's eps_out, else 1) */
       eps?: number;
       /**
-       * @description APGD iterations
+       * @description APGD iterations (the service limit may be lower)
        * @example 100
        */
       iterations?: number;
@@ -479,7 +479,7 @@ export interface components {
        */
       radii?: number[];
       /**
-       * @description APGD iterations
+       * @description APGD iterations (the service limit may be lower)
        * @example 100
        */
       iterations?: number;
@@ -596,7 +596,7 @@ export interface components {
      */
     Readiness: {
       /** @enum {string} */
-      status: 'ready' | 'starting' | 'draining';
+      status: 'ready' | 'starting' | 'draining' | 'failing';
       backend: {
         name: string;
         threads: number;
@@ -611,6 +611,11 @@ export interface components {
         tfjs: string;
       };
       models: string[];
+      /** @description models whose trial inference of one zero image fails (status failing) */
+      failing?: {
+        model: string;
+        error: string;
+      }[];
     };
   };
   responses: never;
@@ -663,6 +668,15 @@ export interface operations {
           'application/json': components['schemas']['ModelDetail'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -677,8 +691,9 @@ export interface operations {
   predict: {
     parameters: {
       query?: {
-        /** @description max-confidence threshold (default: the card's) */
-        threshold?: number | null;
+        /** @description max-confidence threshold in [0, 1] (default: the card's) */
+        threshold?: number;
+        /** @description classes listed per image, 1..1000 */
         top_k?: number;
       };
       header?: never;
@@ -710,6 +725,15 @@ export interface operations {
       };
       /** @description Malformed request (e.g. unparseable JSON) */
       400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
         headers: {
           [name: string]: unknown;
         };
@@ -753,7 +777,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -806,6 +830,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -842,7 +875,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -896,6 +929,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -932,7 +974,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -984,6 +1026,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1020,7 +1071,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -1060,6 +1111,15 @@ export interface operations {
           'application/json': components['schemas']['AuditJob'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1091,6 +1151,15 @@ export interface operations {
           'application/json': components['schemas']['AuditJob'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1120,6 +1189,15 @@ export interface operations {
         };
         content: {
           'text/event-stream': string;
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
         };
       };
       /** @description Unknown model or audit */
@@ -1174,7 +1252,7 @@ export interface operations {
           'application/json': components['schemas']['Readiness'];
         };
       };
-      /** @description Not ready (starting or draining) */
+      /** @description Not ready (starting, draining, or a trial inference failing) */
       503: {
         headers: {
           [name: string]: unknown;
