@@ -13,7 +13,9 @@ RUN npm ci --omit=dev --include=optional \
 
 FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libdnnl2 libgomp1 && rm -rf /var/lib/apt/lists/*
-ENV NODE_ENV=production PORT=8080 RATIO_MODELS_DIR=/app/models LOG_LEVEL=info
+# HOST=0.0.0.0: a container must listen on all interfaces (the default without keys is loopback).
+# Keys: pass RATIO_API_KEYS or mount RATIO_API_KEYS_FILE; without either the server refuses to start.
+ENV NODE_ENV=production PORT=8080 HOST=0.0.0.0 RATIO_MODELS_DIR=/app/models LOG_LEVEL=info
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json tsconfig.json ./

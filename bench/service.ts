@@ -59,6 +59,7 @@ async function startServe(env: Record<string, string>): Promise<{ url: string; c
       ...(process.env.BENCH_SERVE_NODE_ARGS ?? '').split(' ').filter(Boolean),
       'bin/ratio.js',
       'serve',
+      '--dev',
       '--port',
       String(port),
       '--host',

@@ -167,7 +167,7 @@ export interface paths {
       path?: never;
       cookie?: never;
     };
-    /** Ready to serve: backend selected and models loaded */
+    /** Ready to serve: backend selected, models loaded, and a trial inference of each succeeds */
     get: operations['ready'];
     put?: never;
     post?: never;
@@ -497,7 +497,7 @@ export interface components {
       /** @description L2 radius (default: the card's eps_out, else 1) */
       eps?: number;
       /**
-       * @description APGD iterations
+       * @description APGD iterations (the service limit may be lower)
        * @example 100
        */
       iterations?: number;
@@ -584,7 +584,7 @@ export interface components {
        */
       radii?: number[];
       /**
-       * @description APGD iterations
+       * @description APGD iterations (the service limit may be lower)
        * @example 100
        */
       iterations?: number;
@@ -705,7 +705,7 @@ export interface components {
      */
     Readiness: {
       /** @enum {string} */
-      status: 'ready' | 'starting' | 'draining';
+      status: 'ready' | 'starting' | 'draining' | 'failing';
       backend: {
         name: string;
         threads: number;
@@ -722,6 +722,11 @@ export interface components {
         tfjs: string;
       };
       models: string[];
+      /** @description models whose trial inference of one zero image fails (status failing) */
+      failing?: {
+        model: string;
+        error: string;
+      }[];
     };
     /**
      * @example {
@@ -985,6 +990,15 @@ export interface operations {
           'application/json': components['schemas']['ModelDetail'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -999,8 +1013,9 @@ export interface operations {
   predict: {
     parameters: {
       query?: {
-        /** @description max-confidence threshold (default: the card's) */
-        threshold?: number | null;
+        /** @description max-confidence threshold in [0, 1] (default: the card's) */
+        threshold?: number;
+        /** @description classes listed per image, 1..1000 */
         top_k?: number;
       };
       header?: never;
@@ -1032,6 +1047,15 @@ export interface operations {
       };
       /** @description Malformed request (e.g. unparseable JSON) */
       400: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
         headers: {
           [name: string]: unknown;
         };
@@ -1075,7 +1099,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -1128,6 +1152,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1164,7 +1197,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -1218,6 +1251,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1254,7 +1296,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -1306,6 +1348,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1342,7 +1393,7 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
-      /** @description Compute queue full; retry after `Retry-After` seconds */
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;
@@ -1382,6 +1433,15 @@ export interface operations {
           'application/json': components['schemas']['AuditJob'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1413,6 +1473,15 @@ export interface operations {
           'application/json': components['schemas']['AuditJob'];
         };
       };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
       /** @description Unknown model or audit */
       404: {
         headers: {
@@ -1442,6 +1511,15 @@ export interface operations {
         };
         content: {
           'text/event-stream': string;
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
         };
       };
       /** @description Unknown model or audit */
@@ -1496,7 +1574,7 @@ export interface operations {
           'application/json': components['schemas']['Readiness'];
         };
       };
-      /** @description Not ready (starting or draining) */
+      /** @description Not ready (starting, draining, or a trial inference failing) */
       503: {
         headers: {
           [name: string]: unknown;

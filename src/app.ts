@@ -1,23 +1,28 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { bodyLimit } from 'hono/body-limit';
+import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import { requestId } from 'hono/request-id';
+import { secureHeaders } from 'hono/secure-headers';
 import type { OpenAPIObject } from 'openapi3-ts/oas31';
 import pino from 'pino';
 import type { BackendInfo } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
-import { AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
+import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
 import type { BatcherOptions } from './jobs/batcher.js';
 import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
 import { createInferenceMetrics, InferenceService } from './jobs/inference.js';
 import { ComputeSemaphore } from './jobs/semaphore.js';
+import { auditAdmission, computeAdmission, crossOriginWrites } from './routes/admission.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';
+import { AuditQuota, type AuthConfig, authMiddleware, DEFAULT_AUTH } from './routes/auth.js';
 import type { ServiceApp, ServiceContext, ServiceEnv, ServiceLimits } from './routes/context.js';
 import { registerDocsRoutes } from './routes/docs.js';
 import { createMetrics, registerHealthRoutes } from './routes/health.js';
 import { mediaType, unsupportedMediaType } from './routes/images.js';
 import { registerInferenceV2Routes } from './routes/inference-v2.js';
+import { methodNotAllowed } from './routes/methods.js';
 import { registerModelRoutes } from './routes/models.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 
@@ -39,6 +44,9 @@ export const DEFAULT_LIMITS: ServiceLimits = {
   maxBatch: 64,
   requestTimeoutMs: 60_000,
   maxIterations: 1000,
+  // About 30 s of a 2-core wasm backend (~7 GFLOP/s); 64 images x 1000 iterations x 10 restarts is 100x that.
+  maxRequestFlops: 2e11,
+  maxAuditFlops: 2e14,
 };
 
 export interface AppDependencies {
@@ -57,6 +65,10 @@ export interface AppDependencies {
   backend?: () => BackendInfo | undefined;
   ready?: () => boolean;
   logger?: pino.Logger;
+  /** API keys, rate limits and audit quotas (default: development mode, no keys, no rate limit). */
+  auth?: Partial<AuthConfig>;
+  /** Origins allowed to call the API from a browser (CORS); none by default: CORS off. */
+  corsOrigins?: readonly string[];
 }
 
 /** The document's own fields; the paths and components come from the route schemas. */
@@ -70,8 +82,8 @@ export const OPENAPI_CONFIG: Omit<OpenAPIObject, 'paths' | 'components'> = {
     license: { name: 'MIT', identifier: 'MIT' },
   },
   servers: [{ url: 'http://localhost:8080' }],
-  // No authentication in the service itself: it runs behind the platform's gateway (deploy/).
-  security: [],
+  // Bearer API keys (RATIO_API_KEYS / RATIO_API_KEYS_FILE); operations that need none say so.
+  security: [{ bearerAuth: [] }],
   tags: [
     { name: 'models', description: 'Served models and predictions' },
     { name: 'analysis', description: 'Worst-case OOD confidence and counterfactuals' },
@@ -80,6 +92,16 @@ export const OPENAPI_CONFIG: Omit<OpenAPIObject, 'paths' | 'components'> = {
     { name: 'inference-v2', description: 'Open Inference Protocol v2 (KServe, Triton, Seldon clients)' },
   ],
 };
+
+/** Logs every audit's end with its id: failures as warnings, cancellations and shutdown aborts as info. */
+export function logAuditEnd(logger: pino.Logger): (job: AuditJob) => void {
+  return (job) => {
+    const fields = { job_id: job.id, model: job.parameters.model, started_at: job.started_at };
+    if (job.state === 'failed') logger.warn({ ...fields, error: job.error }, 'audit failed');
+    else if (job.state === 'cancelled') logger.info({ ...fields, reason: job.error }, 'audit cancelled');
+    else logger.info(fields, `audit ${job.state}`);
+  };
+}
 
 export function createApp(deps: AppDependencies): ServiceApp {
   const limits: ServiceLimits = { ...DEFAULT_LIMITS, ...deps.limits };
@@ -91,7 +113,10 @@ export function createApp(deps: AppDependencies): ServiceApp {
       deps.compute instanceof ComputeSemaphore
         ? deps.compute
         : new ComputeSemaphore({ maxRunning: 1, maxWaiting: 16, ...deps.compute }),
-    audits: deps.audits instanceof AuditQueue ? deps.audits : new AuditQueue(deps.audits),
+    audits:
+      deps.audits instanceof AuditQueue
+        ? deps.audits
+        : new AuditQueue({ onFinished: logAuditEnd(logger), ...deps.audits }),
     inference: new InferenceService(
       deps.models,
       deps.inference?.compute ?? new InProcessCompute(deps.models),
@@ -125,6 +150,26 @@ export function createApp(deps: AppDependencies): ServiceApp {
     );
   });
   app.use('*', metrics.middleware);
+  app.use('*', secureHeaders());
+  const origins = [...(deps.corsOrigins ?? [])];
+  if (origins.length > 0) {
+    app.use(
+      '*',
+      cors({
+        origin: origins,
+        allowMethods: ['GET', 'POST', 'DELETE'],
+        allowHeaders: ['authorization', 'content-type', 'accept'],
+        exposeHeaders: ['location', 'retry-after', 'x-request-id'],
+        maxAge: 600,
+      }),
+    );
+  }
+  // Form posts need no preflight: refuse unsafe cross-origin ones unless the origin is allowed.
+  app.use('*', crossOriginWrites(origins));
+  const auth: AuthConfig = { ...DEFAULT_AUTH, ...deps.auth };
+  app.use('/v1/*', authMiddleware(auth));
+  app.use('/v1/audits', auditAdmission(context, new AuditQuota(auth.auditsPerKey)));
+  app.use('/v1/models/*', computeAdmission(context));
   const tooLarge = (max: number) =>
     bodyLimit({
       maxSize: max,
@@ -163,12 +208,32 @@ export function createApp(deps: AppDependencies): ServiceApp {
   registerDocsRoutes(app);
   app.doc31('/openapi.json', OPENAPI_CONFIG);
 
-  app.notFound((c) =>
-    problemResponse(
+  app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    description:
+      'An API key from RATIO_API_KEYS / RATIO_API_KEYS_FILE. Needed for audits; for predict, OOD and counterfactuals when RATIO_REQUIRE_KEY_FOR_ANALYSIS=1.',
+  });
+  app.notFound((c) => {
+    const allowed = methodNotAllowed(app, c.req.method, c.req.path);
+    if (allowed) {
+      const res = problemResponse(
+        c,
+        new ProblemError(
+          405,
+          'method-not-allowed',
+          'Method not allowed',
+          `${c.req.method} is not allowed on ${c.req.path}; allowed: ${allowed.join(', ')}`,
+        ),
+      );
+      res.headers.set('allow', allowed.join(', '));
+      return res;
+    }
+    return problemResponse(
       c,
       new ProblemError(404, 'not-found', 'Not found', `no route for ${c.req.method} ${c.req.path}`),
-    ),
-  );
+    );
+  });
   app.onError((error, c) => {
     let problem: ProblemError;
     if (error instanceof HTTPException && error.status === 415) {
@@ -185,7 +250,11 @@ export function createApp(deps: AppDependencies): ServiceApp {
     } else {
       problem = toProblemError(error);
     }
-    if (problem.status >= 500) logger.error({ err: error, request_id: c.get('requestId') }, 'request failed');
+    // A 503 while shutting down is expected: info, without a stack.
+    if (problem.status === 503)
+      logger.info({ request_id: c.get('requestId'), detail: problem.message }, 'unavailable');
+    else if (problem.status >= 500)
+      logger.error({ err: error, request_id: c.get('requestId') }, 'request failed');
     return problemResponse(c, problem);
   });
   return app;

@@ -2,7 +2,7 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
-import { type AppDependencies, createApp } from './app.js';
+import { type AppDependencies, createApp, logAuditEnd } from './app.js';
 import { backendInfo, initBackend } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
 import { AuditStore } from './jobs/audit-store.js';
@@ -12,6 +12,7 @@ import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
 import { ModelRouter, WorkerCompute } from './jobs/compute-host.js';
 import { loadModelsFolder } from './jobs/models.js';
 import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
+import { type AuthConfig, authConfigFromEnv } from './routes/auth.js';
 
 /**
  * Starts the service: selects the backend, loads every model directory under `modelsDir`
@@ -21,7 +22,18 @@ import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
 export interface ServerOptions {
   /** Port to listen on (0 = any free port). Default: env PORT, else 8080. */
   port?: number;
+  /**
+   * Address to bind. Default: env HOST, else 127.0.0.1 in development mode (no keys) and 0.0.0.0
+   * with keys. Containers set HOST=0.0.0.0 (the Dockerfile does).
+   */
   host?: string;
+  /**
+   * API keys and limits. Default: from the environment (RATIO_API_KEYS, RATIO_API_KEYS_FILE,
+   * RATIO_DEV_MODE, ...); without keys and without development mode the server refuses to start.
+   */
+  auth?: Partial<AuthConfig>;
+  /** Browser origins allowed (CORS). Default: env RATIO_CORS_ORIGINS (comma-separated), else none. */
+  corsOrigins?: string[];
   /** Default: env RATIO_MODELS_DIR, else ./models. */
   modelsDir?: string;
   /** Models to serve in addition to (or instead of) the directory's. */
@@ -107,7 +119,23 @@ async function startCompute(
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const logger = options.logger ?? pino({ level: process.env.LOG_LEVEL ?? 'info' });
   const port = options.port ?? Number(process.env.PORT ?? 8080);
-  const host = options.host ?? process.env.HOST ?? '0.0.0.0';
+  const auth = options.auth ?? authConfigFromEnv();
+  const devMode = auth.devMode ?? true;
+  const host = options.host ?? process.env.HOST ?? (devMode ? '127.0.0.1' : '0.0.0.0');
+  const corsOrigins =
+    options.corsOrigins ??
+    (process.env.RATIO_CORS_ORIGINS ?? '')
+      .split(',')
+      .map((origin) => origin.trim())
+      .filter((origin) => origin.length > 0);
+  if (devMode) {
+    logger.warn(
+      { host },
+      'DEVELOPMENT MODE: no API keys. Anyone who reaches this address can upload models, run and cancel audits. Set RATIO_API_KEYS or RATIO_API_KEYS_FILE for any shared deployment.',
+    );
+  } else {
+    logger.info({ keys: auth.keyHashes?.length ?? 0 }, 'API keys loaded');
+  }
   const modelsDir = options.modelsDir ?? process.env.RATIO_MODELS_DIR ?? './models';
   let ready = false;
   const backend = await initBackend();
@@ -132,6 +160,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     return pool.autoAttack(...args);
   };
   const audits = new AuditQueue({
+    onFinished: logAuditEnd(logger),
     ...(workers > 0 ? { run: poolRun } : {}),
     ...(options.stateDir ? { store: new AuditStore(options.stateDir) } : {}),
     ...options.audits,
@@ -154,6 +183,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     models,
     audits,
     logger,
+    auth,
+    corsOrigins,
     backend: () => backendInfo(),
     ready: () => ready,
   });

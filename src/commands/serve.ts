@@ -2,16 +2,21 @@ import { parseArgs } from 'node:util';
 
 /** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
 
-const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>]
+const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>] [--dev]
 
   --port <n>        port (default: env PORT, else 8080; 0 = any free port)
-  --host <addr>     address to bind (default: env HOST, else 0.0.0.0)
+  --host <addr>     address to bind (default: env HOST, else 127.0.0.1 in development mode, 0.0.0.0 with keys)
   --models <dir>    model directories <dir>/<name>/{model.json,card.json,...} (default: env RATIO_MODELS_DIR, else ./models)
   --workers <n>     audit worker processes (default: env RATIO_WORKERS, else one per core; 0 = in process)
   --state-dir <dir> durable audit state, resumed after a restart (default: env RATIO_STATE_DIR, else
                     $XDG_STATE_HOME/ratio-audit or ~/.local/state/ratio-audit)
+  --dev             development mode without API keys (same as RATIO_DEV_MODE=1; logged as a warning)
 
-environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu)
+environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu),
+  RATIO_API_KEYS (comma-separated keys), RATIO_API_KEYS_FILE (sha256 hex of each key, one a line),
+  RATIO_DEV_MODE=1, RATIO_REQUIRE_KEY_FOR_ANALYSIS=1, RATIO_RATE_LIMIT_PER_MINUTE (per key, default 600,
+  0 = off), RATIO_AUDITS_PER_KEY (running + queued, default 4), RATIO_CORS_ORIGINS (comma-separated)
+Without keys and without --dev / RATIO_DEV_MODE=1 the server refuses to start.
 SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, then stop.
 `;
 
@@ -24,6 +29,7 @@ export async function run(argv: string[]): Promise<number> {
     models?: string;
     workers?: string;
     'state-dir'?: string;
+    dev?: boolean;
     help?: boolean;
   };
   try {
@@ -36,6 +42,7 @@ export async function run(argv: string[]): Promise<number> {
         models: { type: 'string' },
         workers: { type: 'string' },
         'state-dir': { type: 'string' },
+        dev: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -58,9 +65,25 @@ export async function run(argv: string[]): Promise<number> {
     return 2;
   }
   const { startServer } = await import('../server.js');
+  const { AuthConfigError, authConfigFromEnv } = await import('../routes/auth.js');
+  let auth: ReturnType<typeof authConfigFromEnv>;
+  try {
+    auth = authConfigFromEnv(values.dev ? { ...process.env, RATIO_DEV_MODE: '1' } : process.env);
+  } catch (error) {
+    if (!(error instanceof AuthConfigError)) throw error;
+    console.error(`ratio serve: ${error.message}`);
+    return 2;
+  }
   const { defaultStateDir } = await import('../jobs/audit-store.js');
   const stateDir = values['state-dir'] ?? defaultStateDir();
-  const server = await startServer({ port, host: values.host, modelsDir: values.models, workers, stateDir });
+  const server = await startServer({
+    port,
+    host: values.host,
+    modelsDir: values.models,
+    workers,
+    stateDir,
+    auth,
+  });
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);

@@ -145,7 +145,12 @@ function fromZip(bytes: Uint8Array, options: BytesOptions, source: string): Prom
     const reason = error instanceof Error ? error.message : String(error);
     throw new DatasetError('bad-magic', `'${source}' is not a valid zip archive: ${reason}`);
   }
-  return decodeFolderEntries(listArchiveEntries(new Map(Object.entries(files))), { ...options, source });
+  // What the archive holds decoded is bounded like what it holds packed, unless asked otherwise.
+  return decodeFolderEntries(listArchiveEntries(new Map(Object.entries(files))), {
+    maxDecodedBytes: maxBytes,
+    ...options,
+    source,
+  });
 }
 
 /**

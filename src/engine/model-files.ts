@@ -1,6 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFiles } from '../data/model-dir.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
+import { type ModelBudget, ModelBudgetError, type ModelBudgetLimits, modelBudget } from './model-budget.js';
+import {
+  buildGraphModel,
+  buildLayersModel,
+  DEFAULT_TRIAL_LIMITS,
+  TrialForwardError,
+  type TrialLimits,
+  trialForward,
+} from './model-build.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './model-topology.js';
 import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError } from './onnx/index.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
@@ -34,6 +43,18 @@ export interface LoadModelOptions {
   maxModelJsonBytes?: number;
   /** Card fields that override card.json (e.g. a name chosen by the uploader). */
   card?: Partial<ModelCard>;
+  /** Limits of the static budget of a layers model (parameters, activation, FLOPs per image). */
+  budget?: Partial<ModelBudgetLimits>;
+  /** Time and memory budget of the trial forward pass of one image; `false` skips it. */
+  trial?: TrialLimits | false;
+}
+
+/** Budgets of the classifiers this module loaded (layers models), for request cost estimates. */
+const budgets = new WeakMap<object, ModelBudget>();
+
+/** The static budget computed when `classifier` was loaded from files, if it is a layers model. */
+export function loadedModelBudget(classifier: object): ModelBudget | undefined {
+  return budgets.get(classifier);
 }
 
 export const DEFAULT_MAX_WEIGHT_BYTES = 200_000_000;
@@ -292,11 +313,18 @@ export async function loadModelFromFiles(
   }
   const format = detectFormat(modelJson);
   const { manifest, shardKeys } = checkManifest(modelJson.weightsManifest, files, maxWeightBytes);
+  let budget: ModelBudget | undefined;
   try {
     if (format === 'graph-model') checkGraphTopology(modelJson.modelTopology);
-    else checkLayersTopology(modelJson.modelTopology, declaredShapes(manifest));
+    else {
+      checkLayersTopology(modelJson.modelTopology, declaredShapes(manifest));
+      // Every layer sized from its config and the manifest before tfjs allocates anything.
+      budget = modelBudget(modelJson.modelTopology, declaredShapes(manifest), options.budget);
+    }
   } catch (error) {
-    if (error instanceof TopologyError) throw new ModelFileError('model.json', error.field, error.message);
+    if (error instanceof TopologyError || error instanceof ModelBudgetError) {
+      throw new ModelFileError('model.json', error.field, error.message);
+    }
     throw error;
   }
   const card = { ...parseCard(files), ...options.card };
@@ -310,8 +338,15 @@ export async function loadModelFromFiles(
   );
   let model: TfjsModel;
   try {
-    const handler = tf.io.fromMemory(artifacts);
-    model = format === 'graph-model' ? await tf.loadGraphModel(handler) : await tf.loadLayersModel(handler);
+    // Both builders free what they made when they throw.
+    model =
+      format === 'graph-model'
+        ? buildGraphModel(artifacts)
+        : await buildLayersModel({
+            modelTopology: modelJson.modelTopology,
+            weightSpecs: artifacts.weightSpecs ?? [],
+            weightData: tf.io.CompositeArrayBuffer.join(artifacts.weightData ?? new ArrayBuffer(0)),
+          });
   } catch (error) {
     throw new ModelFileError(
       'model.json',
@@ -319,8 +354,9 @@ export async function loadModelFromFiles(
       `tfjs cannot build the model: ${(error as Error).message}`,
     );
   }
+  let classifier: TfjsClassifier;
   try {
-    return new TfjsClassifier(model, card);
+    classifier = new TfjsClassifier(model, card);
   } catch (error) {
     model.dispose();
     if (error instanceof ModelContractError) {
@@ -337,6 +373,18 @@ export async function loadModelFromFiles(
       `the model does not run: ${(error as Error).message}`,
     );
   }
+  if (options.trial !== false) {
+    try {
+      await trialForward(classifier, options.trial ?? DEFAULT_TRIAL_LIMITS);
+    } catch (error) {
+      classifier.dispose();
+      if (error instanceof TrialForwardError)
+        throw new ModelFileError('model.json', 'modelTopology', error.message);
+      throw error;
+    }
+  }
+  if (budget) budgets.set(classifier, budget);
+  return classifier;
 }
 
 const isOnnxFile = (key: string) => key.toLowerCase().endsWith('.onnx');

@@ -108,7 +108,8 @@ function checkLayer(layer: unknown, field: string, context: Context): { name: st
     throw new TopologyError(field, `each layer needs a string 'class_name'`);
   }
   const className = layer.class_name;
-  if (!(className in tf.serialization.SerializationMap.getMap().classNameMap)) {
+  // Own properties only: `__proto__` or `constructor` are in every object but are no layer class.
+  if (!Object.hasOwn(tf.serialization.SerializationMap.getMap().classNameMap, className)) {
     throw new TopologyError(
       `${field}.class_name`,
       `unknown layer class '${className}' (not a tfjs layer, nor one registered by ratio-audit)`,

@@ -47,6 +47,8 @@ const ID = /^[0-9a-f-]{36}$/;
 
 export interface StoredAudit {
   job: AuditJob;
+  /** Who submitted it (the principal, an API key id): ownership survives a restart. */
+  owner?: string;
   /** Finished shard results (for an unfinished audit). */
   shards: ShardResult[];
   /** Loads the audit's model and points again (unfinished audits only; the caller owns the classifier). */
@@ -71,10 +73,12 @@ export class AuditStore {
    * Persists a new audit with everything a restart needs. Returns false (and stores nothing) when
    * the model cannot be serialised (not a tfjs model): that audit lives in memory only.
    */
-  async create(job: AuditJob, audit: PreparedAudit): Promise<boolean> {
+  async create(job: AuditJob, audit: PreparedAudit, owner?: string): Promise<boolean> {
     if (!(audit.classifier instanceof TfjsClassifier)) return false;
     const dir = this.auditDir(job.id);
     await mkdir(path.join(dir, 'shards'), { recursive: true });
+    // Apart from job.json, which GET shows as it is: the owner is not part of the job's public view.
+    if (owner !== undefined) await writeAtomically(path.join(dir, 'owner.json'), JSON.stringify({ owner }));
     await writeModelDir(path.join(dir, 'model'), await saveModelToFiles(audit.classifier));
     const data = audit.dataset.take(audit.parameters.n);
     await writeAtomically(path.join(dir, 'images.bin'), data.images);
@@ -129,8 +133,13 @@ export class AuditStore {
       for (const file of shardNames.filter((f) => /^\d+\.json$/.test(f))) {
         shards.push(JSON.parse(await readFile(path.join(dir, 'shards', file), 'utf8')) as ShardResult);
       }
+      const owner = await readFile(path.join(dir, 'owner.json'), 'utf8').then(
+        (text) => (JSON.parse(text) as { owner?: string }).owner,
+        () => undefined,
+      );
       audits.push({
         job,
+        ...(owner === undefined ? {} : { owner }),
         shards,
         load: async () => {
           const input = JSON.parse(await readFile(path.join(dir, 'input.json'), 'utf8')) as {

@@ -88,10 +88,12 @@ export function checkAuditData(dataset: Dataset, classifier: Classifier): void {
     throw new InvalidInputError('dataset', 'the data set has no labels; an audit needs labelled images');
   }
   const k = classifier.numClasses;
-  if (dataset.labels.some((label) => label < 0 || label >= k)) {
+  if (k < 2) throw new InvalidInputError('model', `the model has ${k} class; an audit needs at least 2`);
+  const outside = dataset.labels.findIndex((label) => label < 0 || label >= k);
+  if (outside >= 0) {
     throw new InvalidInputError(
       'dataset',
-      `the data set needs labels in [0, ${k}) for every image (unlabelled images, or another label set?)`,
+      `image ${outside} has label ${dataset.labels[outside]}, outside the model's classes 0..${k - 1} (unlabelled images, or another label set?)`,
     );
   }
 }
@@ -104,6 +106,8 @@ async function loadAuditData(source: AuditDataSource, n: number): Promise<Datase
           filename: source.filename,
           labels: source.labels,
           maxBytes: source.maxBytes,
+          // Only the first n images are audited: the rest of an image folder is never decoded.
+          limit: n,
         });
   return dataset.take(n);
 }

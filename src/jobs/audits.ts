@@ -33,8 +33,11 @@ export type AuditEvent =
   | { type: 'state'; job: AuditJob }
   | { type: 'done'; job: AuditJob };
 
-/** A prepared audit (audit.ts: `prepareAudit`) handed to the queue. */
-export type AuditSubmission = PreparedAudit;
+/** A prepared audit (audit.ts: `prepareAudit`) handed to the queue, with who submitted it. */
+export type AuditSubmission = PreparedAudit & {
+  /** The principal (API key id) that submitted it: only it sees and cancels the job. */
+  owner?: string;
+};
 
 export interface AuditQueueOptions {
   maxRunning?: number;
@@ -53,10 +56,13 @@ export interface AuditQueueOptions {
   ) => Promise<AutoAttackReport>;
   /** Durable state (embedded mode): jobs, inputs and finished shards survive a restart. */
   store?: AuditStore;
+  /** Called once when a job reaches a final state (the service logs failures and cancellations). */
+  onFinished?: (job: AuditJob) => void;
 }
 
 interface Entry {
   job: AuditJob;
+  owner?: string;
   submission?: AuditSubmission;
   controller: AbortController;
   listeners: Set<(event: AuditEvent) => void>;
@@ -87,7 +93,7 @@ export class AuditQueue {
     Pick<AuditQueueOptions, 'run' | 'store'>;
 
   constructor(options: AuditQueueOptions = {}) {
-    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, ...options };
+    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, onFinished: () => {}, ...options };
   }
 
   get depth(): { running: number; queued: number } {
@@ -96,6 +102,11 @@ export class AuditQueue {
 
   get isDraining(): boolean {
     return this.draining;
+  }
+
+  /** True when `submit` would throw `QueueFullError` now. */
+  get isFull(): boolean {
+    return this.queued.length >= this.options.maxQueued && this.running >= this.options.maxRunning;
   }
 
   countByState(): Record<AuditState, number> {
@@ -113,10 +124,11 @@ export class AuditQueue {
   /** Queues an audit; throws `QueueFullError` when the queue is full, `ShuttingDownError` when draining. */
   submit(submission: AuditSubmission): AuditJob {
     if (this.draining) throw new ShuttingDownError('the service is shutting down and accepts no new audits');
-    if (this.queued.length >= this.options.maxQueued && this.running >= this.options.maxRunning) {
+    if (this.isFull) {
       throw new QueueFullError(
         `the audit queue is full (${this.running} running, ${this.queued.length} queued)`,
         30,
+        'audit',
       );
     }
     let finish = () => {};
@@ -137,12 +149,13 @@ export class AuditQueue {
     const store = this.options.store;
     this.entries.set(job.id, {
       job,
+      owner: submission.owner,
       submission,
       controller: new AbortController(),
       listeners: new Set(),
       finished,
       finish,
-      persisted: store?.create({ ...job }, submission).catch(() => false),
+      persisted: store?.create({ ...job }, submission, submission.owner).catch(() => false),
       shards: [],
     });
     this.queued.push(job.id);
@@ -151,9 +164,21 @@ export class AuditQueue {
     return { ...job };
   }
 
-  get(id: string): AuditJob | undefined {
-    const entry = this.entries.get(id);
+  /** The job, if it exists and (when `owner` is given) belongs to `owner`. */
+  get(id: string, owner?: string): AuditJob | undefined {
+    const entry = this.visible(id, owner);
     return entry ? { ...entry.job } : undefined;
+  }
+
+  private visible(id: string, owner: string | undefined): Entry | undefined {
+    const entry = this.entries.get(id);
+    if (!entry || (owner !== undefined && entry.owner !== owner)) return undefined;
+    return entry;
+  }
+
+  /** Ids of the jobs held (queued, running and retained finished ones). */
+  ids(): string[] {
+    return [...this.entries.keys()];
   }
 
   /** Listens to a job's events; returns the unsubscribe function (undefined for unknown ids). */
@@ -172,16 +197,16 @@ export class AuditQueue {
     return { ...entry.job };
   }
 
-  /** Cancels a queued or running job; a finished job is left as it is. */
-  cancel(id: string): AuditJob | undefined {
-    const entry = this.entries.get(id);
+  /** Cancels a queued or running job (of `owner`, when given); a finished job is left as it is. */
+  cancel(id: string, owner?: string, reason = 'cancelled'): AuditJob | undefined {
+    const entry = this.visible(id, owner);
     if (!entry) return undefined;
     if (entry.job.state === 'queued') {
       const at = this.queued.indexOf(id);
       if (at >= 0) this.queued.splice(at, 1);
-      this.end(entry, 'cancelled', null, 'cancelled before it started');
+      this.end(entry, 'cancelled', null, `${reason} before it started`);
     } else if (entry.job.state === 'running') {
-      entry.controller.abort(new DOMException('the audit was cancelled', 'AbortError'));
+      entry.controller.abort(new DOMException(reason, 'AbortError'));
     }
     return { ...entry.job };
   }
@@ -192,9 +217,10 @@ export class AuditQueue {
    */
   async drain(options: { abortRunning: boolean; timeoutMs: number }): Promise<void> {
     this.draining = true;
-    for (const id of [...this.queued]) this.cancel(id);
+    for (const id of [...this.queued]) this.cancel(id, undefined, 'aborted at shutdown');
     const running = [...this.entries.values()].filter((e) => e.job.state === 'running');
-    if (options.abortRunning) for (const entry of running) this.cancel(entry.job.id);
+    if (options.abortRunning)
+      for (const entry of running) this.cancel(entry.job.id, undefined, 'aborted at shutdown');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.all(running.map((e) => e.finished)),
@@ -227,6 +253,11 @@ export class AuditQueue {
     this.emit(entry, { type: 'done', job: { ...entry.job } });
     entry.listeners.clear();
     entry.finish();
+    try {
+      this.options.onFinished({ ...entry.job });
+    } catch {
+      // Logging must not break the queue.
+    }
   }
 
   private pump(): void {
@@ -266,6 +297,7 @@ export class AuditQueue {
       });
       const entry: Entry = {
         job: stored.job,
+        owner: stored.owner,
         controller: new AbortController(),
         listeners: new Set(),
         finished,
@@ -327,8 +359,11 @@ export class AuditQueue {
       });
       this.end(entry, 'succeeded', report, null);
     } catch (error) {
-      if (entry.controller.signal.aborted) this.end(entry, 'cancelled', null, 'cancelled while running');
-      else this.end(entry, 'failed', null, error instanceof Error ? error.message : String(error));
+      if (entry.controller.signal.aborted) {
+        const reason = entry.controller.signal.reason;
+        const why = reason instanceof Error ? reason.message : 'cancelled';
+        this.end(entry, 'cancelled', null, `${why} while running`);
+      } else this.end(entry, 'failed', null, error instanceof Error ? error.message : String(error));
     }
   }
 

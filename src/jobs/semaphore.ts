@@ -5,6 +5,8 @@ export class QueueFullError extends Error {
     message: string,
     /** Suggested seconds before retrying. */
     readonly retryAfter: number,
+    /** Which queue is full: synchronous compute (predict, OOD, counterfactuals) or audits. */
+    readonly queue: 'compute' | 'audit' = 'compute',
   ) {
     super(message);
   }
@@ -44,6 +46,11 @@ export class ComputeSemaphore {
 
   get depth(): { running: number; waiting: number } {
     return { running: this.running, waiting: this.waiting.length };
+  }
+
+  /** True when `acquire` would throw `QueueFullError` now. */
+  get isFull(): boolean {
+    return this.running >= this.options.maxRunning && this.waiting.length >= this.options.maxWaiting;
   }
 
   /**

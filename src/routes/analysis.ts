@@ -1,16 +1,31 @@
 import { createRoute, z } from '@hono/zod-openapi';
+import { DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
 import { counterfactualsOf } from '../jobs/counterfactuals.js';
+import { checkRequestCost } from '../jobs/request-cost.js';
 import { worstCaseOod } from '../jobs/worst-case-ood.js';
 import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, base64Of, unsupportedMediaType } from './images.js';
 import { ModelParams } from './models.js';
-import { invalidField, problemResponses } from './problem.js';
+import { invalidField, OPTIONAL_KEY, problemResponses } from './problem.js';
 
 /** Worst-case OOD confidence and visual counterfactuals: the two RATIO analyses served per request. */
 
 const Base64Image = z.string().min(1).openapi({ example: 'iVBORw0KGgoAAAANSUhEUgAAACAAAAAg...' });
 
-const Iterations = z.number().int().min(1).openapi({ description: 'APGD iterations', example: 100 });
+const Iterations = z
+  .number()
+  .int()
+  .min(1)
+  .max(10_000)
+  .openapi({ description: 'APGD iterations (the service limit may be lower)', example: 100 });
+
+/** Largest L2 radius accepted: a [0,1] image of 32x32x3 spans 55.4, so 100 covers every use. */
+export const MAX_L2_RADIUS = 100;
+const Seed = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 32 - 1);
 
 export const OodRequestSchema = z
   .object({
@@ -18,11 +33,12 @@ export const OodRequestSchema = z
     eps: z
       .number()
       .min(0)
+      .max(MAX_L2_RADIUS)
       .optional()
       .openapi({ description: "L2 radius (default: the card's eps_out, else 1)" }),
     iterations: Iterations.optional(),
     restarts: z.number().int().min(1).max(10).optional(),
-    seed: z.number().int().min(0).optional(),
+    seed: Seed.optional(),
     threshold: z.number().min(0).max(1).optional(),
   })
   .openapi('OodRequest', {
@@ -76,13 +92,13 @@ export const CounterfactualRequestSchema = z
       .optional()
       .openapi({ description: 'class names or indices (default: the two most probable classes)' }),
     radii: z
-      .array(z.number().gt(0))
+      .array(z.number().gt(0).max(MAX_L2_RADIUS))
       .min(1)
       .max(12)
       .optional()
       .openapi({ example: [0.5, 1, 2] }),
     iterations: Iterations.optional(),
-    seed: z.number().int().min(0).optional(),
+    seed: Seed.optional(),
   })
   .openapi('CounterfactualRequest', {
     example: { image: 'iVBORw0KGgoAAAANSUhEUgAAACAAAAAg...', targets: ['cat', 'dog'], radii: [0.5, 1, 2] },
@@ -128,6 +144,8 @@ const oodRoute = createRoute({
   method: 'post',
   path: '/v1/models/{model}/ood',
   operationId: 'worstCaseOod',
+  // A key is optional here unless RATIO_REQUIRE_KEY_FOR_ANALYSIS=1; an invalid one is 401.
+  security: OPTIONAL_KEY,
   tags: ['analysis'],
   summary: 'Clean and worst-case max confidence in an L2 ball, with an OOD verdict',
   request: {
@@ -139,7 +157,7 @@ const oodRoute = createRoute({
       description: 'Worst-case confidences',
       content: { 'application/json': { schema: OodResponseSchema } },
     },
-    ...problemResponses(400, 404, 413, 415, 422, 429, 504),
+    ...problemResponses(400, 401, 404, 413, 415, 422, 429, 504),
   },
 });
 
@@ -147,6 +165,8 @@ const counterfactualRoute = createRoute({
   method: 'post',
   path: '/v1/models/{model}/counterfactuals',
   operationId: 'counterfactuals',
+  // A key is optional here unless RATIO_REQUIRE_KEY_FOR_ANALYSIS=1; an invalid one is 401.
+  security: OPTIONAL_KEY,
   tags: ['analysis'],
   summary: 'Visual counterfactuals towards target classes for a range of L2 budgets',
   description:
@@ -163,7 +183,7 @@ const counterfactualRoute = createRoute({
         'image/png': { schema: z.string().openapi({ format: 'binary' }) },
       },
     },
-    ...problemResponses(400, 404, 413, 415, 422, 429, 504),
+    ...problemResponses(400, 401, 404, 413, 415, 422, 429, 504),
   },
 });
 
@@ -192,6 +212,20 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
     const name = c.req.valid('param').model;
     const body = c.req.valid('json');
     const { model, iterations } = analysisTarget(context, c.req.header('content-type'), name, body);
+    const restarts = body.restarts ?? 1;
+    if (body.images.length > context.limits.maxBatch) {
+      throw invalidField(
+        'images',
+        `at most ${context.limits.maxBatch} images per request, got ${body.images.length}`,
+      );
+    }
+    // Refused before any image is decoded: images x iterations x restarts x the model's FLOPs.
+    checkRequestCost(
+      model,
+      { images: body.images.length, iterations, restarts },
+      context.limits.maxRequestFlops,
+      body.images.length > 1 ? 'images' : restarts > 1 ? 'restarts' : 'iterations',
+    );
     const inputs = body.images.map((text, i) => ({
       field: `images.${i}`,
       bytes: base64Bytes(text, `images.${i}`),
@@ -220,6 +254,17 @@ export function registerAnalysisRoutes(app: ServiceApp, context: ServiceContext)
     const name = c.req.valid('param').model;
     const body = c.req.valid('json');
     const { model, iterations } = analysisTarget(context, c.req.header('content-type'), name, body);
+    checkRequestCost(
+      model,
+      {
+        images: body.targets?.length ?? 2,
+        iterations,
+        restarts: 1,
+        runs: (body.radii ?? DEFAULT_COUNTERFACTUAL_RADII).length,
+      },
+      context.limits.maxRequestFlops,
+      'iterations',
+    );
     const wantsPng = (c.req.header('accept') ?? '').includes('image/png');
     const input = { field: 'image', bytes: base64Bytes(body.image, 'image') };
     const answer = await computeWithin(context, (signal) =>

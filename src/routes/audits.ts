@@ -7,6 +7,8 @@ import {
   prepareAudit,
 } from '../jobs/audit.js';
 import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
+import { checkRequestCost } from '../jobs/request-cost.js';
+import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
 import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
@@ -54,24 +56,23 @@ export const AuditJobSchema = z
   });
 
 /** A numeric text field of the form, parsed and range-checked (multipart fields are text). */
-function formNumber(
-  field: string,
-  options: { integer: boolean; min: number; max?: number; example: string },
-) {
+function formNumber(field: string, options: { integer: boolean; min: number; max: number; example: string }) {
   return z
     .string({ error: `'${field}' must be a text field` })
     .transform((raw, ctx) => {
+      // Decimal notation only: '0x10', '1e3' and '' are errors, not 16, 1000 and 0.
       const value = Number(raw);
       const ok =
-        raw.trim() !== '' &&
+        (options.integer ? /^-?\d+$/ : /^-?(\d+(\.\d*)?|\.\d+)$/).test(raw) &&
         Number.isFinite(value) &&
-        (!options.integer || Number.isInteger(value)) &&
         value >= options.min &&
-        (options.max === undefined || value <= options.max);
+        value <= options.max;
       if (!ok) {
-        const kind = options.integer ? 'an integer' : 'a number';
-        const range = options.max === undefined ? `>= ${options.min}` : `in [${options.min}, ${options.max}]`;
-        ctx.addIssue({ code: 'custom', message: `'${field}' must be ${kind} ${range}, got '${raw}'` });
+        const kind = options.integer ? 'a decimal integer' : 'a decimal number';
+        ctx.addIssue({
+          code: 'custom',
+          message: `'${field}' must be ${kind} in [${options.min}, ${options.max}], got '${raw}'`,
+        });
         return z.NEVER;
       }
       return value;
@@ -138,9 +139,12 @@ export const AuditFormSchema = z
     norm: z.enum(['L2', 'Linf'], {
       error: (issue) => `'norm' must be L2 or Linf, got '${String(issue.input ?? '')}'`,
     }),
-    eps: formNumber('eps', { integer: false, min: 0, example: '0.5' }).refine((eps) => eps > 0, {
-      message: `'eps' must be a number > 0`,
-    }),
+    eps: formNumber('eps', { integer: false, min: 0, max: MAX_L2_RADIUS, example: '0.5' }).refine(
+      (eps) => eps > 0,
+      {
+        message: `'eps' must be a number > 0`,
+      },
+    ),
     version: z
       .enum(AUTOATTACK_VERSIONS, {
         error: (issue) => `'version' must be ${AUTOATTACK_VERSIONS.join(', ')}, got '${String(issue.input)}'`,
@@ -153,6 +157,14 @@ export const AuditFormSchema = z
     queries: formNumber('queries', { integer: true, min: 1, max: 20_000, example: '5000' }).optional(),
   })
   .superRefine((form, ctx) => {
+    // Linf budgets are in [0, 1] pixel units (L2 radii up to the analyses' bound, checked above).
+    if (form.norm === 'Linf' && form.eps > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['eps'],
+        message: `'eps' must be <= 1 for Linf, got ${form.eps}`,
+      });
+    }
     if (form.dataset === undefined) {
       ctx.addIssue({
         code: 'custom',
@@ -178,6 +190,9 @@ export const AuditFormSchema = z
 
 export type AuditForm = z.output<typeof AuditFormSchema>;
 
+/** AutoAttack's attacks in units of one APGD run (targets, FAB, Square's queries), for the cost estimate. */
+const AUDIT_ATTACK_RUNS: Record<'standard' | 'plus' | 'rand', number> = { standard: 20, plus: 40, rand: 40 };
+
 const AuditIdParams = z.object({
   id: z
     .string()
@@ -199,7 +214,7 @@ const createAudit = createRoute({
       }),
       content: { 'application/json': { schema: AuditJobSchema } },
     },
-    ...problemResponses(400, 404, 413, 415, 422, 429, 503),
+    ...problemResponses(400, 401, 404, 413, 415, 422, 429, 503),
   },
 });
 
@@ -212,7 +227,7 @@ const getAudit = createRoute({
   request: { params: AuditIdParams },
   responses: {
     200: { description: 'The audit', content: { 'application/json': { schema: AuditJobSchema } } },
-    ...problemResponses(404),
+    ...problemResponses(401, 404),
   },
 });
 
@@ -234,7 +249,7 @@ const auditEvents = createRoute({
         },
       },
     },
-    ...problemResponses(404),
+    ...problemResponses(401, 404),
   },
 });
 
@@ -250,7 +265,7 @@ const cancelAudit = createRoute({
       description: 'The audit after cancellation',
       content: { 'application/json': { schema: AuditJobSchema } },
     },
-    ...problemResponses(404),
+    ...problemResponses(401, 404),
   },
 });
 
@@ -317,9 +332,26 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
       // Data set errors name the 'dataset' part; model errors name the file at fault themselves.
       throw toProblemError(error, 'dataset');
     }
+    try {
+      const { parameters } = prepared;
+      checkRequestCost(
+        prepared.classifier,
+        {
+          images: Math.min(parameters.n, prepared.dataset.size),
+          iterations: parameters.iterations ?? 100,
+          restarts: parameters.restarts ?? 1,
+          runs: AUDIT_ATTACK_RUNS[parameters.version],
+        },
+        context.limits.maxAuditFlops,
+        'n',
+      );
+    } catch (error) {
+      if (prepared.ownsClassifier) prepared.classifier.dispose();
+      throw error;
+    }
     let job: AuditJob;
     try {
-      job = context.audits.submit(prepared);
+      job = context.audits.submit({ ...prepared, owner: c.get('principal') });
     } catch (error) {
       if (prepared.ownsClassifier) prepared.classifier.dispose();
       if (error instanceof ShuttingDownError) {
@@ -327,26 +359,28 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
       }
       throw error;
     }
+    c.set('auditId', job.id);
     return c.json(job, 202, { Location: `/v1/audits/${job.id}` });
   });
 
   app.openapi(getAudit, (c) => {
     const { id } = c.req.valid('param');
-    const job = context.audits.get(id);
+    // Another key's audit is answered exactly like one that does not exist.
+    const job = context.audits.get(id, c.get('principal'));
     if (!job) throw notFound('audit', 'id', `no audit with id '${id}'`);
     return c.json(job, 200);
   });
 
   app.openapi(cancelAudit, (c) => {
     const { id } = c.req.valid('param');
-    const job = context.audits.cancel(id);
+    const job = context.audits.cancel(id, c.get('principal'));
     if (!job) throw notFound('audit', 'id', `no audit with id '${id}'`);
     return c.json(job, 200);
   });
 
   app.openapi(auditEvents, (c) => {
     const { id } = c.req.valid('param');
-    const job = context.audits.get(id);
+    const job = context.audits.get(id, c.get('principal'));
     if (!job) throw notFound('audit', 'id', `no audit with id '${id}'`);
     return streamSSE(c, async (stream) => {
       const pending: AuditEvent[] = [];

@@ -7,8 +7,11 @@ import type { ComputeSemaphore } from '../jobs/semaphore.js';
 import type { ImageLimits } from './images.js';
 import { notFound } from './problem.js';
 
-/** Hono environment of the service: the request id set by the request-id middleware. */
-export type ServiceEnv = { Variables: { requestId: string } };
+/**
+ * Hono environment of the service: the request id (request-id middleware), the principal (API key
+ * id, `dev` or `anonymous`, set by the auth middleware) and the id of an accepted audit.
+ */
+export type ServiceEnv = { Variables: { requestId: string; principal: string; auditId: string } };
 export type ServiceApp = OpenAPIHono<ServiceEnv>;
 
 export interface ServiceLimits extends ImageLimits {
@@ -20,6 +23,10 @@ export interface ServiceLimits extends ImageLimits {
   requestTimeoutMs: number;
   /** Most APGD iterations a synchronous request may ask for. */
   maxIterations: number;
+  /** Largest estimated cost of one synchronous request (images x iterations x restarts x model FLOPs). */
+  maxRequestFlops: number;
+  /** Largest estimated cost of one audit. */
+  maxAuditFlops: number;
 }
 
 /** What the route modules share. */

@@ -2,6 +2,7 @@ import { createRoute, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { type BackendInfo, tensorMemory, tfjsVersion } from '../engine/backend.js';
+import { InferenceProbe } from '../jobs/inference-probe.js';
 import type { ServiceApp, ServiceContext, ServiceEnv } from './context.js';
 import { problemResponses } from './problem.js';
 
@@ -17,7 +18,7 @@ export interface HealthSources {
 
 const ReadySchema = z
   .object({
-    status: z.enum(['ready', 'starting', 'draining']),
+    status: z.enum(['ready', 'starting', 'draining', 'failing']),
     backend: z
       .object({
         name: z.string(),
@@ -31,6 +32,10 @@ const ReadySchema = z
       .nullable(),
     versions: z.object({ service: z.string(), node: z.string(), tfjs: z.string() }),
     models: z.array(z.string()),
+    failing: z
+      .array(z.object({ model: z.string(), error: z.string() }))
+      .optional()
+      .openapi({ description: 'models whose trial inference of one zero image fails (status failing)' }),
   })
   .openapi('Readiness', {
     example: {
@@ -53,6 +58,7 @@ const live = createRoute({
   method: 'get',
   path: '/health/live',
   operationId: 'live',
+  security: [],
   tags: ['health'],
   summary: 'The process is up',
   responses: {
@@ -71,12 +77,13 @@ const ready = createRoute({
   method: 'get',
   path: '/health/ready',
   operationId: 'ready',
+  security: [],
   tags: ['health'],
-  summary: 'Ready to serve: backend selected and models loaded',
+  summary: 'Ready to serve: backend selected, models loaded, and a trial inference of each succeeds',
   responses: {
     200: { description: 'Ready', content: { 'application/json': { schema: ReadySchema } } },
     503: {
-      description: 'Not ready (starting or draining)',
+      description: 'Not ready (starting, draining, or a trial inference failing)',
       content: { 'application/json': { schema: ReadySchema } },
     },
   },
@@ -86,6 +93,7 @@ const metricsRoute = createRoute({
   method: 'get',
   path: '/metrics',
   operationId: 'metrics',
+  security: [],
   tags: ['health'],
   summary: 'Prometheus metrics',
   responses: {
@@ -175,14 +183,22 @@ export function registerHealthRoutes(
 ): void {
   app.openapi(live, (c) => c.json({ status: 'ok' as const }, 200));
 
+  const probe = new InferenceProbe(context.models);
   app.openapi(ready, (c) => {
     const backend = sources.backend() ?? null;
-    const status = context.audits.isDraining ? 'draining' : backend && sources.ready() ? 'ready' : 'starting';
+    let status: 'ready' | 'starting' | 'draining' | 'failing' = context.audits.isDraining
+      ? 'draining'
+      : backend && sources.ready()
+        ? 'ready'
+        : 'starting';
+    const trial = status === 'ready' ? probe.check() : undefined;
+    if (trial && !trial.ok) status = 'failing';
     const body = {
-      status: status as 'ready' | 'starting' | 'draining',
+      status,
       backend,
       versions: { service: sources.serviceVersion, node: process.version, tfjs: tfjsVersion() },
       models: [...context.models.keys()],
+      ...(trial && !trial.ok ? { failing: trial.failing } : {}),
     };
     return status === 'ready' ? c.json(body, 200) : c.json(body, 503);
   });

@@ -3,7 +3,8 @@ import type { Classifier } from '../engine/classifier.js';
 import { oodThreshold, predictImages } from '../jobs/predict.js';
 import { findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';
-import { problemResponses } from './problem.js';
+import { decimalQuery, parseDecimal } from './params.js';
+import { OPTIONAL_KEY, problemResponses } from './problem.js';
 
 /** Model listing and prediction: GET /v1/models, GET /v1/models/{model}, POST .../predict. */
 
@@ -55,14 +56,15 @@ export const PredictJsonSchema = z
   .object({ images: z.array(Base64Image).min(1).openapi({ description: 'base64 PNG or JPEG images' }) })
   .openapi('PredictRequest', { example: { images: ['iVBORw0KGgoAAAANSUhEUgAAACAAAAAg...'] } });
 
+const THRESHOLD_RANGE = { integer: false, min: 0, max: 1 };
+const TOP_K_RANGE = { integer: true, min: 1, max: 1000 };
+
 const PredictQuery = z.object({
-  threshold: z.coerce
-    .number()
-    .min(0)
-    .max(1)
-    .optional()
-    .openapi({ description: "max-confidence threshold (default: the card's)", example: 0.5 }),
-  top_k: z.coerce.number().int().min(1).max(1000).optional().openapi({ example: 3 }),
+  threshold: decimalQuery(THRESHOLD_RANGE, {
+    description: "max-confidence threshold in [0, 1] (default: the card's)",
+    example: 0.5,
+  }),
+  top_k: decimalQuery(TOP_K_RANGE, { description: 'classes listed per image, 1..1000', example: 3 }),
 });
 
 const ClassScore = z.object({
@@ -109,6 +111,8 @@ const listModels = createRoute({
   method: 'get',
   path: '/v1/models',
   operationId: 'listModels',
+  // A key is optional here unless RATIO_REQUIRE_KEY_FOR_ANALYSIS=1; an invalid one is 401.
+  security: OPTIONAL_KEY,
   tags: ['models'],
   summary: 'Served models',
   responses: {
@@ -123,12 +127,14 @@ const getModel = createRoute({
   method: 'get',
   path: '/v1/models/{model}',
   operationId: 'getModel',
+  // A key is optional here unless RATIO_REQUIRE_KEY_FOR_ANALYSIS=1; an invalid one is 401.
+  security: OPTIONAL_KEY,
   tags: ['models'],
   summary: 'One model with its card and evaluation table',
   request: { params: ModelParams },
   responses: {
     200: { description: 'The model', content: { 'application/json': { schema: ModelDetailSchema } } },
-    ...problemResponses(404),
+    ...problemResponses(401, 404),
   },
 });
 
@@ -136,6 +142,8 @@ const predict = createRoute({
   method: 'post',
   path: '/v1/models/{model}/predict',
   operationId: 'predict',
+  // A key is optional here unless RATIO_REQUIRE_KEY_FOR_ANALYSIS=1; an invalid one is 401.
+  security: OPTIONAL_KEY,
   tags: ['models'],
   summary: 'Calibrated probabilities, top-k and an in-distribution verdict',
   description:
@@ -157,7 +165,7 @@ const predict = createRoute({
   },
   responses: {
     200: { description: 'Predictions', content: { 'application/json': { schema: PredictResponseSchema } } },
-    ...problemResponses(400, 404, 413, 415, 422, 429, 504),
+    ...problemResponses(400, 401, 404, 413, 415, 422, 429, 504),
   },
 });
 
@@ -190,12 +198,16 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
       mediaType(c) === 'application/json' ? (c.req.valid('json') as { images: string[] }) : undefined;
     const inputs = await requestImages(c, context, json);
     const name = c.req.valid('param').model;
+    // Decimal notation only ('0x10', '1e-1' and '' are errors); ranges checked here.
+    const threshold =
+      query.threshold === undefined ? undefined : parseDecimal(query.threshold, 'threshold', THRESHOLD_RANGE);
+    const topK = query.top_k === undefined ? undefined : parseDecimal(query.top_k, 'top_k', TOP_K_RANGE);
     // The request timeout bounds the wait in the batch queue: 504. A full queue answers 429.
     const signal = AbortSignal.timeout(context.limits.requestTimeoutMs);
     const result = await predictImages(model, inputs, {
       limits: context.limits,
-      threshold: query.threshold,
-      topK: query.top_k,
+      threshold,
+      topK,
       forward: (pixels, count) => context.inference.probabilities(name, pixels, count, { signal }),
     });
     return c.json({ model: c.req.valid('param').model, ...result }, 200);

@@ -4,6 +4,7 @@ import { DatasetError, ImageError } from '../data/errors.js';
 import { ModelContractError } from '../engine/classifier.js';
 import { ModelFileError } from '../engine/model-files.js';
 import { InputFieldError, InvalidInputError, ModelLoadError } from '../jobs/errors.js';
+import { RequestCostError } from '../jobs/request-cost.js';
 import { QueueFullError } from '../jobs/semaphore.js';
 
 /**
@@ -82,7 +83,13 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
   if (error instanceof InvalidInputError) return invalidField(error.field, error.message);
   if (error instanceof ModelLoadError) return invalidField(error.field, error.message, 'invalid-model');
   if (error instanceof QueueFullError) {
-    return new ProblemError(429, 'queue-full', 'Compute queue full', error.message, [], error.retryAfter);
+    const title = error.queue === 'audit' ? 'Audit queue full' : 'Compute queue full';
+    return new ProblemError(429, 'queue-full', title, error.message, [], error.retryAfter);
+  }
+  if (error instanceof RequestCostError) {
+    return new ProblemError(422, 'request-too-costly', 'Request over the cost limit', error.message, [
+      { field: error.field, message: error.message },
+    ]);
   }
   if (error instanceof ImageError) {
     if (error.code === 'too-large') {
@@ -147,11 +154,12 @@ export function problemResponse(c: Context, error: ProblemError): Response {
 export function problemResponses(...statuses: number[]) {
   const descriptions: Record<number, string> = {
     400: 'Malformed request (e.g. unparseable JSON)',
+    401: 'Missing or invalid API key (`Authorization: Bearer <key>`)',
     404: 'Unknown model or audit',
     413: 'Body or image over the size limit',
     415: 'Unsupported content type',
     422: 'Invalid image, model, data set or parameter; `errors` names the field',
-    429: 'Compute queue full; retry after `Retry-After` seconds',
+    429: 'Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds',
     503: 'Not ready or shutting down; retry after `Retry-After` seconds',
     504: 'Computation exceeded the request timeout',
   };
@@ -165,3 +173,6 @@ export function problemResponses(...statuses: number[]) {
     ]),
   );
 }
+
+/** OpenAPI security of operations where an API key is optional (unless configured otherwise). */
+export const OPTIONAL_KEY: Array<Record<string, string[]>> = [{ bearerAuth: [] }, {}];

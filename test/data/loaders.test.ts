@@ -275,3 +275,44 @@ describe('datasetFromBytes (uploads)', () => {
     expect((await rejection(datasetFromBytes(corrupt))).message).toMatch(/not a valid zip|holds no images/);
   });
 });
+
+describe('zipped image folders are sized from their headers before any image is decoded', () => {
+  it('40 PNGs of 4096x4096 in a small zip: refused for their decoded size, RSS barely moves', async () => {
+    const big = new Uint8Array(
+      await encodePng({ data: new Uint8Array(4096 * 4096 * 3), height: 4096, width: 4096, channels: 3 }),
+    );
+    const archive = zipSync(
+      Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`set/c${i % 2}/${i}.png`, big])),
+      { level: 9 },
+    );
+    expect(archive.length).toBeLessThan(4_000_000);
+    const rss = process.memoryUsage().rss;
+    const error = await rejection(
+      datasetFromBytes(archive, { filename: 'big.zip', maxBytes: 256 * 1024 ** 2 }),
+    );
+    expect(error).toBeInstanceOf(DatasetError);
+    expect((error as DatasetError).code).toBe('too-large');
+    expect(error.message).toBe(
+      `'big.zip' would decode to 2013265920 bytes (40 images of 4096x4096x3), over the limit of 268435456`,
+    );
+    // One decoded image is 48 MB and four decode at once: the old path grew RSS by gigabytes.
+    expect(process.memoryUsage().rss - rss).toBeLessThan(150 * 1024 ** 2);
+  });
+
+  it('a size over the pixel limit, or mixed sizes, are refused from the headers too', async () => {
+    const png = async (side: number) =>
+      new Uint8Array(
+        await encodePng({ data: new Uint8Array(side * side * 3), height: side, width: side, channels: 3 }),
+      );
+    const small = await png(2);
+    const overLimit = zipSync({ 'a/1.png': small, 'a/2.png': await png(64) });
+    const tooLarge = await rejection(datasetFromBytes(overLimit, { maxPixels: 1000 }));
+    expect(tooLarge).toBeInstanceOf(ImageError);
+    expect(tooLarge.message).toMatch(/'a\/2.png' is 64x64 \(width x height\), over the limit of 1000 pixels/);
+    const mixed = await rejection(datasetFromBytes(overLimit));
+    expect(mixed.message).toMatch(/mixes image sizes: 'a\/1.png' is 2x2, 'a\/2.png' is 64x64/);
+    // With a resize both sizes load: the budget counts the resized images.
+    const resized = await datasetFromBytes(overLimit, { resize: [4, 4] });
+    expect(resized.shape).toEqual([4, 4, 3]);
+  });
+});

@@ -18,6 +18,7 @@ let server: RunningServer;
 beforeAll(async () => {
   const classifier = await loadModelFromFiles(await readModelDir(MODEL_DIR));
   server = await startServer({
+    auth: { devMode: true },
     port: 0,
     host: '127.0.0.1',
     modelsDir: '/nonexistent',

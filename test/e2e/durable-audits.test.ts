@@ -41,7 +41,19 @@ afterAll(async () => {
 async function startService(): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(
     process.execPath,
-    ['bin/ratio.js', 'serve', '--port', '0', '--host', '127.0.0.1', '--models', modelsDir, '--workers', '1'],
+    [
+      'bin/ratio.js',
+      'serve',
+      '--dev',
+      '--port',
+      '0',
+      '--host',
+      '127.0.0.1',
+      '--models',
+      modelsDir,
+      '--workers',
+      '1',
+    ],
     {
       env: { ...process.env, RATIO_STATE_DIR: stateDir, LOG_LEVEL: 'info' },
       stdio: ['ignore', 'pipe', 'inherit'],

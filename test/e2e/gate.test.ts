@@ -20,6 +20,9 @@ beforeAll(async () => {
   folder = await mkdtemp(path.join(tmpdir(), 'ratio-gate-'));
   await cp(path.resolve('models/ratio-cifar10'), path.join(folder, 'ratio-cifar10'), { recursive: true });
   server = await startServer({
+    auth: { devMode: true },
+    // The long counterfactual below is over the default request budget on purpose.
+    app: { limits: { maxRequestFlops: 1e13 } },
     port: 0,
     host: '127.0.0.1',
     modelsDir: folder,
@@ -105,6 +108,7 @@ describe('the gate served from worker threads', () => {
     );
     // Wait until the analysis worker has the counterfactual.
     for (;;) {
+      if (finished) throw new Error(`the counterfactual ended early: ${JSON.stringify(await long)}`);
       const metrics = (await timed(`${server.url}/metrics`)).text;
       if (metrics.includes('compute_queue_depth{state="running"} 1')) break;
       await new Promise((resolve) => setTimeout(resolve, 10));

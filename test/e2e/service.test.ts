@@ -17,6 +17,7 @@ beforeAll(async () => {
   server = await startServer({
     port: 0,
     host: '127.0.0.1',
+    auth: { devMode: true },
     modelsDir: '/nonexistent',
     models: new Map([['colour', colourModel()]]),
     logger: (await import('pino')).default({ level: 'silent' }),

@@ -78,7 +78,7 @@ describe('prepareAudit / runAudit', () => {
     };
     // Label 5 is no class of a 3-class model; 255 is the CIFAR "unlabelled" byte.
     expect((await refusal([0, 5, 1])).message).toBe(
-      'the data set needs labels in [0, 3) for every image (unlabelled images, or another label set?)',
+      "image 1 has label 5, outside the model's classes 0..2 (unlabelled images, or another label set?)",
     );
     expect((await refusal([255, 255])).message).toBe(
       'the data set has no labels; an audit needs labelled images',

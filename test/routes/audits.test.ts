@@ -185,7 +185,7 @@ describe('audits', () => {
     });
     expect(await fields(auditForm(files, data, { ...QUICK, seed: '-1' }))).toEqual({
       field: 'seed',
-      message: "'seed' must be an integer in [0, 4294967295], got '-1'",
+      message: "'seed' must be a decimal integer in [0, 4294967295], got '-1'",
     });
     expect((await fields(auditForm(files, data, { ...QUICK, model: 'colour' }))).field).toBe('model');
     const textPart = auditForm(undefined, data, QUICK);
