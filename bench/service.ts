@@ -67,7 +67,10 @@ async function startServe(env: Record<string, string>): Promise<{ url: string; c
       '--models',
       modelsDir,
     ],
-    { env: { ...process.env, LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'ignore', 'inherit'] },
+    {
+      env: { ...process.env, LOG_LEVEL: 'warn', RATIO_RATE_LIMIT_PER_MINUTE: '0', ...env },
+      stdio: ['ignore', 'ignore', 'inherit'],
+    },
   );
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 240; i++) {

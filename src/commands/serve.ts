@@ -14,7 +14,7 @@ const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>] [
 
 environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu),
   RATIO_API_KEYS (comma-separated keys), RATIO_API_KEYS_FILE (sha256 hex of each key, one a line),
-  RATIO_DEV_MODE=1, RATIO_REQUIRE_KEY_FOR_ANALYSIS=1, RATIO_RATE_LIMIT_PER_MINUTE (per key, default 600,
+  RATIO_DEV_MODE=1, RATIO_REQUIRE_KEY_FOR_ANALYSIS=1, RATIO_RATE_LIMIT_PER_MINUTE (per key, default 120000,
   0 = off), RATIO_AUDITS_PER_KEY (running + queued, default 4), RATIO_CORS_ORIGINS (comma-separated)
 Without keys and without --dev / RATIO_DEV_MODE=1 the server refuses to start.
 SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, then stop.

@@ -29,6 +29,8 @@ export interface AuthConfig {
   auditsPerKey: number;
 }
 
+export const DEFAULT_RATE_LIMIT_PER_MINUTE = 120_000;
+
 export const DEV_PRINCIPAL = 'dev';
 export const ANONYMOUS_PRINCIPAL = 'anonymous';
 
@@ -102,7 +104,8 @@ export function authConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AuthCon
     requestsPerMinute: nonNegativeInteger(
       env.RATIO_RATE_LIMIT_PER_MINUTE,
       'RATIO_RATE_LIMIT_PER_MINUTE',
-      600,
+      // 2,000 requests a second per key: stops a runaway client, not an OOD gate at line rate.
+      DEFAULT_RATE_LIMIT_PER_MINUTE,
     ),
     auditsPerKey: nonNegativeInteger(
       env.RATIO_AUDITS_PER_KEY,
