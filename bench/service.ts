@@ -72,6 +72,8 @@ async function startServe(env: Record<string, string>): Promise<{ url: string; c
       stdio: ['ignore', 'ignore', 'inherit'],
     },
   );
+  // A bench that dies on an uncaught error skips its finally: never leave a server behind.
+  process.once('exit', () => child.kill('SIGKILL'));
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 240; i++) {
     if (child.exitCode !== null) throw new Error(`ratio serve exited with ${child.exitCode}`);
