@@ -93,7 +93,7 @@ export interface AttackPartStats {
 }
 
 /**
- * The result of AutoAttack on a part of an audit (a shard: any subset of the points, by global
+ * The result of AutoAttack on a part of an audit (a shard: some subset of the points, by global
  * index). Parts merge into the report with `mergeAutoAttackParts`; since every random draw on a
  * point depends only on (seed, global index, attack, restart), the merge of any split equals the
  * report of one run on all points (timings aside).
