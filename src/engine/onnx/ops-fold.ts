@@ -13,7 +13,7 @@ import {
 } from './constants.js';
 import { OnnxLimitError, type OnnxNodeRef, OnnxUnsupportedError } from './errors.js';
 import { Attributes, type OpSpec, type Planner } from './plan.js';
-import { type ConstTensor, DataType, type OnnxNode } from './proto.js';
+import { type ConstTensor, DataType, FLOAT_TYPES, INT_TYPES, type OnnxNode } from './proto.js';
 
 /**
  * The ops that only ever compute shapes, pads and other constants in exported classifiers
@@ -166,17 +166,6 @@ const sliceOp: OpSpec = {
   },
 };
 
-const FLOAT_TARGETS = new Set<number>([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16]);
-const INT_TARGETS = new Set<number>([
-  DataType.INT8,
-  DataType.INT16,
-  DataType.INT32,
-  DataType.INT64,
-  DataType.UINT8,
-  DataType.UINT16,
-  DataType.UINT32,
-]);
-
 const castOp: OpSpec = {
   attributes: ['to'],
   foldOnly: true,
@@ -184,8 +173,8 @@ const castOp: OpSpec = {
     const data = constInput(planner, node, 0, at, 'input');
     const to = new Attributes(node, at).int('to', 0);
     let out: ConstTensor;
-    if (FLOAT_TARGETS.has(to)) out = constant('float', data.shape, data.values);
-    else if (INT_TARGETS.has(to))
+    if (FLOAT_TYPES.has(to)) out = constant('float', data.shape, data.values);
+    else if (INT_TYPES.has(to))
       out = constant(
         'int',
         data.shape,

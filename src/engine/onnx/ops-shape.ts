@@ -14,10 +14,6 @@ import type { ConstTensor, OnnxNode } from './proto.js';
 
 /** Shape ops (Flatten, Reshape, Transpose, Concat), the dense head (Gemm, MatMul), pass-throughs. */
 
-const alias = (planner: Planner, node: OnnxNode, value: Activation) => {
-  planner.define(node.outputs[0], value);
-};
-
 /** An NCHW activation's rows [n, C*H*W] in the order PyTorch flattens them. */
 function flatten(planner: Planner, x: Activation, node: OnnxNode, at: OnnxNodeRef): Activation {
   const features = sizeOf(x.shape.slice(1));
@@ -106,7 +102,7 @@ const reshapeOp: OpSpec = {
       return;
     }
     if (rest.length === x.shape.length - 1 && rest.every((d, i) => d === x.shape[i + 1])) {
-      alias(planner, node, x);
+      planner.alias(node, x);
       return;
     }
     const plain = planner.toLayout(x, 'plain');
@@ -139,7 +135,7 @@ const transposeOp: OpSpec = {
     }
     if (perm[0] !== 0) throw new OnnxUnsupportedError(`perm [${perm}] moves the batch dimension`, at, 'perm');
     if (perm.every((p, i) => p === i)) {
-      alias(planner, node, data);
+      planner.alias(node, data);
       return;
     }
     const plain = planner.toLayout(data, 'plain');

@@ -14,10 +14,6 @@ import type { ConstTensor, OnnxNode } from './proto.js';
 
 /** Normalisation, activations and arithmetic (the dense head and shape ops: ops-shape.ts). */
 
-const alias = (planner: Planner, node: OnnxNode, value: Activation) => {
-  planner.define(node.outputs[0], value);
-};
-
 function elementwise(op: StepOp, planner: Planner, node: OnnxNode, at: OnnxNodeRef): void {
   const x = planner.activationInput(node, 0, at);
   const layout = x.layout;
@@ -37,7 +33,7 @@ const reluOp: OpSpec = {
     ) {
       producer.activation = 'relu';
       x.onnxName = node.outputs[0];
-      alias(planner, node, x);
+      planner.alias(node, x);
       return;
     }
     elementwise({ op: 'unary', fn: 'relu' }, planner, node, at);

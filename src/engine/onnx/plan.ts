@@ -246,6 +246,11 @@ export class Planner {
     this.values.set(name, value);
   }
 
+  /** Makes `node`'s first output the same value as `value` (pass-throughs: Identity, Dropout, ...). */
+  alias(node: OnnxNode, value: Value): void {
+    this.define(node.outputs[0], value);
+  }
+
   /** Input `index` of `node`, or undefined when omitted ('' or past the end). */
   input(node: OnnxNode, index: number): Value | undefined {
     const name = node.inputs[index];

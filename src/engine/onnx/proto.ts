@@ -131,8 +131,13 @@ export function decodeModel(bytes: Uint8Array, maxBytes: number, maxNodes: numbe
   };
 }
 
-const FLOAT_TYPES = new Set<number>([DataType.FLOAT, DataType.DOUBLE, DataType.FLOAT16]);
-const INT_TYPES = new Set<number>([
+/** ONNX element types read as float / integer values (initializers, Cast targets). */
+export const FLOAT_TYPES: ReadonlySet<number> = new Set<number>([
+  DataType.FLOAT,
+  DataType.DOUBLE,
+  DataType.FLOAT16,
+]);
+export const INT_TYPES: ReadonlySet<number> = new Set<number>([
   DataType.INT8,
   DataType.INT16,
   DataType.INT32,
