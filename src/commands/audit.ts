@@ -32,6 +32,9 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
                                 'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
   --iterations <int>            APGD/FAB iterations per run (default 100; lower only for smoke tests)
   --queries <int>               Square queries per point (default 5000; lower only for smoke tests)
+  --server <url>                run the audit on a running 'ratio serve' (upload, follow its progress,
+                                same report, gate and exit codes); --workers and --shard do not apply
+  --api-key <key>               the service's API key (default RATIO_API_KEY), sent as a bearer token
 
        ratio audit merge <shard.json>... [--report <file>] [--min-robust-accuracy <p>]
 
@@ -60,6 +63,8 @@ interface AuditArguments {
   shard?: { shard: number; shards: number };
   iterations?: number;
   queries?: number;
+  server?: string;
+  apiKey?: string;
 }
 
 /** `--shard i/N`, or `--shards N` with the shard index from JOB_COMPLETION_INDEX (k8s Indexed Job). */
@@ -100,12 +105,20 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     shards: { type: 'string' },
     iterations: { type: 'string' },
     queries: { type: 'string' },
+    server: { type: 'string' },
+    'api-key': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (options.values.help) return 'help';
   options.require('model', 'data', 'norm', 'eps');
   const shard = await shardOption(options.text('shard'), options.text('shards'));
   if (shard && options.text('report') === undefined) throw new UsageError('--shard needs --report <file>');
+  const server = options.text('server');
+  if (server !== undefined) {
+    if (shard) throw new UsageError('--shard runs locally; a --server audit is one job on the service');
+    if (!/^https?:\/\/[^/]/.test(server))
+      throw new UsageError(`--server must be an http(s) URL, got '${server}'`);
+  }
   const { parseWorkerCount } = await import('../jobs/shard-pool.js');
   let workers: number;
   try {
@@ -138,6 +151,8 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     shard,
     iterations: optionalInteger('iterations'),
     queries: optionalInteger('queries'),
+    server,
+    apiKey: options.text('api-key') ?? (process.env.RATIO_API_KEY || undefined),
   };
 }
 
@@ -233,6 +248,10 @@ async function audit(args: AuditArguments): Promise<number> {
 
 /** Exit 3 when the infrastructure failed (a shard whose worker kept dying, a closed pool). */
 async function auditOrInfrastructureError(args: AuditArguments): Promise<number> {
+  if (args.server !== undefined) {
+    const { remoteAudit } = await import('./audit-remote.js');
+    return remoteAudit({ ...args, server: args.server });
+  }
   try {
     return await audit(args);
   } catch (error) {
