@@ -2,7 +2,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageSet } from '../data/image-set.js';
 import type { EvalSettings } from '../jobs/evaluation.js';
-import { readOptions } from './args.js';
+import { readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -37,6 +37,8 @@ const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>
   --iterations <int>        APGD iterations for AutoAttack, worst-case OOD and curves (default 100)
   --cf-iterations <int>     APGD iterations per counterfactual radius (default 500)
   --quick                   smoke test: 5 iterations, APGD-CE + APGD-T only, small figures
+  --workers <int>           worker processes for AutoAttack and the worst-case OOD search (default
+                            RATIO_WORKERS, else one per core; 1 = in process); the same numbers for any count
   --write-calibration       write the fitted temperature and the OOD threshold (95% of the calibration
                             points in-distribution) into the model's card.json
 `;
@@ -48,10 +50,11 @@ interface EvalArguments {
   ood: string[];
   out?: string;
   writeCalibration: boolean;
+  workers: number;
   settings: EvalSettings;
 }
 
-function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArguments | 'help' {
+async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promise<EvalArguments | 'help'> {
   const options = readOptions(argv, {
     model: { type: 'string' },
     data: { type: 'string' },
@@ -73,6 +76,7 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
     'cf-iterations': { type: 'string' },
     quick: { type: 'boolean' },
     'write-calibration': { type: 'boolean' },
+    workers: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   const { values, text, integer } = options;
@@ -83,6 +87,13 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
   const cfTarget = options.choice('cf-target', ['second', 'true'] as const, 'second');
   const attackIterations = integer('iterations', quick ? 5 : defaults.iterations.autoAttack);
   const n = integer('n', defaults.n);
+  const { parseWorkerCount } = await import('../jobs/shard-pool.js');
+  let workers: number;
+  try {
+    workers = parseWorkerCount(text('workers') ?? process.env.RATIO_WORKERS);
+  } catch (error) {
+    throw new UsageError(`--workers (or RATIO_WORKERS): ${(error as Error).message}`);
+  }
   return {
     model: text('model')!,
     data: text('data')!,
@@ -90,6 +101,7 @@ function parseEvalArguments(argv: string[], defaults: EvalSettings): EvalArgumen
     ood: (values.ood as string[] | undefined) ?? [],
     out: text('out'),
     writeCalibration: values['write-calibration'] === true,
+    workers,
     settings: {
       ...defaults,
       n,
@@ -165,17 +177,43 @@ async function evaluate(args: EvalArguments): Promise<number> {
       `ratio eval: ${classifier.card.name} on ${backend.name}, ${inDistribution.shape[0]} in-distribution images, ` +
         `OOD ${ood.map((s) => `${s.name} (${s.shape[0]})`).join(', ')}`,
     );
-    const { report, markdown, counterfactualsPng, curvesSvg } = await evaluateModel(
-      classifier,
-      {
-        model: { name: classifier.card.name, source: path.resolve(args.model) },
-        inDistribution,
-        calibration,
-        ood,
-      },
-      settings,
-      new PhaseProgress(process.stderr),
-    );
+    // AutoAttack and the worst-case OOD search on a pool of worker processes (the model travels
+    // as its files); one worker runs everything in process.
+    const { ShardPool } = await import('../jobs/shard-pool.js');
+    const { defaultShardCount } = await import('../jobs/shards.js');
+    const { readModelPath } = await import('../data/model-dir.js');
+    // Workers start only when a phase splits into more than one shard (quick mode's AutoAttack stays here).
+    const robustShards = settings.quick
+      ? 1
+      : defaultShardCount(Math.min(settings.robustN, settings.n), args.workers);
+    const oodShards = ood.length > 0 ? defaultShardCount(settings.oodN, args.workers) : 1;
+    const pool =
+      args.workers > 1 && Math.max(robustShards, oodShards) > 1
+        ? new ShardPool({ workers: args.workers })
+        : undefined;
+    const modelFiles = pool ? await readModelPath(args.model) : undefined;
+    let artifacts: Awaited<ReturnType<typeof evaluateModel>>;
+    try {
+      artifacts = await evaluateModel(
+        classifier,
+        {
+          model: { name: classifier.card.name, source: path.resolve(args.model) },
+          inDistribution,
+          calibration,
+          ood,
+        },
+        settings,
+        new PhaseProgress(process.stderr),
+        undefined,
+        pool && {
+          autoAttack: (c, x, y, options) => pool.autoAttack(c, x, y, { ...options, modelFiles }),
+          worstCaseConfidence: (c, x, options) => pool.worstCaseConfidence(c, x, { ...options, modelFiles }),
+        },
+      );
+    } finally {
+      await pool?.close();
+    }
+    const { report, markdown, counterfactualsPng, curvesSvg } = artifacts;
     const out = args.out ?? `eval-${path.basename(path.resolve(args.model))}`;
     await mkdir(out, { recursive: true });
     await writeFile(path.join(out, 'report.json'), `${JSON.stringify(report, null, 2)}\n`);

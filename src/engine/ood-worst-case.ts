@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { hashName, mixSeed } from '../util/random.js';
 import { apgd } from './attacks/apgd.js';
 import { type Classifier, probabilities } from './classifier.js';
 import { enforceBudget } from './counterfactuals.js';
@@ -20,7 +21,16 @@ export interface WorstCaseOptions extends LongRunOptions<EngineProgress> {
   temperature?: number;
   /** Images per APGD batch (default 128), to bound memory on large OOD sets. */
   batchSize?: number;
+  /**
+   * Global index of the first image of `x` in the whole set (default 0). Each image's random start
+   * draws from (seed, global index, restart), so any split of a set into parts (a worker pool's
+   * shards, batches) gives the same confidences as one call on all of it.
+   */
+  firstIndex?: number;
 }
+
+/** Mixed into every image's seed, so the worst-case search never shares draws with an attack. */
+const WORST_CASE_SEED = hashName('worst-case-confidence');
 
 export interface WorstCaseResult {
   /** Per image, the highest max_k p_k found in the ball (never below `cleanConfidence`). */
@@ -92,6 +102,11 @@ export async function worstCaseConfidence(
   const rows = clean.slice();
   const batches = Math.ceil(n / batchSize);
   const total = batches * iterations * restarts;
+  const seed = options.seed ?? 0;
+  const firstIndex = options.firstIndex ?? 0;
+  if (!(Number.isInteger(firstIndex) && firstIndex >= 0)) {
+    throw new Error(`'firstIndex' must be an integer >= 0, got ${firstIndex}`);
+  }
 
   for (let b = 0; b < batches && options.eps > 0; b++) {
     throwIfAborted(options.signal);
@@ -106,7 +121,10 @@ export async function worstCaseConfidence(
         restarts,
         loss: 'max-log-confidence',
         temperature,
-        seed: (options.seed ?? 0) + b,
+        seed,
+        sampleSeeds: Uint32Array.from({ length: end - start }, (_, i) =>
+          mixSeed(seed, WORST_CASE_SEED, firstIndex + start + i),
+        ),
         signal: options.signal,
         onProgress: (p) =>
           options.onProgress?.({

@@ -139,6 +139,16 @@ function quickAttacks(iterations: number): Attack[] {
   return [apgdAttack('ce', { iterations }), apgdTargeted({ iterations, targetClasses: 3 })];
 }
 
+/**
+ * Where the two heavy phases run: the engine's functions in process by default, or a worker pool's
+ * (`ShardPool.autoAttack` / `.worstCaseConfidence`, same signatures and, by per-point seeding, the
+ * same numbers).
+ */
+export interface EvalRunners {
+  autoAttack?: typeof autoAttack;
+  worstCaseConfidence?: typeof worstCaseConfidence;
+}
+
 /** Runs every phase and renders the artifacts. */
 export async function evaluateModel(
   classifier: Classifier,
@@ -146,6 +156,7 @@ export async function evaluateModel(
   settings: EvalSettings,
   progress: PhaseReporter,
   signal?: AbortSignal,
+  runners: EvalRunners = {},
 ): Promise<EvalArtifacts> {
   const started = performance.now();
   const k = classifier.numClasses;
@@ -182,7 +193,9 @@ export async function evaluateModel(
   const robustX = tensorOf(robustSet);
   let robust: Awaited<ReturnType<typeof autoAttack>>;
   try {
-    robust = await autoAttack(classifier, robustX, robustSet.labels!, {
+    // Quick mode's custom attack list cannot travel to workers: it runs in process.
+    const runAutoAttack = settings.quick ? autoAttack : (runners.autoAttack ?? autoAttack);
+    robust = await runAutoAttack(classifier, robustX, robustSet.labels!, {
       norm: 'L2',
       eps: settings.eps,
       version: 'standard',
@@ -209,7 +222,7 @@ export async function evaluateModel(
     const x = tensorOf(set);
     let worst: Awaited<ReturnType<typeof worstCaseConfidence>>;
     try {
-      worst = await worstCaseConfidence(classifier, x, {
+      worst = await (runners.worstCaseConfidence ?? worstCaseConfidence)(classifier, x, {
         eps: settings.epsOod,
         iterations: settings.iterations.worstCase,
         temperature,

@@ -2,7 +2,7 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import type * as tf from '@tensorflow/tfjs';
+import * as tf from '@tensorflow/tfjs';
 import type { AttackProgress } from '../engine/attacks/types.js';
 import {
   type AutoAttackOptions,
@@ -12,7 +12,18 @@ import {
 } from '../engine/autoattack.js';
 import { type Classifier, TfjsClassifier } from '../engine/classifier.js';
 import { saveModelToFiles } from '../engine/model-files.js';
-import type { ParentMessage, ShardTaskMessage, WorkerMessage } from './shard-protocol.js';
+import {
+  type WorstCaseOptions,
+  type WorstCaseResult,
+  worstCaseConfidence,
+} from '../engine/ood-worst-case.js';
+import type {
+  ParentMessage,
+  ShardTaskMessage,
+  WorkerMessage,
+  WorstCasePart,
+  WorstCaseTaskMessage,
+} from './shard-protocol.js';
 import {
   defaultShardCount,
   mergeShardResults,
@@ -49,6 +60,13 @@ export interface PoolAuditOptions extends AutoAttackOptions, ShardedRunOptions {
   modelFiles?: Map<string, Uint8Array>;
 }
 
+export interface PoolWorstCaseOptions extends WorstCaseOptions {
+  /** Parts to split the images into (default about 4 per worker, >= 32 images each). */
+  shards?: number;
+  /** The model files, when the classifier is not a tfjs model the pool can serialise. */
+  modelFiles?: Map<string, Uint8Array>;
+}
+
 /** A shard that could not complete (its worker died too often, or it failed). */
 export class ShardFailedError extends Error {
   override readonly name = 'ShardFailedError';
@@ -71,13 +89,15 @@ export function parseWorkerCount(text: string | undefined, fallback = availableP
 
 interface Task {
   id: number;
+  /** The audit (or worst-case search) the task belongs to: cancelled together. */
   audit: string;
   range: ShardRange;
-  message: Omit<ShardTaskMessage, 'task' | 'files'>;
+  message: Omit<ShardTaskMessage, 'task' | 'files'> | Omit<WorstCaseTaskMessage, 'task' | 'files'>;
   files: Map<string, Uint8Array>;
   attempts: number;
   onProgress: (progress: AttackProgress) => void;
-  resolve: (part: AutoAttackPart) => void;
+  /** Takes the task's result: an AutoAttackPart or a WorstCasePart, by the message's type. */
+  resolve: (part: never) => void;
   reject: (error: Error) => void;
 }
 
@@ -240,6 +260,83 @@ export class ShardPool {
     return mergeShardResults([...results.values()], { seconds: (performance.now() - started) / 1000 });
   }
 
+  /**
+   * The worst-case OOD confidence search on the pool: same arguments and result as the engine's
+   * `worstCaseConfidence`. The images are split into contiguous parts; each image's random start
+   * depends only on (seed, global index, restart), so the result equals one in-process call.
+   */
+  async worstCaseConfidence(
+    classifier: Classifier,
+    x: tf.Tensor4D,
+    options: PoolWorstCaseOptions,
+  ): Promise<WorstCaseResult> {
+    const { shards: requested, modelFiles, signal, onProgress, ...engineOptions } = options;
+    const n = x.shape[0];
+    const files =
+      modelFiles ?? (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
+    const ranges = planShards(n, requested ?? defaultShardCount(n, this.size)).filter((r) => r.end > r.start);
+    // Nothing to spread (a function model cannot travel, one part, eps 0): in process, same result.
+    if (!files || ranges.length <= 1 || !(options.eps > 0))
+      return worstCaseConfidence(classifier, x, options);
+    const firstIndex = options.firstIndex ?? 0;
+    const settings = {
+      ...engineOptions,
+      // The parent's temperature, whatever card the worker's copy of the model carries.
+      temperature: options.temperature ?? classifier.card.temperature ?? 1,
+    };
+    const search = randomUUID();
+    const modelKey = randomUUID();
+    const rows = x.dataSync() as Float32Array;
+    const rowSize = n > 0 ? rows.length / n : 0;
+    const [, h, w, c] = x.shape;
+    const doneByPart = new Map<number, number>();
+    const tasks = ranges.map((range) =>
+      this.enqueue<WorstCasePart>({
+        audit: search,
+        range,
+        files,
+        message: {
+          type: 'worst-case',
+          modelKey,
+          options: { ...settings, firstIndex: firstIndex + range.start },
+          x: rows.slice(range.start * rowSize, range.end * rowSize),
+          shape: [range.end - range.start, h, w, c],
+        },
+        onProgress: (progress) => {
+          const share = progress.total > 0 ? progress.done / progress.total : 0;
+          doneByPart.set(range.shard, share * (range.end - range.start));
+          let done = 0;
+          for (const value of doneByPart.values()) done += value;
+          onProgress?.({ phase: 'worst-case confidence', done: Math.floor(done), total: n });
+        },
+      }),
+    );
+    const abort = () => this.cancelAudit(search, signal?.reason);
+    signal?.addEventListener('abort', abort, { once: true });
+    let parts: WorstCasePart[];
+    try {
+      if (signal?.aborted) abort();
+      parts = await Promise.all(tasks);
+    } catch (error) {
+      this.cancelAudit(search, error);
+      await Promise.allSettled(tasks);
+      throw error;
+    } finally {
+      signal?.removeEventListener('abort', abort);
+    }
+    const confidence = new Float32Array(n);
+    const cleanConfidence = new Float32Array(n);
+    const predicted = new Int32Array(n);
+    const images = new Float32Array(rows.length);
+    for (const [i, range] of ranges.entries()) {
+      confidence.set(parts[i].confidence, range.start);
+      cleanConfidence.set(parts[i].cleanConfidence, range.start);
+      predicted.set(parts[i].predicted, range.start);
+      images.set(parts[i].images, range.start * rowSize);
+    }
+    return { confidence, cleanConfidence, predicted, images: tf.tensor4d(images, x.shape) };
+  }
+
   /** Stops the workers; pending shards reject with `PoolClosedError`. */
   async close(): Promise<void> {
     this.closed = true;
@@ -257,9 +354,11 @@ export class ShardPool {
     await Promise.all(exits);
   }
 
-  private enqueue(spec: Omit<Task, 'id' | 'attempts' | 'resolve' | 'reject'>): Promise<AutoAttackPart> {
+  private enqueue<R = AutoAttackPart>(
+    spec: Omit<Task, 'id' | 'attempts' | 'resolve' | 'reject'>,
+  ): Promise<R> {
     if (this.closed) return Promise.reject(new PoolClosedError('the shard pool is closed'));
-    return new Promise<AutoAttackPart>((resolve, reject) => {
+    return new Promise<R>((resolve, reject) => {
       this.pending.push({ ...spec, id: this.nextTask++, attempts: 0, resolve, reject });
       this.dispatch();
     });
@@ -324,9 +423,14 @@ export class ShardPool {
       task.onProgress(message.progress);
       return;
     }
+    if (message.type === 'worst-case-progress') {
+      task.onProgress({ attack: 'worst-case confidence', done: message.done, total: message.total });
+      return;
+    }
     worker.task = undefined;
-    if (message.type === 'result') task.resolve(message.part);
-    else if (message.name === 'AbortError') task.reject(new DOMException(message.message, 'AbortError'));
+    if (message.type === 'result' || message.type === 'worst-case-result') {
+      (task.resolve as (part: AutoAttackPart | WorstCasePart) => void)(message.part);
+    } else if (message.name === 'AbortError') task.reject(new DOMException(message.message, 'AbortError'));
     else task.reject(new ShardFailedError(`shard ${task.range.shard}: ${message.name}: ${message.message}`));
     this.dispatch();
   }

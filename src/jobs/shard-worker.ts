@@ -2,7 +2,13 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../engine/backend.js';
 import type { Classifier } from '../engine/classifier.js';
 import { loadClassifierFromFiles } from '../engine/model-files.js';
-import type { ParentMessage, ShardTaskMessage, WorkerMessage } from './shard-protocol.js';
+import { worstCaseConfidence } from '../engine/ood-worst-case.js';
+import type {
+  ParentMessage,
+  ShardTaskMessage,
+  WorkerMessage,
+  WorstCaseTaskMessage,
+} from './shard-protocol.js';
 import { runShard } from './shards.js';
 
 /**
@@ -21,7 +27,7 @@ const send = (message: WorkerMessage) => {
 let model: { key: string; classifier: Promise<Classifier> } | undefined;
 const controllers = new Map<number, AbortController>();
 
-function classifierFor(message: ShardTaskMessage): Promise<Classifier> {
+function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promise<Classifier> {
   if (model?.key !== message.modelKey) {
     if (!message.files) throw new Error(`the worker holds no model '${message.modelKey}' and got no files`);
     const previous = model?.classifier;
@@ -57,9 +63,39 @@ async function runTask(message: ShardTaskMessage): Promise<void> {
   }
 }
 
+async function runWorstCase(message: WorstCaseTaskMessage): Promise<void> {
+  const controller = new AbortController();
+  controllers.set(message.task, controller);
+  const x = tf.tensor4d(message.x, message.shape);
+  try {
+    const classifier = await classifierFor(message);
+    const found = await worstCaseConfidence(classifier, x, {
+      ...message.options,
+      signal: controller.signal,
+      onProgress: (p) =>
+        send({ type: 'worst-case-progress', task: message.task, done: p.done, total: p.total }),
+    });
+    const images = found.images.dataSync() as Float32Array;
+    found.images.dispose();
+    const { confidence, cleanConfidence, predicted } = found;
+    send({
+      type: 'worst-case-result',
+      task: message.task,
+      part: { confidence, cleanConfidence, predicted, images },
+    });
+  } catch (error) {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    send({ type: 'error', task: message.task, name: failure.name, message: failure.message });
+  } finally {
+    controllers.delete(message.task);
+    x.dispose();
+  }
+}
+
 const backend = await initBackend();
 process.on('message', (message: ParentMessage) => {
   if (message.type === 'shard') void runTask(message);
+  else if (message.type === 'worst-case') void runWorstCase(message);
   else if (message.type === 'cancel') {
     controllers.get(message.task)?.abort(new DOMException('the audit was cancelled', 'AbortError'));
   }

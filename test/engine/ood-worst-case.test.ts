@@ -135,6 +135,55 @@ describe('worstCaseConfidence', () => {
     x.dispose();
   });
 
+  it('gives every image the same result in any split (seeds by global index, not batch)', async () => {
+    // A random 3-class model with a small non-linearity and images near the box: the search's
+    // outcome depends on each image's random start, so equal results mean equal draws.
+    const rng = new Rng(11);
+    const weights = Float32Array.from(rng.normals(DIM * 3), (v) => v * 2);
+    const model = functionClassifier({ inputShape: SHAPE, numClasses: 3 }, (x) =>
+      tf.tidy(() =>
+        x
+          .reshape([x.shape[0], DIM])
+          .matMul(tf.tensor2d(weights, [DIM, 3]))
+          .tanh()
+          .mul(3),
+      ),
+    );
+    const n = 10;
+    const x = tf.tensor4d(
+      Float32Array.from({ length: n * DIM }, () => rng.next()),
+      [n, ...SHAPE],
+    );
+    const before = tf.memory().numTensors;
+    const options = { eps: 0.7, iterations: 6, restarts: 2, seed: 4 };
+    const whole = await worstCaseConfidence(model, x, { ...options, batchSize: 128 });
+    const batched = await worstCaseConfidence(model, x, { ...options, batchSize: 3 });
+    // Parts [0, 4) and [4, 10) as a worker pool runs them, each told its first global index.
+    const head = x.slice([0, 0, 0, 0], [4, -1, -1, -1]);
+    const tail = x.slice([4, 0, 0, 0], [6, -1, -1, -1]);
+    const first = await worstCaseConfidence(model, head, { ...options, batchSize: 2 });
+    const second = await worstCaseConfidence(model, tail, { ...options, firstIndex: 4 });
+    // Without firstIndex the tail would draw the head's starts: a different result.
+    const misplaced = await worstCaseConfidence(model, tail, options);
+    const parts = {
+      confidence: Float32Array.from([...first.confidence, ...second.confidence]),
+      predicted: Int32Array.from([...first.predicted, ...second.predicted]),
+      images: Float32Array.from([...first.images.dataSync(), ...second.images.dataSync()]),
+    };
+    expect(Array.from(whole.confidence).some((c, i) => c > whole.cleanConfidence[i])).toBe(true);
+    for (const other of [batched, parts]) {
+      expect(other.confidence).toEqual(whole.confidence);
+      expect(other.predicted).toEqual(whole.predicted);
+      expect(
+        Float32Array.from(other.images instanceof Float32Array ? other.images : other.images.dataSync()),
+      ).toEqual(whole.images.dataSync());
+    }
+    expect(Array.from(misplaced.images.dataSync())).not.toEqual(Array.from(second.images.dataSync()));
+    tf.dispose([whole.images, batched.images, first.images, second.images, misplaced.images, head, tail]);
+    expect(tf.memory().numTensors).toBe(before);
+    x.dispose();
+  });
+
   it('rejects bad input naming the argument', async () => {
     const model = linearModel(new Float32Array(DIM * 2), new Float32Array(2), 2);
     const x = tf.zeros([2, DIM]) as unknown as tf.Tensor4D;
@@ -146,6 +195,9 @@ describe('worstCaseConfidence', () => {
       "'eps' must be a finite number",
     );
     await expect(worstCaseConfidence(model, images, { eps: 1, batchSize: 0 })).rejects.toThrow("'batchSize'");
+    await expect(worstCaseConfidence(model, images, { eps: 1, firstIndex: -1 })).rejects.toThrow(
+      "'firstIndex' must be an integer >= 0",
+    );
     tf.dispose([x, images]);
   });
 

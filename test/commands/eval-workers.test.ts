@@ -1,0 +1,105 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { run } from '../../src/commands/eval.js';
+import { writeModelDir } from '../../src/data/model-dir.js';
+import { saveModelToFiles } from '../../src/engine/model-files.js';
+import type { EvalReport } from '../../src/jobs/evaluation-report.js';
+import { ShardPool } from '../../src/jobs/shard-pool.js';
+import { smallCnn } from '../../src/training/architectures.js';
+
+/**
+ * `ratio eval --workers 2` runs AutoAttack and the worst-case OOD search on the shard pool and
+ * reports exactly the numbers of the single-process run (`--workers 1`), timings aside.
+ */
+
+const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+
+let workDir: string;
+let modelDir: string;
+
+beforeAll(async () => {
+  workDir = await mkdtemp(path.join(os.tmpdir(), 'ratio-eval-workers-'));
+  modelDir = path.join(workDir, 'model');
+  const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
+  const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
+  model.dispose();
+  await writeModelDir(modelDir, files);
+});
+
+afterAll(async () => {
+  await rm(workDir, { recursive: true, force: true });
+});
+
+/** The report without wall-clock fields (timings, seconds, anything measured in time). */
+function withoutTimings(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(withoutTimings);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value)
+        .filter(([key]) => !/^(timings|seconds|generated_at|backend_threads|workers)$/.test(key))
+        .map(([key, inner]) => [key, withoutTimings(inner)]),
+    );
+  }
+  return value;
+}
+
+async function evaluate(workers: number): Promise<EvalReport> {
+  const out = path.join(workDir, `out-${workers}`);
+  const quiet = [
+    vi.spyOn(console, 'log').mockImplementation(() => {}),
+    vi.spyOn(console, 'error').mockImplementation(() => {}),
+    vi.spyOn(process.stderr, 'write').mockImplementation(() => true),
+  ];
+  try {
+    const code = await run([
+      ...['--model', modelDir, '--data', cifarTest, '--ood', 'noise', '--ood', 'svhn'],
+      ...['--n', '64', '--calibration-n', '32', '--ood-n', '64', '--robust-n', '64'],
+      ...['--eps', '0.1', '--eps-ood', '0.5', '--iterations', '3', '--cf-iterations', '2'],
+      ...['--cf-rows', '1', '--curve-n', '4', '--seed', '3', '--workers', String(workers), '--out', out],
+    ]);
+    expect(code).toBe(0);
+  } finally {
+    for (const spy of quiet) spy.mockRestore();
+  }
+  return JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as EvalReport;
+}
+
+describe('ratio eval --workers', () => {
+  it.skipIf(!existsSync(cifarTest))(
+    'gives exactly the single-process numbers with 2 workers',
+    { timeout: 400_000 },
+    async () => {
+      const attack = vi.spyOn(ShardPool.prototype, 'autoAttack');
+      const worstCase = vi.spyOn(ShardPool.prototype, 'worstCaseConfidence');
+      const single = await evaluate(1);
+      expect(attack).not.toHaveBeenCalled();
+      expect(worstCase).not.toHaveBeenCalled();
+      const pooled = await evaluate(2);
+      // Both phases went through the pool: AutoAttack once, the worst-case search once per OOD set.
+      expect(attack).toHaveBeenCalledTimes(1);
+      expect(worstCase).toHaveBeenCalledTimes(2);
+      attack.mockRestore();
+      worstCase.mockRestore();
+
+      expect(withoutTimings(pooled)).toEqual(withoutTimings(single));
+      // The searches found something: equality covers the random starts, not only the clean scores.
+      expect(pooled.ood.sets.map((s) => s.n)).toEqual([64, 64]);
+      expect(pooled.ood.sets.some((s) => (s.wc_mmc ?? 0) > (s.mmc ?? 0))).toBe(true);
+      expect(pooled.robustness.n).toBe(64);
+    },
+  );
+
+  it('refuses a bad worker count (exit 2)', async () => {
+    const error = vi.spyOn(console, 'error').mockImplementation(() => {});
+    try {
+      expect(await run(['--model', modelDir, '--data', cifarTest, '--workers', '0'])).toBe(2);
+      expect(String(error.mock.calls.at(-1)?.[0])).toContain('--workers (or RATIO_WORKERS)');
+    } finally {
+      error.mockRestore();
+    }
+  });
+});
