@@ -252,7 +252,7 @@ describe('Dockerfile (GPU)', () => {
 
   it('runs on the CUDA 11.2 / cuDNN 8 runtime that tfjs-node-gpu 4.x links against, with Node 20 checked', () => {
     const first = parsed.stages[0];
-    expect(first.image).toBe('${CUDA_IMAGE}');
+    expect(first.image).toBe(`\${CUDA_IMAGE}`);
     expect(parsed.args.get('CUDA_IMAGE')).toBe('nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04');
     // Every later stage builds on that one (named `node`): the final image has CUDA and Node.
     expect(parsed.stages.slice(1).map((s) => s.image.split(':')[0])).toEqual(['node', 'node']);
