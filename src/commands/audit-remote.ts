@@ -124,8 +124,9 @@ class ServiceClient {
     return (await response.json()) as T;
   }
 
+  /** Drops every connection, an event stream still open after an interrupt included. */
   close(): Promise<void> {
-    return this.dispatcher.close();
+    return this.dispatcher.destroy();
   }
 }
 

@@ -327,6 +327,7 @@ describe('deploy/compose.yaml', () => {
       true,
     );
     expect(worker.image).toBe(api.image);
+    expect(worker.build).toEqual(api.build);
     const apiCall = invocations(api.command!.join(' '), 'compose api')[0];
     const workerCall = invocations(worker.command!.join(' '), 'compose worker')[0];
     expect(apiCall.command).toBe('serve');

@@ -78,7 +78,7 @@ interface CliRun {
 function ratioAudit(
   args: string[],
   env: Record<string, string> = {},
-  onStderr?: (text: string) => void,
+  onStderr?: (text: string, child: ChildProcess) => void,
 ): Promise<CliRun> {
   const child = spawn(process.execPath, ['bin/ratio.js', 'audit', ...args], {
     env: { ...process.env, ...env },
@@ -92,7 +92,7 @@ function ratioAudit(
   });
   child.stderr!.on('data', (chunk: Buffer) => {
     stderr += chunk.toString();
-    onStderr?.(chunk.toString());
+    onStderr?.(chunk.toString(), child);
   });
   return new Promise((resolve) => {
     child.once('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
@@ -227,10 +227,36 @@ describe('ratio audit --server', { timeout: 600_000 }, () => {
     }
   });
 
-  it('exits 3 when the service is not there or dies mid-audit', async () => {
+  it('cancels on Ctrl-C (130); exits 3 when the service dies mid-audit or is not there', async () => {
     const { child, url } = await startService(path.join(workDir, 'state-killed'));
-    // A long audit (full iterations) on the real service, killed -9 once progress is shown.
     const long = AUDIT.map((arg, i) => (AUDIT[i - 1] === '--iterations' ? '100' : arg));
+    // Ctrl-C of the CLI mid-audit: exit 130, and the audit is cancelled on the service too.
+    let interrupted = false;
+    const interruptedRun = await ratioAudit(
+      [...long, '--server', url, '--api-key', API_KEY],
+      {},
+      (text, cli) => {
+        if (!interrupted && text.includes('apgd-ce')) {
+          interrupted = true;
+          cli.kill('SIGINT');
+        }
+      },
+    );
+    expect(interruptedRun.code).toBe(130);
+    const id = /audit ([0-9a-f-]{36}) on/.exec(interruptedRun.stderr)?.[1];
+    expect(id).toBeDefined();
+    // The service stops the shards at their next check: wait for the final state.
+    let state = 'running';
+    for (let i = 0; i < 150 && (state === 'running' || state === 'queued'); i++) {
+      const response = await fetch(`${url}/v1/audits/${id}`, {
+        headers: { authorization: `Bearer ${API_KEY}` },
+      });
+      state = ((await response.json()) as { state: string }).state;
+      if (state === 'running') await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(state).toBe('cancelled');
+
+    // A long audit (full iterations) on the real service, killed -9 once progress is shown.
     let killed = false;
     const lost = await ratioAudit([...long, '--server', url, '--api-key', API_KEY], {}, (text) => {
       if (!killed && text.includes('apgd-ce')) {
