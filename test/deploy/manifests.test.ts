@@ -455,20 +455,56 @@ describe('deploy/cloudrun-service.yaml', () => {
   });
 });
 
-describe('deploy/ci/audit.yml', () => {
-  const workflow = parseAllDocuments(read('deploy/ci/audit.yml'))[0].toJS() as {
-    jobs: Record<string, { steps: Array<{ run?: string }> }>;
-  };
+interface Workflow {
+  jobs: Record<string, { steps: Array<{ run?: string; env?: Record<string, string> }> }>;
+}
 
-  it('calls ratio commands with flags they accept, and gates with merge', () => {
-    const calls = Object.entries(workflow.jobs).flatMap(([job, { steps }]) =>
-      steps.flatMap((step) => (step.run ? invocations(step.run, `ci ${job}`) : [])),
-    );
+function workflowCalls(file: string) {
+  const workflow = parseAllDocuments(read(file))[0].toJS() as Workflow;
+  return Object.entries(workflow.jobs).flatMap(([job, { steps }]) =>
+    steps.flatMap((step) => {
+      for (const name of Object.keys(step.env ?? {})) checkEnvName(name, `${file} ${job}`, step.run ?? '');
+      return step.run ? invocations(step.run, `${file} ${job}`) : [];
+    }),
+  );
+}
+
+describe('deploy/ci workflows', () => {
+  it('audit.yml: shards on a matrix, then gates with merge, with flags the CLI accepts', () => {
+    const calls = workflowCalls('deploy/ci/audit.yml');
     expect(calls.map((c) => [c.command, c.subcommand ?? null])).toEqual([
       ['audit', null],
       ['audit', 'merge'],
     ]);
     for (const call of calls) checkInvocation(call);
+  });
+
+  it('audit-server.yml: one audit on a service, key from a secret, gated by the threshold', () => {
+    const calls = workflowCalls('deploy/ci/audit-server.yml');
+    expect(calls.map((c) => c.command)).toEqual(['audit']);
+    for (const call of calls) checkInvocation(call);
+    expect(calls[0].flags).toEqual(expect.arrayContaining(['server', 'min-robust-accuracy', 'junit']));
+    expect(ENV_READ.has('RATIO_API_KEY')).toBe(true);
+  });
+
+  it('covers every file in deploy/ci', () => {
+    expect(readdirSync(path.join(ROOT, 'deploy/ci')).sort()).toEqual(['audit-server.yml', 'audit.yml']);
+  });
+});
+
+describe('every manifest', () => {
+  it('is one of those checked above (a new one needs its checks here)', () => {
+    expect(readdirSync(path.join(ROOT, 'deploy')).sort()).toEqual([
+      'audit-indexed-job.yaml',
+      'ci',
+      'cloudrun-service.yaml',
+      'compose.yaml',
+    ]);
+    expect(
+      readdirSync(ROOT)
+        .filter((name) => name.startsWith('Dockerfile'))
+        .sort(),
+    ).toEqual(['Dockerfile', 'Dockerfile.cpu']);
   });
 });
 
