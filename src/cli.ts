@@ -12,6 +12,7 @@ const commands: Record<string, () => Promise<CommandModule>> = {
   models: () => import('./commands/models.js'),
   serve: () => import('./commands/serve.js'),
   train: () => import('./commands/train.js'),
+  worker: () => import('./commands/worker.js'),
 };
 
 function usage(): string {

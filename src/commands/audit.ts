@@ -30,6 +30,11 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --workers <int>               worker processes (default RATIO_WORKERS, else one per core); 1 = in process
   --shard <i>/<N>               run only shard i of N and write its rows to --report (merge them with
                                 'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
+  --queue <redis://host:port>   run the shards on 'ratio worker' processes through BullMQ/Redis
+                                (default: env RATIO_QUEUE_URL; unset: the local worker pool)
+  --store <url>                 where the queue's workers read the model and points: a directory,
+                                file:///dir or s3://bucket/prefix (default: env RATIO_STORE_URL,
+                                else <state dir>/store, which only reaches workers on this machine)
   --iterations <int>            APGD/FAB iterations per run (default 100; lower only for smoke tests)
   --queries <int>               Square queries per point (default 5000; lower only for smoke tests)
   --server <url>                run the audit on a running 'ratio serve' (upload, follow its progress,
@@ -65,6 +70,8 @@ interface AuditArguments {
   queries?: number;
   server?: string;
   apiKey?: string;
+  queue?: string;
+  store?: string;
 }
 
 /** `--shard i/N`, or `--shards N` with the shard index from JOB_COMPLETION_INDEX (k8s Indexed Job). */
@@ -107,6 +114,8 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     queries: { type: 'string' },
     server: { type: 'string' },
     'api-key': { type: 'string' },
+    queue: { type: 'string' },
+    store: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (options.values.help) return 'help';
@@ -153,7 +162,30 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     queries: optionalInteger('queries'),
     server,
     apiKey: options.text('api-key') ?? (process.env.RATIO_API_KEY || undefined),
+    ...(await queueOptions(options.text('queue'), options.text('store'))),
   };
+}
+
+/** `--queue` / RATIO_QUEUE_URL and `--store` / RATIO_STORE_URL, checked (not connected yet). */
+async function queueOptions(
+  queue = process.env.RATIO_QUEUE_URL || undefined,
+  store = process.env.RATIO_STORE_URL || undefined,
+): Promise<{ queue?: string; store?: string }> {
+  if (queue === undefined) return {};
+  const { parseQueueUrl } = await import('../jobs/shard-queue.js');
+  const { openBlobStore, defaultStoreUrl } = await import('../jobs/blob-store.js');
+  try {
+    parseQueueUrl(queue);
+  } catch (error) {
+    throw new UsageError(`--queue: ${(error as Error).message}`);
+  }
+  const storeUrl = store ?? defaultStoreUrl();
+  try {
+    openBlobStore(storeUrl);
+  } catch (error) {
+    throw new UsageError(`--store: ${(error as Error).message}`);
+  }
+  return { queue, store: storeUrl };
 }
 
 async function audit(args: AuditArguments): Promise<number> {
@@ -213,7 +245,10 @@ async function audit(args: AuditArguments): Promise<number> {
     const shards = defaultShardCount(Math.min(args.n, prepared.dataset.size), args.workers);
     // One shard (a small audit) or one worker: in process, the same report without starting workers.
     const pool =
-      args.workers > 1 && shards > 1 ? new ShardPool({ workers: Math.min(args.workers, shards) }) : undefined;
+      !args.queue && args.workers > 1 && shards > 1
+        ? new ShardPool({ workers: Math.min(args.workers, shards) })
+        : undefined;
+    const queue = args.queue ? await startQueueRunner(args.queue, args.store!) : undefined;
     let report: Awaited<ReturnType<typeof runAudit>>;
     try {
       report = await runAudit(prepared, {
@@ -221,10 +256,11 @@ async function audit(args: AuditArguments): Promise<number> {
         queries: args.queries,
         signal: controller.signal,
         onProgress,
-        run: pool ? pool.autoAttack.bind(pool) : undefined,
+        run: queue ? queue.autoAttack.bind(queue) : pool ? pool.autoAttack.bind(pool) : undefined,
       });
     } finally {
       await pool?.close();
+      await queue?.close();
     }
     if (attack) progress.done();
     const document = {
@@ -232,7 +268,7 @@ async function audit(args: AuditArguments): Promise<number> {
       data: { path: path.resolve(args.data) },
       backend_threads: backend.threads,
       tfjs: backend.version,
-      workers: pool?.size ?? 1,
+      workers: args.queue ? 'queue' : (pool?.size ?? 1),
       min_robust_accuracy: args.minRobustAccuracy ?? null,
       ...report,
     };
@@ -246,7 +282,13 @@ async function audit(args: AuditArguments): Promise<number> {
   }
 }
 
-/** Exit 3 when the infrastructure failed (a shard whose worker kept dying, a closed pool). */
+async function startQueueRunner(queue: string, store: string) {
+  const { QueueAuditRunner } = await import('../jobs/shard-queue-runner.js');
+  const { openBlobStore } = await import('../jobs/blob-store.js');
+  return QueueAuditRunner.start({ queue, store: openBlobStore(store) });
+}
+
+/** Exit 3 when the infrastructure failed (a shard whose worker kept dying, a closed pool, no Redis). */
 async function auditOrInfrastructureError(args: AuditArguments): Promise<number> {
   if (args.server !== undefined) {
     const { remoteAudit } = await import('./audit-remote.js');
@@ -256,7 +298,12 @@ async function auditOrInfrastructureError(args: AuditArguments): Promise<number>
     return await audit(args);
   } catch (error) {
     const { ShardFailedError, PoolClosedError } = await import('../jobs/shard-pool.js');
-    if (error instanceof ShardFailedError || error instanceof PoolClosedError) {
+    const { QueueUnavailableError } = await import('../jobs/shard-queue.js');
+    if (
+      error instanceof ShardFailedError ||
+      error instanceof PoolClosedError ||
+      error instanceof QueueUnavailableError
+    ) {
       console.error(`ratio audit: infrastructure error: ${error.message}`);
       return 3;
     }

@@ -1,9 +1,10 @@
 import type { Dataset } from '../data/dataset.js';
 import { datasetFromBytes, loadDataset } from '../data/load.js';
-import type { ModelFiles } from '../data/model-dir.js';
+import { type ModelFiles, readModelPath } from '../data/model-dir.js';
 import type { AttackProgress } from '../engine/attacks/types.js';
 import {
   AUTOATTACK_VERSIONS,
+  type AutoAttackOptions,
   type AutoAttackReport,
   type AutoAttackVersion,
   autoAttack,
@@ -12,6 +13,7 @@ import type { Classifier } from '../engine/classifier.js';
 import type { Norm } from '../engine/types.js';
 import { InvalidInputError } from './errors.js';
 import { loadModelDir, loadUploadedModel } from './models.js';
+import type { ShardedRunOptions } from './shards.js';
 
 /**
  * The audit use case, one path for the CLI (`ratio audit`) and the service (`POST /v1/audits`):
@@ -45,6 +47,8 @@ export interface PreparedAudit {
   /** Dispose the classifier when the audit ends (uploaded models); served models are shared. */
   ownsClassifier: boolean;
   dataset: Dataset;
+  /** The model's files, when known (a directory or an upload): they travel to queue workers. */
+  modelFiles?: ModelFiles;
 }
 
 /** Where the model comes from: a served model, a model directory, or uploaded files. */
@@ -112,10 +116,16 @@ async function loadAuditData(source: AuditDataSource, n: number): Promise<Datase
   return dataset.take(n);
 }
 
-async function loadAuditModel(source: AuditModelSource): Promise<{ classifier: Classifier; owned: boolean }> {
+async function loadAuditModel(
+  source: AuditModelSource,
+): Promise<{ classifier: Classifier; owned: boolean; files?: ModelFiles }> {
   if (source.kind === 'served') return { classifier: source.classifier, owned: false };
-  if (source.kind === 'directory') return { classifier: await loadModelDir(source.dir), owned: true };
-  return { classifier: await loadUploadedModel(source.files, source.field, source.maxBytes), owned: true };
+  if (source.kind === 'directory') {
+    const files = await readModelPath(source.dir);
+    return { classifier: await loadModelDir(source.dir, {}, files), owned: true, files };
+  }
+  const classifier = await loadUploadedModel(source.files, source.field, source.maxBytes);
+  return { classifier, owned: true, files: source.files };
 }
 
 /**
@@ -125,7 +135,7 @@ async function loadAuditModel(source: AuditModelSource): Promise<{ classifier: C
  */
 export async function prepareAudit(request: AuditRequest): Promise<PreparedAudit> {
   const dataset = await loadAuditData(request.data, request.parameters.n);
-  const { classifier, owned } = await loadAuditModel(request.model);
+  const { classifier, owned, files } = await loadAuditModel(request.model);
   try {
     checkAuditData(dataset, classifier);
   } catch (error) {
@@ -137,6 +147,7 @@ export async function prepareAudit(request: AuditRequest): Promise<PreparedAudit
     classifier,
     ownsClassifier: owned,
     dataset,
+    ...(files ? { modelFiles: files } : {}),
   };
 }
 
@@ -147,8 +158,13 @@ export interface RunAuditOptions {
   batchSize?: number;
   /** Square queries per point (the engine's default, 5000, when absent; lower only for smoke tests). */
   queries?: number;
-  /** Runs the attacks; the engine's AutoAttack unless a test injects another. */
-  run?: typeof autoAttack;
+  /** Runs the attacks: the engine's AutoAttack unless given a pool, the queue, or a test double. */
+  run?: (
+    classifier: Classifier,
+    x: Parameters<typeof autoAttack>[1],
+    y: Int32Array,
+    options: AutoAttackOptions & ShardedRunOptions,
+  ) => Promise<AutoAttackReport>;
 }
 
 /** Runs AutoAttack on the first n points of a prepared audit; leaves no tensor behind. */
@@ -168,6 +184,7 @@ export async function runAudit(audit: PreparedAudit, options: RunAuditOptions = 
       queries: options.queries ?? parameters.queries,
       signal: options.signal,
       onProgress: options.onProgress,
+      ...(audit.modelFiles ? { modelFiles: audit.modelFiles } : {}),
     });
     const { adversarial, ...rest } = report;
     adversarial?.dispose();

@@ -13,8 +13,13 @@ import { ModelLoadError } from './errors.js';
  */
 
 /** Loads the model in directory `dir` (TF.js or ONNX), or the ONNX file `dir` names. */
-export async function loadModelDir(dir: string, card: { name?: string } = {}): Promise<Classifier> {
-  const files = await readModelPath(dir);
+export async function loadModelDir(
+  dir: string,
+  card: { name?: string } = {},
+  /** The directory's files when the caller read them already (readModelPath). */
+  read?: ModelFiles,
+): Promise<Classifier> {
+  const files = read ?? (await readModelPath(dir));
   const name =
     card.name ?? (dir.toLowerCase().endsWith('.onnx') ? path.basename(dir, path.extname(dir)) : undefined);
   return loadClassifierFromFiles(files, { card: name ? { ...card, name } : card });

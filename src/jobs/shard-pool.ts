@@ -56,8 +56,6 @@ export interface ShardPoolOptions {
 export interface PoolAuditOptions extends AutoAttackOptions, ShardedRunOptions {
   /** Shards to split the points into (default about 4 per worker, >= 32 points each). */
   shards?: number;
-  /** The model files, when the classifier is not a tfjs model the pool can serialise. */
-  modelFiles?: Map<string, Uint8Array>;
 }
 
 export interface PoolWorstCaseOptions extends WorstCaseOptions {

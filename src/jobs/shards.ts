@@ -9,6 +9,7 @@ import {
   autoAttackPart,
   mergeAutoAttackParts,
 } from '../engine/autoattack.js';
+import type { ModelFiles } from '../data/model-dir.js';
 import type { Classifier } from '../engine/classifier.js';
 import type { Norm } from '../engine/types.js';
 
@@ -61,6 +62,8 @@ export interface ShardedRunOptions {
   finished?: readonly ShardResult[];
   /** Called with every shard result as it arrives (e.g. to persist it). */
   onShard?: (result: ShardResult) => void;
+  /** The model files, when the classifier cannot be serialised here (an ONNX model). */
+  modelFiles?: ModelFiles;
 }
 
 /** A shard specification or a set of shard results that cannot make one audit. */
