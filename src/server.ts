@@ -8,10 +8,12 @@ import type { Classifier } from './engine/classifier.js';
 import { AuditStore } from './jobs/audit-store.js';
 import { AuditQueue } from './jobs/audits.js';
 import type { BatcherOptions } from './jobs/batcher.js';
+import type { BlobStore } from './jobs/blob-store.js';
 import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
 import { ModelRouter, WorkerCompute } from './jobs/compute-host.js';
 import { loadModelsFolder } from './jobs/models.js';
 import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
+import { QueueAuditRunner } from './jobs/shard-queue-runner.js';
 import { type AuthConfig, authConfigFromEnv } from './routes/auth.js';
 
 /**
@@ -52,6 +54,11 @@ export interface ServerOptions {
    * passes RATIO_STATE_DIR or its default); absent, audits live in memory.
    */
   stateDir?: string;
+  /**
+   * Runs audits' shards on `ratio worker` processes through BullMQ/Redis instead of the local pool
+   * (`ratio serve --queue`): the Redis URL and the store the workers read models and points from.
+   */
+  queue?: { url: string; store: BlobStore };
   /** Node's own per-request timeout (headers + body), ms. Default 120 s. */
   requestTimeoutMs?: number;
   /**
@@ -159,9 +166,24 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     pool ??= new ShardPool({ workers });
     return pool.autoAttack(...args);
   };
+  // With a queue, shards run on 'ratio worker' processes; served ONNX models travel as their files.
+  const filesOf = new Map<Classifier, Map<string, Uint8Array>>();
+  for (const [name, modelFiles] of files) {
+    const model = models.get(name);
+    if (model) filesOf.set(model, modelFiles);
+  }
+  const queue = options.queue
+    ? await QueueAuditRunner.start({
+        queue: options.queue.url,
+        store: options.queue.store,
+        modelFiles: (classifier) => filesOf.get(classifier),
+      })
+    : undefined;
+  if (queue)
+    logger.info({ queue: options.queue?.url, store: options.queue?.store.url }, 'audits on the queue');
   const audits = new AuditQueue({
     onFinished: logAuditEnd(logger),
-    ...(workers > 0 ? { run: poolRun } : {}),
+    ...(queue ? { run: queue.autoAttack.bind(queue), maxRunning: 4 } : workers > 0 ? { run: poolRun } : {}),
     ...(options.stateDir ? { store: new AuditStore(options.stateDir) } : {}),
     ...options.audits,
   });
@@ -212,7 +234,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         // Open SSE streams would hold the server forever.
         setTimeout(() => server.closeAllConnections(), 1_000).unref();
       });
-      await Promise.all([pool?.close(), inference.close(), analysis.close()]);
+      await Promise.all([pool?.close(), queue?.close(), inference.close(), analysis.close()]);
       for (const model of models.values()) model.dispose();
       logger.info('server closed');
     })();

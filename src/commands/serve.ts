@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import type { BlobStore } from '../jobs/blob-store.js';
 
 /** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
 
@@ -10,6 +11,10 @@ const HELP = `usage: ratio serve [--port <n>] [--host <addr>] [--models <dir>] [
   --workers <n>     audit worker processes (default: env RATIO_WORKERS, else one per core; 0 = in process)
   --state-dir <dir> durable audit state, resumed after a restart (default: env RATIO_STATE_DIR, else
                     $XDG_STATE_HOME/ratio-audit or ~/.local/state/ratio-audit)
+  --queue <url>     run audit shards on 'ratio worker' processes through BullMQ/Redis (redis://host:port;
+                    default: env RATIO_QUEUE_URL; unset: the local worker pool)
+  --store <url>     where queue workers read models and points: a directory, file:///dir or s3://bucket/prefix
+                    (default: env RATIO_STORE_URL, else <state dir>/store)
   --dev             development mode without API keys (same as RATIO_DEV_MODE=1; logged as a warning)
 
 environment: LOG_LEVEL (pino level, default info), RATIO_BACKEND (tensorflow | wasm | cpu),
@@ -29,6 +34,8 @@ export async function run(argv: string[]): Promise<number> {
     models?: string;
     workers?: string;
     'state-dir'?: string;
+    queue?: string;
+    store?: string;
     dev?: boolean;
     help?: boolean;
   };
@@ -42,6 +49,8 @@ export async function run(argv: string[]): Promise<number> {
         models: { type: 'string' },
         workers: { type: 'string' },
         'state-dir': { type: 'string' },
+        queue: { type: 'string' },
+        store: { type: 'string' },
         dev: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -76,6 +85,21 @@ export async function run(argv: string[]): Promise<number> {
   }
   const { defaultStateDir } = await import('../jobs/audit-store.js');
   const stateDir = values['state-dir'] ?? defaultStateDir();
+  const queueUrl = values.queue ?? (process.env.RATIO_QUEUE_URL || undefined);
+  let queue: { url: string; store: BlobStore } | undefined;
+  if (queueUrl !== undefined) {
+    const { parseQueueUrl } = await import('../jobs/shard-queue.js');
+    const { openBlobStore, defaultStoreUrl } = await import('../jobs/blob-store.js');
+    try {
+      parseQueueUrl(queueUrl);
+      const storeUrl = values.store ?? defaultStoreUrl({ ...process.env, RATIO_STATE_DIR: stateDir });
+      queue = { url: queueUrl, store: openBlobStore(storeUrl) };
+    } catch (error) {
+      console.error(`ratio serve: --queue / --store: ${(error as Error).message}`);
+      return 2;
+    }
+  }
+  const { QueueUnavailableError } = await import('../jobs/shard-queue.js');
   const server = await startServer({
     port,
     host: values.host,
@@ -83,7 +107,13 @@ export async function run(argv: string[]): Promise<number> {
     workers,
     stateDir,
     auth,
+    queue,
+  }).catch((error: unknown) => {
+    if (!(error instanceof QueueUnavailableError)) throw error;
+    console.error(`ratio serve: ${error.message}`);
+    return undefined;
   });
+  if (!server) return 3;
   await new Promise<void>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);

@@ -49,14 +49,19 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
     if (error instanceof QueueUnavailableError) throw new UsageError(`--queue: ${error.message}`);
     throw error;
   }
-  let lockDurationMs: number;
-  let stalledIntervalMs: number;
-  try {
-    lockDurationMs = parseLockDuration(options.text('lock-duration') ?? process.env.RATIO_QUEUE_LOCK_MS);
-    stalledIntervalMs = parseLockDuration(options.text('stalled-interval'), 30_000);
-  } catch (error) {
-    throw new UsageError(`--lock-duration / --stalled-interval: ${(error as Error).message}`);
-  }
+  const duration = (name: string, parse: () => number) => {
+    try {
+      return parse();
+    } catch (error) {
+      throw new UsageError(`--${name}: ${(error as Error).message}`);
+    }
+  };
+  const lockDurationMs = duration('lock-duration (or RATIO_QUEUE_LOCK_MS)', () =>
+    parseLockDuration(options.text('lock-duration') ?? process.env.RATIO_QUEUE_LOCK_MS),
+  );
+  const stalledIntervalMs = duration('stalled-interval', () =>
+    parseLockDuration(options.text('stalled-interval'), 30_000, 100),
+  );
   return {
     queue,
     store: options.text('store') ?? (process.env.RATIO_STORE_URL || undefined),
@@ -110,7 +115,13 @@ async function work(args: WorkerArguments): Promise<number> {
 const command: CommandModule = {
   summary: 'run audit shards from a BullMQ/Redis queue (ratio audit|serve --queue)',
   run(argv) {
-    return runCommand({ name: 'worker', help: HELP, options: {}, parse: () => parseWorkerArguments(argv), execute: work });
+    return runCommand({
+      name: 'worker',
+      help: HELP,
+      options: {},
+      parse: () => parseWorkerArguments(argv),
+      execute: work,
+    });
   },
 };
 

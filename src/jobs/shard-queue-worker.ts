@@ -178,17 +178,23 @@ export class QueueShardWorker {
         tensors.push(probeX);
         probe = { x: probeX, y: Int32Array.from(data.probe.y) };
       }
-      const part = await runShard(classifier, { x, y: Int32Array.from(data.y), probe }, range, data.settings, {
-        signal,
-        onProgress: (progress) => {
-          // Throttled: every update is a Redis write and an event for the enqueuer.
-          const now = Date.now();
-          if (now - lastProgress < 250 && progress.done < progress.total) return;
-          lastProgress = now;
-          const update: ShardProgress = { shard: range.shard, ...progress };
-          void job.updateProgress({ ...update }).catch(() => {});
+      const part = await runShard(
+        classifier,
+        { x, y: Int32Array.from(data.y), probe },
+        range,
+        data.settings,
+        {
+          signal,
+          onProgress: (progress) => {
+            // Throttled: every update is a Redis write and an event for the enqueuer.
+            const now = Date.now();
+            if (now - lastProgress < 250 && progress.done < progress.total) return;
+            lastProgress = now;
+            const update: ShardProgress = { shard: range.shard, ...progress };
+            void job.updateProgress({ ...update }).catch(() => {});
+          },
         },
-      });
+      );
       this.completed += 1;
       this.log('shard finished', {
         audit: data.audit,

@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { ModelFiles } from '../data/model-dir.js';
 import type { AutoAttackReport } from '../engine/autoattack.js';
+import type { BlobStore } from './blob-store.js';
 import type { ShardRange, ShardResult, ShardSettings } from './shards.js';
 import { mergeShardResults, ShardError } from './shards.js';
-import type { BlobStore } from './blob-store.js';
 
 /**
  * What the BullMQ side of audits agrees on, enqueuer (`QueueAuditRunner`, shard-queue-runner.ts)
@@ -61,12 +61,16 @@ export interface QueueLockOptions {
   maxStalledCount?: number;
 }
 
-/** Parses a duration in ms (an integer >= 1000); `undefined` or '' keeps the default. */
-export function parseLockDuration(text: string | undefined, fallback = DEFAULT_LOCK_DURATION_MS): number {
+/** Parses a duration in ms (an integer >= minimum); `undefined` or '' keeps the default. */
+export function parseLockDuration(
+  text: string | undefined,
+  fallback = DEFAULT_LOCK_DURATION_MS,
+  minimum = 1000,
+): number {
   if (text === undefined || text === '') return fallback;
   const value = Number(text);
-  if (!(Number.isInteger(value) && value >= 1000)) {
-    throw new RangeError(`the lock duration is an integer number of ms >= 1000, got '${text}'`);
+  if (!(Number.isInteger(value) && value >= minimum)) {
+    throw new RangeError(`a duration in ms must be an integer >= ${minimum}, got '${text}'`);
   }
   return value;
 }
@@ -136,7 +140,10 @@ export async function stageModel(
   return { key, files: names };
 }
 
-export async function fetchModel(store: BlobStore, model: { key: string; files: string[] }): Promise<ModelFiles> {
+export async function fetchModel(
+  store: BlobStore,
+  model: { key: string; files: string[] },
+): Promise<ModelFiles> {
   const files: ModelFiles = new Map();
   for (const name of model.files) files.set(name, await store.get(modelBlobKey(model.key, name)));
   if (modelKey(files) !== model.key) {
@@ -173,7 +180,8 @@ export class ShardTally {
 
   /** Records a shard's result; false when that shard was already counted. */
   finish(result: ShardResult): boolean {
-    if (result.audit !== this.audit) throw new ShardError(`a result of audit ${result.audit}, not ${this.audit}`);
+    if (result.audit !== this.audit)
+      throw new ShardError(`a result of audit ${result.audit}, not ${this.audit}`);
     const first = !this.results.has(result.shard);
     this.results.set(result.shard, result);
     this.partial.delete(result.shard);

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
+import type { ModelFiles } from '../data/model-dir.js';
 import { sanityWarnings } from '../engine/attacks/verify.js';
 import {
   type AutoAttackOptions,
@@ -9,7 +10,6 @@ import {
   autoAttackPart,
   mergeAutoAttackParts,
 } from '../engine/autoattack.js';
-import type { ModelFiles } from '../data/model-dir.js';
 import type { Classifier } from '../engine/classifier.js';
 import type { Norm } from '../engine/types.js';
 
