@@ -3,17 +3,29 @@
  * CIFAR-10 test points: the single process (the baseline, measured in the same run), then the
  * shard pool with 1, 2 and 4 worker processes. Every runner must return the single-process report
  * (timings aside); the bench fails otherwise. Worker start-up is included (a fresh pool per run).
- * BullMQ/Redis workers are not measured here (not built yet).
+ * Where redis-server is installed, also "2 Redis workers": a private redis-server on a random
+ * loopback port, two `ratio worker` processes and `QueueAuditRunner` (BullMQ), start-up of the
+ * workers included, the store a temporary directory.
  *
  *   npm run bench:scale -- [--json] [--n 64] [--iterations 100] [--queries 5000] [--workers 1,2,4]
+ *                          [--redis-workers 2 | 0 to skip]
  */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { isDeepStrictEqual } from 'node:util';
 import { loadDataset } from '../src/data/load.js';
 import { readModelDir } from '../src/data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../src/engine/autoattack.js';
 import { initBackend } from '../src/engine/backend.js';
 import { loadModelFromFiles } from '../src/engine/model-files.js';
+import { FileBlobStore } from '../src/jobs/blob-store.js';
 import { ShardPool } from '../src/jobs/shard-pool.js';
+import { QueueAuditRunner } from '../src/jobs/shard-queue-runner.js';
+import { defaultShardCount } from '../src/jobs/shards.js';
 
 function option(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);
@@ -25,6 +37,8 @@ const n = Number(option('n', '64'));
 const iterations = Number(option('iterations', '100'));
 const queries = Number(option('queries', '5000'));
 const workerCounts = option('workers', '1,2,4').split(',').map(Number);
+const redisWorkers = Number(option('redis-workers', '2'));
+const REDIS_SERVER = ['/usr/bin/redis-server', '/usr/local/bin/redis-server'].find((p) => existsSync(p));
 const dataFile = `${process.env.RATIO_DATA_DIR ?? '../shared/data'}/cifar10/test_batch_first1000.bin`;
 
 const backend = await initBackend();
@@ -63,6 +77,86 @@ for (const workers of workerCounts) {
   rows.push({ runner: 'local pool', workers, seconds, points_per_second: n / seconds, identical });
   if (!json) console.error(`pool of ${workers}: ${seconds.toFixed(1)} s, identical ${identical}`);
 }
+
+/** Resolves once the child prints a line containing `text`. */
+function lineContaining(child: ChildProcess, text: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.includes(text)) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`exited (${code}) before printing '${text}'`)));
+  });
+}
+
+const kill = (child: ChildProcess) =>
+  new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.kill('SIGTERM');
+  });
+
+let longestBlockedMs = 0;
+if (redisWorkers > 0 && REDIS_SERVER) {
+  const port = 20_000 + Math.floor(Math.random() * 40_000);
+  const redis = spawn(
+    REDIS_SERVER,
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    },
+  );
+  const storeDir = await mkdtemp(path.join(tmpdir(), 'ratio-bench-store-'));
+  const workers: ChildProcess[] = [];
+  try {
+    await lineContaining(redis, 'Ready to accept connections');
+    const queue = `redis://127.0.0.1:${port}`;
+    started = performance.now();
+    const threads = Math.max(1, Math.floor((await import('node:os')).availableParallelism() / redisWorkers));
+    for (let i = 0; i < redisWorkers; i++) {
+      const child = spawn(
+        process.execPath,
+        ['bin/ratio.js', 'worker', '--queue', queue, '--store', storeDir],
+        {
+          env: { ...process.env, RATIO_THREADS: String(threads), LOG_LEVEL: 'info' },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        },
+      );
+      workers.push(child);
+      // The longest synchronous step each shard saw (what the lock duration must exceed).
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        const match = /"longest_blocked_ms":(\d+)/.exec(line);
+        if (match) longestBlockedMs = Math.max(longestBlockedMs, Number(match[1]));
+      });
+    }
+    const runner = await QueueAuditRunner.start({ queue, store: new FileBlobStore(storeDir) });
+    try {
+      await Promise.all(workers.map((w) => lineContaining(w, 'worker ready')));
+      const report = await runner.autoAttack(classifier, x, data.labels, {
+        ...settings,
+        shards: defaultShardCount(n, redisWorkers),
+      });
+      seconds = (performance.now() - started) / 1000;
+      const identical = isDeepStrictEqual(strip(report), strip(baseline));
+      rows.push({
+        runner: 'Redis workers',
+        workers: redisWorkers,
+        seconds,
+        points_per_second: n / seconds,
+        identical,
+      });
+      if (!json)
+        console.error(`${redisWorkers} Redis workers: ${seconds.toFixed(1)} s, identical ${identical}`);
+    } finally {
+      await runner.close();
+    }
+  } finally {
+    await Promise.all(workers.map(kill));
+    await kill(redis);
+    await rm(storeDir, { recursive: true, force: true });
+  }
+} else if (redisWorkers > 0) {
+  console.error('bench:scale: redis-server not installed; no Redis row');
+}
 x.dispose();
 classifier.dispose();
 
@@ -76,6 +170,8 @@ const result = {
   backend: backend.name,
   cores: (await import('node:os')).availableParallelism(),
   robust_accuracy: baseline.robust_accuracy,
+  /** Longest event-loop block of a Redis worker's shard (one synchronous step); the lock must exceed it. */
+  redis_longest_blocked_ms: longestBlockedMs || null,
   rows: rows.map((r) => ({
     ...r,
     seconds: Number(r.seconds.toFixed(2)),
