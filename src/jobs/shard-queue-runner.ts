@@ -183,7 +183,10 @@ export class QueueAuditRunner {
         report(event.result.part.attacks.at(-1)?.name ?? 'shard');
       }
     });
-    const abort = () => void this.cancel(audit, shards);
+    let cancelling: Promise<void> | undefined;
+    const abort = () => {
+      cancelling ??= this.cancel(audit, shards);
+    };
     options.signal?.addEventListener('abort', abort, { once: true });
     try {
       options.signal?.throwIfAborted();
@@ -200,7 +203,11 @@ export class QueueAuditRunner {
       try {
         merged = await Promise.race([finished, cancelled]);
       } catch (error) {
-        if (options.signal?.aborted) throw options.signal.reason ?? error;
+        if (options.signal?.aborted) {
+          // Every shard stopped (or told to) before the caller hears of the cancellation.
+          await cancelling;
+          throw options.signal.reason ?? error;
+        }
         throw new ShardFailedError(`audit ${audit} failed on the queue: ${(error as Error).message}`);
       }
       await this.options.store.removePrefix(auditBlobPrefix(audit)).catch(() => {});
