@@ -63,16 +63,17 @@ const MODEL = new Map<string, Uint8Array>([
   ['group1-shard1of1.bin', Uint8Array.from([1, 2, 3, 4, 250])],
 ]);
 
-function storesUnderTest(): [string, BlobStore][] {
-  return [
-    ['directory', new FileBlobStore(path.join(dir, 'files'))],
-    ['s3 (double)', new S3BlobStore(new MemoryS3(), 'audit-bucket', 'ratio/store')],
-  ];
-}
+/** Made when a test runs (the temporary directory exists only then). */
+const STORES: [string, () => BlobStore][] = [
+  ['directory', () => new FileBlobStore(path.join(dir, 'files'))],
+  ['s3 (double)', () => new S3BlobStore(new MemoryS3(), 'audit-bucket', 'ratio/store')],
+];
 
 describe('blob stores', () => {
-  for (const [name, store] of storesUnderTest()) {
+  for (const [name, makeStore] of STORES) {
     it(`${name}: round trip, missing keys, prefix removal, staged models`, async () => {
+      const store = makeStore();
+      expect(store instanceof FileBlobStore ? store.dir.startsWith(dir) && dir !== '' : true).toBe(true);
       await store.put('audits/a1/points-0.f32', Uint8Array.from([9, 8, 7]));
       await store.put('audits/a1/points-1.f32', Uint8Array.from([6]));
       await store.put('audits/a2/points-0.f32', Uint8Array.from([5]));
