@@ -216,7 +216,9 @@ export class QueueShardWorker {
         part,
       };
     } catch (error) {
-      if (signal?.aborted || (error instanceof Error && error.name === 'AbortError')) {
+      const aborted = signal?.aborted || (error instanceof Error && error.name === 'AbortError');
+      // A cancel also removes the audit's blobs: a shard still loading them fails for that reason.
+      if (aborted || (await this.client.exists(cancelledKey(prefix, data.audit)).catch(() => 0))) {
         this.log('shard cancelled', { audit: data.audit, shard: range.shard, job: job.id, pid: process.pid });
         // A cancelled shard must not be retried.
         throw new UnrecoverableError('the audit was cancelled');
