@@ -95,12 +95,18 @@ export class QueueShardWorker {
     );
     this.client = new Redis(url, { maxRetriesPerRequest: null });
     this.subscriber = new Redis(url, { maxRetriesPerRequest: null });
+    // ioredis reconnects by itself; its errors are logged, never thrown at the process.
+    for (const connection of [this.client, this.subscriber]) {
+      connection.on('error', (error: Error) => this.log('redis error', { err: error.message }));
+    }
     this.subscriber.on('message', (_channel: string, audit: string) => {
       if (this.current?.audit === audit && this.current.job.id) {
         this.shardWorker.cancelJob(this.current.job.id, 'the audit was cancelled');
       }
     });
-    void this.subscriber.subscribe(cancelChannel(prefix));
+    this.subscriber
+      .subscribe(cancelChannel(prefix))
+      .catch((error: Error) => this.log('cannot subscribe to cancellations', { err: error.message }));
   }
 
   static async start(options: QueueWorkerOptions): Promise<QueueShardWorker> {
