@@ -54,7 +54,7 @@ export interface QueueRunnerOptions {
   connectTimeoutMs?: number;
 }
 
-export interface QueueAuditOptions extends PoolAuditOptions {}
+export type QueueAuditOptions = PoolAuditOptions;
 
 const KEEP_FINISHED = { age: 24 * 3600 };
 
