@@ -185,8 +185,14 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     const report = await reportRows(reportFile);
     expect(report.samples).toHaveLength(N);
     expect(withoutTimings(report)).toEqual(withoutTimings(reference));
+    // The paused worker did finish the shard as well (its completion is refused: lock lost) ...
+    await paused.line((line) => line.msg === 'shard finished' && line.job === stalled);
+    const twice = [paused, ...others].flatMap((w) => finishedLines(w, stalled));
+    expect(twice).toHaveLength(2);
+    // ... and the queue holds one completion per shard.
     const counts = await shardCounts();
     expect(counts.completed).toBe(3);
+    expect(counts.failed).toBe(0);
   });
 
   it('ratio serve --queue: the same report as the embedded run, progress over SSE', async () => {
