@@ -15,21 +15,6 @@ import { parseAllDocuments } from 'yaml';
 const ROOT = path.resolve('.');
 const read = (file: string) => readFileSync(path.join(ROOT, file), 'utf8');
 
-/**
- * Things the queue branch (issue 13, wt-queue: `ratio worker`, `--queue`, `--store`, the blob store)
- * brings, which compose.yaml already uses. Each counts as present while src/ lacks it; once the
- * branches are merged src/ has them and the checks below apply to them like to everything else (the
- * entries then change nothing and can go).
- */
-const AWAITING_QUEUE_BRANCH = {
-  commands: ['worker'],
-  flags: { serve: ['queue', 'store'], audit: ['queue', 'store'], worker: ['queue', 'store'] } as Record<
-    string,
-    string[]
-  >,
-  env: ['RATIO_QUEUE_URL', 'RATIO_STORE_URL'],
-};
-
 /** Env names a manifest may set that src/ does not read, and who reads them. */
 const EXTERNAL_ENV: Record<string, string> = {
   NODE_ENV: 'Node libraries (hono, pino) and tfjs production mode',
@@ -80,7 +65,7 @@ function acceptedFlags(moduleName: string): Set<string> {
 }
 
 function commandExists(name: string): boolean {
-  return COMMANDS.has(name) || AWAITING_QUEUE_BRANCH.commands.includes(name);
+  return COMMANDS.has(name);
 }
 
 /** `ratio <command> [sub] ...flags`: one invocation found in a manifest's shell text. */
@@ -137,22 +122,17 @@ function checkInvocation(invocation: Invocation): void {
   expect(commandExists(command), `${where}: 'ratio ${command}' is not a command of src/cli.ts`).toBe(true);
   const moduleName = subcommand ? `${COMMANDS.get(command)}-${subcommand}` : COMMANDS.get(command);
   const accepted = moduleName ? acceptedFlags(moduleName) : new Set<string>();
-  const awaited = subcommand ? [] : (AWAITING_QUEUE_BRANCH.flags[command] ?? []);
   for (const flag of invocation.flags) {
-    const ok = accepted.has(flag) || awaited.includes(flag);
-    expect(ok, `${where}: 'ratio ${command}${subcommand ? ` ${subcommand}` : ''}' has no --${flag}`).toBe(
-      true,
-    );
+    expect(
+      accepted.has(flag),
+      `${where}: 'ratio ${command}${subcommand ? ` ${subcommand}` : ''}' has no --${flag}`,
+    ).toBe(true);
   }
 }
 
 /** Throws unless src/ reads the env name (or it is one of the documented external ones). */
 function checkEnvName(name: string, where: string, shellUses = ''): void {
-  const read =
-    ENV_READ.has(name) ||
-    name in EXTERNAL_ENV ||
-    new RegExp(`\\$\\{?${name}\\b`).test(shellUses) ||
-    (!ENV_READ.has(name) && AWAITING_QUEUE_BRANCH.env.includes(name));
+  const read = ENV_READ.has(name) || name in EXTERNAL_ENV || new RegExp(`\\$\\{?${name}\\b`).test(shellUses);
   expect(read, `${where}: env ${name} is set but nothing reads it`).toBe(true);
 }
 
