@@ -208,6 +208,8 @@ async function singleRun(input: RunInput): Promise<{ rows: Float32Array; norms: 
   const bestRows = clean.slice();
   const bestNorms = new Float64Array(m).fill(Number.POSITIVE_INFINITY);
   const difference = new Float64Array(rowSize);
+  const fromHere = new Float64Array(rowSize);
+  const fromOrigin = new Float64Array(rowSize);
   for (let iteration = 0; iteration < input.iterations; iteration++) {
     throwIfAborted(input.signal);
     const { w, b } = boundaries(input, current);
@@ -216,8 +218,8 @@ async function singleRun(input: RunInput): Promise<{ rows: Float32Array; norms: 
       const wRow = w.subarray(offset, offset + rowSize);
       const here = current.subarray(offset, offset + rowSize);
       const origin = clean.subarray(offset, offset + rowSize);
-      const fromHere = hyperplaneBoxStep(norm, here, wRow, b[i]);
-      const fromOrigin = hyperplaneBoxStep(norm, origin, wRow, b[i]);
+      hyperplaneBoxStep(norm, here, wRow, b[i], fromHere);
+      hyperplaneBoxStep(norm, origin, wRow, b[i], fromOrigin);
       const lengthHere = Math.max(vectorNorm(norm, fromHere), MIN_STEP);
       const lengthOrigin = Math.max(vectorNorm(norm, fromOrigin), MIN_STEP);
       // Lean towards the original point only while the current point is far from the boundary.

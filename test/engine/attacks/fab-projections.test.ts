@@ -32,7 +32,102 @@ function bisectionStep(norm: Norm, t: number[], w: number[], b: number): number[
   return stepAt((low + high) / 2);
 }
 
+/**
+ * The previous implementation (a full sort of the breakpoints, then the binary search): selection
+ * must find the same probes, hence the same lambda, bit for bit.
+ */
+function sortedSearchStep(
+  norm: Norm,
+  point: ArrayLike<number>,
+  w: ArrayLike<number>,
+  b: number,
+): Float64Array {
+  const size = point.length;
+  let gain = b - dot(w, point);
+  const flip = gain < 0 ? -1 : 1;
+  gain *= flip;
+  const step = new Float64Array(size);
+  if (!(gain > 0)) return step;
+  const direction = new Int8Array(size);
+  const breakpoint = new Float64Array(size);
+  const weight = new Float64Array(size);
+  const cap = new Float64Array(size);
+  for (let i = 0; i < size; i++) {
+    const wi = flip * w[i];
+    const magnitude = Math.abs(wi);
+    if (!(magnitude > 1e-8)) {
+      breakpoint[i] = Number.POSITIVE_INFINITY;
+      continue;
+    }
+    direction[i] = wi > 0 ? 1 : -1;
+    cap[i] = Math.min(Math.max(wi > 0 ? 1 - point[i] : point[i], 0), 1);
+    const scale = norm === 'L2' ? magnitude : 1;
+    breakpoint[i] = cap[i] / scale;
+    weight[i] = magnitude * scale;
+  }
+  const gainAt = (lambda: number) => {
+    let total = 0;
+    for (let i = 0; i < size; i++) if (weight[i] > 0) total += weight[i] * Math.min(lambda, breakpoint[i]);
+    return total;
+  };
+  const sorted = breakpoint.slice().sort();
+  let finite = size;
+  while (finite > 0 && !Number.isFinite(sorted[finite - 1])) finite--;
+  let lambda = Number.POSITIVE_INFINITY;
+  if (finite > 0 && gainAt(sorted[finite - 1]) > gain) {
+    let low = 0;
+    let high = finite - 1;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (gainAt(sorted[middle]) > gain) high = middle;
+      else low = middle + 1;
+    }
+    const below = low > 0 ? sorted[low - 1] : 0;
+    let saturatedGain = 0;
+    let freeWeight = 0;
+    for (let i = 0; i < size; i++) {
+      if (weight[i] === 0) continue;
+      if (breakpoint[i] <= below) saturatedGain += weight[i] * breakpoint[i];
+      else freeWeight += weight[i];
+    }
+    lambda = Math.max((gain - saturatedGain) / freeWeight, below);
+  }
+  for (let i = 0; i < size; i++) {
+    if (direction[i] === 0) continue;
+    step[i] = direction[i] * Math.min(norm === 'L2' ? lambda * Math.abs(w[i]) : lambda, cap[i]);
+  }
+  return step;
+}
+
 describe('hyperplaneBoxStep', () => {
+  it.each(['L2', 'Linf'] as Norm[])(
+    'equals the full-sort search bit for bit on image-sized rows, into `out` or not (%s)',
+    (norm) => {
+      const rng = new Rng(17);
+      const size = 3072;
+      const out = new Float64Array(size).fill(Number.NaN);
+      for (let trial = 0; trial < 60; trial++) {
+        // Pixels on the box faces (equal breakpoints), zero weights, quantised weights (ties).
+        const point = Float32Array.from({ length: size }, () =>
+          rng.next() < 0.2 ? (rng.next() < 0.5 ? 0 : 1) : rng.next(),
+        );
+        const w = Float32Array.from({ length: size }, () => {
+          const u = rng.next();
+          if (u < 0.05) return 0;
+          return u < 0.3 ? Math.round(rng.normal() * 4) / 400 : rng.normal() * 0.01;
+        });
+        const b = dot(w, point) + (rng.next() - 0.5) * (trial % 3 === 0 ? 10 : 0.1);
+        const expected = sortedSearchStep(norm, point, w, b);
+        expect(hyperplaneBoxStep(norm, point, w, b)).toEqual(expected);
+        expect(hyperplaneBoxStep(norm, point, w, b, out)).toBe(out);
+        expect(out).toEqual(expected);
+      }
+      expect(() => hyperplaneBoxStep(norm, [0, 0], [1, 1], 1, new Float64Array(3))).toThrow(
+        `'out' must have the length of 'point' (2), got 3`,
+      );
+    },
+  );
+
   it('gives the known L2 answers, with and without the box', () => {
     expect(Array.from(hyperplaneBoxStep('L2', [0, 0], [1, 1], 1))).toEqual([0.5, 0.5]);
     // Unconstrained [0.3, 0.3] would leave the box; coordinate 0 saturates, coordinate 1 takes the rest.
