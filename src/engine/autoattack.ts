@@ -39,6 +39,12 @@ export interface AutoAttackOptions extends LongRunOptions<AttackProgress> {
   iterations?: number;
   /** Square queries per point (default 5000). */
   queries?: number;
+  /**
+   * Every attack spends its whole budget on every point it runs on, as the reference does (default
+   * false). Robust accuracy and each point's broken_by are the same either way; see
+   * docs/algorithms.md "Savings" for what else is.
+   */
+  fullBudget?: boolean;
   /** Return the adversarial batch (clean points where unbroken); the caller disposes it. */
   keepAdversarial?: boolean;
 }
@@ -310,6 +316,7 @@ async function runPart(
             eps: options.eps,
             restarts: attackRestarts,
             seed,
+            fullBudget: options.fullBudget,
             sampleSeeds: Uint32Array.from(batch, (i) => mixSeed(seed, attackSeed, globalIndex(i))),
             signal: options.signal,
             onProgress: (p) =>

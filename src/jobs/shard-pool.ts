@@ -172,6 +172,7 @@ export class ShardPool {
       restarts: options.restarts,
       iterations: options.iterations,
       queries: options.queries,
+      fullBudget: options.fullBudget,
     };
     const shards = options.shards ?? defaultShardCount(n, this.size);
     const ranges = planShards(n, shards).filter((r) => r.end > r.start || n === 0);

@@ -31,6 +31,8 @@ export interface ShardSettings {
   restarts?: number;
   iterations?: number;
   queries?: number;
+  /** Attacks spend their whole budget on every point, as the reference (AutoAttackOptions.fullBudget). */
+  fullBudget?: boolean;
 }
 
 export interface ShardRange {
@@ -88,10 +90,15 @@ export function planShards(n: number, count: number): ShardRange[] {
 
 /**
  * How many shards an audit of n points gets on `workers` processes: about 4 per worker so a slow
- * shard does not hold the others back, but never below `minimumPoints` points per shard (batching).
+ * shard does not hold the others back, but never below `minimumPoints` points per shard (batching),
+ * except that every worker gets one once each would hold 8 points (an idle core costs more than a
+ * smaller batch). A multiple of the worker count when there are at least as many shards as workers,
+ * so that no worker runs one shard more than the others (3 shards on 2 workers take 2 shard-times).
  */
 export function defaultShardCount(n: number, workers: number, minimumPoints = 32): number {
-  return Math.max(1, Math.min(workers * 4, Math.floor(n / minimumPoints)));
+  const atLeast = Math.floor(n / 8) >= workers ? workers : 1;
+  const count = Math.min(workers * 4, Math.max(Math.floor(n / minimumPoints), atLeast));
+  return count >= workers ? count - (count % workers) : Math.max(1, count);
 }
 
 /** Parses `i/N` (0 <= i < N), as `--shard` takes it. */
@@ -120,6 +127,8 @@ export function auditKey(parts: { model: string; data: string; n: number; settin
     settings.restarts ?? null,
     settings.iterations ?? null,
     settings.queries ?? null,
+    // Absent unless set, so the keys of audits stored before the option existed stay the same.
+    ...(settings.fullBudget ? ['full-budget'] : []),
   ]);
   return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
 }
@@ -134,6 +143,7 @@ export function engineOptions(settings: ShardSettings): AutoAttackOptions {
     restarts: settings.restarts,
     iterations: settings.iterations,
     queries: settings.queries,
+    fullBudget: settings.fullBudget,
   };
 }
 

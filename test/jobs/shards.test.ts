@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AutoAttackReport, autoAttack } from '../../src/engine/autoattack.js';
 import {
   auditKey,
+  defaultShardCount,
   mergeShardResults,
   parseShardSpec,
   planShards,
@@ -48,6 +49,24 @@ describe('shard plans', () => {
     expect(auditKey(base)).toBe(auditKey({ ...base }));
     expect(auditKey(base)).not.toBe(auditKey({ ...base, settings: { ...QUICK, seed: 2 } }));
     expect(auditKey(base)).not.toBe(auditKey({ ...base, n: 11 }));
+    expect(auditKey(base)).not.toBe(auditKey({ ...base, settings: { ...QUICK, fullBudget: true } }));
+    expect(auditKey(base)).toBe(auditKey({ ...base, settings: { ...QUICK, fullBudget: false } }));
+  });
+
+  it('gives every worker the same number of shards, and every worker one once each gets 8 points', () => {
+    // [n, workers, shards]
+    for (const [n, workers, shards] of [
+      [100, 2, 2], // not 3: the third shard would run alone after the first two
+      [20, 2, 2],
+      [15, 2, 1], // 7 points a worker: one shard, in process
+      [1000, 2, 8],
+      [1000, 4, 16],
+      [100, 3, 3],
+      [200, 4, 4],
+      [64, 1, 2],
+      [0, 2, 1],
+    ])
+      expect([n, workers, defaultShardCount(n, workers)]).toEqual([n, workers, shards]);
   });
 });
 

@@ -44,6 +44,12 @@ export interface ApgdOptions extends LongRunOptions<AttackProgress> {
    * the starts of the whole batch (training and the OOD/counterfactual searches use that).
    */
   sampleSeeds?: Uint32Array;
+  /**
+   * Drop an example from the batch at its first success (default false). Its `adversarial` point
+   * and `success` are what a full run returns (examples never interact); its `best` and `bestLoss`
+   * are then those found up to its success. AutoAttack sets it: its verdict reads only `adversarial`.
+   */
+  stopOnSuccess?: boolean;
 }
 
 export interface ApgdResult {
@@ -156,32 +162,103 @@ function selectRows<T extends tf.Tensor>(chosen: Uint8Array, a: T, b: T): T {
 }
 
 interface RunResult {
-  best: tf.Tensor4D;
+  /** Per example, the point of highest loss (flat rows). */
+  best: Float32Array;
   bestLoss: Float32Array;
-  firstSuccess: tf.Tensor4D;
+  /** Per example, the first misclassified point (flat rows; meaningful where `success`). */
+  firstSuccess: Float32Array;
   success: Uint8Array;
 }
 
-/** One APGD run from one (random) start on the batch `ctx.x`. */
-async function singleRun(ctx: RunContext): Promise<RunResult> {
-  const { x, norm, eps, iterations } = ctx;
-  const n = x.shape[0];
-  const judged = hasSuccessCriterion(ctx.loss) && ctx.labelValues !== undefined;
-  const isWrong = (predicted: Int32Array, i: number) => judged && predicted[i] !== ctx.labelValues![i];
+/** The batch tensors of a run that follow its examples (row j of each is example `rows[j]`). */
+interface RunTensors {
+  x: tf.Tensor4D;
+  xAdv: tf.Tensor4D;
+  xPrevious: tf.Tensor4D;
+  grad: tf.Tensor4D;
+  xBest: tf.Tensor4D;
+  gradBest: tf.Tensor4D;
+  firstSuccess: tf.Tensor4D;
+  labels: tf.Tensor1D | undefined;
+  targets: tf.Tensor1D | undefined;
+}
 
-  let xAdv: tf.Tensor4D = ctx.randomStart ? randomStart(norm, x, eps, ctx.rngs) : x.clone();
-  let current = evaluate(ctx, xAdv);
-  let grad = current.grad;
-  let xBest = xAdv.clone();
-  let gradBest = grad.clone();
+/** Copies rows `from` (batch rows) of `tensor` into `out` at the examples `to`. */
+function copyRows(
+  tensor: tf.Tensor,
+  from: readonly number[],
+  to: readonly number[],
+  out: Float32Array,
+): void {
+  const values = tensor.dataSync() as Float32Array;
+  const rowSize = values.length / Math.max(tensor.shape[0] ?? 1, 1);
+  from.forEach((j, k) => {
+    out.set(values.subarray(j * rowSize, (j + 1) * rowSize), to[k] * rowSize);
+  });
+}
+
+/** Keeps the batch rows `keep` of every tensor (disposing the old ones). */
+function keepRows(t: RunTensors, keep: readonly number[]): RunTensors {
+  const indices = tf.tensor1d(keep as number[], 'int32');
+  try {
+    const gathered = <T extends tf.Tensor | undefined>(tensor: T): T => {
+      if (tensor === undefined) return tensor;
+      const out = tf.gather(tensor, indices) as T;
+      tensor.dispose();
+      return out;
+    };
+    return {
+      x: gathered(t.x),
+      xAdv: gathered(t.xAdv),
+      xPrevious: gathered(t.xPrevious),
+      grad: gathered(t.grad),
+      xBest: gathered(t.xBest),
+      gradBest: gathered(t.gradBest),
+      firstSuccess: gathered(t.firstSuccess),
+      labels: gathered(t.labels),
+      targets: gathered(t.targets),
+    };
+  } finally {
+    indices.dispose();
+  }
+}
+
+/**
+ * One APGD run from one (random) start on the batch `ctx.x`. With `stopOnSuccess`, an example leaves
+ * the batch at its first success: its first misclassified point is final then, and every other
+ * example's run is unchanged (examples never interact), so only its highest-loss point differs.
+ */
+async function singleRun(ctx: RunContext, stopOnSuccess: boolean): Promise<RunResult> {
+  const { norm, eps, iterations } = ctx;
+  const n = ctx.x.shape[0];
+  const rowSize = ctx.x.size / Math.max(n, 1);
+  const judged = hasSuccessCriterion(ctx.loss) && ctx.labelValues !== undefined;
+  /** Original example of each batch row. */
+  let rows = Array.from({ length: n }, (_, i) => i);
+  const labelValues = ctx.labelValues;
+  const isWrong = (predicted: Int32Array, j: number) => judged && predicted[j] !== labelValues![rows[j]];
+  const bestOut = new Float32Array(n * rowSize);
+  const firstSuccessOut = new Float32Array(n * rowSize);
+
+  const start: tf.Tensor4D = ctx.randomStart ? randomStart(norm, ctx.x, eps, ctx.rngs) : ctx.x.clone();
+  let current = evaluate(ctx, start);
+  let t: RunTensors = {
+    x: ctx.x.clone(),
+    xAdv: start,
+    xPrevious: start.clone(),
+    grad: current.grad,
+    xBest: start.clone(),
+    gradBest: current.grad.clone(),
+    firstSuccess: start.clone(),
+    labels: ctx.labels?.clone(),
+    targets: ctx.targets?.clone(),
+  };
   const bestLoss = current.loss.slice();
   const success = new Uint8Array(n);
-  for (let i = 0; i < n; i++) success[i] = isWrong(current.predicted, i) ? 1 : 0;
-  let firstSuccess = xAdv.clone();
+  for (let j = 0; j < n; j++) success[j] = isWrong(current.predicted, j) ? 1 : 0;
 
   const stepSize = new Float32Array(n).fill(2 * eps);
-  let xPrevious = xAdv.clone();
-  let previousLoss = current.loss;
+  const previousLoss = current.loss.slice();
   const increases = new Uint16Array(n);
   let bestLossAtCheck = bestLoss.slice();
   let halvedAtCheck = new Uint8Array(n).fill(1);
@@ -189,79 +266,100 @@ async function singleRun(ctx: RunContext): Promise<RunResult> {
   let checkpoint = 0;
   let sinceCheck = 0;
 
+  /** Writes the results of the batch rows `finished` out and drops them from the batch. */
+  const retire = (finished: number[]) => {
+    const examples = finished.map((j) => rows[j]);
+    copyRows(t.xBest, finished, examples, bestOut);
+    copyRows(t.firstSuccess, finished, examples, firstSuccessOut);
+    const gone = new Set(finished);
+    const keep = rows.map((_, j) => j).filter((j) => !gone.has(j));
+    t = keepRows(t, keep);
+    rows = keep.map((j) => rows[j]);
+  };
+
   try {
-    for (let iteration = 0; iteration < iterations; iteration++) {
+    const startBroken = rows.map((_, j) => j).filter((j) => success[rows[j]]);
+    if (stopOnSuccess && startBroken.length > 0) retire(startBroken);
+    for (let iteration = 0; iteration < iterations && rows.length > 0; iteration++) {
       throwIfAborted(ctx.signal);
+      const m = rows.length;
       const a = iteration > 0 ? MOMENTUM : 1;
       const next = tf.tidy(() => {
-        const step = tf.tensor(stepSize, [n, 1, 1, 1]);
+        const step = tf.tensor(
+          Float32Array.from(rows, (i) => stepSize[i]),
+          [m, 1, 1, 1],
+        );
+        const { x, xAdv, xPrevious, grad } = t;
         const z = project(norm, x, xAdv.add(steepestDirection(norm, grad).mul(step)), eps);
         const momentum = xAdv.sub(xPrevious).mul(1 - a);
         return project(norm, x, xAdv.add(z.sub(xAdv).mul(a)).add(momentum), eps) as tf.Tensor4D;
       });
-      xPrevious = swap(xPrevious, xAdv);
-      xAdv = next;
-      current = evaluate(ctx, xAdv);
-      grad.dispose();
-      grad = current.grad;
+      t.xPrevious = swap(t.xPrevious, t.xAdv);
+      t.xAdv = next;
+      current = evaluate({ ...ctx, labels: t.labels, targets: t.targets }, t.xAdv);
+      t.grad.dispose();
+      t.grad = current.grad;
 
-      const newlyBroken = new Uint8Array(n);
-      const improved = new Uint8Array(n);
-      let anyBroken = false;
+      const newlyBroken = new Uint8Array(m);
+      const improved = new Uint8Array(m);
+      const broken: number[] = [];
       let anyImproved = false;
-      for (let i = 0; i < n; i++) {
-        if (!success[i] && isWrong(current.predicted, i)) {
-          success[i] = newlyBroken[i] = 1;
-          anyBroken = true;
+      for (let j = 0; j < m; j++) {
+        const i = rows[j];
+        if (!success[i] && isWrong(current.predicted, j)) {
+          success[i] = newlyBroken[j] = 1;
+          broken.push(j);
         }
-        if (current.loss[i] > previousLoss[i]) increases[i]++;
-        if (current.loss[i] > bestLoss[i]) {
-          bestLoss[i] = current.loss[i];
-          improved[i] = 1;
+        if (current.loss[j] > previousLoss[i]) increases[i]++;
+        previousLoss[i] = current.loss[j];
+        if (current.loss[j] > bestLoss[i]) {
+          bestLoss[i] = current.loss[j];
+          improved[j] = 1;
           anyImproved = true;
         }
       }
-      previousLoss = current.loss;
-      if (anyBroken) firstSuccess = swap(firstSuccess, selectRows(newlyBroken, xAdv, firstSuccess));
+      if (broken.length > 0)
+        t.firstSuccess = swap(t.firstSuccess, selectRows(newlyBroken, t.xAdv, t.firstSuccess));
       if (anyImproved) {
-        xBest = swap(xBest, selectRows(improved, xAdv, xBest));
-        gradBest = swap(gradBest, selectRows(improved, grad, gradBest));
+        t.xBest = swap(t.xBest, selectRows(improved, t.xAdv, t.xBest));
+        t.gradBest = swap(t.gradBest, selectRows(improved, t.grad, t.gradBest));
       }
 
       sinceCheck++;
       const interval = intervals[Math.min(checkpoint, intervals.length - 1)];
       if (sinceCheck === interval) {
-        const halve = new Uint8Array(n);
+        const halve = new Uint8Array(m);
+        const halvedNow = new Uint8Array(n);
         let anyHalved = false;
-        for (let i = 0; i < n; i++) {
+        for (let j = 0; j < m; j++) {
+          const i = rows[j];
           const oscillating = increases[i] <= interval * OSCILLATION_THRESHOLD;
           const stalled = !halvedAtCheck[i] && bestLossAtCheck[i] >= bestLoss[i];
           if (oscillating || stalled) {
-            halve[i] = 1;
+            halve[j] = halvedNow[i] = 1;
             stepSize[i] /= 2;
             anyHalved = true;
           }
         }
         if (anyHalved) {
-          xAdv = swap(xAdv, selectRows(halve, xBest, xAdv));
-          grad = swap(grad, selectRows(halve, gradBest, grad));
+          t.xAdv = swap(t.xAdv, selectRows(halve, t.xBest, t.xAdv));
+          t.grad = swap(t.grad, selectRows(halve, t.gradBest, t.grad));
         }
-        halvedAtCheck = halve;
+        halvedAtCheck = halvedNow;
         bestLossAtCheck = bestLoss.slice();
         increases.fill(0);
         sinceCheck = 0;
         checkpoint++;
       }
+      if (stopOnSuccess && broken.length > 0) retire(broken);
       ctx.onIteration();
       await yieldToEventLoop();
     }
-  } catch (error) {
-    tf.dispose([xBest, firstSuccess]);
-    throw error;
+    if (rows.length > 0) retire(rows.map((_, j) => j));
   } finally {
-    tf.dispose([xAdv, xPrevious, grad, gradBest]);
+    tf.dispose([t.x, t.xAdv, t.xPrevious, t.grad, t.xBest, t.gradBest, t.firstSuccess, t.labels, t.targets]);
   }
-  return { best: xBest, bestLoss, firstSuccess, success };
+  return { best: bestOut, bestLoss, firstSuccess: firstSuccessOut, success };
 }
 
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array | undefined, options: ApgdOptions) {
@@ -336,26 +434,28 @@ export async function apgd(
         )
       : undefined;
     try {
-      const run = await singleRun({
-        classifier,
-        x: xActive,
-        labels,
-        labelValues,
-        targets,
-        loss,
-        norm: options.norm,
-        eps: options.eps,
-        iterations,
-        temperature: options.temperature ?? classifier.card.temperature ?? 1,
-        eotIterations: options.eotIterations ?? 1,
-        randomStart: options.randomStart ?? true,
-        rngs: seeds ? active.map((i) => new Rng(mixSeed(seeds[i], restart))) : batchRng,
-        signal: options.signal,
-        onIteration: () => options.onProgress?.({ attack: name, done: ++done, total }),
-      });
-      const runBest = run.best.dataSync();
-      const runSuccess = run.firstSuccess.dataSync();
-      tf.dispose([run.best, run.firstSuccess]);
+      const run = await singleRun(
+        {
+          classifier,
+          x: xActive,
+          labels,
+          labelValues,
+          targets,
+          loss,
+          norm: options.norm,
+          eps: options.eps,
+          iterations,
+          temperature: options.temperature ?? classifier.card.temperature ?? 1,
+          eotIterations: options.eotIterations ?? 1,
+          randomStart: options.randomStart ?? true,
+          rngs: seeds ? active.map((i) => new Rng(mixSeed(seeds[i], restart))) : batchRng,
+          signal: options.signal,
+          onIteration: () => options.onProgress?.({ attack: name, done: ++done, total }),
+        },
+        options.stopOnSuccess ?? false,
+      );
+      const runBest = run.best;
+      const runSuccess = run.firstSuccess;
       active.forEach((i, j) => {
         const rows = [j * rowSize, (j + 1) * rowSize] as const;
         if (run.bestLoss[j] > bestLoss[i]) {
@@ -394,7 +494,13 @@ export function apgdAttack(loss: 'ce' | 'dlr', config: ApgdAttackConfig = {}): A
   return {
     name,
     async perturb(classifier, x, y, options: AttackOptions): Promise<PerturbResult> {
-      const result = await apgd(classifier, x, y, { ...config, ...options, loss, name });
+      const result = await apgd(classifier, x, y, {
+        ...config,
+        ...options,
+        loss,
+        name,
+        stopOnSuccess: !options.fullBudget,
+      });
       result.best.dispose();
       return { adversarial: result.adversarial, success: result.success };
     },
@@ -447,6 +553,7 @@ export function apgdTargeted(config: ApgdTargetedConfig = {}): Attack {
               loss: 'dlr-targeted',
               targets: Int32Array.from(active, (i) => allTargets[i]),
               name: 'apgd-t',
+              stopOnSuccess: !options.fullBudget,
               onProgress: (p) => options.onProgress?.({ attack: 'apgd-t', done: offset + p.done, total }),
             },
           );

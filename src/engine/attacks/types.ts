@@ -18,6 +18,12 @@ export interface AttackOptions extends LongRunOptions<AttackProgress> {
    * global index)), so an example's result does not depend on its batch; default mixSeed(seed, i).
    */
   sampleSeeds?: Uint32Array;
+  /**
+   * Spend the attack's whole budget on every point it runs on, as the reference implementation does
+   * (default false: a point leaves a run at its first success, which changes neither `success` nor
+   * the adversarial point the attack returns for it; see docs/algorithms.md "Savings").
+   */
+  fullBudget?: boolean;
 }
 
 /**
