@@ -175,7 +175,7 @@ function selectRank(values: Float64Array, left: number, right: number, k: number
     const a = values[l];
     const b = values[(l + r) >> 1];
     const c = values[r];
-    const pivot = a < b ? (b < c ? b : a < c ? c : a) : a < c ? a : b < c ? c : b;
+    const pivot = Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
     let i = l;
     let j = r;
     while (i <= j) {
