@@ -245,9 +245,11 @@ function proposeLinf(
   s: number,
   eps: number,
   rngs: Rng[],
+  buffers: ProposalBuffers,
 ): Float32Array {
   const m = best.length / g.rowSize;
-  const out = best.slice();
+  const out = buffers.out.subarray(0, best.length);
+  out.set(best);
   for (let i = 0; i < m; i++) {
     const rng = rngs[i];
     const top = rng.int(g.height - s + 1);
@@ -278,13 +280,15 @@ function proposeL2(
   s: number,
   eps: number,
   rngs: Rng[],
+  buffers: ProposalBuffers,
 ): Float32Array {
   const m = best.length / g.rowSize;
   const { width, channels, rowSize } = g;
   const inWindow = (r: number, c: number, top: number, left: number) =>
     r >= top && r < top + s && c >= left && c < left + s;
-  const delta = new Float64Array(best.length);
-  const out = new Float32Array(best.length);
+  // Every element of both is written below before it is read: no clearing between queries.
+  const delta = buffers.delta.subarray(0, best.length);
+  const out = buffers.out.subarray(0, best.length);
   const block = new Float64Array(s * s);
   for (let i = 0; i < m; i++) {
     const rng = rngs[i];
@@ -344,6 +348,15 @@ function proposeL2(
   return out;
 }
 
+/**
+ * Work arrays of one run's proposals, reused query after query: allocating typed arrays of a batch
+ * of images per query cost more than filling them (and fed the garbage collector).
+ */
+interface ProposalBuffers {
+  delta: Float64Array;
+  out: Float32Array;
+}
+
 function rowsOf(values: Float32Array, rowSize: number, indices: ArrayLike<number>): Float32Array {
   const out = new Float32Array(indices.length * rowSize);
   for (let j = 0; j < indices.length; j++) {
@@ -396,6 +409,10 @@ export async function squareAttack(
     const runMargins = margins(classifier, runBest, [active.length, height, width, channels], runLabels);
     for (const i of active) spent[i]++;
 
+    const buffers: ProposalBuffers = {
+      delta: new Float64Array(norm === 'L2' ? runClean.length : 0),
+      out: new Float32Array(runClean.length),
+    };
     let iteration = 0;
     for (; iteration < queries; iteration++) {
       throwIfAborted(options.signal);
@@ -403,8 +420,10 @@ export async function squareAttack(
       for (let j = 0; j < active.length; j++) if (!(runMargins[j] < 0)) open.push(j);
       if (open.length === 0) break;
       const s = windowSide(squareSchedule(iteration, queries, pInit, rescale), g, norm);
-      const openClean = rowsOf(runClean, g.rowSize, open);
-      const openBest = rowsOf(runBest, g.rowSize, open);
+      // While no example of the run has broken (the usual case), its rows are the run's own arrays.
+      const everyOne = open.length === active.length;
+      const openClean = everyOne ? runClean : rowsOf(runClean, g.rowSize, open);
+      const openBest = everyOne ? runBest : rowsOf(runBest, g.rowSize, open);
       const propose = norm === 'L2' ? proposeL2 : proposeLinf;
       const candidate = propose(
         openClean,
@@ -413,6 +432,7 @@ export async function squareAttack(
         s,
         eps,
         open.map((j) => runRngs[j]),
+        buffers,
       );
       const candidateMargins = margins(
         classifier,
