@@ -11,7 +11,7 @@
  * CPU time is the steadier figure.
  *
  *   npm run bench:autoattack -- --peer [--n 100] [--model models/ratio-cifar10] [--data FILE]
- *     [--norm L2] [--eps 0.5] [--workers N] [--no-full-budget] [--no-ours]
+ *     [--norm L2] [--eps 0.5] [--workers N] [--no-full-budget] [--no-ours] [--no-peer]
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -43,6 +43,7 @@ const cores = availableParallelism();
 const workers = Number(option('workers', String(cores)));
 const withFullBudget = !process.argv.includes('--no-full-budget');
 const withOurs = !process.argv.includes('--no-ours');
+const withPeer = !process.argv.includes('--no-peer');
 const peerScript = new URL('../../shared/peer/reference_autoattack.py', import.meta.url).pathname;
 const peerWaitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
 const log = (line: string) => console.error(line);
@@ -117,6 +118,7 @@ interface PeerOutput {
 
 /** The reference on the same points, or why it could not run. */
 async function peer() {
+  if (!withPeer) return { unavailable: 'not asked for (--no-peer)' };
   if (!existsSync(peerScript)) return { unavailable: `${peerScript} not found` };
   log(`peer (reference AutoAttack, PyTorch, ${cores} threads)...`);
   const scratch = mkdtempSync(path.join(tmpdir(), 'ratio-peer-'));
