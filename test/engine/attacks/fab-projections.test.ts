@@ -122,6 +122,19 @@ describe('hyperplaneBoxStep', () => {
         expect(hyperplaneBoxStep(norm, point, w, b, out)).toBe(out);
         expect(out).toEqual(expected);
       }
+      // The hyperplane exactly at the gain of a breakpoint (from the origin, where gain = b): partial
+      // sums in another order disagree in the last bit, the linear-time guess is refuted and the
+      // binary search decides; the step must not change.
+      const origin = new Float32Array(size);
+      for (let trial = 0; trial < 30; trial++) {
+        const w = Float32Array.from({ length: size }, () => 0.05 + rng.next());
+        const scale = (i: number) => (norm === 'L2' ? w[i] : 1);
+        const breakpointOf = (i: number) => 1 / scale(i);
+        const at = breakpointOf(rng.int(size));
+        let b = 0;
+        for (let i = 0; i < size; i++) b += w[i] * scale(i) * Math.min(at, breakpointOf(i));
+        expect(hyperplaneBoxStep(norm, origin, w, b, out)).toEqual(sortedSearchStep(norm, origin, w, b));
+      }
       expect(() => hyperplaneBoxStep(norm, [0, 0], [1, 1], 1, new Float64Array(3))).toThrow(
         `'out' must have the length of 'point' (2), got 3`,
       );
