@@ -167,6 +167,7 @@ export class QueueAuditRunner {
       restarts: options.restarts,
       iterations: options.iterations,
       queries: options.queries,
+      fullBudget: options.fullBudget,
     };
     const audit = options.audit ?? newQueueAuditId();
     const shards = options.shards ?? defaultShardCount(n, this.options.workersHint ?? 8);

@@ -90,15 +90,13 @@ export function planShards(n: number, count: number): ShardRange[] {
 
 /**
  * How many shards an audit of n points gets on `workers` processes: about 4 per worker so a slow
- * shard does not hold the others back, but never below `minimumPoints` points per shard (batching),
- * except that every worker gets one once each would hold 8 points (an idle core costs more than a
- * smaller batch). A multiple of the worker count when there are at least as many shards as workers,
- * so that no worker runs one shard more than the others (3 shards on 2 workers take 2 shard-times).
+ * shard does not hold the others back, but never below `minimumPoints` points per shard (batching);
+ * a multiple of the worker count when there are at least as many shards as workers, so that no
+ * worker runs one shard more than the others (3 shards on 2 workers take 2 shard-times, 2 take 1).
  */
 export function defaultShardCount(n: number, workers: number, minimumPoints = 32): number {
-  const atLeast = Math.floor(n / 8) >= workers ? workers : 1;
-  const count = Math.min(workers * 4, Math.max(Math.floor(n / minimumPoints), atLeast));
-  return count >= workers ? count - (count % workers) : Math.max(1, count);
+  const count = Math.max(1, Math.min(workers * 4, Math.floor(n / minimumPoints)));
+  return count >= workers ? count - (count % workers) : count;
 }
 
 /** Parses `i/N` (0 <= i < N), as `--shard` takes it. */

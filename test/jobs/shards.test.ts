@@ -53,17 +53,17 @@ describe('shard plans', () => {
     expect(auditKey(base)).toBe(auditKey({ ...base, settings: { ...QUICK, fullBudget: false } }));
   });
 
-  it('gives every worker the same number of shards, and every worker one once each gets 8 points', () => {
+  it('gives every worker the same number of shards once there are as many as workers', () => {
     // [n, workers, shards]
     for (const [n, workers, shards] of [
       [100, 2, 2], // not 3: the third shard would run alone after the first two
-      [20, 2, 2],
-      [15, 2, 1], // 7 points a worker: one shard, in process
+      [20, 2, 1], // fewer than 32 points a shard: one, in process
       [1000, 2, 8],
       [1000, 4, 16],
       [100, 3, 3],
       [200, 4, 4],
       [64, 1, 2],
+      [96, 8, 3], // fewer shards than workers (the queue's hint): unchanged
       [0, 2, 1],
     ])
       expect([n, workers, defaultShardCount(n, workers)]).toEqual([n, workers, shards]);
