@@ -417,7 +417,8 @@ describe('load against the real server', () => {
       expect(phase.timeouts).toBe(0);
       expect(Object.keys(phase.statuses).every((s) => s === '200' || s === '429')).toBe(true);
       expect(phase.statuses['200'] ?? 0).toBeGreaterThan(0);
-      expect(phase.tensorsAfter).toBe(start.tensors);
+      // While audits run, the server holds their inputs (an uploaded model): checked once they end.
+      if (!phase.withAudit) expect(phase.tensorsAfter).toBe(start.tensors);
     }
     // 429s must cost almost nothing: more connections never mean fewer answers.
     expect(phases[1].goodputPerSecond).toBeGreaterThanOrEqual(phases[0].goodputPerSecond);
