@@ -472,7 +472,17 @@ export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions):
   try {
     return loadOnnxClassifier(files.get(key)!, {
       card,
-      limits: { maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES },
+      limits: {
+        maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES,
+        // The same budget as a TF.js model's, where the caller set one.
+        ...(options.budget?.maxParameters !== undefined && { maxParameters: options.budget.maxParameters }),
+        ...(options.budget?.maxActivationElements !== undefined && {
+          maxTensorElements: options.budget.maxActivationElements,
+        }),
+        ...(options.budget?.maxFlopsPerImage !== undefined && {
+          maxFlopsPerImage: options.budget.maxFlopsPerImage,
+        }),
+      },
     });
   } catch (error) {
     if (!(error instanceof OnnxImportError)) throw error;
