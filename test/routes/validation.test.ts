@@ -5,6 +5,7 @@ import { functionClassifier } from '../../src/engine/classifier.js';
 import { forwardFlops } from '../../src/engine/model-cost.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
 import { AuditQueue } from '../../src/jobs/audits.js';
+import { cnn, constNode, float, graphFiles } from '../engine/graph-fixtures.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { base64, colourModel, solidPng } from './fixtures.js';
 
@@ -151,6 +152,34 @@ describe('request cost estimates', () => {
     });
     expect(atLimit.status).toBe(202);
     queue.cancel(((await atLimit.json()) as { id: string }).id);
+  });
+});
+
+describe('graph model uploads sized before allocation', () => {
+  it('an upsampling to 40000 x 40000 in an uploaded graph model is 422 naming the node, before tfjs', async () => {
+    const graph = cnn();
+    graph.nodes.push(constNode('resize/size', 'DT_INT32', [2]), {
+      name: 'resize',
+      op: 'ResizeBilinear',
+      input: ['relu', 'resize/size'],
+      attr: float,
+    });
+    graph.weights.push({ name: 'resize/size', shape: [2], dtype: 'int32', values: [40_000, 40_000] });
+    graph.nodes[graph.nodes.findIndex((node) => node.name === 'pool')].input = ['resize'];
+    const uploaded = graphFiles(graph);
+    uploaded.set('card.json', new TextEncoder().encode(JSON.stringify({ classNames: ['a', 'b', 'c'] })));
+    const service = app({ models: new Map() });
+    const before = tf.memory().numTensors;
+    const res = await service.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(uploaded, data, QUICK),
+    });
+    const p = await problem(res, 422);
+    expect(p.errors?.[0].field).toBe(`model.json:modelTopology.node[${graph.nodes.length - 1}]`);
+    expect(p.detail).toMatch(
+      /node 'resize' \(ResizeBilinear\): its output \[1,40000,40000,4\] for one image holds 6400000000 elements/,
+    );
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 
