@@ -50,6 +50,7 @@ async function inspect({ modelPath, json }: InspectArguments): Promise<number> {
       `output:      ${summary.output.name} ${shape(summary.output.shape)}`,
       `ops used:    ${ops.join(', ')}`,
       `parameters:  ${summary.parameterCount}`,
+      `FLOPs:       ${summary.flopsPerImage.toExponential(3)} per image`,
       `opset:       ${summary.opset} (IR ${summary.irVersion})${summary.producer ? `, produced by ${summary.producer}` : ''}`,
       `run steps:   ${summary.runtimeSteps} tfjs ops per call after folding and fusion`,
       ...summary.warnings.map((w) => `warning:     ${w}`),

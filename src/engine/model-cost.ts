@@ -1,10 +1,12 @@
 import { type Classifier, TfjsClassifier } from './classifier.js';
 import { modelBudget } from './model-budget.js';
 import { loadedModelBudget } from './model-files.js';
+import { OnnxClassifier } from './onnx/index.js';
 
 /**
  * FLOPs of one forward pass of one image through a classifier, for request cost estimates: the
- * static budget when the model was loaded from files, else one computed from the built layers model;
+ * static budget when the model was loaded from files (layers or graph model) or its ONNX plan's count,
+ * else one computed from the built layers model;
  * for a graph model or a plain function classifier, twice its parameters (or, without any, twice a
  * linear map from the input to the classes), a lower bound that still scales with the model.
  */
@@ -16,6 +18,7 @@ const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
 function computeFlops(classifier: Classifier): number {
   const loaded = loadedModelBudget(classifier);
   if (loaded) return loaded.flopsPerImage;
+  if (classifier instanceof OnnxClassifier) return classifier.summary.flopsPerImage;
   const linear = 2 * product(classifier.card.inputShape) * classifier.numClasses;
   if (!(classifier instanceof TfjsClassifier)) return linear;
   const model = classifier.model;

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFiles } from '../data/model-dir.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
+import { graphModelBudget } from './graph-budget.js';
 import { type ModelBudget, ModelBudgetError, type ModelBudgetLimits, modelBudget } from './model-budget.js';
 import {
   buildGraphModel,
@@ -43,7 +44,7 @@ export interface LoadModelOptions {
   maxModelJsonBytes?: number;
   /** Card fields that override card.json (e.g. a name chosen by the uploader). */
   card?: Partial<ModelCard>;
-  /** Limits of the static budget of a layers model (parameters, activation, FLOPs per image). */
+  /** Limits of the static budget of a layers or graph model (parameters, activation, FLOPs per image). */
   budget?: Partial<ModelBudgetLimits>;
   /** Time and memory budget of the trial forward pass of one image; `false` skips it. */
   trial?: TrialLimits | false;
@@ -52,7 +53,7 @@ export interface LoadModelOptions {
 /** Budgets of the classifiers this module loaded (layers models), for request cost estimates. */
 const budgets = new WeakMap<object, ModelBudget>();
 
-/** The static budget computed when `classifier` was loaded from files, if it is a layers model. */
+/** The static budget computed when `classifier` was loaded from files (a layers or graph model). */
 export function loadedModelBudget(classifier: object): ModelBudget | undefined {
   return budgets.get(classifier);
 }
@@ -233,6 +234,45 @@ function concatenateShards(files: ModelFiles, keys: string[]): ArrayBuffer {
   return out.buffer;
 }
 
+/** Int32 weights up to this many elements can be read before loading (shape vectors, paddings). */
+const MAX_READ_INT32_ELEMENTS = 64;
+
+/**
+ * Reads small unquantized int32 weights straight from the shards of a checked manifest (the shapes,
+ * paddings and axes a graph model's nodes take as constants), without concatenating anything.
+ */
+function int32WeightReader(
+  manifest: tf.io.WeightsManifestConfig,
+  files: ModelFiles,
+  shardKeys: string[],
+): (name: string) => number[] | undefined {
+  const offsets = new Map<string, { offset: number; count: number }>();
+  let offset = 0;
+  for (const [g, group] of manifest.entries()) {
+    for (const [i, weight] of group.weights.entries()) {
+      const count = weight.shape.reduce((a, b) => a * b, 1);
+      if (weight.dtype === 'int32' && !weight.quantization && count <= MAX_READ_INT32_ELEMENTS)
+        offsets.set(weight.name, { offset, count });
+      offset += declaredBytes(weight, `weightsManifest[${g}].weights[${i}]`);
+    }
+  }
+  const shards = shardKeys.map((key) => files.get(key)!);
+  return (name) => {
+    const at = offsets.get(name);
+    if (!at) return undefined;
+    const bytes = new Uint8Array(at.count * 4);
+    let shardStart = 0;
+    for (const shard of shards) {
+      // Copy the part of [at.offset, at.offset + bytes.length) this shard holds.
+      const from = Math.max(at.offset, shardStart);
+      const to = Math.min(at.offset + bytes.length, shardStart + shard.byteLength);
+      if (from < to) bytes.set(shard.subarray(from - shardStart, to - shardStart), from - at.offset);
+      shardStart += shard.byteLength;
+    }
+    return Array.from(new Int32Array(bytes.buffer));
+  };
+}
+
 /** Weight name -> declared shape, over all groups of a checked manifest. */
 function declaredShapes(manifest: tf.io.WeightsManifestConfig): Map<string, number[]> {
   return new Map(
@@ -313,10 +353,22 @@ export async function loadModelFromFiles(
   }
   const format = detectFormat(modelJson);
   const { manifest, shardKeys } = checkManifest(modelJson.weightsManifest, files, maxWeightBytes);
+  const card = { ...parseCard(files), ...options.card };
   let budget: ModelBudget | undefined;
   try {
-    if (format === 'graph-model') checkGraphTopology(modelJson.modelTopology);
-    else {
+    if (format === 'graph-model') {
+      checkGraphTopology(modelJson.modelTopology);
+      // Every node sized from the graph, the manifest and its shaping constants before tfjs runs it.
+      budget = graphModelBudget(
+        modelJson.modelTopology,
+        {
+          weightShapes: declaredShapes(manifest),
+          intWeight: int32WeightReader(manifest, files, shardKeys),
+          inputShape: card.inputShape,
+        },
+        options.budget,
+      );
+    } else {
       checkLayersTopology(modelJson.modelTopology, declaredShapes(manifest));
       // Every layer sized from its config and the manifest before tfjs allocates anything.
       budget = modelBudget(modelJson.modelTopology, declaredShapes(manifest), options.budget);
@@ -327,7 +379,6 @@ export async function loadModelFromFiles(
     }
     throw error;
   }
-  const card = { ...parseCard(files), ...options.card };
 
   const artifacts = await tf.io.getModelArtifactsForJSON(
     { ...(modelJson as unknown as tf.io.ModelJSON), format, weightsManifest: manifest },
@@ -421,7 +472,17 @@ export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions):
   try {
     return loadOnnxClassifier(files.get(key)!, {
       card,
-      limits: { maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES },
+      limits: {
+        maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES,
+        // The same budget as a TF.js model's, where the caller set one.
+        ...(options.budget?.maxParameters !== undefined && { maxParameters: options.budget.maxParameters }),
+        ...(options.budget?.maxActivationElements !== undefined && {
+          maxTensorElements: options.budget.maxActivationElements,
+        }),
+        ...(options.budget?.maxFlopsPerImage !== undefined && {
+          maxFlopsPerImage: options.budget.maxFlopsPerImage,
+        }),
+      },
     });
   } catch (error) {
     if (!(error instanceof OnnxImportError)) throw error;

@@ -7,7 +7,7 @@ import {
   prepareAudit,
 } from '../jobs/audit.js';
 import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
-import { checkRequestCost } from '../jobs/request-cost.js';
+import { checkAuditCost } from '../jobs/request-cost.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
@@ -190,9 +190,6 @@ export const AuditFormSchema = z
 
 export type AuditForm = z.output<typeof AuditFormSchema>;
 
-/** AutoAttack's attacks in units of one APGD run (targets, FAB, Square's queries), for the cost estimate. */
-const AUDIT_ATTACK_RUNS: Record<'standard' | 'plus' | 'rand', number> = { standard: 20, plus: 40, rand: 40 };
-
 const AuditIdParams = z.object({
   id: z
     .string()
@@ -334,16 +331,18 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     }
     try {
       const { parameters } = prepared;
-      checkRequestCost(
+      // AutoAttack's defaults where the form leaves a parameter out (engine/autoattack.ts).
+      checkAuditCost(
         prepared.classifier,
         {
+          version: parameters.version,
           images: Math.min(parameters.n, prepared.dataset.size),
+          numClasses: prepared.classifier.numClasses,
           iterations: parameters.iterations ?? 100,
-          restarts: parameters.restarts ?? 1,
-          runs: AUDIT_ATTACK_RUNS[parameters.version],
+          restarts: parameters.restarts,
+          queries: parameters.queries ?? 5000,
         },
         context.limits.maxAuditFlops,
-        'n',
       );
     } catch (error) {
       if (prepared.ownsClassifier) prepared.classifier.dispose();

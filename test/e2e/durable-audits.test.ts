@@ -1,8 +1,7 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ArrayDataset } from '../../src/data/dataset.js';
 import { loadDataset } from '../../src/data/load.js';
@@ -12,6 +11,7 @@ import { loadModelFromFiles } from '../../src/engine/model-files.js';
 import { withoutTimings } from '../engine/autoattack-fixtures.js';
 import { DATA_FILE, MODEL_DIR } from '../jobs/shard-fixtures.js';
 import { auditForm } from '../routes/audit-fixtures.js';
+import { type ServiceProcess, startServiceProcess, stopServiceProcess, waitFor } from './service-process.js';
 
 /**
  * kill -9 the real service (`ratio serve`, a child process) mid-audit, start it again on the same
@@ -37,56 +37,14 @@ afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
 
-/** Starts `ratio serve` on a free loopback port; resolves with its URL once it listens. */
-async function startService(): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(
-    process.execPath,
-    [
-      'bin/ratio.js',
-      'serve',
-      '--dev',
-      '--port',
-      '0',
-      '--host',
-      '127.0.0.1',
-      '--models',
-      modelsDir,
-      '--workers',
-      '1',
-    ],
-    {
-      env: { ...process.env, RATIO_STATE_DIR: stateDir, LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  children.push(child);
-  const lines = createInterface({ input: child.stdout! });
-  const url = await new Promise<string>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`the service exited (${code}) before listening`)));
-    lines.on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { msg?: string; url?: string };
-        if (entry.msg === 'listening' && entry.url) resolve(entry.url);
-      } catch {
-        // not a log line
-      }
-    });
+/** `ratio serve` on the test's state and models directories, one audit worker process. */
+async function startService(): Promise<ServiceProcess> {
+  const service = await startServiceProcess({
+    args: ['--models', modelsDir, '--workers', '1'],
+    env: { RATIO_STATE_DIR: stateDir },
   });
-  return { child, url };
-}
-
-async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 150_000,
-): Promise<T> {
-  const started = Date.now();
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+  children.push(service.child);
+  return service;
 }
 
 const fields = {
@@ -118,8 +76,7 @@ describe('durable audits', { timeout: 400_000 }, () => {
     const job = (await (await fetch(`${first.url}/v1/audits/${id}`)).json()) as { state: string };
     expect(job.state).toBe('running');
     const shardBytes = await readFile(path.join(shardsDir, firstShard));
-    first.child.kill('SIGKILL');
-    await new Promise((resolve) => first.child.once('exit', resolve));
+    await stopServiceProcess(first, 'SIGKILL');
 
     const second = await startService();
     const listed = await fetch(`${second.url}/v1/audits/${id}`);
@@ -148,7 +105,6 @@ describe('durable audits', { timeout: 400_000 }, () => {
     x.dispose();
     classifier.dispose();
     expect(withoutTimings(done.result!)).toEqual(withoutTimings(uninterrupted));
-    second.child.kill('SIGTERM');
-    await new Promise((resolve) => second.child.once('exit', resolve));
+    await stopServiceProcess(second);
   });
 });

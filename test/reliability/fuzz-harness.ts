@@ -406,6 +406,8 @@ function auditCase(f: FuzzFixtures): fc.Arbitrary<FuzzCase> {
           seed: mostly(fc.constantFrom('0', '7'), numberText),
           iterations: mostly(fc.constantFrom('1', '2'), numberText),
           restarts: mostly(fc.constantFrom('1'), numberText),
+          // Square's queries count in the audit cost: few, so valid audits fit the fuzz app's budget.
+          queries: mostly(fc.constantFrom('10', '50'), numberText),
           version: mostly(fc.constantFrom('standard'), fc.string({ maxLength: 5 })),
         },
         { requiredKeys: ['norm', 'eps', 'n', 'iterations'] },

@@ -1,6 +1,7 @@
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
+import { execFileSync } from 'node:child_process';
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +10,15 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { autoAttack } from '../../src/engine/autoattack.js';
 import { backendInfo } from '../../src/engine/backend.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import {
+  parseLogLine,
+  rssMb,
+  type ServiceProcess,
+  startServiceProcess,
+  stopServiceProcess,
+  waitFor,
+} from '../e2e/service-process.js';
+import { withoutTimings } from '../engine/autoattack-fixtures.js';
 import {
   type FuzzFixtures,
   type FuzzStats,
@@ -21,8 +31,10 @@ import {
 /**
  * `npm run test:reliability`: the full fuzz (>= 10,000 cases over every route), 100 invalid model
  * uploads, a load test against the real server (`ratio serve` in a child process: predict at
- * concurrency 8 and 32, an audit during the load compared with the single-process result), and the
- * report in docs/reliability.md. Timings come from a shared 2-core machine: read them as such.
+ * concurrency 8 and 32, memory read after a forced GC in every thread, audits during the load
+ * compared with the single-process result), a chaos test (kill -9 of the server mid-audit, twice,
+ * on its durable state directory), and the report in docs/reliability.md. Timings come from a
+ * shared 2-core machine: read them as such.
  */
 
 const FUZZ_CASES = Number(process.env.RATIO_FUZZ_CASES ?? 10_000);
@@ -30,6 +42,8 @@ const FUZZ_SEED = Number(process.env.RATIO_FUZZ_SEED ?? 2026);
 const LOAD_SECONDS = Number(process.env.RATIO_LOAD_SECONDS ?? 60);
 const MODEL = 'ratio-cifar10';
 const MB = 1024 * 1024;
+const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+const CIFAR_RECORD = 3073;
 
 interface Report {
   fuzz?: {
@@ -46,19 +60,41 @@ interface Report {
     after: ReturnType<typeof memorySnapshot>;
   };
   load?: Array<LoadPhase>;
-  server?: { rssStartMb: number; rssEndMb: number; tensorsStart: number; tensorsEnd: number; ready: number };
-  audit?: {
+  server?: {
+    rssStartMb: number;
+    rssEndMb: number;
+    tensorsStart: number;
+    tensorsEnd: number;
+    /** Threads holding a tfjs engine (main and compute workers), whose tensors are summed. */
+    threads: number;
+    ready: number;
+  };
+  audits?: Array<{
+    label: string;
     id: string;
     state: string;
     sameAsSingleProcess: boolean;
     robustAccuracy: number;
-    jobsLost: number;
-  };
+  }>;
+  chaos?: ChaosReport;
+}
+
+interface ChaosReport {
+  kills: Array<{ shardsOnDisk: number; statesAtKill: string[]; listedAfterRestart: number[] }>;
+  audits: Array<{
+    id: string;
+    n: number;
+    state: string;
+    sameAsUninterrupted: boolean;
+    robustAccuracy: number;
+  }>;
+  /** Finished shard files whose bytes changed after a restart (a shard run again). */
+  shardsRerun: number;
 }
 
 interface LoadPhase {
   connections: number;
-  /** An audit was submitted 2 s into the phase (it runs on the server's own thread). */
+  /** Audits were submitted 2 s into the phase (they run in the server's audit worker processes). */
   withAudit: boolean;
   seconds: number;
   requests: number;
@@ -68,7 +104,9 @@ interface LoadPhase {
   p50Ms: number;
   p99Ms: number;
   goodputPerSecond: number;
+  /** After the phase and a forced GC in every thread. */
   rssAfterMb: number;
+  /** Live tensors summed over the server's threads, after the phase and a forced GC. */
   tensorsAfter: number;
 }
 
@@ -157,65 +195,114 @@ describe('fuzz over every route', () => {
 
 // ------------------------------------------------------------------ the real server
 
-interface Server {
-  child: ChildProcess;
-  url: string;
+/** Per-thread tfjs tensors and heap after a forced GC in every thread of the server (gc-probe.cjs). */
+interface GcProbe {
+  /** Live tensors summed over the threads that loaded tfjs (main and compute workers). */
+  tensors: number;
+  threads: Array<{ thread: number; tensors: number | null; heapUsed: number }>;
+  rssMb: number;
 }
 
-async function startServerProcess(): Promise<Server> {
-  const child = spawn(process.execPath, ['bin/ratio.js', 'serve', '--dev', '--port', '0'], {
-    env: {
-      ...process.env,
-      LOG_LEVEL: 'info',
-      RATIO_RATE_LIMIT_PER_MINUTE: '0',
-      RATIO_MODELS_DIR: './models',
-      HOST: '127.0.0.1',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+const GC_PROBE = path.resolve('test/reliability/gc-probe.cjs');
+
+/** `ratio serve` under the GC probe: `node --expose-gc --require gc-probe.cjs`. */
+function startProbedService(stateDir: string, args: string[] = ['--models', './models']) {
+  return startServiceProcess({
+    nodeArgs: ['--expose-gc', '--require', GC_PROBE],
+    args,
+    env: { RATIO_RATE_LIMIT_PER_MINUTE: '0', RATIO_STATE_DIR: stateDir },
   });
-  const lines = createInterface({ input: child.stdout! });
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the server did not start in 120 s')), 120_000);
-    lines.on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { msg?: string; url?: string };
-        if (entry.msg === 'listening' && entry.url) {
-          clearTimeout(timer);
-          resolve(entry.url);
-        }
-      } catch {
-        // not a log line
-      }
+}
+
+/** Forces GC in every thread of the server and reads what is left. */
+async function gcProbe(service: ServiceProcess): Promise<GcProbe> {
+  const line = new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('no gc-probe line in 10 s')), 10_000);
+    const onLine = (text: string) => {
+      const entry = parseLogLine(text);
+      if (entry?.msg !== 'gc-probe') return;
+      clearTimeout(timer);
+      service.lines.off('line', onLine);
+      resolve(entry);
+    };
+    service.lines.on('line', onLine);
+  });
+  service.child.kill('SIGUSR2');
+  const threads = (await line).threads as GcProbe['threads'];
+  return {
+    tensors: threads.reduce((sum, t) => sum + (t.tensors ?? 0), 0),
+    threads,
+    rssMb: await rssMb(service.child.pid!),
+  };
+}
+
+interface AuditResult {
+  robust_accuracy: number;
+  clean_accuracy: number;
+  seconds: number;
+  per_attack: Array<{ seconds: number }>;
+  samples: Array<{ seconds: number }>;
+}
+
+interface AuditBody {
+  state: string;
+  result: AuditResult | null;
+}
+
+async function auditState(url: string, id: string): Promise<{ status: number; body: AuditBody }> {
+  const res = await fetch(`${url}/v1/audits/${id}`);
+  return { status: res.status, body: (await res.json()) as AuditBody };
+}
+
+const isFinished = (state: string) => ['succeeded', 'failed', 'cancelled'].includes(state);
+
+/** The same audit uninterrupted in this process: AutoAttack on the first `n` points of `cifar`. */
+async function singleProcessAudit(
+  cifar: Uint8Array,
+  n: number,
+  options: { eps: number; seed: number; iterations: number; queries: number },
+): Promise<AuditResult> {
+  const classifier = await loadModelFromFiles(await readModelDir(`models/${MODEL}`), {
+    card: { name: MODEL },
+  });
+  const data = (await datasetFromBytes(cifar, { filename: 'test_batch.bin' })).take(n);
+  const x = data.tensor();
+  try {
+    const report = await autoAttack(classifier, x, data.labels, {
+      norm: 'L2',
+      version: 'standard',
+      ...options,
     });
-    child.once('exit', (code) => reject(new Error(`the server exited with ${code}`)));
-  });
-  return { child, url };
+    report.adversarial?.dispose();
+    return report as unknown as AuditResult;
+  } finally {
+    x.dispose();
+    classifier.dispose();
+  }
 }
 
-async function rssMb(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
-}
+/** Equal reports once wall-clock timings (per run, attack and point) are left out. */
+const sameReport = (a: AuditResult | null | undefined, b: AuditResult) =>
+  a !== null && a !== undefined && JSON.stringify(withoutTimings(a)) === JSON.stringify(withoutTimings(b));
 
-async function tensors(url: string): Promise<number> {
-  const text = await (await fetch(`${url}/metrics`)).text();
-  return Number(/^tfjs_tensors (\d+)/m.exec(text)?.[1] ?? Number.NaN);
-}
+const AUDITS_UNDER_LOAD = [
+  { label: 'served ratio-cifar10', upload: false, n: 8, eps: 0.5, seed: 3, iterations: 5, queries: 100 },
+  { label: 'uploaded model files', upload: true, n: 8, eps: 0.5, seed: 4, iterations: 5, queries: 100 },
+];
 
 describe('load against the real server', () => {
-  let server: Server | undefined;
+  let service: ServiceProcess | undefined;
+  let stateDir = '';
 
   afterAll(async () => {
-    if (server?.child.exitCode === null) {
-      server.child.kill('SIGTERM');
-      await new Promise((resolve) => server?.child.once('exit', resolve));
-    }
+    if (service) await stopServiceProcess(service);
+    if (stateDir) await rm(stateDir, { recursive: true, force: true });
   });
 
-  it(`predict at concurrency 8 then 32 (${LOAD_SECONDS} s): no errors but documented 429s, RSS and tensors flat; an audit during the load equals the single-process result`, async () => {
-    server = await startServerProcess();
-    const { url, child } = server;
-    const pid = child.pid!;
+  it(`predict at concurrency 8 then 32 (${LOAD_SECONDS} s): no errors but documented 429s, goodput at 32 >= at 8, RSS and tensors flat after forced GC; audits during the load equal the single-process result`, async () => {
+    stateDir = await mkdtemp(path.join(tmpdir(), 'ratio-load-'));
+    service = await startProbedService(stateDir);
+    const { url } = service;
     const image = Buffer.from(fixtures.png).toString('base64');
     const body = JSON.stringify({ images: [image] });
     // Warm-up, then the baseline for flatness.
@@ -228,21 +315,25 @@ describe('load against the real server', () => {
       expect(res.status).toBe(200);
       await res.arrayBuffer();
     }
-    const rssStart = await rssMb(pid);
-    const tensorsStart = await tensors(url);
+    const start = await gcProbe(service);
 
-    const phases: LoadPhase[] = [];
-    const auditForm = () => {
+    const modelFiles = fixtures.modelFiles.get(MODEL)!;
+    const auditForm = (audit: (typeof AUDITS_UNDER_LOAD)[number]) => {
       const form = new FormData();
-      form.append('model', MODEL);
+      if (audit.upload) {
+        for (const [name, bytes] of modelFiles)
+          form.append('model_files', new Blob([new Uint8Array(bytes)]), name);
+      } else form.append('model', MODEL);
       form.append('dataset', new Blob([new Uint8Array(fixtures.cifar)]), 'test_batch.bin');
-      for (const [k, v] of Object.entries({ norm: 'L2', eps: '0.5', n: '8', iterations: '5', seed: '3' }))
-        form.append(k, v);
+      const { n, eps, seed, iterations, queries } = audit;
+      for (const [k, v] of Object.entries({ norm: 'L2', eps, n, iterations, seed, queries }))
+        form.append(k, String(v));
       return form;
     };
-    let auditId = '';
-    for (const [connections, seconds, withAudit] of [
-      [8, Math.max(5, Math.round(LOAD_SECONDS / 4)), false],
+    const auditIds: string[] = [];
+    const phases: LoadPhase[] = [];
+    for (const [connections, seconds, withAudits] of [
+      [8, Math.max(5, Math.round(LOAD_SECONDS / 2)), false],
       [32, LOAD_SECONDS, false],
       [32, Math.max(5, Math.round(LOAD_SECONDS / 2)), true],
     ] as const) {
@@ -254,20 +345,25 @@ describe('load against the real server', () => {
         connections,
         duration: seconds,
       });
-      if (withAudit) {
+      if (withAudits) {
         await new Promise((resolve) => setTimeout(resolve, 2000));
-        const res = await fetch(`${url}/v1/audits`, { method: 'POST', body: auditForm() });
-        expect(res.status).toBe(202);
-        auditId = ((await res.json()) as { id: string }).id;
+        for (const audit of AUDITS_UNDER_LOAD) {
+          const res = await fetch(`${url}/v1/audits`, { method: 'POST', body: auditForm(audit) });
+          expect(res.status).toBe(202);
+          auditIds.push(((await res.json()) as { id: string }).id);
+        }
       }
       const result = await run;
       const statuses: Record<string, number> = {};
       for (const [code, stat] of Object.entries(result.statusCodeStats ?? {}))
         statuses[code] = (stat as { count: number }).count;
       const ok = statuses['200'] ?? 0;
+      // Let in-flight work drain, then collect garbage everywhere before reading memory.
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const after = await gcProbe(service);
       phases.push({
         connections,
-        withAudit,
+        withAudit: withAudits,
         seconds,
         requests: result.requests.total,
         statuses,
@@ -276,60 +372,43 @@ describe('load against the real server', () => {
         p50Ms: result.latency.p50,
         p99Ms: result.latency.p99,
         goodputPerSecond: ok / seconds,
-        rssAfterMb: await rssMb(pid),
-        tensorsAfter: await tensors(url),
+        rssAfterMb: after.rssMb,
+        tensorsAfter: after.tensors,
       });
     }
     report.load = phases;
 
-    // The audit submitted during the load, against the same audit in this process.
-    let job:
-      | {
-          state: string;
-          result: { robust_accuracy: number; clean_accuracy: number; samples: unknown[] } | null;
-        }
-      | undefined;
-    for (let i = 0; i < 600; i++) {
-      job = (await (await fetch(`${url}/v1/audits/${auditId}`)).json()) as typeof job;
-      if (job && ['succeeded', 'failed', 'cancelled'].includes(job.state)) break;
-      await new Promise((resolve) => setTimeout(resolve, 500));
+    // The audits submitted during the load, against the same audits in this process.
+    report.audits = [];
+    for (const [i, audit] of AUDITS_UNDER_LOAD.entries()) {
+      const job = await waitFor(
+        `audit ${auditIds[i]}`,
+        async () => {
+          const { body: state } = await auditState(url, auditIds[i]);
+          return isFinished(state.state) ? state : undefined;
+        },
+        300_000,
+      );
+      const single = await singleProcessAudit(fixtures.cifar, audit.n, audit);
+      report.audits.push({
+        label: audit.label,
+        id: auditIds[i],
+        state: job.state,
+        sameAsSingleProcess: sameReport(job.result, single),
+        robustAccuracy: job.result?.robust_accuracy ?? Number.NaN,
+      });
     }
-    const classifier = await loadModelFromFiles(await readModelDir(`models/${MODEL}`), {
-      card: { name: MODEL },
-    });
-    const data = (await datasetFromBytes(fixtures.cifar, { filename: 'test_batch.bin' })).take(8);
-    const x = data.tensor();
-    const single = await autoAttack(classifier, x, data.labels, {
-      norm: 'L2',
-      eps: 0.5,
-      version: 'standard',
-      seed: 3,
-      iterations: 5,
-    });
-    single.adversarial?.dispose();
-    x.dispose();
-    classifier.dispose();
-    const same =
-      job?.state === 'succeeded' &&
-      job.result?.robust_accuracy === single.robust_accuracy &&
-      job.result?.clean_accuracy === single.clean_accuracy &&
-      JSON.stringify(job.result?.samples) === JSON.stringify(single.samples);
-    report.audit = {
-      id: auditId,
-      state: job?.state ?? 'unknown',
-      sameAsSingleProcess: same,
-      robustAccuracy: job?.result?.robust_accuracy ?? Number.NaN,
-      jobsLost: job?.state === 'succeeded' ? 0 : 1,
-    };
 
-    // Let the event loop settle, then the end state.
+    // Let the event loop settle, then the end state after forced GC.
     await new Promise((resolve) => setTimeout(resolve, 2000));
+    const end = await gcProbe(service);
     const ready = (await fetch(`${url}/health/ready`)).status;
     report.server = {
-      rssStartMb: rssStart,
-      rssEndMb: await rssMb(pid),
-      tensorsStart,
-      tensorsEnd: await tensors(url),
+      rssStartMb: start.rssMb,
+      rssEndMb: end.rssMb,
+      tensorsStart: start.tensors,
+      tensorsEnd: end.tensors,
+      threads: end.threads.filter((t) => t.tensors !== null).length,
       ready,
     };
 
@@ -338,12 +417,134 @@ describe('load against the real server', () => {
       expect(phase.timeouts).toBe(0);
       expect(Object.keys(phase.statuses).every((s) => s === '200' || s === '429')).toBe(true);
       expect(phase.statuses['200'] ?? 0).toBeGreaterThan(0);
+      // While audits run, the server holds their inputs (an uploaded model): checked once they end.
+      if (!phase.withAudit) expect(phase.tensorsAfter).toBe(start.tensors);
     }
-    expect(job?.state).toBe('succeeded');
-    expect(same).toBe(true);
+    // 429s must cost almost nothing: more connections never mean fewer answers.
+    expect(phases[1].goodputPerSecond).toBeGreaterThanOrEqual(phases[0].goodputPerSecond);
+    for (const audit of report.audits) {
+      expect(audit.state).toBe('succeeded');
+      expect(audit.sameAsSingleProcess).toBe(true);
+    }
     expect(ready).toBe(200);
-    expect(report.server.tensorsEnd).toBe(tensorsStart);
-    expect(report.server.rssEndMb - rssStart).toBeLessThan(300);
+    expect(end.tensors).toBe(start.tensors);
+    expect(end.rssMb - start.rssMb).toBeLessThan(300);
+  });
+});
+
+// ------------------------------------------------------------------ kill -9 mid-audit
+
+const CHAOS_AUDITS = [
+  { n: 128, seed: 1 },
+  { n: 64, seed: 2 },
+];
+/** Quick attacks (1 APGD/FAB iteration, 60 Square queries) that still break points at eps 1. */
+const CHAOS_ATTACK = { eps: 1, iterations: 1, queries: 60 };
+
+describe('kill -9 of the API mid-audit', () => {
+  let workDir = '';
+  let service: ServiceProcess | undefined;
+
+  afterAll(async () => {
+    if (service) await stopServiceProcess(service, 'SIGKILL');
+    if (workDir) await rm(workDir, { recursive: true, force: true });
+  });
+
+  it('two kills while two audits run or wait: both still listed, resumed from finished shards, equal to uninterrupted runs', async () => {
+    workDir = await mkdtemp(path.join(tmpdir(), 'ratio-chaos-'));
+    const stateDir = path.join(workDir, 'state');
+    const modelsDir = path.join(workDir, 'models');
+    await cp(`models/${MODEL}`, path.join(modelsDir, MODEL), { recursive: true });
+    const cifar = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')));
+    const args = ['--models', modelsDir, '--workers', '1'];
+    service = await startProbedService(stateDir, args);
+
+    const ids: string[] = [];
+    for (const audit of CHAOS_AUDITS) {
+      const form = new FormData();
+      form.append('model', MODEL);
+      form.append('dataset', new Blob([cifar.slice(0, audit.n * CIFAR_RECORD)]), 'test_batch.bin');
+      for (const [k, v] of Object.entries({ norm: 'L2', n: audit.n, seed: audit.seed, ...CHAOS_ATTACK }))
+        form.append(k, String(v));
+      const res = await fetch(`${service.url}/v1/audits`, { method: 'POST', body: form });
+      expect(res.status).toBe(202);
+      ids.push(((await res.json()) as { id: string }).id);
+    }
+    const shardFiles = async (id: string) =>
+      (await readdir(path.join(stateDir, 'audits', id, 'shards')).catch(() => [] as string[]))
+        .filter((f) => f.endsWith('.json'))
+        .sort();
+    const finishedShards = async () => (await Promise.all(ids.map(shardFiles))).flat().length;
+    // Finished shard files as they were at each kill: a resumed audit must not run them again.
+    const kept = new Map<string, Buffer>();
+    const kills: ChaosReport['kills'] = [];
+    // 128 + 64 points on one worker: 4 + 2 shards of 32, one after the other. Kill after the 1st
+    // (the first audit running, the second queued) and the 5th (the second running from a shard).
+    for (const shardsBeforeKill of [1, 5]) {
+      const current = service;
+      await waitFor(`${shardsBeforeKill} finished shards`, async () =>
+        (await finishedShards()) >= shardsBeforeKill ? true : undefined,
+      );
+      const states: string[] = [];
+      for (const id of ids) states.push((await auditState(current.url, id)).body.state);
+      for (const id of ids)
+        for (const file of await shardFiles(id)) {
+          const key = path.join(id, file);
+          if (!kept.has(key))
+            kept.set(key, await readFile(path.join(stateDir, 'audits', id, 'shards', file)));
+        }
+      await stopServiceProcess(current, 'SIGKILL');
+      service = await startProbedService(stateDir, args);
+      const listed: number[] = [];
+      for (const id of ids) listed.push((await auditState(service.url, id)).status);
+      kills.push({ shardsOnDisk: kept.size, statesAtKill: states, listedAfterRestart: listed });
+    }
+    const final = service;
+    const ends: AuditBody[] = [];
+    for (const id of ids)
+      ends.push(
+        await waitFor(
+          `audit ${id}`,
+          async () => {
+            const { body } = await auditState(final.url, id);
+            return isFinished(body.state) ? body : undefined;
+          },
+          300_000,
+        ),
+      );
+    let rerun = 0;
+    for (const [key, bytes] of kept)
+      if (
+        Buffer.compare(
+          await readFile(path.join(stateDir, 'audits', path.dirname(key), 'shards', path.basename(key))),
+          bytes,
+        ) !== 0
+      )
+        rerun++;
+    const audits: ChaosReport['audits'] = [];
+    for (const [i, audit] of CHAOS_AUDITS.entries()) {
+      const single = await singleProcessAudit(cifar.slice(0, audit.n * CIFAR_RECORD), audit.n, {
+        ...CHAOS_ATTACK,
+        seed: audit.seed,
+      });
+      audits.push({
+        id: ids[i],
+        n: audit.n,
+        state: ends[i].state,
+        sameAsUninterrupted: sameReport(ends[i].result, single),
+        robustAccuracy: ends[i].result?.robust_accuracy ?? Number.NaN,
+      });
+    }
+    report.chaos = { kills, audits, shardsRerun: rerun };
+
+    expect(kills).toHaveLength(2);
+    for (const kill of kills) expect(kill.listedAfterRestart).toEqual([200, 200]);
+    expect(kills[0].statesAtKill).toEqual(['running', 'queued']);
+    expect(rerun).toBe(0);
+    for (const audit of audits) {
+      expect(audit.state).toBe('succeeded');
+      expect(audit.sameAsUninterrupted).toBe(true);
+    }
   });
 });
 
@@ -407,33 +608,79 @@ function renderReport(r: Report): string {
     );
   }
   if (r.load) {
+    const held = r.load.reduce((sum, p) => sum + (p.statuses['200'] ?? 0) + (p.statuses['429'] ?? 0), 0);
+    const total = r.load.reduce((sum, p) => sum + p.requests, 0);
     lines.push(
       '## Load against the real server (`ratio serve --dev`, child process, loopback)',
       '',
-      "POST /v1/models/ratio-cifar10/predict, one 32x32 PNG as JSON, autocannon in the test process. 429 is the documented answer of a full compute queue (1 running, 16 waiting). On this branch an audit runs on the server's request thread (the sharded-audits and worker-thread work move it off), so the phase with an audit shows what that costs.",
+      'POST /v1/models/ratio-cifar10/predict, one 32x32 PNG as JSON, autocannon in the test process; the server runs predicts on its inference worker thread (batched) and audits in its audit worker processes. 429 is the documented answer of a full queue. After each phase the server collects garbage in every thread (`node --expose-gc --require test/reliability/gc-probe.cjs`, on SIGUSR2) before RSS and live tensors (summed over the main thread and the compute workers) are read, so a leak is told from garbage.',
       '',
-      '| connections | audit running | seconds | requests | 200 | 429 | errors | p50 ms | p99 ms | goodput (200/s) | RSS after | tensors after |',
+      '| connections | audits submitted | seconds | requests | 200 | 429 | errors | p50 ms | p99 ms | goodput (200/s) | RSS after GC | tensors after GC |',
       '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
       ...r.load.map(
         (p) =>
           `| ${p.connections} | ${p.withAudit ? 'yes' : 'no'} | ${p.seconds} | ${p.requests} | ${p.statuses['200'] ?? 0} | ${p.statuses['429'] ?? 0} | ${p.errors + p.timeouts} | ${p.p50Ms} | ${p.p99Ms} | ${p.goodputPerSecond.toFixed(1)} | ${p.rssAfterMb.toFixed(0)} MB | ${p.tensorsAfter} |`,
       ),
       '',
+      `Requests held: ${held} of ${total} answered 200 or the documented 429; errors and timeouts: ${total - held}. Goodput at 32 connections ${r.load[1]?.goodputPerSecond.toFixed(1)}/s against ${r.load[0]?.goodputPerSecond.toFixed(1)}/s at 8, in the same run.`,
+      '',
     );
   }
   if (r.server) {
     lines.push(
-      `Server RSS ${r.server.rssStartMb.toFixed(0)} MB after warm-up -> ${r.server.rssEndMb.toFixed(0)} MB at the end; live tensors ${r.server.tensorsStart} -> ${r.server.tensorsEnd}; /health/ready ${r.server.ready}.`,
+      `Server after forced GC: RSS ${r.server.rssStartMb.toFixed(0)} MB after warm-up -> ${r.server.rssEndMb.toFixed(0)} MB at the end; live tensors (${r.server.threads} threads with tfjs) ${r.server.tensorsStart} -> ${r.server.tensorsEnd}; /health/ready ${r.server.ready}.`,
       '',
     );
   }
-  if (r.audit) {
+  if (r.audits) {
     lines.push(
-      '## Audit during the load',
+      '## Audits during the load',
       '',
-      `ratio-cifar10, 8 CIFAR-10 test images, L2 eps 0.5, standard, 5 iterations, seed 3, submitted 2 s into the last 32-connection phase: ${r.audit.state}, robust accuracy ${r.audit.robustAccuracy}, identical to the single-process run (samples included): ${r.audit.sameAsSingleProcess ? 'yes' : 'NO'}. Jobs lost: ${r.audit.jobsLost}.`,
+      'Submitted 2 s into the last 32-connection phase: ratio-cifar10 on 8 CIFAR-10 test images, L2 eps 0.5, standard, 5 iterations, 100 Square queries; compared with the same audit run uninterrupted in the test process (every field but wall-clock timings, samples included).',
       '',
-      'Not covered here: kill -9 of the API mid-audit (needs the durable audit store of the sharded-audits work).',
+      '| audit | state | robust accuracy | identical to the single-process run |',
+      '| --- | --- | ---: | --- |',
+      ...r.audits.map(
+        (a) =>
+          `| ${a.label} (seed ${AUDITS_UNDER_LOAD.find((x) => x.label === a.label)?.seed}) | ${a.state} | ${a.robustAccuracy} | ${a.sameAsSingleProcess ? 'yes' : 'NO'} |`,
+      ),
+      '',
+    );
+  }
+  if (r.chaos) {
+    const c = r.chaos;
+    lines.push(
+      '## Chaos: kill -9 of the API mid-audit',
+      '',
+      '`ratio serve --workers 1` on a durable state directory (RATIO_STATE_DIR). Two audits of ratio-cifar10 (L2 eps 1, standard, 1 iteration, 60 Square queries; 128 and 64 CIFAR-10 test points, 4 + 2 shards of 32 run one after the other). The server is killed with SIGKILL after the 1st finished shard and again after the 5th, and restarted on the same directory each time.',
+      '',
+      '| fault | finished shards on disk | audit states at the kill | GET /v1/audits/{id} after restart |',
+      '| --- | ---: | --- | --- |',
+      ...c.kills.map(
+        (k, i) =>
+          `| kill -9 #${i + 1} | ${k.shardsOnDisk} | ${k.statesAtKill.join(', ')} | ${k.listedAfterRestart.join(', ')} |`,
+      ),
+      '',
+      '| audit | points | state | robust accuracy | identical to an uninterrupted single-process run |',
+      '| --- | ---: | --- | ---: | --- |',
+      ...c.audits.map(
+        (a) =>
+          `| ${a.id.slice(0, 8)} | ${a.n} | ${a.state} | ${a.robustAccuracy} | ${a.sameAsUninterrupted ? 'yes' : 'NO'} |`,
+      ),
+      '',
+      `Finished shards run again after a restart: ${c.shardsRerun}.`,
+      '',
+    );
+  }
+  const lost = [
+    ...(r.audits ?? []).map((a) => a.state === 'succeeded' && a.sameAsSingleProcess),
+    ...(r.chaos?.audits ?? []).map((a) => a.state === 'succeeded' && a.sameAsUninterrupted),
+  ].filter((ok) => !ok).length;
+  if (r.audits || r.chaos) {
+    lines.push(
+      '## Jobs lost',
+      '',
+      `${lost} of ${(r.audits?.length ?? 0) + (r.chaos?.audits.length ?? 0)} audits (under load and across kill -9) did not end succeeded with the single-process result.`,
       '',
     );
   }

@@ -2,7 +2,10 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { functionClassifier } from '../../src/engine/classifier.js';
+import { forwardFlops } from '../../src/engine/model-cost.js';
+import { loadModelFromFiles } from '../../src/engine/model-files.js';
 import { AuditQueue } from '../../src/jobs/audits.js';
+import { cnn, constNode, float, graphFiles } from '../engine/graph-fixtures.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { base64, colourModel, solidPng } from './fixtures.js';
 
@@ -113,12 +116,70 @@ describe('request cost estimates', () => {
     expect(cheap.status).toBe(200);
   });
 
-  it('refuses an audit whose n x iterations x attacks is over maxAuditFlops', async () => {
+  it('refuses an audit whose white-box attacks are over maxAuditFlops, naming n', async () => {
     const service = app({ models: new Map(), limits: { maxAuditFlops: 1e6 } });
-    const res = await service.request('/v1/audits', { method: 'POST', body: auditForm(files, data, QUICK) });
+    const res = await service.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(files, data, { ...QUICK, iterations: '100', queries: '10' }),
+    });
     const p = await problem(res, 422);
     expect(p.errors?.[0].field).toBe('n');
     expect(p.detail).toMatch(/over the limit of 1\.00e\+6; lower 'n'/);
+  });
+
+  it("counts Square's queries: images x (white-box passes + queries) x model FLOPs, refused at submission over the limit", async () => {
+    const classifier = await loadModelFromFiles(files);
+    const forward = forwardFlops(classifier);
+    classifier.dispose();
+    // tiny: 10 classes, so standard at 2 iterations = 2 x (1 + 2 x 9) gradient steps x 3 = 114 passes.
+    const limit = 4 * (114 + 1000) * forward;
+    const never = () => new Promise<never>(() => {});
+    const queue = new AuditQueue({ maxRunning: 1, maxQueued: 1, run: never });
+    const service = app({ models: new Map(), audits: queue, limits: { maxAuditFlops: limit } });
+    const over = await service.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(files, data, { ...QUICK, queries: '1001' }),
+    });
+    const p = await problem(over, 422);
+    expect(p.title).toBe('Request over the cost limit');
+    expect(p.errors?.[0].field).toBe('queries');
+    expect(p.detail).toContain(
+      `(4 images x (114 forward passes of the white-box attacks at 2 iterations + 1001 Square queries) x ${forward.toExponential(2)} FLOPs a forward pass), over the limit of ${limit.toExponential(2)}; lower 'queries'`,
+    );
+    const atLimit = await service.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(files, data, { ...QUICK, queries: '1000' }),
+    });
+    expect(atLimit.status).toBe(202);
+    queue.cancel(((await atLimit.json()) as { id: string }).id);
+  });
+});
+
+describe('graph model uploads sized before allocation', () => {
+  it('an upsampling to 40000 x 40000 in an uploaded graph model is 422 naming the node, before tfjs', async () => {
+    const graph = cnn();
+    graph.nodes.push(constNode('resize/size', 'DT_INT32', [2]), {
+      name: 'resize',
+      op: 'ResizeBilinear',
+      input: ['relu', 'resize/size'],
+      attr: float,
+    });
+    graph.weights.push({ name: 'resize/size', shape: [2], dtype: 'int32', values: [40_000, 40_000] });
+    graph.nodes[graph.nodes.findIndex((node) => node.name === 'pool')].input = ['resize'];
+    const uploaded = graphFiles(graph);
+    uploaded.set('card.json', new TextEncoder().encode(JSON.stringify({ classNames: ['a', 'b', 'c'] })));
+    const service = app({ models: new Map() });
+    const before = tf.memory().numTensors;
+    const res = await service.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(uploaded, data, QUICK),
+    });
+    const p = await problem(res, 422);
+    expect(p.errors?.[0].field).toBe(`model.json:modelTopology.node[${graph.nodes.length - 1}]`);
+    expect(p.detail).toMatch(
+      /node 'resize' \(ResizeBilinear\): its output \[1,40000,40000,4\] for one image holds 6400000000 elements/,
+    );
+    expect(tf.memory().numTensors).toBe(before);
   });
 });
 

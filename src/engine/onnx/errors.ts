@@ -55,10 +55,12 @@ export class OnnxUnsupportedError extends OnnxImportError {
 export class OnnxLimitError extends OnnxImportError {
   override readonly name = 'OnnxLimitError';
   constructor(
-    readonly limit: 'bytes' | 'parameters' | 'tensorElements' | 'nodes',
+    readonly limit: 'bytes' | 'parameters' | 'tensorElements' | 'nodes' | 'flops',
     readonly value: number,
     readonly maximum: number,
     what: string,
+    /** The node where the limit was crossed, when one is to blame. */
+    readonly node?: string,
   ) {
     super(`${what}: ${value} ${limit}, over the limit of ${maximum}`);
   }

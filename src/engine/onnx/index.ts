@@ -40,6 +40,8 @@ export interface OnnxSummary {
   /** ONNX op type -> node count. */
   opsUsed: Record<string, number>;
   parameterCount: number;
+  /** FLOPs of one image's forward pass (a multiply-add counts 2). */
+  flopsPerImage: number;
   opset: number;
   irVersion: number;
   producer: string;
@@ -66,6 +68,7 @@ function summarize(p: OnnxPlan): OnnxSummary {
     output: { name: p.outputName, shape: ['n', p.numClasses] },
     opsUsed: p.opsUsed,
     parameterCount: p.parameterCount,
+    flopsPerImage: p.flopsPerImage,
     opset: p.opset,
     irVersion: p.irVersion,
     producer: p.producer,

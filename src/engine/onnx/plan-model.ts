@@ -1,3 +1,4 @@
+import { checkFlops } from './cost.js';
 import { OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
 import {
   type Activation,
@@ -182,16 +183,18 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
     );
   }
   const output = planner.toLayout(result, 'plain');
+  const steps = liveSteps(planner.steps, output);
   return {
     input,
     output,
-    steps: liveSteps(planner.steps, output),
+    steps,
     inputShape,
     numClasses: output.shape[1],
     inputName,
     outputName,
     opsUsed,
     parameterCount,
+    flopsPerImage: checkFlops(steps, limits.maxFlopsPerImage),
     opset: model.opset,
     irVersion: model.irVersion,
     producer: model.producer,

@@ -89,6 +89,8 @@ export interface OnnxLimits {
   maxTensorElements: number;
   /** Largest number of graph nodes (default 100,000). */
   maxNodes: number;
+  /** Most FLOPs of one forward pass of one image (default 2e10, as TF.js models). */
+  maxFlopsPerImage: number;
 }
 
 export const DEFAULT_ONNX_LIMITS: OnnxLimits = {
@@ -96,6 +98,7 @@ export const DEFAULT_ONNX_LIMITS: OnnxLimits = {
   maxParameters: 50_000_000,
   maxTensorElements: 1 << 24,
   maxNodes: 100_000,
+  maxFlopsPerImage: 20e9,
 };
 
 export interface OnnxPlan {
@@ -110,6 +113,8 @@ export interface OnnxPlan {
   /** ONNX op type -> number of nodes, for `models inspect`. */
   opsUsed: Record<string, number>;
   parameterCount: number;
+  /** FLOPs of one image's forward pass (see cost.ts). */
+  flopsPerImage: number;
   opset: number;
   irVersion: number;
   producer: string;
