@@ -1,11 +1,13 @@
 import type * as tf from '@tensorflow/tfjs';
 import sharp, { type Metadata } from 'sharp';
 import { ImageError } from './errors.js';
+import { decodePlainPng, readPngHeader } from './png.js';
 
 /**
  * Image bytes in and out with sharp (libvips). Decoding checks the header first: the pixel count a
  * file declares is compared with `maxPixels` before any pixel is decoded, so a 1 kB PNG claiming
  * 12000x12000 costs nothing. Every failure is an `ImageError` with a `code` the HTTP layer maps to 422/413.
+ * Small plain PNGs are decoded on this thread with fast-png (src/data/png.ts), to the same pixels.
  */
 
 export interface RawImage {
@@ -23,6 +25,11 @@ export interface DecodeOptions {
   channels?: 1 | 3 | 4;
   /** Names the input in error messages. */
   source?: string;
+  /**
+   * Decode small plain PNGs on this thread with fast-png (default true; src/data/png.ts): the same
+   * pixels as sharp, without sharp's per-call cost. false: always sharp.
+   */
+  inline?: boolean;
 }
 
 export const DEFAULT_MAX_PIXELS = 4096 * 4096;
@@ -96,13 +103,17 @@ export async function decodeImage(bytes: Uint8Array, options: DecodeOptions = {}
   if (!Number.isInteger(maxPixels) || maxPixels < 1) {
     throw new ImageError('bad-argument', `'maxPixels' must be a positive integer, got ${maxPixels}`);
   }
-  const header = await readImageHeader(bytes, source);
+  // A PNG's size is in its first 33 bytes: read there, no native call. Other formats: sharp's header.
+  const png = readPngHeader(bytes);
+  const header = png ?? (await readImageHeader(bytes, source));
   if (header.width * header.height > maxPixels) {
     throw new ImageError(
       'too-large',
       `'${source}' declares ${header.width}x${header.height} = ${header.width * header.height} pixels, more than the limit ${maxPixels}`,
     );
   }
+  const inline = png && options.inline !== false ? decodePlainPng(bytes, png, channels) : undefined;
+  if (inline) return inline;
   let pipeline = sharp(bytes, { limitInputPixels: maxPixels, failOn: 'truncated' });
   if (channels === 1) pipeline = pipeline.grayscale().removeAlpha();
   else if (channels === 3) pipeline = pipeline.removeAlpha().toColourspace('srgb');
