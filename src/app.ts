@@ -1,5 +1,4 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
-import { bodyLimit } from 'hono/body-limit';
 import { cors } from 'hono/cors';
 import { HTTPException } from 'hono/http-exception';
 import { requestId } from 'hono/request-id';
@@ -17,6 +16,7 @@ import { auditAdmission, computeAdmission, crossOriginWrites } from './routes/ad
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';
 import { AuditQuota, type AuthConfig, authMiddleware, DEFAULT_AUTH } from './routes/auth.js';
+import { bodyLimitByLength } from './routes/body-limit.js';
 import type { ServiceApp, ServiceContext, ServiceEnv, ServiceLimits } from './routes/context.js';
 import { registerDocsRoutes } from './routes/docs.js';
 import { createMetrics, registerHealthRoutes } from './routes/health.js';
@@ -137,7 +137,9 @@ export function createApp(deps: AppDependencies): ServiceApp {
   app.use('*', async (c, next) => {
     const started = performance.now();
     await next();
-    c.header('x-request-id', c.get('requestId'));
+    // requestId() set the header before the handler; only a response built without it lacks it.
+    // (Setting it again on every response made node-server rebuild the response as a stream.)
+    if (!c.res.headers.has('x-request-id')) c.header('x-request-id', c.get('requestId'));
     logger.info(
       {
         request_id: c.get('requestId'),
@@ -171,20 +173,18 @@ export function createApp(deps: AppDependencies): ServiceApp {
   app.use('/v1/audits', auditAdmission(context, new AuditQuota(auth.auditsPerKey)));
   app.use('/v1/models/*', computeAdmission(context));
   const tooLarge = (max: number) =>
-    bodyLimit({
-      maxSize: max,
-      onError: (c) =>
-        problemResponse(
-          c,
-          new ProblemError(
-            413,
-            'body-too-large',
-            'Body too large',
-            `the body exceeds the limit of ${max} bytes`,
-            [{ field: 'body', message: `over ${max} bytes` }],
-          ),
+    bodyLimitByLength(max, (c) =>
+      problemResponse(
+        c,
+        new ProblemError(
+          413,
+          'body-too-large',
+          'Body too large',
+          `the body exceeds the limit of ${max} bytes`,
+          [{ field: 'body', message: `over ${max} bytes` }],
         ),
-    });
+      ),
+    );
   app.use('/v1/audits', tooLarge(limits.auditBodyBytes));
   app.use('/v1/models/*', tooLarge(limits.bodyBytes));
 
