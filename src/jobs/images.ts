@@ -22,6 +22,9 @@ export interface ImageLimits {
   maxBatch: number;
 }
 
+/** byte / 255 as float32, looked up: the same values as dividing, without a division per value on the event loop. */
+const UNIT_OF_BYTE = Float32Array.from({ length: 256 }, (_, byte) => byte / 255);
+
 /**
  * Decodes every input to the model's channels, resizes it to the model's input size (cover-crop)
  * and stacks them as NHWC float32 rows in [0,1]. An image that cannot be read is a
@@ -58,7 +61,8 @@ export async function imagesToPixels(
       throw error;
     }
     const offset = i * size;
-    for (let j = 0; j < size; j++) values[offset + j] = decoded.data[j] / 255;
+    const data = decoded.data;
+    for (let j = 0; j < size; j++) values[offset + j] = UNIT_OF_BYTE[data[j]];
   }
   return values;
 }
