@@ -4,8 +4,10 @@
  * (a child process on a random loopback port, the shipped models) and drives POST
  * /v1/models/{model}/predict with a 32x32 PNG at each concurrency with autocannon (in this process, so
  * the client does not share the server's event loop): requests/s, p50/p99 latency, share refused.
- * Configurations, in the same run: `batched` (the defaults), `unbatched` (RATIO_BATCH_MAX_IMAGES=1:
- * one forward pass per request, same worker thread) and `batched-wait-2ms` (RATIO_BATCH_MAX_WAIT_MS=2).
+ * Configurations, in the same run: `batched` (the defaults: wait up to 2 ms for as many requests as the
+ * last pass held), `unbatched` (RATIO_BATCH_MAX_IMAGES=1: one forward pass per request, same worker
+ * thread), `batched-wait-0ms` (RATIO_BATCH_MAX_WAIT_MS=0: leave as soon as the worker is free) and
+ * `batched-wait-2ms-full` (RATIO_BATCH_WAIT_FOR=full: wait up to 2 ms for a full pass).
  * Afterwards, on the batched server: a counterfactual's latency and the /health/live latency while it runs.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -35,7 +37,9 @@ const rounds = Number(values.rounds ?? 2);
 const CONFIGS: Record<string, Record<string, string>> = {
   batched: {},
   unbatched: { RATIO_BATCH_MAX_IMAGES: '1' },
-  'batched-wait-2ms': { RATIO_BATCH_MAX_WAIT_MS: '2' },
+  // The defaults' alternatives: no wait (the default before 'last-pass'), and 2 ms for a full pass.
+  'batched-wait-0ms': { RATIO_BATCH_MAX_WAIT_MS: '0' },
+  'batched-wait-2ms-full': { RATIO_BATCH_WAIT_FOR: 'full' },
 };
 const chosen = (values.configs ?? Object.keys(CONFIGS).join(',')).split(',');
 

@@ -67,7 +67,10 @@ export interface ServerOptions {
    * only parses and answers; 'inline': this thread.
    */
   compute?: 'worker' | 'inline';
-  /** Dynamic batching; defaults from env RATIO_BATCH_MAX_IMAGES, RATIO_BATCH_MAX_WAIT_MS, RATIO_BATCH_QUEUE_IMAGES. */
+  /**
+   * Dynamic batching; defaults from env RATIO_BATCH_MAX_IMAGES, RATIO_BATCH_MAX_WAIT_MS,
+   * RATIO_BATCH_WAIT_FOR, RATIO_BATCH_QUEUE_IMAGES.
+   */
   batching?: Partial<BatcherOptions>;
 }
 
@@ -87,6 +90,13 @@ export function batchingFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<B
   if (maxBatchImages !== undefined) options.maxBatchImages = maxBatchImages;
   if (maxWaitMs !== undefined) options.maxWaitMs = maxWaitMs;
   if (maxQueuedImages !== undefined) options.maxQueuedImages = maxQueuedImages;
+  const waitFor = env.RATIO_BATCH_WAIT_FOR;
+  if (waitFor !== undefined && waitFor !== '') {
+    if (waitFor !== 'last-pass' && waitFor !== 'full') {
+      throw new RangeError(`RATIO_BATCH_WAIT_FOR must be 'last-pass' or 'full', got '${waitFor}'`);
+    }
+    options.waitFor = waitFor;
+  }
   return options;
 }
 

@@ -8,9 +8,14 @@ import { QueueFullError } from './semaphore.js';
  * default `maxWaitMs` 0: no added latency at concurrency 1).
  *
  * Scheduling: at most `maxConcurrentBatches` passes per model run at once; while they run, requests
- * gather. A queue is dispatched when the executor is free and either it holds `maxBatchImages` or
- * its oldest request has waited `maxWaitMs`. Requests are never split across passes (one request of
- * more than `maxBatchImages` images goes alone). The queue is bounded in images, not requests:
+ * gather. A queue is dispatched when the executor is free and it holds `maxBatchImages`, or its
+ * oldest request has waited `maxWaitMs`, or (`waitFor: 'last-pass'`, the default) it holds as many
+ * requests as the previous pass did: the clients answered by that pass are back, and more company is
+ * not to be expected soon. So a lone client is served at once (its previous pass held one request),
+ * eight clients leave together as soon as the eighth is back, and under heavier load a pass waits up
+ * to `maxWaitMs` for the stragglers instead of leaving half empty (bench/service.ts measures the
+ * three). Requests are never split across passes (one request of more than `maxBatchImages` images
+ * goes alone). The queue is bounded in images, not requests:
  * one more image than `maxQueuedImages` waiting is refused with `QueueFullError` (HTTP 429).
  *
  * @example
@@ -28,8 +33,13 @@ export type BatchForward = (
 export interface BatcherOptions {
   /** Most images in one forward pass (default 64). */
   maxBatchImages: number;
-  /** Longest a request waits for company when the executor is free, ms (default 0: dispatch at once). */
+  /** Longest a request waits for company when the executor is free, ms (default 2). */
   maxWaitMs: number;
+  /**
+   * Whom a queue waits for, within `maxWaitMs`: 'last-pass' (default) as many requests as the
+   * previous pass held (a lone client waits for no one); 'full' a full pass of `maxBatchImages`.
+   */
+  waitFor: 'last-pass' | 'full';
   /** Most images waiting (not yet dispatched); beyond it requests are refused (default 1024). */
   maxQueuedImages: number;
   /** Forward passes of one model in flight at once (default 1: the compute thread runs one at a time). */
@@ -40,7 +50,8 @@ export interface BatcherOptions {
 
 export const DEFAULT_BATCHER_OPTIONS: BatcherOptions = {
   maxBatchImages: 64,
-  maxWaitMs: 0,
+  maxWaitMs: 2,
+  waitFor: 'last-pass',
   maxQueuedImages: 1024,
   maxConcurrentBatches: 1,
   retryAfterSeconds: 1,
@@ -76,7 +87,7 @@ interface Pending {
 }
 
 function checkOptions(options: BatcherOptions): void {
-  const positive: Array<keyof BatcherOptions> = ['maxBatchImages', 'maxQueuedImages', 'maxConcurrentBatches'];
+  const positive = ['maxBatchImages', 'maxQueuedImages', 'maxConcurrentBatches'] as const;
   for (const key of positive) {
     if (!(Number.isInteger(options[key]) && options[key] >= 1)) {
       throw new RangeError(`'${key}' must be an integer >= 1, got ${options[key]}`);
@@ -84,6 +95,9 @@ function checkOptions(options: BatcherOptions): void {
   }
   if (!(Number.isFinite(options.maxWaitMs) && options.maxWaitMs >= 0)) {
     throw new RangeError(`'maxWaitMs' must be a finite number >= 0, got ${options.maxWaitMs}`);
+  }
+  if (options.waitFor !== 'last-pass' && options.waitFor !== 'full') {
+    throw new RangeError(`'waitFor' must be 'last-pass' or 'full', got ${String(options.waitFor)}`);
   }
   if (!(Number.isFinite(options.retryAfterSeconds) && options.retryAfterSeconds >= 0)) {
     throw new RangeError(
@@ -97,6 +111,8 @@ export class DynamicBatcher {
   private queuedImages = 0;
   private running = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** Requests in the last pass dispatched: the company a queue waits for under 'last-pass'. */
+  private lastPassRequests = 1;
   private readonly options: BatcherOptions;
 
   constructor(
@@ -183,7 +199,8 @@ export class DynamicBatcher {
   private schedule(): void {
     if (this.queue.length === 0 || this.running >= this.options.maxConcurrentBatches) return;
     const waited = performance.now() - this.queue[0].enqueuedAt;
-    if (this.queuedImages >= this.options.maxBatchImages || waited >= this.options.maxWaitMs) {
+    const companyBack = this.options.waitFor === 'last-pass' && this.queue.length >= this.lastPassRequests;
+    if (this.queuedImages >= this.options.maxBatchImages || companyBack || waited >= this.options.maxWaitMs) {
       if (this.timer) clearTimeout(this.timer);
       this.timer = undefined;
       this.dispatch();
@@ -207,6 +224,7 @@ export class DynamicBatcher {
       images += next.count;
     }
     this.queuedImages -= images;
+    this.lastPassRequests = taken.length;
     const values = new Float32Array(images * this.shape.imageValues);
     const temperatures = new Float32Array(images);
     const started = performance.now();

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { probabilities } from '../../src/engine/classifier.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { type RunningServer, startServer } from '../../src/server.js';
+import { batchingFromEnv, type RunningServer, startServer } from '../../src/server.js';
 
 /**
  * The OOD gate as served: `ratio serve`'s server with the shipped ratio-cifar10 in its compute worker
@@ -137,5 +137,21 @@ describe('the gate served from worker threads', () => {
     expect(Math.max(...live)).toBeLessThan(250);
     client.abort();
     await settled;
+  });
+});
+
+describe('batchingFromEnv', () => {
+  it('reads the batcher settings, keeps the defaults for unset or empty variables, and names a bad one', () => {
+    expect(
+      batchingFromEnv({
+        RATIO_BATCH_MAX_IMAGES: '32',
+        RATIO_BATCH_MAX_WAIT_MS: '0.5',
+        RATIO_BATCH_WAIT_FOR: 'full',
+        RATIO_BATCH_QUEUE_IMAGES: '',
+      }),
+    ).toEqual({ maxBatchImages: 32, maxWaitMs: 0.5, waitFor: 'full' });
+    expect(batchingFromEnv({})).toEqual({});
+    expect(() => batchingFromEnv({ RATIO_BATCH_WAIT_FOR: 'always' })).toThrow(/RATIO_BATCH_WAIT_FOR/);
+    expect(() => batchingFromEnv({ RATIO_BATCH_MAX_WAIT_MS: 'soon' })).toThrow(/RATIO_BATCH_MAX_WAIT_MS/);
   });
 });

@@ -148,12 +148,12 @@ describe('DynamicBatcher', () => {
     expect(batcher.depth).toEqual({ queuedImages: 0, queuedRequests: 0, runningBatches: 0 });
   });
 
-  it('waits up to maxWaitMs for company when idle, and leaves at once when a pass is full', async () => {
+  it("waitFor 'full': waits up to maxWaitMs for company when idle, and leaves at once when a pass is full", async () => {
     const { calls, forward } = gatedForward();
     const batcher = new DynamicBatcher(
       forward,
       { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 3, maxWaitMs: 60_000 },
+      { maxBatchImages: 3, maxWaitMs: 60_000, waitFor: 'full' },
     );
     const answers = [1, 2, 3].map((v) => batcher.submit(Float32Array.of(v), 1, { temperature: 1 }));
     expect(calls.map((call) => call.count)).toEqual([3]);
@@ -162,13 +162,60 @@ describe('DynamicBatcher', () => {
     const quick = new DynamicBatcher(
       forward,
       { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 3, maxWaitMs: 5 },
+      { maxBatchImages: 3, maxWaitMs: 5, waitFor: 'full' },
     );
     const lone = quick.submit(Float32Array.of(7), 1, { temperature: 1 });
     expect(calls.length).toBe(1);
     while (calls.length === 1) await new Promise((resolve) => setTimeout(resolve, 2));
     calls[1].release();
     expect((await lone).queueMs).toBeGreaterThanOrEqual(4);
+  });
+
+  it("waitFor 'last-pass' (default): a lone client leaves at once; after a pass of n requests the queue waits for n", async () => {
+    const { calls, forward } = gatedForward();
+    const batcher = new DynamicBatcher(
+      forward,
+      { imageValues: 1, numClasses: 2 },
+      { maxBatchImages: 8, maxWaitMs: 60_000 },
+    );
+    expect(batcher.settings.waitFor).toBe('last-pass');
+    const submit = (v: number) => batcher.submit(Float32Array.of(v), 1, { temperature: 1 });
+    // Nothing before it: no company to expect, dispatched without waiting.
+    const first = submit(1);
+    expect(calls.map((call) => call.count)).toEqual([1]);
+    const gathered = [submit(2), submit(3), submit(4)];
+    calls[0].release();
+    await first;
+    // The previous pass held one request and three wait: they leave together at once.
+    expect(calls.map((call) => call.count)).toEqual([1, 3]);
+    calls[1].release();
+    await Promise.all(gathered);
+    // The last pass held three: two back is not yet the company, the third completes it.
+    const next = [submit(5), submit(6)];
+    expect(calls.length).toBe(2);
+    next.push(submit(7));
+    expect(calls.map((call) => call.count)).toEqual([1, 3, 3]);
+    calls[2].release();
+    expect((await Promise.all(next)).map((answer) => answer.rows[0])).toEqual([5, 6, 7]);
+    // Fewer come back than last time: the queue leaves after maxWaitMs, not never.
+    const hurried = new DynamicBatcher(
+      forward,
+      { imageValues: 1, numClasses: 2 },
+      { maxBatchImages: 8, maxWaitMs: 5 },
+    );
+    const hurry = (v: number) => hurried.submit(Float32Array.of(v), 1, { temperature: 1 });
+    const alone = hurry(1);
+    const three = [hurry(2), hurry(3), hurry(4)];
+    calls[3].release();
+    await alone;
+    calls[4].release();
+    await Promise.all(three);
+    expect([calls[3].count, calls[4].count]).toEqual([1, 3]);
+    const straggler = hurry(5);
+    expect(calls.length).toBe(5);
+    while (calls.length === 5) await new Promise((resolve) => setTimeout(resolve, 1));
+    calls[5].release();
+    expect((await straggler).queueMs).toBeGreaterThanOrEqual(4);
   });
 
   it('refuses by images, not requests, when the queue is full, and counts the refusals', async () => {
@@ -223,6 +270,9 @@ describe('DynamicBatcher', () => {
     expect(
       () => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { maxBatchImages: 0 }),
     ).toThrow(/'maxBatchImages' must be an integer >= 1/);
+    expect(
+      () => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { waitFor: 'never' as 'full' }),
+    ).toThrow(/'waitFor'/);
     expect(() => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { maxWaitMs: -1 })).toThrow(
       /'maxWaitMs'/,
     );
