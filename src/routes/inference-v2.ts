@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { bodyLimit } from 'hono/body-limit';
 import type { Classifier } from '../engine/classifier.js';
 import { oodThreshold } from '../jobs/predict.js';
+import { bodyLimitByLength } from './body-limit.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { toProblemError } from './problem.js';
 
@@ -379,10 +379,9 @@ export function registerInferenceV2Routes(
 ): void {
   app.use(
     '/v2/models/*',
-    bodyLimit({
-      maxSize: context.limits.bodyBytes,
-      onError: () => errorJson(413, `the body exceeds the limit of ${context.limits.bodyBytes} bytes`),
-    }),
+    bodyLimitByLength(context.limits.bodyBytes, () =>
+      errorJson(413, `the body exceeds the limit of ${context.limits.bodyBytes} bytes`),
+    ),
   );
   // Whatever else answers under /v2 with problem+json (malformed JSON, 404 routes, onError) is
   // rewritten to the protocol's error object, status kept (422 -> 400).

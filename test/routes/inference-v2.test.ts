@@ -148,6 +148,18 @@ describe('POST /v2/models/{model_name}/infer', () => {
     expect(answer.parameters).toEqual({ temperature: 4, threshold: 0.9 });
   });
 
+  it('answers a body over the limit with 413 and the protocol error object, by content-length or as it streams', async () => {
+    const app = createApp({ models: new Map([['colour', colourModel()]]), limits: { bodyBytes: 1000 } });
+    const body = JSON.stringify(inferBody([solid([1, 2, 3])]));
+    const declared = await app.request('/v2/models/colour/infer', {
+      method: 'POST',
+      body,
+      headers: { 'content-type': 'application/json', 'content-length': String(body.length) },
+    });
+    expect(await protocolError(declared, 413)).toMatch(/1000 bytes/);
+    expect(await protocolError(await post(app, body), 413)).toMatch(/1000 bytes/);
+  });
+
   it('answers bad requests with 400 and the protocol error object naming what is wrong', async () => {
     const app = makeApp();
     const one = solid([1, 2, 3]);
