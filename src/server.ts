@@ -15,6 +15,7 @@ import { loadModelsFolder } from './jobs/models.js';
 import { parseWorkerCount, ShardPool } from './jobs/shard-pool.js';
 import { QueueAuditRunner } from './jobs/shard-queue-runner.js';
 import { type AuthConfig, authConfigFromEnv } from './routes/auth.js';
+import type { ServiceLimits } from './routes/context.js';
 
 /**
  * Starts the service: selects the backend, loads every model directory under `modelsDir`
@@ -98,6 +99,33 @@ export function batchingFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<B
     options.waitFor = waitFor;
   }
   return options;
+}
+
+/** Service limits an operator may set from the environment, by variable name. */
+const LIMIT_VARIABLES = {
+  RATIO_MAX_REQUEST_FLOPS: 'maxRequestFlops',
+  RATIO_MAX_AUDIT_FLOPS: 'maxAuditFlops',
+  RATIO_MAX_ITERATIONS: 'maxIterations',
+  RATIO_REQUEST_TIMEOUT_MS: 'requestTimeoutMs',
+} as const satisfies Record<string, keyof ServiceLimits>;
+
+/**
+ * Cost limits from the environment (unset or empty variables keep the defaults of DEFAULT_LIMITS):
+ * a larger machine or a GPU affords larger audits than the 2-core default budget allows.
+ */
+export function limitsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<ServiceLimits> {
+  const limits: Partial<ServiceLimits> = {};
+  for (const [name, key] of Object.entries(LIMIT_VARIABLES)) {
+    const raw = env[name];
+    if (raw === undefined || raw === '') continue;
+    // Decimal with an optional exponent only (2e14, 500000): no hex, no Infinity, no sign.
+    const value = /^\d+(\.\d+)?(e\d+)?$/i.test(raw) ? Number(raw) : Number.NaN;
+    if (!Number.isFinite(value) || value <= 0) {
+      throw new RangeError(`${name} must be a positive decimal number such as 2e14, got '${raw}'`);
+    }
+    limits[key] = value;
+  }
+  return limits;
 }
 
 export interface RunningServer {
@@ -211,6 +239,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   );
   const app = createApp({
     ...options.app,
+    limits: { ...limitsFromEnv(), ...options.app?.limits },
     inference: { compute: inference, analysis, batching },
     models,
     audits,

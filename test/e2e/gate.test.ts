@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { probabilities } from '../../src/engine/classifier.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { batchingFromEnv, type RunningServer, startServer } from '../../src/server.js';
+import { batchingFromEnv, limitsFromEnv, type RunningServer, startServer } from '../../src/server.js';
 
 /**
  * The OOD gate as served: `ratio serve`'s server with the shipped ratio-cifar10 in its compute worker
@@ -153,5 +153,21 @@ describe('batchingFromEnv', () => {
     expect(batchingFromEnv({})).toEqual({});
     expect(() => batchingFromEnv({ RATIO_BATCH_WAIT_FOR: 'always' })).toThrow(/RATIO_BATCH_WAIT_FOR/);
     expect(() => batchingFromEnv({ RATIO_BATCH_MAX_WAIT_MS: 'soon' })).toThrow(/RATIO_BATCH_MAX_WAIT_MS/);
+  });
+});
+
+describe('limitsFromEnv', () => {
+  it('reads the cost limits as decimals, keeps the defaults for unset or empty variables, and names a bad one', () => {
+    expect(
+      limitsFromEnv({
+        RATIO_MAX_AUDIT_FLOPS: '5e14',
+        RATIO_MAX_REQUEST_FLOPS: '',
+        RATIO_MAX_ITERATIONS: '2000',
+      }),
+    ).toEqual({ maxAuditFlops: 5e14, maxIterations: 2000 });
+    expect(limitsFromEnv({})).toEqual({});
+    for (const bad of ['0x10', '-1', '0', 'Infinity', 'lots']) {
+      expect(() => limitsFromEnv({ RATIO_MAX_AUDIT_FLOPS: bad })).toThrow(/RATIO_MAX_AUDIT_FLOPS/);
+    }
   });
 });
