@@ -1,5 +1,6 @@
-import { lstat, mkdir, readdir, readFile, realpath, rename, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, realpath } from 'node:fs/promises';
 import path from 'node:path';
+import { writeFileAtomically } from './atomic-file.js';
 
 /**
  * Model directories, owned here: read one into the in-memory file map that `loadModelFromFiles`
@@ -151,18 +152,6 @@ export async function readModelPath(
   return new Map([[ONNX_FILE, new Uint8Array(await readFile(modelPath))]]);
 }
 
-/** Writes `bytes` to a temporary name beside `target`, then renames it into place. */
-async function writeAtomically(target: string, bytes: Uint8Array | string): Promise<void> {
-  const temporary = `${target}.tmp-${process.pid}`;
-  try {
-    await writeFile(temporary, bytes);
-    await rename(temporary, target);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  }
-}
-
 /**
  * Writes model files into `dir` (created if needed). Each file goes to a temporary name first and
  * is renamed into place, model.json last, so a reader never sees a model.json whose shards are
@@ -181,7 +170,7 @@ export async function writeModelDir(dir: string, files: ModelFiles): Promise<voi
   for (const key of ordered) {
     const target = path.join(dir, key);
     await mkdir(path.dirname(target), { recursive: true });
-    await writeAtomically(target, files.get(key)!);
+    await writeFileAtomically(target, files.get(key)!);
   }
 }
 
@@ -210,7 +199,7 @@ export async function updateModelCard(
     throw new ModelDirError(file, 'must hold a JSON object');
   }
   const updated = { ...(card as Record<string, unknown>), ...fields };
-  await writeAtomically(file, `${JSON.stringify(updated, null, 2)}\n`);
+  await writeFileAtomically(file, `${JSON.stringify(updated, null, 2)}\n`);
   return updated;
 }
 

@@ -1,6 +1,7 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import path from 'node:path';
+import { writeFileAtomically } from '../data/atomic-file.js';
 import { ArrayDataset, type ImageShape } from '../data/dataset.js';
 import { readModelDir, writeModelDir } from '../data/model-dir.js';
 import { TfjsClassifier } from '../engine/classifier.js';
@@ -28,19 +29,6 @@ export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.RATIO_STATE_DIR) return path.resolve(env.RATIO_STATE_DIR);
   const base = env.XDG_STATE_HOME ?? path.join(homedir(), '.local', 'state');
   return path.join(base, 'ratio-audit');
-}
-
-let temporaryCount = 0;
-
-async function writeAtomically(target: string, bytes: Uint8Array | string): Promise<void> {
-  const temporary = `${target}.tmp-${process.pid}-${++temporaryCount}`;
-  try {
-    await writeFile(temporary, bytes);
-    await rename(temporary, target);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  }
 }
 
 const ID = /^[0-9a-f-]{36}$/;
@@ -78,11 +66,12 @@ export class AuditStore {
     const dir = this.auditDir(job.id);
     await mkdir(path.join(dir, 'shards'), { recursive: true });
     // Apart from job.json, which GET shows as it is: the owner is not part of the job's public view.
-    if (owner !== undefined) await writeAtomically(path.join(dir, 'owner.json'), JSON.stringify({ owner }));
+    if (owner !== undefined)
+      await writeFileAtomically(path.join(dir, 'owner.json'), JSON.stringify({ owner }));
     await writeModelDir(path.join(dir, 'model'), await saveModelToFiles(audit.classifier));
     const data = audit.dataset.take(audit.parameters.n);
-    await writeAtomically(path.join(dir, 'images.bin'), data.images);
-    await writeAtomically(
+    await writeFileAtomically(path.join(dir, 'images.bin'), data.images);
+    await writeFileAtomically(
       path.join(dir, 'input.json'),
       JSON.stringify({ shape: data.shape, labels: Array.from(data.labels), parameters: audit.parameters }),
     );
@@ -96,13 +85,13 @@ export class AuditStore {
     const text = JSON.stringify(job);
     const write = (this.jobWrites.get(job.id) ?? Promise.resolve())
       .catch(() => {})
-      .then(() => writeAtomically(target, text));
+      .then(() => writeFileAtomically(target, text));
     this.jobWrites.set(job.id, write);
     return write;
   }
 
   async saveShard(id: string, result: ShardResult): Promise<void> {
-    await writeAtomically(
+    await writeFileAtomically(
       path.join(this.auditDir(id), 'shards', `${result.shard}.json`),
       JSON.stringify(result),
     );

@@ -1,6 +1,7 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { writeFileAtomically } from '../data/atomic-file.js';
 import { defaultStateDir } from './audit-store.js';
 
 /**
@@ -43,8 +44,6 @@ export function checkKey(key: string): string {
   return key;
 }
 
-let temporaryCount = 0;
-
 /** Blobs as files under a directory; every write lands atomically (temporary name, then rename). */
 export class FileBlobStore implements BlobStore {
   readonly url: string;
@@ -59,14 +58,7 @@ export class FileBlobStore implements BlobStore {
   async put(key: string, bytes: Uint8Array): Promise<void> {
     const target = this.file(key);
     await mkdir(path.dirname(target), { recursive: true });
-    const temporary = `${target}.tmp-${process.pid}-${++temporaryCount}`;
-    try {
-      await writeFile(temporary, bytes);
-      await rename(temporary, target);
-    } catch (error) {
-      await rm(temporary, { force: true });
-      throw error;
-    }
+    await writeFileAtomically(target, bytes);
   }
 
   async get(key: string): Promise<Uint8Array> {

@@ -31,7 +31,7 @@ import {
   type ShardedRunOptions,
   type ShardRange,
   type ShardResult,
-  type ShardSettings,
+  shardSettingsOf,
 } from './shards.js';
 
 /**
@@ -163,17 +163,7 @@ export class ShardPool {
     if (!files) return autoAttack(classifier, x, y, options);
     const n = x.shape[0];
     if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
-    const settings: ShardSettings = {
-      norm: options.norm,
-      eps: options.eps,
-      version: options.version ?? 'standard',
-      seed: options.seed ?? 0,
-      batchSize: options.batchSize,
-      restarts: options.restarts,
-      iterations: options.iterations,
-      queries: options.queries,
-      fullBudget: options.fullBudget,
-    };
+    const settings = shardSettingsOf(options);
     const shards = options.shards ?? defaultShardCount(n, this.size);
     const ranges = planShards(n, shards).filter((r) => r.end > r.start || n === 0);
     const audit = options.audit ?? options.finished?.[0]?.audit ?? randomUUID();

@@ -29,7 +29,13 @@ import {
   shardPointsKey,
   stageModel,
 } from './shard-queue.js';
-import { defaultShardCount, planShards, type ShardResult, type ShardSettings } from './shards.js';
+import {
+  defaultShardCount,
+  planShards,
+  type ShardResult,
+  type ShardSettings,
+  shardSettingsOf,
+} from './shards.js';
 
 /**
  * The enqueuing side of audits on BullMQ (`ratio audit --queue`, `ratio serve --queue`): stages the
@@ -158,17 +164,7 @@ export class QueueAuditRunner {
     if (!files) return autoAttack(classifier, x, y, options);
     const n = x.shape[0];
     if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
-    const settings: ShardSettings = {
-      norm: options.norm,
-      eps: options.eps,
-      version: options.version ?? 'standard',
-      seed: options.seed ?? 0,
-      batchSize: options.batchSize,
-      restarts: options.restarts,
-      iterations: options.iterations,
-      queries: options.queries,
-      fullBudget: options.fullBudget,
-    };
+    const settings = shardSettingsOf(options);
     const audit = options.audit ?? newQueueAuditId();
     const shards = options.shards ?? defaultShardCount(n, this.options.workersHint ?? 8);
     const ranges = planShards(n, shards).filter((r) => r.end > r.start);

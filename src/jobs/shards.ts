@@ -131,6 +131,21 @@ export function auditKey(parts: { model: string; data: string; n: number; settin
   return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
 }
 
+/** The settings a shard carries to a worker, from an audit's engine options (engineOptions' inverse). */
+export function shardSettingsOf(options: AutoAttackOptions): ShardSettings {
+  return {
+    norm: options.norm,
+    eps: options.eps,
+    version: options.version ?? 'standard',
+    seed: options.seed ?? 0,
+    batchSize: options.batchSize,
+    restarts: options.restarts,
+    iterations: options.iterations,
+    queries: options.queries,
+    fullBudget: options.fullBudget,
+  };
+}
+
 export function engineOptions(settings: ShardSettings): AutoAttackOptions {
   return {
     norm: settings.norm,
