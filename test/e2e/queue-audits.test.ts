@@ -21,8 +21,8 @@ import {
   startRedis,
   startWorker,
   stopChild,
-  waitFor,
 } from './queue-fixtures.js';
+import { waitFor } from './service-process.js';
 
 /**
  * Audits on BullMQ/Redis with real processes: a private redis-server per test, 2-3 `ratio worker`
@@ -243,17 +243,25 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     await Promise.all(pool.map((w) => w.line(startedLine)));
     const cancelled = await fetch(`${service}/v1/audits/${id}`, { method: 'DELETE' });
     expect(cancelled.status).toBeLessThan(300);
-    const final = await waitFor('the cancelled audit', async () => {
-      const body = (await (await fetch(`${service}/v1/audits/${id}`)).json()) as { state: string };
-      return body.state === 'running' || body.state === 'queued' ? undefined : body;
-    });
+    const final = await waitFor(
+      'the cancelled audit',
+      async () => {
+        const body = (await (await fetch(`${service}/v1/audits/${id}`)).json()) as { state: string };
+        return body.state === 'running' || body.state === 'queued' ? undefined : body;
+      },
+      60_000,
+    );
     expect(final.state).toBe('cancelled');
     // Both running shards were aborted, the waiting one never ran, and the queue holds nothing.
     await Promise.all(pool.map((w) => w.line((line) => line.msg === 'shard cancelled', 30_000)));
-    const counts = await waitFor('an empty shard queue', async () => {
-      const now = await shardCounts();
-      return now.waiting + now.active + now.prioritized + now.delayed === 0 ? now : undefined;
-    });
+    const counts = await waitFor(
+      'an empty shard queue',
+      async () => {
+        const now = await shardCounts();
+        return now.waiting + now.active + now.prioritized + now.delayed === 0 ? now : undefined;
+      },
+      60_000,
+    );
     expect(counts.completed).toBe(0);
     expect(pool.flatMap((w) => w.lines.filter(startedLine))).toHaveLength(2);
   });
