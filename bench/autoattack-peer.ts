@@ -24,7 +24,7 @@ import { initBackend } from '../src/engine/backend.js';
 import { logitsOf } from '../src/engine/logits.js';
 import { loadModelFromFiles } from '../src/engine/model-files.js';
 import type { Norm } from '../src/engine/types.js';
-import { ShardPool } from '../src/jobs/shard-pool.js';
+import { ShardPool } from '../src/jobs/sharding/pool.js';
 
 function option(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);

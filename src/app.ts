@@ -7,11 +7,11 @@ import type { OpenAPIObject } from 'openapi3-ts/oas31';
 import pino from 'pino';
 import type { BackendInfo } from './engine/backend.js';
 import type { Classifier } from './engine/classifier.js';
-import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audits.js';
-import type { BatcherOptions } from './jobs/batcher.js';
-import { InProcessCompute, type ModelCompute } from './jobs/compute.js';
-import { createInferenceMetrics, InferenceService } from './jobs/inference.js';
-import { ComputeSemaphore } from './jobs/semaphore.js';
+import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audit/registry.js';
+import type { BatcherOptions } from './jobs/serving/batcher.js';
+import { InProcessCompute, type ModelCompute } from './jobs/serving/compute.js';
+import { createInferenceMetrics, InferenceService } from './jobs/serving/inference.js';
+import { ComputeSemaphore } from './jobs/serving/semaphore.js';
 import { auditAdmission, computeAdmission, crossOriginWrites } from './routes/admission.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';
@@ -59,7 +59,7 @@ export interface AppDependencies {
   audits?: AuditQueue | AuditQueueOptions;
   /**
    * Where forward passes and analyses run (default: this thread) and how predictions are batched;
-   * the server passes worker threads (src/jobs/compute-host.ts).
+   * the server passes worker threads (src/jobs/serving/compute-host.ts).
    */
   inference?: { compute?: ModelCompute; analysis?: ModelCompute; batching?: Partial<BatcherOptions> };
   backend?: () => BackendInfo | undefined;

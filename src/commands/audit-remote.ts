@@ -5,7 +5,7 @@ import { Agent, FormData, fetch, type Response } from 'undici';
 import { DatasetError } from '../data/errors.js';
 import { pairedLabelsName } from '../data/load.js';
 import { readModelPath } from '../data/model-dir.js';
-import type { AuditJob, AuditReport } from '../jobs/audits.js';
+import type { AuditJob, AuditReport } from '../jobs/audit/registry.js';
 import { gateExitCode, printAuditReport, writeSummaries } from './audit-output.js';
 import { PhaseProgress } from './progress.js';
 

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import type { BlobStore } from '../jobs/blob-store.js';
+import type { BlobStore } from '../jobs/sharding/blob-store.js';
 
 /** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
 
@@ -83,13 +83,13 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`ratio serve: ${error.message}`);
     return 2;
   }
-  const { defaultStateDir } = await import('../jobs/audit-store.js');
+  const { defaultStateDir } = await import('../jobs/audit/store.js');
   const stateDir = values['state-dir'] ?? defaultStateDir();
   const queueUrl = values.queue ?? (process.env.RATIO_QUEUE_URL || undefined);
   let queue: { url: string; store: BlobStore } | undefined;
   if (queueUrl !== undefined) {
-    const { parseQueueUrl } = await import('../jobs/shard-queue.js');
-    const { openBlobStore, defaultStoreUrl } = await import('../jobs/blob-store.js');
+    const { parseQueueUrl } = await import('../jobs/sharding/queue.js');
+    const { openBlobStore, defaultStoreUrl } = await import('../jobs/sharding/blob-store.js');
     try {
       parseQueueUrl(queueUrl);
       const storeUrl = values.store ?? defaultStoreUrl({ ...process.env, RATIO_STATE_DIR: stateDir });
@@ -99,7 +99,7 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  const { QueueUnavailableError } = await import('../jobs/shard-queue.js');
+  const { QueueUnavailableError } = await import('../jobs/sharding/queue.js');
   const server = await startServer({
     port,
     host: values.host,

@@ -40,7 +40,9 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
     help: { type: 'boolean', short: 'h' },
   });
   if (options.values.help) return 'help';
-  const { parseLockDuration, parseQueueUrl, QueueUnavailableError } = await import('../jobs/shard-queue.js');
+  const { parseLockDuration, parseQueueUrl, QueueUnavailableError } = await import(
+    '../jobs/sharding/queue.js'
+  );
   const queue = options.text('queue') ?? process.env.RATIO_QUEUE_URL;
   if (!queue) throw new UsageError('--queue (or RATIO_QUEUE_URL) is required');
   try {
@@ -73,8 +75,8 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
 
 async function work(args: WorkerArguments): Promise<number> {
   const { initBackend } = await import('../engine/backend.js');
-  const { QueueShardWorker } = await import('../jobs/shard-queue-worker.js');
-  const { openBlobStore, BlobStoreError } = await import('../jobs/blob-store.js');
+  const { QueueShardWorker } = await import('../jobs/sharding/queue-worker.js');
+  const { openBlobStore, BlobStoreError } = await import('../jobs/sharding/blob-store.js');
   const pino = (await import('pino')).default;
   const logger = pino({ level: process.env.LOG_LEVEL ?? 'info' });
   let store: ReturnType<typeof openBlobStore> | undefined;

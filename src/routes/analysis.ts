@@ -1,8 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
-import { counterfactualsOf } from '../jobs/counterfactuals.js';
-import { checkRequestCost } from '../jobs/request-cost.js';
-import { worstCaseOod } from '../jobs/worst-case-ood.js';
+import { counterfactualsOf } from '../jobs/serving/counterfactual-request.js';
+import { worstCaseOod } from '../jobs/serving/ood-request.js';
+import { checkRequestCost } from '../jobs/serving/request-cost.js';
 import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, base64Of, unsupportedMediaType } from './images.js';
 import { ModelParams } from './models.js';

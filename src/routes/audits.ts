@@ -5,9 +5,9 @@ import {
   type AuditModelSource,
   type PreparedAudit,
   prepareAudit,
-} from '../jobs/audit.js';
-import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audits.js';
-import { checkAuditCost } from '../jobs/request-cost.js';
+} from '../jobs/audit/audit.js';
+import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audit/registry.js';
+import { checkAuditCost } from '../jobs/serving/request-cost.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';

@@ -1,9 +1,9 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
 import type { Classifier } from '../engine/classifier.js';
-import type { AuditQueue } from '../jobs/audits.js';
-import type { ModelCompute } from '../jobs/compute.js';
-import type { InferenceService } from '../jobs/inference.js';
-import type { ComputeSemaphore } from '../jobs/semaphore.js';
+import type { AuditQueue } from '../jobs/audit/registry.js';
+import type { ModelCompute } from '../jobs/serving/compute.js';
+import type { InferenceService } from '../jobs/serving/inference.js';
+import type { ComputeSemaphore } from '../jobs/serving/semaphore.js';
 import type { ImageLimits } from './images.js';
 import { notFound } from './problem.js';
 

@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Classifier } from '../engine/classifier.js';
-import { oodThreshold } from '../jobs/predict.js';
+import { oodThreshold } from '../jobs/serving/predict.js';
 import { bodyLimitByLength } from './body-limit.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { toProblemError } from './problem.js';

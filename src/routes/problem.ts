@@ -4,8 +4,8 @@ import { DatasetError, ImageError } from '../data/errors.js';
 import { ModelContractError } from '../engine/classifier.js';
 import { ModelFileError } from '../engine/model-files.js';
 import { InputFieldError, InvalidInputError, ModelLoadError } from '../jobs/errors.js';
-import { RequestCostError } from '../jobs/request-cost.js';
-import { QueueFullError } from '../jobs/semaphore.js';
+import { RequestCostError } from '../jobs/serving/request-cost.js';
+import { QueueFullError } from '../jobs/serving/semaphore.js';
 
 /**
  * RFC 9457 problem details. Every error answer of the service is one of these, with the field at

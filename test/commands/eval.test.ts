@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/eval.js';
 import { writeModelDir } from '../../src/data/model-dir.js';
 import { saveModelToFiles } from '../../src/engine/model-files.js';
-import type { EvalReport } from '../../src/jobs/evaluation-report.js';
+import type { EvalReport } from '../../src/jobs/evaluation/report.js';
 import { smallCnn } from '../../src/training/architectures.js';
 
 const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');

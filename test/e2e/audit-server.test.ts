@@ -7,7 +7,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withoutTimings } from '../engine/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 
 /**
  * `ratio audit --server URL` against a real `ratio serve` (a child process on a random loopback

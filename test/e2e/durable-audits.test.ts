@@ -9,7 +9,7 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { autoAttack } from '../../src/engine/autoattack.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
 import { withoutTimings } from '../engine/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 import { auditForm } from '../routes/audit-fixtures.js';
 import { type ServiceProcess, startServiceProcess, stopServiceProcess, waitFor } from './service-process.js';
 

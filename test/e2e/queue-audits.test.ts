@@ -8,9 +8,9 @@ import { loadDataset } from '../../src/data/load.js';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../../src/engine/autoattack.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { DEFAULT_QUEUE_PREFIX, SHARD_QUEUE } from '../../src/jobs/shard-queue.js';
+import { DEFAULT_QUEUE_PREFIX, SHARD_QUEUE } from '../../src/jobs/sharding/queue.js';
 import { withoutTimings } from '../engine/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 import { auditForm } from '../routes/audit-fixtures.js';
 import {
   type LoggedProcess,
@@ -275,7 +275,7 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     expect(await queueAudit(onnx, store, reportFile, 64).done).toBe(0);
     const document = JSON.parse(await readFile(reportFile, 'utf8')) as { workers: string };
     expect(document.workers).toBe('queue');
-    const { loadModelDir } = await import('../../src/jobs/models.js');
+    const { loadModelDir } = await import('../../src/jobs/models/load.js');
     const classifier = await loadModelDir(onnx);
     const data = (await loadDataset(DATA_FILE)).take(64);
     const x = data.tensor();

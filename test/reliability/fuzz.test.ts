@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AuditQueue } from '../../src/jobs/audits.js';
+import type { AuditQueue } from '../../src/jobs/audit/registry.js';
 import type { ServiceApp } from '../../src/routes/context.js';
 import {
   type FuzzFixtures,

@@ -3,8 +3,8 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { loadOnnxClassifier } from '../../src/engine/onnx/index.js';
-import type { AuditJob } from '../../src/jobs/audits.js';
-import { AuditQueue } from '../../src/jobs/audits.js';
+import type { AuditJob } from '../../src/jobs/audit/registry.js';
+import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { colourModel } from './fixtures.js';
 

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import type { AuditJob } from '../../src/jobs/audits.js';
-import { AuditQueue } from '../../src/jobs/audits.js';
+import type { AuditJob } from '../../src/jobs/audit/registry.js';
+import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { colourModel } from './fixtures.js';
 

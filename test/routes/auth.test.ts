@@ -5,7 +5,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { type AuditJob, AuditQueue } from '../../src/jobs/audits.js';
+import { type AuditJob, AuditQueue } from '../../src/jobs/audit/registry.js';
 import { ApiKeys, AuthConfigError, authConfigFromEnv, sha256Hex } from '../../src/routes/auth.js';
 import { startServer } from '../../src/server.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { type Classifier, functionClassifier } from '../../src/engine/classifier.js';
-import { InProcessCompute, type ModelCompute } from '../../src/jobs/compute.js';
+import { InProcessCompute, type ModelCompute } from '../../src/jobs/serving/compute.js';
 
 /** Shape of the test model's input: small so APGD runs in milliseconds. */
 export const SHAPE: [number, number, number] = [8, 8, 3];

@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { backendInfo } from '../../src/engine/backend.js';
 import { type Classifier, functionClassifier } from '../../src/engine/classifier.js';
-import { AuditQueue } from '../../src/jobs/audits.js';
+import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { colourModel, SHAPE } from './fixtures.js';
 

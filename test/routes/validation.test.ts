@@ -4,7 +4,7 @@ import { createApp } from '../../src/app.js';
 import { functionClassifier } from '../../src/engine/classifier.js';
 import { forwardFlops } from '../../src/engine/model-cost.js';
 import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { AuditQueue } from '../../src/jobs/audits.js';
+import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { cnn, constNode, float, graphFiles } from '../engine/graph-fixtures.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { base64, colourModel, solidPng } from './fixtures.js';

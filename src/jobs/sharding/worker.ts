@@ -1,0 +1,99 @@
+import * as tf from '@tensorflow/tfjs';
+import { initBackend } from '../../engine/backend.js';
+import type { Classifier } from '../../engine/classifier.js';
+import { loadClassifierFromFiles } from '../../engine/model-files.js';
+import { worstCaseConfidence } from '../../engine/ood-worst-case.js';
+import type { ParentMessage, ShardTaskMessage, WorkerMessage, WorstCaseTaskMessage } from './protocol.js';
+import { runShard } from './shards.js';
+
+/**
+ * A shard-pool worker process (forked by `ShardPool`): its own tfjs backend, one shard at a time,
+ * the model of the last audit kept loaded. Exits when the parent goes away.
+ */
+
+/** Sends to the parent; when the parent is gone (killed), this worker has no one to work for. */
+const send = (message: WorkerMessage) => {
+  if (!process.connected) process.exit(0);
+  process.send?.(message, undefined, undefined, (error: Error | null) => {
+    if (error) process.exit(0);
+  });
+};
+
+let model: { key: string; classifier: Promise<Classifier> } | undefined;
+const controllers = new Map<number, AbortController>();
+
+function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promise<Classifier> {
+  if (model?.key !== message.modelKey) {
+    if (!message.files) throw new Error(`the worker holds no model '${message.modelKey}' and got no files`);
+    const previous = model?.classifier;
+    void previous?.then(
+      (c) => c.dispose(),
+      () => {},
+    );
+    model = { key: message.modelKey, classifier: loadClassifierFromFiles(message.files) };
+  }
+  return model.classifier;
+}
+
+async function runTask(message: ShardTaskMessage): Promise<void> {
+  const controller = new AbortController();
+  controllers.set(message.task, controller);
+  const x = tf.tensor4d(message.x, message.shape);
+  const probe = message.probe
+    ? { x: tf.tensor4d(message.probe.x, message.probe.shape), y: message.probe.y }
+    : undefined;
+  try {
+    const classifier = await classifierFor(message);
+    const part = await runShard(classifier, { x, y: message.y, probe }, message.range, message.settings, {
+      signal: controller.signal,
+      onProgress: (progress) => send({ type: 'progress', task: message.task, progress }),
+    });
+    send({ type: 'result', task: message.task, part });
+  } catch (error) {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    send({ type: 'error', task: message.task, name: failure.name, message: failure.message });
+  } finally {
+    controllers.delete(message.task);
+    tf.dispose([x, probe?.x]);
+  }
+}
+
+async function runWorstCase(message: WorstCaseTaskMessage): Promise<void> {
+  const controller = new AbortController();
+  controllers.set(message.task, controller);
+  const x = tf.tensor4d(message.x, message.shape);
+  try {
+    const classifier = await classifierFor(message);
+    const found = await worstCaseConfidence(classifier, x, {
+      ...message.options,
+      signal: controller.signal,
+      onProgress: (p) =>
+        send({ type: 'worst-case-progress', task: message.task, done: p.done, total: p.total }),
+    });
+    const images = found.images.dataSync() as Float32Array;
+    found.images.dispose();
+    const { confidence, cleanConfidence, predicted } = found;
+    send({
+      type: 'worst-case-result',
+      task: message.task,
+      part: { confidence, cleanConfidence, predicted, images },
+    });
+  } catch (error) {
+    const failure = error instanceof Error ? error : new Error(String(error));
+    send({ type: 'error', task: message.task, name: failure.name, message: failure.message });
+  } finally {
+    controllers.delete(message.task);
+    x.dispose();
+  }
+}
+
+const backend = await initBackend();
+process.on('message', (message: ParentMessage) => {
+  if (message.type === 'shard') void runTask(message);
+  else if (message.type === 'worst-case') void runWorstCase(message);
+  else if (message.type === 'cancel') {
+    controllers.get(message.task)?.abort(new DOMException('the audit was cancelled', 'AbortError'));
+  }
+});
+process.on('disconnect', () => process.exit(0));
+send({ type: 'ready', backend: backend.name, pid: process.pid });
