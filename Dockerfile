@@ -42,7 +42,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
-COPY src/engine/onednn/addon ./src/engine/onednn/addon
+COPY src/engine/backend/onednn/addon ./src/engine/backend/onednn/addon
 # libtensorflow does the compute here: the oneDNN addon (the CPU kernels for when it is absent) is
 # not built. tfjs-node-gpu's install step downloads libtensorflow (GPU, 2.9) into its deps/lib;
 # npm skips a failed optional dependency silently, so the last step checks it is there.

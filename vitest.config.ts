@@ -22,7 +22,7 @@ export default defineConfig({
           name: 'engine-cpu',
           include: ['test/engine/**/*.test.ts'],
           // The native kernels exist on wasm only; that file checks their absence elsewhere itself.
-          exclude: ['test/engine/gradients/native-conv.test.ts'],
+          exclude: ['test/engine/backend/gradients/native-conv.test.ts'],
           env: { RATIO_BACKEND: 'cpu' },
         },
       },
@@ -33,9 +33,9 @@ export default defineConfig({
           // wasm-native kernels that serve where it is absent.
           name: 'engine-wasm-native',
           include: [
-            'test/engine/gradients/**/*.test.ts',
-            'test/engine/backend.test.ts',
-            'test/engine/onednn.test.ts',
+            'test/engine/backend/gradients/**/*.test.ts',
+            'test/engine/backend/backend.test.ts',
+            'test/engine/backend/onednn.test.ts',
           ],
           env: { RATIO_KERNELS: 'wasm-native' },
         },

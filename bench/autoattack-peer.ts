@@ -19,10 +19,10 @@ import { availableParallelism, cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { loadDataset } from '../src/data/load.js';
 import { readModelDir } from '../src/data/model-dir.js';
-import type { AutoAttackReport } from '../src/engine/autoattack.js';
-import { initBackend } from '../src/engine/backend.js';
-import { logitsOf } from '../src/engine/logits.js';
-import { loadModelFromFiles } from '../src/engine/model-files.js';
+import type { AutoAttackReport } from '../src/engine/attacks/autoattack.js';
+import { initBackend } from '../src/engine/backend/backend.js';
+import { loadModelFromFiles } from '../src/engine/model/files.js';
+import { logitsOf } from '../src/engine/model/logits.js';
 import type { Norm } from '../src/engine/types.js';
 import { ShardPool } from '../src/jobs/sharding/pool.js';
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { decodeFolderEntries, listImageFolder } from '../src/data/image-folder.js';
 import { concatDatasets, loadDataset } from '../src/data/load.js';
-import { initBackend } from '../src/engine/backend.js';
+import { initBackend } from '../src/engine/backend/backend.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');

@@ -15,10 +15,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/engine/backend.js';
-import { useFastConvGradients, useStockConvGradients } from '../src/engine/gradients/register.js';
-import type { OnednnAddon } from '../src/engine/onednn/addon.js';
-import { installOnednnKernels, uninstallOnednnKernels } from '../src/engine/onednn/kernels.js';
+import { initBackend } from '../src/engine/backend/backend.js';
+import { useFastConvGradients, useStockConvGradients } from '../src/engine/backend/gradients/register.js';
+import type { OnednnAddon } from '../src/engine/backend/onednn/addon.js';
+import { installOnednnKernels, uninstallOnednnKernels } from '../src/engine/backend/onednn/kernels.js';
 import { smallCnn } from '../src/training/architectures.js';
 import { Rng } from '../src/util/random.js';
 

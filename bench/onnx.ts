@@ -10,10 +10,10 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../src/engine/backend.js';
-import { type Classifier, TfjsClassifier } from '../src/engine/classifier.js';
-import { loadOnnxClassifier } from '../src/engine/onnx/index.js';
-import { decodeModel, decodeTensor } from '../src/engine/onnx/proto.js';
+import { initBackend } from '../src/engine/backend/backend.js';
+import { type Classifier, TfjsClassifier } from '../src/engine/model/classifier.js';
+import { loadOnnxClassifier } from '../src/engine/model/onnx/index.js';
+import { decodeModel, decodeTensor } from '../src/engine/model/onnx/proto.js';
 import { smallCnn } from '../src/training/architectures.js';
 import { Rng } from '../src/util/random.js';
 

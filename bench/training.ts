@@ -10,8 +10,8 @@
 import { parseArgs } from 'node:util';
 import * as tf from '@tensorflow/tfjs';
 import { ArrayDataset } from '../src/data/dataset.js';
-import { initBackend } from '../src/engine/backend.js';
-import { useFastConvGradients, useStockConvGradients } from '../src/engine/gradients/register.js';
+import { initBackend } from '../src/engine/backend/backend.js';
+import { useFastConvGradients, useStockConvGradients } from '../src/engine/backend/gradients/register.js';
 import { buildArchitecture } from '../src/training/architectures.js';
 import { OBJECTIVES, type Objective, resolveConfig } from '../src/training/config.js';
 import { Trainer } from '../src/training/trainer.js';

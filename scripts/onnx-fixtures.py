@@ -34,7 +34,7 @@ class Normalize(nn.Module):
 
 
 class NormalizeByInverse(nn.Module):
-    """src/engine/normalization-layer.ts exactly: (x - mean) * (1 / std), 1 / std rounded from double
+    """src/engine/model/normalization-layer.ts exactly: (x - mean) * (1 / std), 1 / std rounded from double
     to float32 as tfjs does, so that the import and the native model compute the same bits."""
 
     def __init__(self):

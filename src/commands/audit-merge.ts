@@ -80,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
       console.error(`ratio audit merge: ${error.message}\n\n${HELP}`);
       return 2;
     }
-    const { AutoAttackMergeError } = await import('../engine/autoattack.js');
+    const { AutoAttackMergeError } = await import('../engine/attacks/autoattack.js');
     if (error instanceof AutoAttackMergeError) {
       console.error(`ratio audit merge: ${error.message}`);
       return 2;

@@ -189,7 +189,7 @@ async function queueOptions(
 }
 
 async function audit(args: AuditArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend.js');
+  const { initBackend } = await import('../engine/backend/backend.js');
   const { prepareAudit, runAudit } = await import('../jobs/audit/audit.js');
   const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();

@@ -128,7 +128,7 @@ async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promi
 }
 
 async function evaluate(args: EvalArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend.js');
+  const { initBackend } = await import('../engine/backend/backend.js');
   const { evaluateModel, writeCalibration } = await import('../jobs/evaluation/evaluate.js');
   const { loadModelDir } = await import('../jobs/models/load.js');
   const { checkImageShape, defaultOodSpecs, loadImageSet, parseOodSpec, uniformNoise } = await import(

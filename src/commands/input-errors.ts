@@ -19,8 +19,8 @@ export async function inputErrorMessage(error: unknown, options: OptionOfField):
     import('../data/errors.js'),
     import('../data/model-dir.js'),
   ]);
-  const { ModelFileError } = await import('../engine/model-files.js');
-  const { ModelContractError } = await import('../engine/classifier.js');
+  const { ModelFileError } = await import('../engine/model/files.js');
+  const { ModelContractError } = await import('../engine/model/classifier.js');
   // Inputs without an option here carry their option in the message already (e.g. `--ood 'x' ...`).
   const prefixed = (field: string, message: string) =>
     options[field] === undefined ? message : `${options[field]}: ${message}`;

@@ -101,7 +101,7 @@ export async function run(argv: string[]): Promise<number> {
     throw error;
   }
 
-  const { initBackend } = await import('../engine/backend.js');
+  const { initBackend } = await import('../engine/backend/backend.js');
   const { runTraining } = await import('../training/run.js');
   const { CheckpointError } = await import('../training/checkpoint.js');
   const { DatasetError, ImageError } = await import('../data/errors.js');

@@ -74,7 +74,7 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
 }
 
 async function work(args: WorkerArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend.js');
+  const { initBackend } = await import('../engine/backend/backend.js');
   const { QueueShardWorker } = await import('../jobs/sharding/queue-worker.js');
   const { openBlobStore, BlobStoreError } = await import('../jobs/sharding/blob-store.js');
   const pino = (await import('pino')).default;

@@ -4,7 +4,7 @@ import { writeFileAtomically } from './atomic-file.js';
 
 /**
  * Model directories, owned here: read one into the in-memory file map that `loadModelFromFiles`
- * (src/engine/model-files.ts) checks and loads, write such a map back atomically, list a models
+ * (src/engine/model/files.ts) checks and loads, write such a map back atomically, list a models
  * folder, update a card. Checks here are only what file access needs (stay inside the directory,
  * size limits); the engine validates the content.
  * Usage: `loadModelFromFiles(await readModelDir('models/ratio-0.25'))`.

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from './attacks/apgd.js';
 import { vectorNorm } from './attacks/projections.js';
-import { type Classifier, probabilities } from './classifier.js';
+import { type Classifier, probabilities } from './model/classifier.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from './types.js';
 
 /**

@@ -331,7 +331,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     }
     try {
       const { parameters } = prepared;
-      // AutoAttack's defaults where the form leaves a parameter out (engine/autoattack.ts).
+      // AutoAttack's defaults where the form leaves a parameter out (engine/attacks/autoattack.ts).
       checkAuditCost(
         prepared.classifier,
         {

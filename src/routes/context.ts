@@ -1,5 +1,5 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/classifier.js';
+import type { Classifier } from '../engine/model/classifier.js';
 import type { AuditQueue } from '../jobs/audit/registry.js';
 import type { ModelCompute } from '../jobs/serving/compute.js';
 import type { InferenceService } from '../jobs/serving/inference.js';

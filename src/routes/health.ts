@@ -1,7 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { type BackendInfo, tensorMemory, tfjsVersion } from '../engine/backend.js';
+import { type BackendInfo, tensorMemory, tfjsVersion } from '../engine/backend/backend.js';
 import { InferenceProbe } from '../jobs/serving/inference-probe.js';
 import type { ServiceApp, ServiceContext, ServiceEnv } from './context.js';
 import { problemResponses } from './problem.js';

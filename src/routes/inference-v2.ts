@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/classifier.js';
+import type { Classifier } from '../engine/model/classifier.js';
 import { oodThreshold } from '../jobs/serving/predict.js';
 import { bodyLimitByLength } from './body-limit.js';
 import type { ServiceApp, ServiceContext } from './context.js';

@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/classifier.js';
+import type { Classifier } from '../engine/model/classifier.js';
 import { oodThreshold, predictImages } from '../jobs/serving/predict.js';
 import { findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';

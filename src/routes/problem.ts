@@ -1,8 +1,8 @@
 import { z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import { DatasetError, ImageError } from '../data/errors.js';
-import { ModelContractError } from '../engine/classifier.js';
-import { ModelFileError } from '../engine/model-files.js';
+import { ModelContractError } from '../engine/model/classifier.js';
+import { ModelFileError } from '../engine/model/files.js';
 import { InputFieldError, InvalidInputError, ModelLoadError } from '../jobs/errors.js';
 import { RequestCostError } from '../jobs/serving/request-cost.js';
 import { QueueFullError } from '../jobs/serving/semaphore.js';

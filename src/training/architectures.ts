@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../engine/normalization-layer.js';
+import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../engine/model/normalization-layer.js';
 
 /**
  * The model zoo: every model is a tf.layers functional LayersModel that takes NHWC images in [0,1]

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from '../engine/attacks/apgd.js';
 import { normalizePerExample, perExample, projectL2, randomStart } from '../engine/attacks/projections.js';
-import { functionClassifier } from '../engine/classifier.js';
+import { functionClassifier } from '../engine/model/classifier.js';
 import type { Rng } from '../util/random.js';
 import type { InnerAttack, Objective } from './config.js';
 

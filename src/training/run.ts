@@ -6,11 +6,11 @@ import * as tf from '@tensorflow/tfjs';
 import type { Dataset } from '../data/dataset.js';
 import { DatasetError } from '../data/errors.js';
 import { writeModelDir } from '../data/model-dir.js';
-import { backendInfo } from '../engine/backend.js';
-import { calibrate } from '../engine/calibration.js';
-import type { ModelCard } from '../engine/classifier.js';
-import { saveModelToFiles } from '../engine/model-files.js';
-import { OOD_GATE_TPR } from '../engine/ood-metrics.js';
+import { backendInfo } from '../engine/backend/backend.js';
+import type { ModelCard } from '../engine/model/classifier.js';
+import { saveModelToFiles } from '../engine/model/files.js';
+import { calibrate } from '../engine/ood/calibration.js';
+import { OOD_GATE_TPR } from '../engine/ood/metrics.js';
 import { Rng } from '../util/random.js';
 import { buildArchitecture } from './architectures.js';
 import {

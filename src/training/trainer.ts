@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import type { Batch, Dataset } from '../data/dataset.js';
-import { classAtRank, logitsOf } from '../engine/logits.js';
+import { classAtRank, logitsOf } from '../engine/model/logits.js';
 import { Rng } from '../util/random.js';
 import type { CheckpointContent, TrainingPosition } from './checkpoint.js';
 import { runFingerprint } from './checkpoint.js';

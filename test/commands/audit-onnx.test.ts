@@ -6,7 +6,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it, vi } from 'vitest';
 import { run as audit } from '../../src/commands/audit.js';
 import { run as models } from '../../src/commands/models.js';
-import { loadOnnxClassifier } from '../../src/engine/onnx/index.js';
+import { loadOnnxClassifier } from '../../src/engine/model/onnx/index.js';
 
 const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const cifar = path.join(dataDir, 'cifar10/test_batch_first1000.bin');

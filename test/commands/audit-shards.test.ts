@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/audit.js';
-import { withoutTimings } from '../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
 import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 
 /** `ratio audit --shard i/N` on 3 "machines" + `ratio audit merge` == one `ratio audit` run. */

@@ -5,7 +5,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/audit.js';
-import { saveModelToFiles } from '../../src/engine/model-files.js';
+import { saveModelToFiles } from '../../src/engine/model/files.js';
 
 const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const cifar = path.join(dataDir, 'cifar10/test_batch_first1000.bin');

@@ -256,7 +256,7 @@ describe('Dockerfile (GPU)', () => {
     expect(npm).toContain('@tensorflow/tfjs-node-gpu/deps/lib');
     const { env } = checkDockerfileCommon('Dockerfile', parsed);
     expect(env.get('RATIO_BACKEND')).toBe('tensorflow');
-    expect(read('src/engine/backend.ts')).toContain("'@tensorflow/tfjs-node-gpu'");
+    expect(read('src/engine/backend/backend.ts')).toContain("'@tensorflow/tfjs-node-gpu'");
   });
 });
 
@@ -277,7 +277,7 @@ describe('Dockerfile.cpu', () => {
     expect(npm).toContain(`@tensorflow/tfjs-node@${tfjs}`);
     expect(npm).toContain('--omit=optional');
     expect(npm).toContain('@tensorflow/tfjs-node/deps/lib');
-    expect(read('src/engine/backend.ts')).toContain("'@tensorflow/tfjs-node'");
+    expect(read('src/engine/backend/backend.ts')).toContain("'@tensorflow/tfjs-node'");
   });
 });
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { withoutTimings } from '../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
 import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 
 /**

@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { type RunningServer, startServer } from '../../src/server.js';
 import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 import { auditForm } from '../routes/audit-fixtures.js';

@@ -4,8 +4,8 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { probabilities } from '../../src/engine/classifier.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { probabilities } from '../../src/engine/model/classifier.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { batchingFromEnv, limitsFromEnv, type RunningServer, startServer } from '../../src/server.js';
 
 /**

@@ -6,10 +6,10 @@ import { Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loadDataset } from '../../src/data/load.js';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { type AutoAttackReport, autoAttack } from '../../src/engine/autoattack.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { type AutoAttackReport, autoAttack } from '../../src/engine/attacks/autoattack.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { DEFAULT_QUEUE_PREFIX, SHARD_QUEUE } from '../../src/jobs/sharding/queue.js';
-import { withoutTimings } from '../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
 import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
 import { auditForm } from '../routes/audit-fixtures.js';
 import {

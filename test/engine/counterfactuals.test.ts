@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { functionClassifier } from '../../src/engine/classifier.js';
 import { counterfactuals, enforceBudget } from '../../src/engine/counterfactuals.js';
+import { functionClassifier } from '../../src/engine/model/classifier.js';
 import { Rng } from '../../src/util/random.js';
 
 const SHAPE: [number, number, number] = [4, 4, 3];

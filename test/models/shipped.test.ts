@@ -4,10 +4,10 @@ import { describe, expect, it } from 'vitest';
 import { rowsOf } from '../../src/data/image-set.js';
 import { loadImageSet } from '../../src/data/image-sets.js';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { maxProbabilities } from '../../src/engine/calibration.js';
-import { classAtRank, logitsOf } from '../../src/engine/logits.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
-import { OOD_GATE_TPR } from '../../src/engine/ood-metrics.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
+import { classAtRank, logitsOf } from '../../src/engine/model/logits.js';
+import { maxProbabilities } from '../../src/engine/ood/calibration.js';
+import { OOD_GATE_TPR } from '../../src/engine/ood/metrics.js';
 
 /**
  * The models the service ships (models/<name>/) against the figures their cards and evaluation reports

@@ -7,8 +7,8 @@ import sharp from 'sharp';
 import { expect } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { backendInfo } from '../../src/engine/backend.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { backendInfo } from '../../src/engine/backend/backend.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import type { ServiceApp } from '../../src/routes/context.js';
 

@@ -7,9 +7,9 @@ import autocannon from 'autocannon';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { datasetFromBytes } from '../../src/data/load.js';
 import { readModelDir } from '../../src/data/model-dir.js';
-import { autoAttack } from '../../src/engine/autoattack.js';
-import { backendInfo } from '../../src/engine/backend.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { autoAttack } from '../../src/engine/attacks/autoattack.js';
+import { backendInfo } from '../../src/engine/backend/backend.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import {
   parseLogLine,
   rssMb,
@@ -18,7 +18,7 @@ import {
   stopServiceProcess,
   waitFor,
 } from '../e2e/service-process.js';
-import { withoutTimings } from '../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
 import {
   type FuzzFixtures,
   type FuzzStats,

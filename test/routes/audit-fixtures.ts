@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import type { TfjsClassifier } from '../../src/engine/classifier.js';
-import { saveModelToFiles } from '../../src/engine/model-files.js';
+import type { TfjsClassifier } from '../../src/engine/model/classifier.js';
+import { saveModelToFiles } from '../../src/engine/model/files.js';
 
 const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const RECORD = 3073;
@@ -37,7 +37,7 @@ export async function cifarFileLabelledBy(files: Map<string, Uint8Array>, n: num
       for (let c = 0; c < 3; c++) pixels[i * 3072 + p * 3 + c] = bytes[i * RECORD + 1 + c * 1024 + p] / 255;
     }
   }
-  const { loadModelFromFiles } = await import('../../src/engine/model-files.js');
+  const { loadModelFromFiles } = await import('../../src/engine/model/files.js');
   const classifier: TfjsClassifier = await loadModelFromFiles(files);
   try {
     const predicted = tf.tidy(() =>

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { loadOnnxClassifier } from '../../src/engine/onnx/index.js';
+import { loadOnnxClassifier } from '../../src/engine/model/onnx/index.js';
 import type { AuditJob } from '../../src/jobs/audit/registry.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';

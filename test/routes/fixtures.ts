@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
-import { type Classifier, functionClassifier } from '../../src/engine/classifier.js';
+import { type Classifier, functionClassifier } from '../../src/engine/model/classifier.js';
 import { InProcessCompute, type ModelCompute } from '../../src/jobs/serving/compute.js';
 
 /** Shape of the test model's input: small so APGD runs in milliseconds. */

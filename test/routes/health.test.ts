@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { backendInfo } from '../../src/engine/backend.js';
+import { backendInfo } from '../../src/engine/backend/backend.js';
 import { colourModel, solidPng } from './fixtures.js';
 
 describe('health, metrics, OpenAPI and docs', () => {

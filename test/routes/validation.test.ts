@@ -1,11 +1,11 @@
 import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { functionClassifier } from '../../src/engine/classifier.js';
-import { forwardFlops } from '../../src/engine/model-cost.js';
-import { loadModelFromFiles } from '../../src/engine/model-files.js';
+import { functionClassifier } from '../../src/engine/model/classifier.js';
+import { forwardFlops } from '../../src/engine/model/cost.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { cnn, constNode, float, graphFiles } from '../engine/graph-fixtures.js';
+import { cnn, constNode, float, graphFiles } from '../engine/model/graph-fixtures.js';
 import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
 import { base64, colourModel, solidPng } from './fixtures.js';
 

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../../src/engine/normalization-layer.js';
+import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../../src/engine/model/normalization-layer.js';
 import {
   buildArchitecture,
   resnet18,

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
-import type { Classifier } from '../classifier.js';
-import { classAtRank, logitsOf } from '../logits.js';
+import type { Classifier } from '../model/classifier.js';
+import { classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
 import { project, randomStart, steepestDirection } from './projections.js';

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
-import type { Classifier } from '../classifier.js';
+import type { Classifier } from '../model/classifier.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {

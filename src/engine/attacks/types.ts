@@ -1,5 +1,5 @@
 import type * as tf from '@tensorflow/tfjs';
-import type { Classifier } from '../classifier.js';
+import type { Classifier } from '../model/classifier.js';
 import type { LongRunOptions, Norm } from '../types.js';
 
 export interface AttackProgress {

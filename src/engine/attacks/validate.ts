@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed } from '../../util/random.js';
-import type { Classifier } from '../classifier.js';
+import type { Classifier } from '../model/classifier.js';
 
 /** Lets timers, signals and other requests run between attack iterations (abort is checked after). */
 export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));

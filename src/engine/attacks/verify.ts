@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { Classifier } from '../classifier.js';
+import type { Classifier } from '../model/classifier.js';
 import type { Norm } from '../types.js';
 import { vectorNorm } from './projections.js';
 

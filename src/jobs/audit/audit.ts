@@ -1,15 +1,15 @@
 import type { Dataset } from '../../data/dataset.js';
 import { datasetFromBytes, loadDataset } from '../../data/load.js';
 import { type ModelFiles, readModelPath } from '../../data/model-dir.js';
-import type { AttackProgress } from '../../engine/attacks/types.js';
 import {
   AUTOATTACK_VERSIONS,
   type AutoAttackOptions,
   type AutoAttackReport,
   type AutoAttackVersion,
   autoAttack,
-} from '../../engine/autoattack.js';
-import type { Classifier } from '../../engine/classifier.js';
+} from '../../engine/attacks/autoattack.js';
+import type { AttackProgress } from '../../engine/attacks/types.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import type { Norm } from '../../engine/types.js';
 import { InvalidInputError } from '../errors.js';
 import { loadModelDir, loadUploadedModel } from '../models/load.js';

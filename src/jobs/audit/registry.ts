@@ -1,7 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import {
+  type AutoAttackOptions,
+  type AutoAttackReport,
+  autoAttack,
+} from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
-import { type AutoAttackOptions, type AutoAttackReport, autoAttack } from '../../engine/autoattack.js';
-import type { Classifier } from '../../engine/classifier.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import { QueueFullError } from '../serving/semaphore.js';
 import type { ShardedRunOptions, ShardResult } from '../sharding/shards.js';
 import { type AuditParameters, type AuditReport, type PreparedAudit, runAudit } from './audit.js';

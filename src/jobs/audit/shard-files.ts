@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
+import { AUTOATTACK_VERSIONS, type AutoAttackReport } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
-import { AUTOATTACK_VERSIONS, type AutoAttackReport } from '../../engine/autoattack.js';
-import { TfjsClassifier } from '../../engine/classifier.js';
-import { saveModelToFiles } from '../../engine/model-files.js';
+import { TfjsClassifier } from '../../engine/model/classifier.js';
+import { saveModelToFiles } from '../../engine/model/files.js';
 import {
   auditKey,
   mergeShardResults,

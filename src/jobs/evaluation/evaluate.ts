@@ -3,20 +3,20 @@ import { type GridRow, renderCounterfactualGrid, renderCurveChartSvg } from '../
 import { type ImageSet, pixelImage, rowsOf, tensorOf } from '../../data/image-set.js';
 import { updateModelCard } from '../../data/model-dir.js';
 import { apgdAttack, apgdTargeted } from '../../engine/attacks/apgd.js';
+import { autoAttack } from '../../engine/attacks/autoattack.js';
 import type { Attack } from '../../engine/attacks/types.js';
-import { autoAttack } from '../../engine/autoattack.js';
+import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../../engine/counterfactuals.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { classAtRank, logitsOf } from '../../engine/model/logits.js';
 import {
   calibrate,
   expectedCalibrationError,
   maxProbabilities,
   softmaxRows,
-} from '../../engine/calibration.js';
-import type { Classifier } from '../../engine/classifier.js';
-import { counterfactuals, DEFAULT_COUNTERFACTUAL_RADII } from '../../engine/counterfactuals.js';
-import { confidenceCurves, DEFAULT_CURVE_RADII } from '../../engine/curves.js';
-import { classAtRank, logitsOf } from '../../engine/logits.js';
-import { OOD_GATE_TPR, oodMetrics } from '../../engine/ood-metrics.js';
-import { worstCaseConfidence } from '../../engine/ood-worst-case.js';
+} from '../../engine/ood/calibration.js';
+import { confidenceCurves, DEFAULT_CURVE_RADII } from '../../engine/ood/curves.js';
+import { OOD_GATE_TPR, oodMetrics } from '../../engine/ood/metrics.js';
+import { worstCaseConfidence } from '../../engine/ood/worst-case.js';
 import type { EngineProgress } from '../../engine/types.js';
 import { InvalidInputError } from '../errors.js';
 import type { EvalReport, OodRow } from './report.js';

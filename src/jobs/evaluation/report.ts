@@ -1,4 +1,4 @@
-import type { AttackSummary } from '../../engine/autoattack.js';
+import type { AttackSummary } from '../../engine/attacks/autoattack.js';
 
 /** The shape of `report.json` written by `ratio eval`; `report.md` renders the same data. */
 

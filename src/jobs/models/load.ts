@@ -1,8 +1,8 @@
 import path from 'node:path';
 import { listModelDirs, type ModelFiles, readModelPath } from '../../data/model-dir.js';
-import { type Classifier, ModelContractError } from '../../engine/classifier.js';
-import { loadClassifierFromFiles, ModelFileError } from '../../engine/model-files.js';
-import { inspectOnnx, OnnxImportError, type OnnxSummary } from '../../engine/onnx/index.js';
+import { type Classifier, ModelContractError } from '../../engine/model/classifier.js';
+import { loadClassifierFromFiles, ModelFileError } from '../../engine/model/files.js';
+import { inspectOnnx, OnnxImportError, type OnnxSummary } from '../../engine/model/onnx/index.js';
 import { ModelLoadError } from '../errors.js';
 
 /**

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { ModelContractError } from '../../engine/classifier.js';
+import { ModelContractError } from '../../engine/model/classifier.js';
 import {
   type CounterfactualRequest,
   type CounterfactualRows,

@@ -1,7 +1,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { initBackend } from '../../engine/backend.js';
-import type { Classifier } from '../../engine/classifier.js';
-import { loadClassifierFromFiles } from '../../engine/model-files.js';
+import { initBackend } from '../../engine/backend/backend.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { loadClassifierFromFiles } from '../../engine/model/files.js';
 import { InProcessCompute } from './compute.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './compute-protocol.js';
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
-import { type Classifier, probabilities } from '../../engine/classifier.js';
 import { counterfactuals } from '../../engine/counterfactuals.js';
-import { worstCaseConfidence } from '../../engine/ood-worst-case.js';
+import { type Classifier, probabilities } from '../../engine/model/classifier.js';
+import { worstCaseConfidence } from '../../engine/ood/worst-case.js';
 
 /**
  * The served models' compute as plain arrays in and out, so that it can run in this thread

@@ -1,8 +1,8 @@
 import type * as tf from '@tensorflow/tfjs';
 import { type GridRow, type PixelImage, renderCounterfactualGrid } from '../../data/figures.js';
-import type { Classifier } from '../../engine/classifier.js';
 import { DEFAULT_COUNTERFACTUAL_RADII } from '../../engine/counterfactuals.js';
-import { classAtRank, logitsOf } from '../../engine/logits.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { classAtRank, logitsOf } from '../../engine/model/logits.js';
 import { InvalidInputError } from '../errors.js';
 import type { ModelCompute } from './compute.js';
 import { type ImageInput, type ImageLimits, imagesToPixels, pngOfRows } from './images.js';

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { ImageError } from '../../data/errors.js';
 import { decodeImage, encodePng, resizeTo } from '../../data/image.js';
-import type { Classifier } from '../../engine/classifier.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import { InputFieldError, InvalidInputError } from '../errors.js';
 
 /**

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { Classifier } from '../../engine/classifier.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 
 /**
  * Readiness by trial inference: one zero image through every served model. A process whose backend

@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { Classifier } from '../../engine/classifier.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import { type BatcherOptions, DEFAULT_BATCHER_OPTIONS, DynamicBatcher } from './batcher.js';
 import type { ModelCompute } from './compute.js';
 

@@ -1,4 +1,4 @@
-import type { Classifier } from '../../engine/classifier.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import { InProcessCompute, type ModelCompute } from './compute.js';
 import { type ImageInput, type ImageLimits, imagesToPixels, pngOfRows } from './images.js';
 import { oodThreshold } from './predict.js';

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { type Classifier, probabilities } from '../../engine/classifier.js';
+import { type Classifier, probabilities } from '../../engine/model/classifier.js';
 import { InvalidInputError } from '../errors.js';
 import { type ImageInput, type ImageLimits, imagesToPixels } from './images.js';
 

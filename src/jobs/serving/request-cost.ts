@@ -1,5 +1,5 @@
-import type { Classifier } from '../../engine/classifier.js';
-import { forwardFlops, GRADIENT_STEP_FORWARDS } from '../../engine/model-cost.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { forwardFlops, GRADIENT_STEP_FORWARDS } from '../../engine/model/cost.js';
 
 /**
  * Up-front cost of a request: images x iterations x restarts x (gradient steps of) model FLOPs, so one
@@ -77,7 +77,7 @@ export interface AuditForwardPasses {
 const auditTargets = (numClasses: number) => Math.min(9, numClasses - 1);
 
 /**
- * Forward passes per image of AutoAttack's attack sequence (see engine/autoattack.ts plannedAttacks):
+ * Forward passes per image of AutoAttack's attack sequence (see engine/attacks/autoattack.ts plannedAttacks):
  * APGD runs `iterations` gradient steps per restart (per target for APGD-T); FAB-T one gradient step
  * per iteration and target, untargeted FAB the whole Jacobian (K gradients) per iteration; 'rand'
  * averages 20 gradients per step (EOT); Square costs one forward pass per query.

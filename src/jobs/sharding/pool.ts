@@ -3,20 +3,20 @@ import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
-import type { AttackProgress } from '../../engine/attacks/types.js';
 import {
   type AutoAttackOptions,
   type AutoAttackPart,
   type AutoAttackReport,
   autoAttack,
-} from '../../engine/autoattack.js';
-import { type Classifier, TfjsClassifier } from '../../engine/classifier.js';
-import { saveModelToFiles } from '../../engine/model-files.js';
+} from '../../engine/attacks/autoattack.js';
+import type { AttackProgress } from '../../engine/attacks/types.js';
+import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
+import { saveModelToFiles } from '../../engine/model/files.js';
 import {
   type WorstCaseOptions,
   type WorstCaseResult,
   worstCaseConfidence,
-} from '../../engine/ood-worst-case.js';
+} from '../../engine/ood/worst-case.js';
 import type {
   ParentMessage,
   ShardTaskMessage,

@@ -1,5 +1,5 @@
+import type { AutoAttackPart } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
-import type { AutoAttackPart } from '../../engine/autoattack.js';
 import type { Norm } from '../../engine/types.js';
 import type { ShardRange, ShardSettings } from './shards.js';
 

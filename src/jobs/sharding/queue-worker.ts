@@ -2,8 +2,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import * as tf from '@tensorflow/tfjs';
 import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import type { Classifier } from '../../engine/classifier.js';
-import { loadClassifierFromFiles } from '../../engine/model-files.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { loadClassifierFromFiles } from '../../engine/model/files.js';
 import { type BlobStore, openBlobStore } from './blob-store.js';
 import {
   AUDIT_QUEUE,

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { ModelFiles } from '../../data/model-dir.js';
-import type { AutoAttackReport } from '../../engine/autoattack.js';
+import type { AutoAttackReport } from '../../engine/attacks/autoattack.js';
 import type { BlobStore } from './blob-store.js';
 import type { ShardRange, ShardResult, ShardSettings } from './shards.js';
 import { mergeShardResults, ShardError } from './shards.js';

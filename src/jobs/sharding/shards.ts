@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import * as tf from '@tensorflow/tfjs';
 import type { ModelFiles } from '../../data/model-dir.js';
-import { sanityWarnings } from '../../engine/attacks/verify.js';
 import {
   type AutoAttackOptions,
   type AutoAttackPart,
@@ -9,8 +8,9 @@ import {
   type AutoAttackVersion,
   autoAttackPart,
   mergeAutoAttackParts,
-} from '../../engine/autoattack.js';
-import type { Classifier } from '../../engine/classifier.js';
+} from '../../engine/attacks/autoattack.js';
+import { sanityWarnings } from '../../engine/attacks/verify.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import type { Norm } from '../../engine/types.js';
 
 /**

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { initBackend } from '../../engine/backend.js';
-import type { Classifier } from '../../engine/classifier.js';
-import { loadClassifierFromFiles } from '../../engine/model-files.js';
-import { worstCaseConfidence } from '../../engine/ood-worst-case.js';
+import { initBackend } from '../../engine/backend/backend.js';
+import type { Classifier } from '../../engine/model/classifier.js';
+import { loadClassifierFromFiles } from '../../engine/model/files.js';
+import { worstCaseConfidence } from '../../engine/ood/worst-case.js';
 import type { ParentMessage, ShardTaskMessage, WorkerMessage, WorstCaseTaskMessage } from './protocol.js';
 import { runShard } from './shards.js';
 

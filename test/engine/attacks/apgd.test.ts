@@ -2,9 +2,9 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { apgd, apgdAttack, apgdCheckpointIntervals, apgdTargeted } from '../../../src/engine/attacks/apgd.js';
 import { perExampleNorm } from '../../../src/engine/attacks/projections.js';
-import { functionClassifier } from '../../../src/engine/classifier.js';
-import { classAtRank } from '../../../src/engine/logits.js';
-import { epsInGap, linearProblem } from '../autoattack-fixtures.js';
+import { functionClassifier } from '../../../src/engine/model/classifier.js';
+import { classAtRank } from '../../../src/engine/model/logits.js';
+import { epsInGap, linearProblem } from './autoattack-fixtures.js';
 
 const problem = linearProblem({ n: 60, shape: [4, 4, 1], numClasses: 10, norm: 'L2', seed: 3 });
 const eps = epsInGap(problem);

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { fab, fabTargeted, fabUntargeted } from '../../../src/engine/attacks/fab.js';
 import { dualNorm, vectorNorm } from '../../../src/engine/attacks/projections.js';
-import { type Classifier, functionClassifier } from '../../../src/engine/classifier.js';
+import { type Classifier, functionClassifier } from '../../../src/engine/model/classifier.js';
 import type { Norm } from '../../../src/engine/types.js';
 import { Rng } from '../../../src/util/random.js';
 

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { autoAttack } from '../../../src/engine/autoattack.js';
-import { type Classifier, functionClassifier } from '../../../src/engine/classifier.js';
+import { autoAttack } from '../../../src/engine/attacks/autoattack.js';
+import { type Classifier, functionClassifier } from '../../../src/engine/model/classifier.js';
 import { type AuditRequest, prepareAudit, runAudit } from '../../../src/jobs/audit/audit.js';
 import { InvalidInputError } from '../../../src/jobs/errors.js';
 

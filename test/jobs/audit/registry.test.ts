@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { ArrayDataset } from '../../../src/data/dataset.js';
-import type { AutoAttackReport } from '../../../src/engine/autoattack.js';
-import { functionClassifier } from '../../../src/engine/classifier.js';
+import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js';
+import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import { type AuditEvent, AuditQueue } from '../../../src/jobs/audit/registry.js';
 
 const classifier = functionClassifier({ inputShape: [2, 2, 1], numClasses: 2 }, (x) =>

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { functionClassifier } from '../../../src/engine/classifier.js';
+import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import {
   DEFAULT_EVAL_SETTINGS,
   type EvalSettings,

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelFileError, saveModelToFiles } from '../../../src/engine/model-files.js';
+import { ModelFileError, saveModelToFiles } from '../../../src/engine/model/files.js';
 import { inspectModel, loadModelDir, loadModelsFolder } from '../../../src/jobs/models/load.js';
 
 /** ONNX models through the model use cases: a .onnx path, a model directory, a models folder. */

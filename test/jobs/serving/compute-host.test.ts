@@ -3,7 +3,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../../src/data/model-dir.js';
-import { loadModelFromFiles } from '../../../src/engine/model-files.js';
+import { loadModelFromFiles } from '../../../src/engine/model/files.js';
 import { InProcessCompute, UnknownModelError } from '../../../src/jobs/serving/compute.js';
 import { ComputeWorkerError, WorkerCompute } from '../../../src/jobs/serving/compute-host.js';
 

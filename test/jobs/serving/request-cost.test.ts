@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { functionClassifier } from '../../../src/engine/classifier.js';
+import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import {
   auditForwardPasses,
   checkAuditCost,

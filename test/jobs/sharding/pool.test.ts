@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AutoAttackReport, autoAttack } from '../../../src/engine/autoattack.js';
+import { type AutoAttackReport, autoAttack } from '../../../src/engine/attacks/autoattack.js';
 import { parseWorkerCount, ShardPool } from '../../../src/jobs/sharding/pool.js';
 import type { ShardResult } from '../../../src/jobs/sharding/shards.js';
-import { withoutTimings } from '../../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../../engine/attacks/autoattack-fixtures.js';
 import { auditFixture, QUICK } from './shard-fixtures.js';
 
 /** The pool of worker processes gives exactly the single-process report, also when a worker dies. */

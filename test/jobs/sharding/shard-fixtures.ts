@@ -2,8 +2,8 @@ import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
 import { loadDataset } from '../../../src/data/load.js';
 import { readModelDir } from '../../../src/data/model-dir.js';
-import type { TfjsClassifier } from '../../../src/engine/classifier.js';
-import { loadModelFromFiles } from '../../../src/engine/model-files.js';
+import type { TfjsClassifier } from '../../../src/engine/model/classifier.js';
+import { loadModelFromFiles } from '../../../src/engine/model/files.js';
 import type { ShardSettings } from '../../../src/jobs/sharding/shards.js';
 
 /** The shipped ratio-cifar10 on the first real CIFAR-10 test points, with a quick attack budget. */

@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type AutoAttackReport, autoAttack } from '../../../src/engine/autoattack.js';
+import { type AutoAttackReport, autoAttack } from '../../../src/engine/attacks/autoattack.js';
 import {
   auditKey,
   defaultShardCount,
@@ -12,7 +12,7 @@ import {
   type ShardResult,
   sliceRows,
 } from '../../../src/jobs/sharding/shards.js';
-import { withoutTimings } from '../../engine/autoattack-fixtures.js';
+import { withoutTimings } from '../../engine/attacks/autoattack-fixtures.js';
 import { auditFixture, QUICK } from './shard-fixtures.js';
 
 describe('shard plans', () => {
