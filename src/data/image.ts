@@ -1,7 +1,7 @@
 import type * as tf from '@tensorflow/tfjs';
 import sharp, { type Metadata } from 'sharp';
 import { ImageError } from './errors.js';
-import { decodePlainPng, readPngHeader } from './png.js';
+import { decodePlainPng, type RawImage, readPngHeader } from './png.js';
 
 /**
  * Image bytes in and out with sharp (libvips). Decoding checks the header first: the pixel count a
@@ -10,13 +10,7 @@ import { decodePlainPng, readPngHeader } from './png.js';
  * Small plain PNGs are decoded on this thread with fast-png (src/data/png.ts), to the same pixels.
  */
 
-export interface RawImage {
-  /** uint8 HWC, row-major. */
-  data: Uint8Array;
-  height: number;
-  width: number;
-  channels: number;
-}
+export type { RawImage };
 
 export interface DecodeOptions {
   /** Largest width x height accepted, checked from the header before decoding. Default 4096 x 4096. */

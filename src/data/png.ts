@@ -1,6 +1,5 @@
 import { crc32 } from 'node:zlib';
 import { PNG } from 'pngjs';
-import type { RawImage } from './image.js';
 
 /**
  * Small plain PNGs decoded on this thread with pngjs, and the PNG header read from its bytes.
@@ -19,6 +18,14 @@ import type { RawImage } from './image.js';
  * const header = readPngHeader(bytes); // { width: 32, height: 32, bitDepth: 8, colourType: 2, interlaced: false }
  * const image = header && decodePlainPng(bytes, header, 3); // RawImage, or undefined: decode with sharp
  */
+
+/** Decoded pixels: uint8 HWC, row-major (what sharp hands back too; image.ts passes it on). */
+export interface RawImage {
+  data: Uint8Array;
+  height: number;
+  width: number;
+  channels: number;
+}
 
 /** Largest width x height decoded here; beyond it sharp decodes on its own threads (no event-loop stall). */
 export const INLINE_PNG_MAX_PIXELS = 128 * 128;

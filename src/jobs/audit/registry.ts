@@ -8,7 +8,8 @@ import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { QueueFullError } from '../serving/semaphore.js';
 import type { ShardedRunOptions, ShardResult } from '../sharding/shards.js';
-import { type AuditParameters, type AuditReport, type PreparedAudit, runAudit } from './audit.js';
+import { type AuditReport, type PreparedAudit, runAudit } from './audit.js';
+import type { AuditJob, AuditState } from './job.js';
 import type { AuditStore } from './store.js';
 
 /**
@@ -16,21 +17,8 @@ import type { AuditStore } from './store.js';
  * for Server-Sent Events, and cancellation through an AbortController per job.
  */
 
-export type AuditState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
-
 export type { AuditParameters, AuditReport } from './audit.js';
-
-export interface AuditJob {
-  id: string;
-  state: AuditState;
-  parameters: AuditParameters;
-  created_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-  progress: AttackProgress | null;
-  result: AuditReport | null;
-  error: string | null;
-}
+export type { AuditJob, AuditState } from './job.js';
 
 export type AuditEvent =
   | { type: 'progress'; job: AuditJob; progress: AttackProgress }

@@ -8,7 +8,7 @@ import { TfjsClassifier } from '../../engine/model/classifier.js';
 import { loadModelFromFiles, saveModelToFiles } from '../../engine/model/files.js';
 import type { ShardResult } from '../sharding/shards.js';
 import type { PreparedAudit } from './audit.js';
-import type { AuditJob } from './registry.js';
+import type { AuditJob } from './job.js';
 
 /**
  * The embedded mode's durable audit state: one directory per audit under the state directory
