@@ -83,7 +83,7 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`ratio serve: ${error.message}`);
     return 2;
   }
-  const { defaultStateDir } = await import('../jobs/audit/store.js');
+  const { defaultStateDir } = await import('../data/data-root.js');
   const stateDir = values['state-dir'] ?? defaultStateDir();
   const queueUrl = values.queue ?? (process.env.RATIO_QUEUE_URL || undefined);
   let queue: { url: string; store: BlobStore } | undefined;

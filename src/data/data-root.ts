@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
 import path from 'node:path';
 import { DatasetError } from './errors.js';
 
@@ -16,4 +17,14 @@ export function resolveDataPath(spec: string): string {
   const underRoot = path.join(dataRoot(), spec);
   if (existsSync(underRoot)) return underRoot;
   throw new DatasetError('not-found', `data '${spec}' not found (neither as a path nor under ${dataRoot()})`);
+}
+
+/**
+ * The service's state directory (durable audits, the local blob store): `RATIO_STATE_DIR`, else
+ * `$XDG_STATE_HOME/ratio-audit`, else `~/.local/state/ratio-audit`.
+ */
+export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.RATIO_STATE_DIR) return path.resolve(env.RATIO_STATE_DIR);
+  const base = env.XDG_STATE_HOME ?? path.join(homedir(), '.local', 'state');
+  return path.join(base, 'ratio-audit');
 }

@@ -40,3 +40,17 @@ export class ModelLoadError extends Error {
     super(message);
   }
 }
+
+/** Thrown when both the running slots and the waiting line of a queue are full (compute or audits). */
+export class QueueFullError extends Error {
+  override readonly name = 'QueueFullError';
+  constructor(
+    message: string,
+    /** Suggested seconds before retrying. */
+    readonly retryAfter: number,
+    /** Which queue is full: synchronous compute (predict, OOD, counterfactuals) or audits. */
+    readonly queue: 'compute' | 'audit' = 'compute',
+  ) {
+    super(message);
+  }
+}

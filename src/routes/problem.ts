@@ -3,9 +3,8 @@ import type { Context } from 'hono';
 import { DatasetError, ImageError } from '../data/errors.js';
 import { ModelContractError } from '../engine/model/classifier.js';
 import { ModelFileError } from '../engine/model/files.js';
-import { InputFieldError, InvalidInputError, ModelLoadError } from '../jobs/errors.js';
+import { InputFieldError, InvalidInputError, ModelLoadError, QueueFullError } from '../jobs/errors.js';
 import { RequestCostError } from '../jobs/serving/request-cost.js';
-import { QueueFullError } from '../jobs/serving/semaphore.js';
 
 /**
  * RFC 9457 problem details. Every error answer of the service is one of these, with the field at

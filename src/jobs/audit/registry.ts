@@ -6,7 +6,7 @@ import {
 } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
-import { QueueFullError } from '../serving/semaphore.js';
+import { QueueFullError } from '../errors.js';
 import type { ShardedRunOptions, ShardResult } from '../sharding/shards.js';
 import { type AuditReport, type PreparedAudit, runAudit } from './audit.js';
 import type { AuditJob, AuditState } from './job.js';

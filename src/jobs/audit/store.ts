@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import path from 'node:path';
 import { writeFileAtomically } from '../../data/atomic-file.js';
+import { defaultStateDir } from '../../data/data-root.js';
 import { ArrayDataset, type ImageShape } from '../../data/dataset.js';
 import { readModelDir, writeModelDir } from '../../data/model-dir.js';
 import { TfjsClassifier } from '../../engine/model/classifier.js';
@@ -24,12 +24,6 @@ import type { AuditJob } from './job.js';
  * old or the new version. A service restarted on the same directory lists every audit again and
  * resumes the unfinished ones from their finished shards.
  */
-
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.RATIO_STATE_DIR) return path.resolve(env.RATIO_STATE_DIR);
-  const base = env.XDG_STATE_HOME ?? path.join(homedir(), '.local', 'state');
-  return path.join(base, 'ratio-audit');
-}
 
 const ID = /^[0-9a-f-]{36}$/;
 

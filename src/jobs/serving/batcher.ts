@@ -1,4 +1,4 @@
-import { QueueFullError } from './semaphore.js';
+import { QueueFullError } from '../errors.js';
 
 /**
  * Dynamic batching of forward passes, per model: concurrent requests wait in one queue and leave it

@@ -1,16 +1,4 @@
-/** Thrown when both the running slots and the waiting line of a semaphore are full. */
-export class QueueFullError extends Error {
-  override readonly name = 'QueueFullError';
-  constructor(
-    message: string,
-    /** Suggested seconds before retrying. */
-    readonly retryAfter: number,
-    /** Which queue is full: synchronous compute (predict, OOD, counterfactuals) or audits. */
-    readonly queue: 'compute' | 'audit' = 'compute',
-  ) {
-    super(message);
-  }
-}
+import { QueueFullError } from '../errors.js';
 
 export interface SemaphoreOptions {
   /** Tasks running at once. */

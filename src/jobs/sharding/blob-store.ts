@@ -2,7 +2,7 @@ import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFileAtomically } from '../../data/atomic-file.js';
-import { defaultStateDir } from '../audit/store.js';
+import { defaultStateDir } from '../../data/data-root.js';
 
 /**
  * Where model files and audited points travel to queue workers on other machines: a store of

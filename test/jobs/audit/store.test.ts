@@ -2,11 +2,12 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultStateDir } from '../../../src/data/data-root.js';
 import { ArrayDataset } from '../../../src/data/dataset.js';
 import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js';
 import { loadModelFromFiles } from '../../../src/engine/model/files.js';
 import { AuditQueue } from '../../../src/jobs/audit/registry.js';
-import { AuditStore, defaultStateDir } from '../../../src/jobs/audit/store.js';
+import { AuditStore } from '../../../src/jobs/audit/store.js';
 import { tinyCifarModelFiles } from '../../routes/audit-fixtures.js';
 
 let dir = '';

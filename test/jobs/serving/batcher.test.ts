@@ -4,9 +4,9 @@ import { describe, expect, it } from 'vitest';
 import { readModelDir } from '../../../src/data/model-dir.js';
 import { type Classifier, probabilities } from '../../../src/engine/model/classifier.js';
 import { loadModelFromFiles } from '../../../src/engine/model/files.js';
+import { QueueFullError } from '../../../src/jobs/errors.js';
 import { type BatchForward, DynamicBatcher } from '../../../src/jobs/serving/batcher.js';
 import { InProcessCompute } from '../../../src/jobs/serving/compute.js';
-import { QueueFullError } from '../../../src/jobs/serving/semaphore.js';
 
 const shipped = await loadModelFromFiles(await readModelDir(path.resolve('models/ratio-cifar10')));
 const VALUES = 32 * 32 * 3;

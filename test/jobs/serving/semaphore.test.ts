@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ComputeSemaphore, QueueFullError } from '../../../src/jobs/serving/semaphore.js';
+import { QueueFullError } from '../../../src/jobs/errors.js';
+import { ComputeSemaphore } from '../../../src/jobs/serving/semaphore.js';
 
 describe('ComputeSemaphore', () => {
   it('runs at most maxRunning tasks, queues maxWaiting, refuses the rest, and hands slots over in order', async () => {
