@@ -24,7 +24,7 @@ import { initBackend } from '../src/engine/backend/backend.js';
 import { loadModelFromFiles } from '../src/engine/model/files.js';
 import { logitsOf } from '../src/engine/model/logits.js';
 import type { Norm } from '../src/engine/types.js';
-import { ShardPool } from '../src/jobs/sharding/pool.js';
+import { ShardPool } from '../src/jobs/sharding/index.js';
 
 function option(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);

@@ -22,10 +22,7 @@ import { readModelDir } from '../src/data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../src/engine/attacks/autoattack.js';
 import { initBackend } from '../src/engine/backend/backend.js';
 import { loadModelFromFiles } from '../src/engine/model/files.js';
-import { FileBlobStore } from '../src/jobs/sharding/blob-store.js';
-import { ShardPool } from '../src/jobs/sharding/pool.js';
-import { QueueAuditRunner } from '../src/jobs/sharding/queue-runner.js';
-import { defaultShardCount } from '../src/jobs/sharding/shards.js';
+import { defaultShardCount, FileBlobStore, QueueAuditRunner, ShardPool } from '../src/jobs/sharding/index.js';
 
 function option(name: string, fallback: string): string {
   const at = process.argv.indexOf(`--${name}`);

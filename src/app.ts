@@ -5,13 +5,17 @@ import { requestId } from 'hono/request-id';
 import { secureHeaders } from 'hono/secure-headers';
 import type { OpenAPIObject } from 'openapi3-ts/oas31';
 import pino from 'pino';
-import type { BackendInfo } from './engine/backend/backend.js';
-import type { Classifier } from './engine/model/classifier.js';
-import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audit/registry.js';
-import type { BatcherOptions } from './jobs/serving/batcher.js';
-import { InProcessCompute, type ModelCompute } from './jobs/serving/compute.js';
-import { createInferenceMetrics, InferenceService } from './jobs/serving/inference.js';
-import { ComputeSemaphore } from './jobs/serving/semaphore.js';
+import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audit/index.js';
+import type { Classifier } from './jobs/models/index.js';
+import type { BackendInfo } from './jobs/runtime.js';
+import {
+  type BatcherOptions,
+  ComputeSemaphore,
+  createInferenceMetrics,
+  InferenceService,
+  InProcessCompute,
+  type ModelCompute,
+} from './jobs/serving/index.js';
 import { auditAdmission, computeAdmission, crossOriginWrites } from './routes/admission.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
 import { registerAuditRoutes } from './routes/audits.js';

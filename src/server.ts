@@ -3,17 +3,17 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
 import { type AppDependencies, createApp, logAuditEnd } from './app.js';
-import { backendInfo, initBackend } from './engine/backend/backend.js';
-import type { Classifier } from './engine/model/classifier.js';
-import { AuditQueue } from './jobs/audit/registry.js';
-import { AuditStore } from './jobs/audit/store.js';
-import { loadModelsFolder } from './jobs/models/load.js';
-import type { BatcherOptions } from './jobs/serving/batcher.js';
-import { InProcessCompute, type ModelCompute } from './jobs/serving/compute.js';
-import { ModelRouter, WorkerCompute } from './jobs/serving/compute-host.js';
-import type { BlobStore } from './jobs/sharding/blob-store.js';
-import { parseWorkerCount, ShardPool } from './jobs/sharding/pool.js';
-import { QueueAuditRunner } from './jobs/sharding/queue-runner.js';
+import { AuditQueue, AuditStore } from './jobs/audit/index.js';
+import { type Classifier, loadModelsFolder } from './jobs/models/index.js';
+import { backendInfo, initBackend } from './jobs/runtime.js';
+import {
+  type BatcherOptions,
+  InProcessCompute,
+  type ModelCompute,
+  ModelRouter,
+  WorkerCompute,
+} from './jobs/serving/index.js';
+import { type BlobStore, parseWorkerCount, QueueAuditRunner, ShardPool } from './jobs/sharding/index.js';
 import { type AuthConfig, authConfigFromEnv } from './routes/auth.js';
 import type { ServiceLimits } from './routes/context.js';
 

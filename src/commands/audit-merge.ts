@@ -35,7 +35,7 @@ function parseMergeArguments(argv: string[]) {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const { ShardError } = await import('../jobs/sharding/shards.js');
+  const { ShardError } = await import('../jobs/sharding/index.js');
   try {
     let parsed: ReturnType<typeof parseMergeArguments>;
     try {
@@ -54,7 +54,7 @@ export async function run(argv: string[]): Promise<number> {
     if (minRobustAccuracy !== undefined && !(minRobustAccuracy >= 0 && minRobustAccuracy <= 1)) {
       throw new UsageError(`--min-robust-accuracy must lie in [0, 1], got '${threshold}'`);
     }
-    const { mergeShardDocuments, parseShardDocument } = await import('../jobs/audit/shard-files.js');
+    const { mergeShardDocuments, parseShardDocument } = await import('../jobs/audit/index.js');
     const documents = [];
     for (const file of files) {
       const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
@@ -80,7 +80,7 @@ export async function run(argv: string[]): Promise<number> {
       console.error(`ratio audit merge: ${error.message}\n\n${HELP}`);
       return 2;
     }
-    const { AutoAttackMergeError } = await import('../engine/attacks/autoattack.js');
+    const { AutoAttackMergeError } = await import('../jobs/audit/index.js');
     if (error instanceof AutoAttackMergeError) {
       console.error(`ratio audit merge: ${error.message}`);
       return 2;

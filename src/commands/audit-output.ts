@@ -1,5 +1,5 @@
 import { writeFile } from 'node:fs/promises';
-import type { AuditReport } from '../jobs/audit/audit.js';
+import type { AuditReport } from '../jobs/audit/index.js';
 
 /** What `ratio audit` and `ratio audit merge` print, and the gate's exit code. */
 

@@ -2,10 +2,10 @@ import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { zipSync } from 'fflate';
 import { Agent, FormData, fetch, type Response } from 'undici';
-import { DatasetError } from '../data/errors.js';
-import { pairedLabelsName } from '../data/load.js';
-import { readModelPath } from '../data/model-dir.js';
-import type { AuditJob, AuditReport } from '../jobs/audit/registry.js';
+import type { AuditJob, AuditReport } from '../jobs/audit/index.js';
+import { pairedLabelsName } from '../jobs/datasets/index.js';
+import { DatasetError } from '../jobs/errors.js';
+import { readModelPath } from '../jobs/models/index.js';
 import { gateExitCode, printAuditReport, writeSummaries } from './audit-output.js';
 import { PhaseProgress } from './progress.js';
 

@@ -1,6 +1,6 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../engine/types.js';
+import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../jobs/audit/parameters.js';
 import { readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
@@ -79,7 +79,7 @@ async function shardOption(shard: string | undefined, shards: string | undefined
   if (shard === undefined && shards === undefined) return undefined;
   if (shard !== undefined && shards !== undefined)
     throw new UsageError('give --shard i/N or --shards N, not both');
-  const { parseShardSpec, ShardError } = await import('../jobs/sharding/shards.js');
+  const { parseShardSpec, ShardError } = await import('../jobs/sharding/index.js');
   const index = process.env.JOB_COMPLETION_INDEX;
   if (shard === undefined && index === undefined) {
     throw new UsageError('--shards N takes the shard index from JOB_COMPLETION_INDEX, which is not set');
@@ -128,7 +128,7 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     if (!/^https?:\/\/[^/]/.test(server))
       throw new UsageError(`--server must be an http(s) URL, got '${server}'`);
   }
-  const { parseWorkerCount } = await import('../jobs/sharding/pool.js');
+  const { parseWorkerCount } = await import('../jobs/sharding/index.js');
   let workers: number;
   try {
     workers = parseWorkerCount(options.text('workers') ?? process.env.RATIO_WORKERS);
@@ -172,8 +172,7 @@ async function queueOptions(
   store = process.env.RATIO_STORE_URL || undefined,
 ): Promise<{ queue?: string; store?: string }> {
   if (queue === undefined) return {};
-  const { parseQueueUrl } = await import('../jobs/sharding/queue.js');
-  const { openBlobStore, defaultStoreUrl } = await import('../jobs/sharding/blob-store.js');
+  const { parseQueueUrl, openBlobStore, defaultStoreUrl } = await import('../jobs/sharding/index.js');
   try {
     parseQueueUrl(queue);
   } catch (error) {
@@ -189,8 +188,8 @@ async function queueOptions(
 }
 
 async function audit(args: AuditArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend/backend.js');
-  const { prepareAudit, runAudit } = await import('../jobs/audit/audit.js');
+  const { initBackend } = await import('../jobs/runtime.js');
+  const { prepareAudit, runAudit } = await import('../jobs/audit/index.js');
   const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();
 
@@ -223,7 +222,7 @@ async function audit(args: AuditArguments): Promise<number> {
   const { printAuditReport, gateExitCode, writeSummaries } = await import('./audit-output.js');
   try {
     if (args.shard) {
-      const { runAuditShard, shardDocument } = await import('../jobs/audit/shard-files.js');
+      const { runAuditShard, shardDocument } = await import('../jobs/audit/index.js');
       const result = await runAuditShard(prepared, args.shard, {
         batchSize: args.batchSize,
         queries: args.queries,
@@ -240,8 +239,7 @@ async function audit(args: AuditArguments): Promise<number> {
       );
       return 0;
     }
-    const { ShardPool } = await import('../jobs/sharding/pool.js');
-    const { defaultShardCount } = await import('../jobs/sharding/shards.js');
+    const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
     const shards = defaultShardCount(Math.min(args.n, prepared.dataset.size), args.workers);
     // One shard (a small audit) or one worker: in process, the same report without starting workers.
     const pool =
@@ -283,8 +281,7 @@ async function audit(args: AuditArguments): Promise<number> {
 }
 
 async function startQueueRunner(queue: string, store: string) {
-  const { QueueAuditRunner } = await import('../jobs/sharding/queue-runner.js');
-  const { openBlobStore } = await import('../jobs/sharding/blob-store.js');
+  const { QueueAuditRunner, openBlobStore } = await import('../jobs/sharding/index.js');
   return QueueAuditRunner.start({ queue, store: openBlobStore(store) });
 }
 
@@ -297,8 +294,9 @@ async function auditOrInfrastructureError(args: AuditArguments): Promise<number>
   try {
     return await audit(args);
   } catch (error) {
-    const { ShardFailedError, PoolClosedError } = await import('../jobs/sharding/pool.js');
-    const { QueueUnavailableError } = await import('../jobs/sharding/queue.js');
+    const { ShardFailedError, PoolClosedError, QueueUnavailableError } = await import(
+      '../jobs/sharding/index.js'
+    );
     if (
       error instanceof ShardFailedError ||
       error instanceof PoolClosedError ||

@@ -1,7 +1,12 @@
 import { parseArgs } from 'node:util';
-import { labelCounts } from '../data/dataset.js';
-import { fetchDataset, isOfficialDatasetName, OFFICIAL_DATASETS } from '../data/fetch.js';
-import { type DatasetFormat, loadDataset } from '../data/load.js';
+import {
+  type DatasetFormat,
+  fetchDataset,
+  isOfficialDatasetName,
+  labelCounts,
+  loadDataset,
+  OFFICIAL_DATASETS,
+} from '../jobs/datasets/index.js';
 import type { CommandModule } from './command.js';
 
 /** `ratio datasets fetch|list|info`: official archives, and a quick look at any data set on disk. */

@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { ImageSet } from '../data/image-set.js';
-import type { EvalSettings } from '../jobs/evaluation/evaluate.js';
+import type { ImageSet } from '../jobs/datasets/index.js';
+import type { EvalSettings } from '../jobs/evaluation/index.js';
 import { readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
@@ -87,7 +87,7 @@ async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promi
   const cfTarget = options.choice('cf-target', ['second', 'true'] as const, 'second');
   const attackIterations = integer('iterations', quick ? 5 : defaults.iterations.autoAttack);
   const n = integer('n', defaults.n);
-  const { parseWorkerCount } = await import('../jobs/sharding/pool.js');
+  const { parseWorkerCount } = await import('../jobs/sharding/index.js');
   let workers: number;
   try {
     workers = parseWorkerCount(text('workers') ?? process.env.RATIO_WORKERS);
@@ -128,11 +128,11 @@ async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promi
 }
 
 async function evaluate(args: EvalArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend/backend.js');
-  const { evaluateModel, writeCalibration } = await import('../jobs/evaluation/evaluate.js');
-  const { loadModelDir } = await import('../jobs/models/load.js');
+  const { initBackend } = await import('../jobs/runtime.js');
+  const { evaluateModel, writeCalibration } = await import('../jobs/evaluation/index.js');
+  const { loadModelDir } = await import('../jobs/models/index.js');
   const { checkImageShape, defaultOodSpecs, loadImageSet, parseOodSpec, uniformNoise } = await import(
-    '../data/image-sets.js'
+    '../jobs/datasets/index.js'
   );
   const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();
@@ -179,9 +179,8 @@ async function evaluate(args: EvalArguments): Promise<number> {
     );
     // AutoAttack and the worst-case OOD search on a pool of worker processes (the model travels
     // as its files); one worker runs everything in process.
-    const { ShardPool } = await import('../jobs/sharding/pool.js');
-    const { defaultShardCount } = await import('../jobs/sharding/shards.js');
-    const { readModelPath } = await import('../data/model-dir.js');
+    const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
+    const { readModelPath } = await import('../jobs/models/index.js');
     // Workers start only when a phase splits into more than one shard (quick mode's AutoAttack stays here).
     const robustShards = settings.quick
       ? 1
@@ -246,7 +245,7 @@ export const summary =
 const OPTION_OF_FIELD = { model: '--model' };
 
 export async function run(argv: string[]): Promise<number> {
-  const { DEFAULT_EVAL_SETTINGS } = await import('../jobs/evaluation/evaluate.js');
+  const { DEFAULT_EVAL_SETTINGS } = await import('../jobs/evaluation/index.js');
   return runCommand({
     name: 'eval',
     help: HELP,

@@ -10,17 +10,10 @@ export type OptionOfField = Record<string, string>;
 /** The message for a bad-input error, or undefined when `error` is not one (a bug, an abort). */
 export async function inputErrorMessage(error: unknown, options: OptionOfField): Promise<string | undefined> {
   if (!(error instanceof Error)) return undefined;
-  const [
-    { InputFieldError, InvalidInputError, ModelLoadError },
-    { DatasetError, ImageError },
-    { ModelDirError },
-  ] = await Promise.all([
-    import('../jobs/errors.js'),
-    import('../data/errors.js'),
-    import('../data/model-dir.js'),
-  ]);
-  const { ModelFileError } = await import('../engine/model/files.js');
-  const { ModelContractError } = await import('../engine/model/classifier.js');
+  const { DatasetError, ImageError, InputFieldError, InvalidInputError, ModelLoadError } = await import(
+    '../jobs/errors.js'
+  );
+  const { ModelContractError, ModelDirError, ModelFileError } = await import('../jobs/models/index.js');
   // Inputs without an option here carry their option in the message already (e.g. `--ood 'x' ...`).
   const prefixed = (field: string, message: string) =>
     options[field] === undefined ? message : `${options[field]}: ${message}`;

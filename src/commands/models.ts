@@ -34,7 +34,7 @@ function parseInspect(argv: string[]): InspectArguments | 'help' {
 }
 
 async function inspect({ modelPath, json }: InspectArguments): Promise<number> {
-  const { inspectModel } = await import('../jobs/models/load.js');
+  const { inspectModel } = await import('../jobs/models/index.js');
   const summary = await inspectModel(modelPath);
   if (json) {
     console.log(JSON.stringify(summary, null, 2));

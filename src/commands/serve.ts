@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import type { BlobStore } from '../jobs/sharding/blob-store.js';
+import type { BlobStore } from '../jobs/sharding/index.js';
 
 /** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
 
@@ -83,13 +83,12 @@ export async function run(argv: string[]): Promise<number> {
     console.error(`ratio serve: ${error.message}`);
     return 2;
   }
-  const { defaultStateDir } = await import('../data/data-root.js');
+  const { defaultStateDir } = await import('../jobs/audit/index.js');
   const stateDir = values['state-dir'] ?? defaultStateDir();
   const queueUrl = values.queue ?? (process.env.RATIO_QUEUE_URL || undefined);
   let queue: { url: string; store: BlobStore } | undefined;
   if (queueUrl !== undefined) {
-    const { parseQueueUrl } = await import('../jobs/sharding/queue.js');
-    const { openBlobStore, defaultStoreUrl } = await import('../jobs/sharding/blob-store.js');
+    const { parseQueueUrl, openBlobStore, defaultStoreUrl } = await import('../jobs/sharding/index.js');
     try {
       parseQueueUrl(queueUrl);
       const storeUrl = values.store ?? defaultStoreUrl({ ...process.env, RATIO_STATE_DIR: stateDir });
@@ -99,7 +98,7 @@ export async function run(argv: string[]): Promise<number> {
       return 2;
     }
   }
-  const { QueueUnavailableError } = await import('../jobs/sharding/queue.js');
+  const { QueueUnavailableError } = await import('../jobs/sharding/index.js');
   const server = await startServer({
     port,
     host: values.host,

@@ -101,10 +101,10 @@ export async function run(argv: string[]): Promise<number> {
     throw error;
   }
 
-  const { initBackend } = await import('../engine/backend/backend.js');
+  const { initBackend } = await import('../jobs/runtime.js');
   const { runTraining } = await import('../training/run.js');
   const { CheckpointError } = await import('../training/checkpoint.js');
-  const { DatasetError, ImageError } = await import('../data/errors.js');
+  const { DatasetError, ImageError } = await import('../jobs/errors.js');
   const backend = await initBackend();
   console.error(
     `ratio train: ${config.name} (${config.objective}, ${config.architecture} x${config.width}) on ${backend.name}`,

@@ -41,7 +41,7 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
   });
   if (options.values.help) return 'help';
   const { parseLockDuration, parseQueueUrl, QueueUnavailableError } = await import(
-    '../jobs/sharding/queue.js'
+    '../jobs/sharding/index.js'
   );
   const queue = options.text('queue') ?? process.env.RATIO_QUEUE_URL;
   if (!queue) throw new UsageError('--queue (or RATIO_QUEUE_URL) is required');
@@ -74,9 +74,8 @@ async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | '
 }
 
 async function work(args: WorkerArguments): Promise<number> {
-  const { initBackend } = await import('../engine/backend/backend.js');
-  const { QueueShardWorker } = await import('../jobs/sharding/queue-worker.js');
-  const { openBlobStore, BlobStoreError } = await import('../jobs/sharding/blob-store.js');
+  const { initBackend } = await import('../jobs/runtime.js');
+  const { QueueShardWorker, openBlobStore, BlobStoreError } = await import('../jobs/sharding/index.js');
   const pino = (await import('pino')).default;
   const logger = pino({ level: process.env.LOG_LEVEL ?? 'info' });
   let store: ReturnType<typeof openBlobStore> | undefined;

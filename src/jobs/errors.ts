@@ -5,6 +5,8 @@
  * by message.
  */
 
+export { DatasetError, ImageError } from '../data/errors.js';
+
 /** An input a use case cannot work with (a bad parameter, a data set that does not fit the model). */
 export class InvalidInputError extends Error {
   override readonly name = 'InvalidInputError';

@@ -1,8 +1,10 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { DEFAULT_COUNTERFACTUAL_RADII } from '../engine/counterfactuals.js';
-import { counterfactualsOf } from '../jobs/serving/counterfactual-request.js';
-import { worstCaseOod } from '../jobs/serving/ood-request.js';
-import { checkRequestCost } from '../jobs/serving/request-cost.js';
+import {
+  checkRequestCost,
+  counterfactualsOf,
+  DEFAULT_COUNTERFACTUAL_RADII,
+  worstCaseOod,
+} from '../jobs/serving/index.js';
 import { computeWithin, findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, base64Of, unsupportedMediaType } from './images.js';
 import { ModelParams } from './models.js';

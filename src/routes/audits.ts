@@ -2,12 +2,15 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { streamSSE } from 'hono/streaming';
 import {
   AUTOATTACK_VERSIONS,
+  type AuditEvent,
+  type AuditJob,
   type AuditModelSource,
+  isFinal,
   type PreparedAudit,
   prepareAudit,
-} from '../jobs/audit/audit.js';
-import { type AuditEvent, type AuditJob, isFinal, ShuttingDownError } from '../jobs/audit/registry.js';
-import { checkAuditCost } from '../jobs/serving/request-cost.js';
+  ShuttingDownError,
+} from '../jobs/audit/index.js';
+import { checkAuditCost } from '../jobs/serving/index.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';

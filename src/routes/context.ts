@@ -1,9 +1,7 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/model/classifier.js';
-import type { AuditQueue } from '../jobs/audit/registry.js';
-import type { ModelCompute } from '../jobs/serving/compute.js';
-import type { InferenceService } from '../jobs/serving/inference.js';
-import type { ComputeSemaphore } from '../jobs/serving/semaphore.js';
+import type { AuditQueue } from '../jobs/audit/index.js';
+import type { Classifier } from '../jobs/models/index.js';
+import type { ComputeSemaphore, InferenceService, ModelCompute } from '../jobs/serving/index.js';
 import type { ImageLimits } from './images.js';
 import { notFound } from './problem.js';
 

@@ -1,8 +1,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { type BackendInfo, tensorMemory, tfjsVersion } from '../engine/backend/backend.js';
-import { InferenceProbe } from '../jobs/serving/inference-probe.js';
+import { type BackendInfo, tensorMemory, tfjsVersion } from '../jobs/runtime.js';
+import { InferenceProbe } from '../jobs/serving/index.js';
 import type { ServiceApp, ServiceContext, ServiceEnv } from './context.js';
 import { problemResponses } from './problem.js';
 

@@ -1,5 +1,5 @@
 import type { Context } from 'hono';
-import type { ImageInput, ImageLimits } from '../jobs/serving/images.js';
+import type { ImageInput, ImageLimits } from '../jobs/serving/index.js';
 import { invalidField, ProblemError } from './problem.js';
 
 export type { ImageInput, ImageLimits };

@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/model/classifier.js';
-import { oodThreshold } from '../jobs/serving/predict.js';
+import type { Classifier } from '../jobs/models/index.js';
+import { oodThreshold } from '../jobs/serving/index.js';
 import { bodyLimitByLength } from './body-limit.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { toProblemError } from './problem.js';

@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import type { Classifier } from '../engine/model/classifier.js';
-import { oodThreshold, predictImages } from '../jobs/serving/predict.js';
+import type { Classifier } from '../jobs/models/index.js';
+import { oodThreshold, predictImages } from '../jobs/serving/index.js';
 import { findModel, type ServiceApp, type ServiceContext } from './context.js';
 import { base64Bytes, type ImageInput, mediaType, readBinaryImages } from './images.js';
 import { decimalQuery, parseDecimal } from './params.js';

@@ -1,10 +1,15 @@
 import { z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
-import { DatasetError, ImageError } from '../data/errors.js';
-import { ModelContractError } from '../engine/model/classifier.js';
-import { ModelFileError } from '../engine/model/files.js';
-import { InputFieldError, InvalidInputError, ModelLoadError, QueueFullError } from '../jobs/errors.js';
-import { RequestCostError } from '../jobs/serving/request-cost.js';
+import {
+  DatasetError,
+  ImageError,
+  InputFieldError,
+  InvalidInputError,
+  ModelLoadError,
+  QueueFullError,
+} from '../jobs/errors.js';
+import { ModelContractError, ModelFileError } from '../jobs/models/index.js';
+import { RequestCostError } from '../jobs/serving/index.js';
 
 /**
  * RFC 9457 problem details. Every error answer of the service is one of these, with the field at

@@ -12,8 +12,8 @@ import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import type { Norm } from '../../engine/types.js';
 import { InvalidInputError } from '../errors.js';
-import { loadModelDir, loadUploadedModel } from '../models/load.js';
-import type { ShardedRunOptions } from '../sharding/shards.js';
+import { loadModelDir, loadUploadedModel } from '../models/index.js';
+import type { ShardedRunOptions } from '../sharding/index.js';
 
 /**
  * The audit use case, one path for the CLI (`ratio audit`) and the service (`POST /v1/audits`):

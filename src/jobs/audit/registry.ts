@@ -7,7 +7,7 @@ import {
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { QueueFullError } from '../errors.js';
-import type { ShardedRunOptions, ShardResult } from '../sharding/shards.js';
+import type { ShardedRunOptions, ShardResult } from '../sharding/index.js';
 import { type AuditReport, type PreparedAudit, runAudit } from './audit.js';
 import type { AuditJob, AuditState } from './job.js';
 import type { AuditStore } from './store.js';

@@ -13,7 +13,7 @@ import {
   type ShardResult,
   type ShardSettings,
   sliceRows,
-} from '../sharding/shards.js';
+} from '../sharding/index.js';
 import type { PreparedAudit } from './audit.js';
 
 /**

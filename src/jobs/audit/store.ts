@@ -6,7 +6,7 @@ import { ArrayDataset, type ImageShape } from '../../data/dataset.js';
 import { readModelDir, writeModelDir } from '../../data/model-dir.js';
 import { TfjsClassifier } from '../../engine/model/classifier.js';
 import { loadModelFromFiles, saveModelToFiles } from '../../engine/model/files.js';
-import type { ShardResult } from '../sharding/shards.js';
+import type { ShardResult } from '../sharding/index.js';
 import type { PreparedAudit } from './audit.js';
 import type { AuditJob } from './job.js';
 

@@ -1,0 +1,22 @@
+/** Audits: prepare and run one (CLI and service alike), the service's queue of audit jobs and its durable store, shard files for audits split by hand. */
+export { defaultStateDir } from '../../data/data-root.js';
+export { AutoAttackMergeError } from '../../engine/attacks/autoattack.js';
+export {
+  AUTOATTACK_VERSIONS,
+  type AuditModelSource,
+  type AuditReport,
+  type AutoAttackVersion,
+  type PreparedAudit,
+  prepareAudit,
+  runAudit,
+} from './audit.js';
+export {
+  type AuditEvent,
+  type AuditJob,
+  AuditQueue,
+  type AuditQueueOptions,
+  isFinal,
+  ShuttingDownError,
+} from './registry.js';
+export { mergeShardDocuments, parseShardDocument, runAuditShard, shardDocument } from './shard-files.js';
+export { AuditStore } from './store.js';
