@@ -130,7 +130,7 @@ export interface TrialResult {
 
 /**
  * Runs one zero image through `classifier` under a time and memory budget and checks the logits are
- * finite. The static budget (model-budget.ts) already bounds the cost; this catches what it cannot
+ * finite. The static budget (budget.ts) already bounds the cost; this catches what it cannot
  * see (a backend that fails, custom kernels). Leaves the tensor count where it found it.
  */
 export async function trialForward(

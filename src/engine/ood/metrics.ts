@@ -1,6 +1,6 @@
 /**
  * Out-of-distribution detection metrics, pure functions on plain score arrays (score = max_k p_k);
- * the worst-case attack that produces such scores is ood-worst-case.ts. In-distribution
+ * the worst-case attack that produces such scores is worst-case.ts. In-distribution
  * scores are the positives: a detector is good when they are higher than the OOD scores.
  */
 

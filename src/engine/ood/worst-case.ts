@@ -7,7 +7,7 @@ import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } f
 
 /**
  * The worst-case OOD attack: the highest confidence a model reaches in a ball around each
- * (out-of-distribution) image. Metrics over the scores it gives are in ood-metrics.ts.
+ * (out-of-distribution) image. Metrics over the scores it gives are in metrics.ts.
  */
 
 export interface WorstCaseOptions extends LongRunOptions<EngineProgress> {

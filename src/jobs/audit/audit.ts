@@ -19,7 +19,7 @@ import type { ShardedRunOptions } from '../sharding/index.js';
  * The audit use case, one path for the CLI (`ratio audit`) and the service (`POST /v1/audits`):
  * prepare (load the data set and the model, check that they fit each other and the parameters),
  * then run (AutoAttack on the first n points). The service runs prepared audits through its queue
- * (audits.ts), the CLI runs one directly.
+ * (registry.ts), the CLI runs one directly.
  */
 
 export { AUTOATTACK_VERSIONS, type AutoAttackVersion };

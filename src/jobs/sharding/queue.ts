@@ -6,8 +6,8 @@ import type { ShardRange, ShardResult, ShardSettings } from './shards.js';
 import { mergeShardResults, ShardError } from './shards.js';
 
 /**
- * What the BullMQ side of audits agrees on, enqueuer (`QueueAuditRunner`, shard-queue-runner.ts)
- * and workers (`QueueShardWorker`, shard-queue-worker.ts) alike: queue names, job ids, job data,
+ * What the BullMQ side of audits agrees on, enqueuer (`QueueAuditRunner`, queue-runner.ts)
+ * and workers (`QueueShardWorker`, queue-worker.ts) alike: queue names, job ids, job data,
  * where staged blobs live, the lock settings, and the pure merge a parent job runs.
  *
  * An audit is one flow: a parent job `<audit>` in the `audits` queue with one child `<audit>.<i>`
