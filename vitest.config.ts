@@ -36,6 +36,7 @@ export default defineConfig({
             'test/engine/backend/gradients/**/*.test.ts',
             'test/engine/backend/backend.test.ts',
             'test/engine/backend/onednn.test.ts',
+            'test/engine/backend/batch-norm.test.ts',
           ],
           env: { RATIO_KERNELS: 'wasm-native' },
         },

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { batchNormalization } from '../engine/model/batch-norm-layer.js';
 import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../engine/model/normalization-layer.js';
 
 /**
@@ -83,7 +84,7 @@ function conv(
 }
 
 function batchNorm(x: tf.SymbolicTensor, name: string): tf.SymbolicTensor {
-  return tf.layers.batchNormalization({ ...BATCH_NORM, name }).apply(x) as tf.SymbolicTensor;
+  return batchNormalization({ ...BATCH_NORM, name }).apply(x) as tf.SymbolicTensor;
 }
 
 function relu(x: tf.SymbolicTensor, name: string): tf.SymbolicTensor {

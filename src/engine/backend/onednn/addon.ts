@@ -43,6 +43,43 @@ export interface OnednnAddon {
     activation: number,
     alpha: number,
   ): void;
+  /**
+   * Batch normalisation of an NHWC tensor per channel (geometry [batch, height, width, channels]):
+   * training 1 writes the batch mean and biased variance into `mean`/`variance`, 0 reads them.
+   * `scale`/`shift` -1: none.
+   */
+  batchNormForward(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    mean: number,
+    variance: number,
+    scale: number,
+    shift: number,
+    dst: number,
+    epsilon: number,
+    training: 0 | 1,
+  ): void;
+  /**
+   * Its gradient: training 1 through the batch statistics (with `diffScale`/`diffShift`, or -1 for
+   * both), 0 with the statistics as constants (input gradient only).
+   */
+  batchNormBackward(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    diffDst: number,
+    mean: number,
+    variance: number,
+    scale: number,
+    diffSrc: number,
+    diffScale: number,
+    diffShift: number,
+    epsilon: number,
+    training: 0 | 1,
+  ): void;
+  /** An elementwise op over `count` float32 values (ELEMENTWISE_CODES); `b` -1 for unary ops. */
+  elementwise(heap: ArrayBuffer, op: number, count: number, a: number, b: number, dst: number): void;
   setThreads(threads: number): void;
   threads(): number;
   version(): string;

@@ -1,5 +1,20 @@
 import * as tf from '@tensorflow/tfjs';
 import type { OnednnAddon } from './addon.js';
+import {
+  allFloat32,
+  findWasmKernel,
+  type KernelArgs,
+  offsetOf,
+  registerWasmKernel,
+  type WasmHeapBackend,
+  withOutput,
+} from './heap.js';
+import {
+  NORMALIZATION_GRADIENT_NAMES,
+  NORMALIZATION_KERNEL_NAMES,
+  normalizationGradients,
+  normalizationKernels,
+} from './normalization-kernels.js';
 
 /**
  * TF.js kernels on the wasm backend computed by oneDNN (addon/onednn.cc) on the tensors where they lie
@@ -13,16 +28,6 @@ import type { OnednnAddon } from './addon.js';
  * The Conv2D gradient is replaced too, so that a training step runs both backprop kernels here.
  */
 
-/** The part of tfjs-backend-wasm's BackendWasm used here. */
-interface WasmHeapBackend {
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  typedArrayFromHeap(info: tf.TensorInfo): Float32Array | Int32Array | Uint8Array;
-  disposeData(dataId: tf.DataId, force?: boolean): boolean;
-  /** The Emscripten module; `asm.memory` is the WebAssembly.Memory every tensor lives in. */
-  wasm?: { asm?: { memory?: unknown } };
-}
-
-type KernelArgs = Parameters<tf.KernelFunc>[0];
 type Pad = tf.Conv2DAttrs['pad'];
 type Pair = number | [number, number];
 
@@ -50,6 +55,7 @@ export const ONEDNN_KERNEL_NAMES = [
   tf.DepthwiseConv2dNativeBackpropFilter,
   tf.BatchMatMul,
   tf._FusedMatMul,
+  ...NORMALIZATION_KERNEL_NAMES,
 ] as const;
 
 interface Installed {
@@ -57,27 +63,15 @@ interface Installed {
   /** The kernels registered before ours (undefined: none), the fallbacks. */
   previous: Map<string, tf.KernelConfig | undefined>;
   previousConv2DGradient: tf.GradConfig;
+  /** The gradients of NORMALIZATION_GRADIENT_NAMES before ours. */
+  previousGradients: Map<string, tf.GradConfig>;
 }
 
 let installed: Installed | null = null;
 
-function memoryOf(backend: WasmHeapBackend): WebAssembly.Memory {
-  const memory = backend.wasm?.asm?.memory;
-  if (!(memory instanceof WebAssembly.Memory)) throw new Error('the oneDNN kernels need the wasm backend');
-  return memory;
-}
-
-function offsetOf(backend: WasmHeapBackend, info: tf.TensorInfo): number {
-  return backend.typedArrayFromHeap(info).byteOffset;
-}
-
 function isUnit(value: Pair | undefined): boolean {
   if (value === undefined) return true;
   return typeof value === 'number' ? value === 1 : value[0] === 1 && value[1] === 1;
-}
-
-function allFloat32(...infos: (tf.TensorInfo | undefined)[]): boolean {
-  return infos.every((info) => info === undefined || info.dtype === 'float32');
 }
 
 /**
@@ -127,26 +121,6 @@ function convGeometry(info: tf.backend_util.Conv2DInfo, depthwise: boolean): num
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((size, i) => size === b[i]);
-}
-
-/**
- * Runs `compute` on a fresh output of `shape`; the output is released if the addon throws (a wrong
- * offset or size is a RangeError from native code, never a write outside the heap).
- */
-function withOutput(
-  backend: WasmHeapBackend,
-  shape: number[],
-  compute: (heap: ArrayBuffer, out: number) => void,
-): tf.TensorInfo {
-  // Allocate first: growing the wasm memory detaches the ArrayBuffer read before.
-  const out = backend.makeOutput(shape, 'float32');
-  try {
-    compute(memoryOf(backend).buffer, offsetOf(backend, out));
-  } catch (error) {
-    backend.disposeData(out.dataId, true);
-    throw error;
-  }
-  return out;
 }
 
 function fallback(
@@ -382,6 +356,12 @@ function matMulKernel(state: Installed, kernelName: string): tf.KernelConfig {
   };
 }
 
+/** Whether a gradient is being computed while an outer tape records (second derivatives). */
+function outerTapeRecording(): boolean {
+  const { gradientDepth, kernelDepth } = tf.engine().state;
+  return gradientDepth > 0 && kernelDepth === 0;
+}
+
 /**
  * The Conv2D gradient as the two backprop kernels (which run here), dilations included: tfjs's own
  * gradient rejects dilations. While an outer tape records, the previous gradient runs: tfjs has no
@@ -394,9 +374,12 @@ function conv2DGradient(state: Installed): tf.GradConfig {
     gradFunc: (dy, saved, attrs) => {
       const [x, filter] = saved as [tf.Tensor4D, tf.Tensor4D];
       const { strides, pad, dataFormat, dimRoundingMode, dilations } = attrs as unknown as tf.Conv2DAttrs;
-      const { gradientDepth, kernelDepth } = tf.engine().state;
-      const taping = gradientDepth > 0 && kernelDepth === 0;
-      if (installed !== state || tf.getBackend() !== 'wasm' || dataFormat === 'NCHW' || taping) {
+      if (
+        installed !== state ||
+        tf.getBackend() !== 'wasm' ||
+        dataFormat === 'NCHW' ||
+        outerTapeRecording()
+      ) {
         return state.previousConv2DGradient.gradFunc(dy, saved, attrs);
       }
       const common = { strides, pad, dataFormat: 'NHWC', dimRoundingMode, dilations };
@@ -422,16 +405,6 @@ function conv2DGradient(state: Installed): tf.GradConfig {
   };
 }
 
-function findKernel(kernelName: string): tf.KernelConfig | undefined {
-  return tf.getKernelsForBackend('wasm').find((config) => config.kernelName === kernelName);
-}
-
-function register(config: tf.KernelConfig): void {
-  // registerKernel warns when it overwrites; unregistering first keeps the log quiet.
-  if (findKernel(config.kernelName)) tf.unregisterKernel(config.kernelName, 'wasm');
-  tf.registerKernel(config);
-}
-
 /**
  * Registers the oneDNN kernels on the wasm backend over whatever is registered now (install the
  * project's wasm kernels first: they become the fallbacks) and the Conv2D gradient over the current
@@ -441,8 +414,9 @@ export function installOnednnKernels(addon: OnednnAddon): void {
   if (installed) return;
   const state: Installed = {
     addon,
-    previous: new Map(ONEDNN_KERNEL_NAMES.map((name) => [name, findKernel(name)])),
+    previous: new Map(ONEDNN_KERNEL_NAMES.map((name) => [name, findWasmKernel(name)])),
     previousConv2DGradient: tf.getGradient(tf.Conv2D),
+    previousGradients: new Map(NORMALIZATION_GRADIENT_NAMES.map((name) => [name, tf.getGradient(name)])),
   };
   const configs = [
     forwardConvKernel(state, tf.Conv2D, false),
@@ -455,9 +429,17 @@ export function installOnednnKernels(addon: OnednnAddon): void {
     backpropFilterKernel(state, tf.DepthwiseConv2dNativeBackpropFilter, true),
     matMulKernel(state, tf.BatchMatMul),
     matMulKernel(state, tf._FusedMatMul),
+    ...normalizationKernels(addon, (kernelName, args, why) => fallback(state, kernelName, args, why)),
   ];
-  for (const config of configs) register(config);
+  for (const config of configs) registerWasmKernel(config);
   tf.registerGradient(conv2DGradient(state));
+  const active = () => installed === state && tf.getBackend() === 'wasm' && !outerTapeRecording();
+  const previousGradient = (kernelName: string) => {
+    const gradient = state.previousGradients.get(kernelName);
+    if (!gradient) throw new Error(`no previous gradient of ${kernelName}`);
+    return gradient;
+  };
+  for (const gradient of normalizationGradients(active, previousGradient)) tf.registerGradient(gradient);
   installed = state;
 }
 
@@ -474,6 +456,7 @@ export function uninstallOnednnKernels(): OnednnAddon | null {
     if (previous) tf.registerKernel(previous);
   }
   tf.registerGradient(state.previousConv2DGradient);
+  for (const gradient of state.previousGradients.values()) tf.registerGradient(gradient);
   return state.addon;
 }
 

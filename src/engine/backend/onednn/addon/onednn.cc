@@ -13,6 +13,7 @@
 #include <napi.h>
 #include <omp.h>
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -533,6 +534,292 @@ Napi::Value MatMul(const Napi::CallbackInfo& info) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Batch normalisation and elementwise ops: memory-bound, so the win is one multi-threaded pass instead
+// of the dozens of single-threaded tfjs ops they are made of on wasm.
+
+/** Below this many values an elementwise primitive runs on one thread (see kParallelWork). */
+constexpr int64_t kParallelValues = int64_t{1} << 16;
+
+int threadsForValues(int64_t values) { return values < kParallelValues ? 1 : configuredThreads; }
+
+/** [batch, height, width, channels] of an NHWC tensor normalised per channel (rank 2: height = width = 1). */
+struct NormGeometry {
+  int64_t batch, height, width, channels;
+  static constexpr size_t kCount = 4;
+
+  std::string key() const {
+    std::ostringstream out;
+    out << batch << ',' << height << ',' << width << ',' << channels;
+    return out.str();
+  }
+  int64_t count(Napi::Env env) const { return product(env, {batch, height, width, channels}); }
+  memory::desc dataDesc() const {
+    return memory::desc({batch, channels, height, width}, DataType::f32, Tag::nhwc);
+  }
+  memory::desc channelDesc() const { return memory::desc({channels}, DataType::f32, Tag::a); }
+};
+
+NormGeometry normGeometryArg(const Napi::CallbackInfo& info, size_t index) {
+  auto v = integersArg(info, index, "geometry", NormGeometry::kCount, 1);
+  return {v[0], v[1], v[2], v[3]};
+}
+
+float floatArg(const Napi::CallbackInfo& info, size_t index, const std::string& name) {
+  if (index >= info.Length() || !info[index].IsNumber()) {
+    throw Napi::TypeError::New(info.Env(), "'" + name + "' must be a number");
+  }
+  const double value = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(value)) throw Napi::RangeError::New(info.Env(), "'" + name + "' must be finite");
+  return static_cast<float>(value);
+}
+
+/** A per-channel tensor at the offset in argument `index`, or nullptr for -1 (absent). */
+float* optionalChannels(const Napi::CallbackInfo& info, const Heap& heap, size_t index, const char* name,
+                        int64_t channels) {
+  const int64_t offset = integerArg(info, index, name, -1, INT64_MAX / 2);
+  return offset < 0 ? nullptr : tensorAt(info.Env(), heap, offset, channels, name);
+}
+
+dnnl::normalization_flags normFlags(bool globalStats, bool scale, bool shift) {
+  auto flags = dnnl::normalization_flags::none;
+  if (globalStats) flags = flags | dnnl::normalization_flags::use_global_stats;
+  if (scale) flags = flags | dnnl::normalization_flags::use_scale;
+  if (shift) flags = flags | dnnl::normalization_flags::use_shift;
+  return flags;
+}
+
+struct NormForwardEntry {
+  int threads;
+  dnnl::batch_normalization_forward primitive;
+  std::string implementation;
+};
+
+struct NormBackwardEntry {
+  int threads;
+  dnnl::batch_normalization_backward primitive;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<NormForwardEntry>> normForwardCache;
+std::unordered_map<std::string, std::unique_ptr<NormBackwardEntry>> normBackwardCache;
+
+dnnl::batch_normalization_forward::primitive_desc normForwardDesc(const NormGeometry& g, float epsilon,
+                                                                  bool training,
+                                                                  dnnl::normalization_flags flags) {
+  dnnl::batch_normalization_forward::desc desc(
+      training ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference, g.dataDesc(), epsilon,
+      flags);
+  return dnnl::batch_normalization_forward::primitive_desc(desc, cpuEngine());
+}
+
+/**
+ * batchNormForward(heap, geometry, src, mean, variance, scale (-1: none), shift (-1: none), dst, epsilon,
+ * training): training 1 computes the batch mean and biased variance into `mean` and `variance`; 0 reads
+ * them (running statistics).
+ */
+Napi::Value BatchNormForward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const NormGeometry g = normGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), count, "src");
+  float* mean = tensorAt(env, heap, integerArg(info, 3, "mean", 0, INT64_MAX / 2), g.channels, "mean");
+  float* variance =
+      tensorAt(env, heap, integerArg(info, 4, "variance", 0, INT64_MAX / 2), g.channels, "variance");
+  float* scale = optionalChannels(info, heap, 5, "scale", g.channels);
+  float* shift = optionalChannels(info, heap, 6, "shift", g.channels);
+  float* dst = tensorAt(env, heap, integerArg(info, 7, "dst", 0, INT64_MAX / 2), count, "dst");
+  const float epsilon = floatArg(info, 8, "epsilon");
+  const bool training = integerArg(info, 9, "training", 0, 1) == 1;
+  if (!(epsilon >= 0)) throw Napi::RangeError::New(env, "'epsilon' must be >= 0");
+
+  wrapDnnlErrors(env, [&] {
+    const auto flags = normFlags(!training, scale != nullptr, shift != nullptr);
+    std::ostringstream key;
+    key << g.key() << '|' << training << '|' << static_cast<unsigned>(flags) << '|' << epsilon;
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = normForwardCache[key.str()];
+    if (!entry) {
+      auto pd = normForwardDesc(g, epsilon, training, flags);
+      entry.reset(new NormForwardEntry{threads, dnnl::batch_normalization_forward(pd), pd.impl_info_str()});
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(g.dataDesc(), cpuEngine(), src)},
+        {DNNL_ARG_DST, memory(g.dataDesc(), cpuEngine(), dst)},
+        {DNNL_ARG_MEAN, memory(g.channelDesc(), cpuEngine(), mean)},
+        {DNNL_ARG_VARIANCE, memory(g.channelDesc(), cpuEngine(), variance)},
+    };
+    if (scale) args.emplace(DNNL_ARG_SCALE, memory(g.channelDesc(), cpuEngine(), scale));
+    if (shift) args.emplace(DNNL_ARG_SHIFT, memory(g.channelDesc(), cpuEngine(), shift));
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/**
+ * dx = dy * scale / sqrt(variance + epsilon) per channel: the input gradient with constant statistics
+ * (inference mode). oneDNN's backward_data does not take a scale, and its full backward would read the
+ * input once more for a scale gradient nobody asked for.
+ */
+void scaleByChannel(const NormGeometry& g, int64_t rows, const float* diffDst, const float* variance,
+                    const float* scale, float epsilon, float* diffSrc, int threads) {
+  const int64_t channels = g.channels;
+  std::vector<float> factor(channels);
+  for (int64_t c = 0; c < channels; c++) {
+    factor[c] = (scale ? scale[c] : 1.f) / std::sqrt(variance[c] + epsilon);
+  }
+  const float* k = factor.data();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t row = 0; row < rows; row++) {
+    const float* in = diffDst + row * channels;
+    float* out = diffSrc + row * channels;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; c++) out[c] = in[c] * k[c];
+  }
+}
+
+/**
+ * batchNormBackward(heap, geometry, src, diffDst, mean, variance, scale (-1: none), diffSrc,
+ * diffScale (-1: not wanted), diffShift (-1: not wanted), epsilon, training): training 1 differentiates
+ * through the batch statistics (the forward of training 1) and needs scale, diffScale and diffShift;
+ * 0 treats mean and variance as constants and gives diffSrc only.
+ */
+Napi::Value BatchNormBackward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const NormGeometry g = normGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), count, "src");
+  float* diffDst = tensorAt(env, heap, integerArg(info, 3, "diffDst", 0, INT64_MAX / 2), count, "diffDst");
+  float* mean = tensorAt(env, heap, integerArg(info, 4, "mean", 0, INT64_MAX / 2), g.channels, "mean");
+  float* variance =
+      tensorAt(env, heap, integerArg(info, 5, "variance", 0, INT64_MAX / 2), g.channels, "variance");
+  float* scale = optionalChannels(info, heap, 6, "scale", g.channels);
+  float* diffSrc = tensorAt(env, heap, integerArg(info, 7, "diffSrc", 0, INT64_MAX / 2), count, "diffSrc");
+  float* diffScale = optionalChannels(info, heap, 8, "diffScale", g.channels);
+  float* diffShift = optionalChannels(info, heap, 9, "diffShift", g.channels);
+  const float epsilon = floatArg(info, 10, "epsilon");
+  const bool training = integerArg(info, 11, "training", 0, 1) == 1;
+  if (!(epsilon >= 0)) throw Napi::RangeError::New(env, "'epsilon' must be >= 0");
+  const bool parameters = diffScale != nullptr || diffShift != nullptr;
+  if (training && (diffScale == nullptr || diffShift == nullptr || scale == nullptr)) {
+    throw Napi::RangeError::New(env, "training 1 needs 'scale', 'diffScale' and 'diffShift'");
+  }
+  if (!training && parameters) {
+    throw Napi::RangeError::New(env, "'diffScale' and 'diffShift' need training 1");
+  }
+
+  if (!training) {
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    scaleByChannel(g, count / g.channels, diffDst, variance, scale, epsilon, diffSrc, threads);
+    return env.Undefined();
+  }
+  wrapDnnlErrors(env, [&] {
+    const auto flags = normFlags(false, true, true);
+    std::ostringstream key;
+    key << g.key() << '|' << epsilon;
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = normBackwardCache[key.str()];
+    if (!entry) {
+      auto hint = normForwardDesc(g, epsilon, true, flags);
+      dnnl::batch_normalization_backward::desc desc(dnnl::prop_kind::backward, g.dataDesc(), g.dataDesc(),
+                                                    epsilon, flags);
+      dnnl::batch_normalization_backward::primitive_desc pd(desc, cpuEngine(), hint);
+      entry.reset(new NormBackwardEntry{threads, dnnl::batch_normalization_backward(pd), pd.impl_info_str()});
+    }
+    entry->primitive.execute(cpuStream(), {
+                                              {DNNL_ARG_SRC, memory(g.dataDesc(), cpuEngine(), src)},
+                                              {DNNL_ARG_DIFF_DST, memory(g.dataDesc(), cpuEngine(), diffDst)},
+                                              {DNNL_ARG_MEAN, memory(g.channelDesc(), cpuEngine(), mean)},
+                                              {DNNL_ARG_VARIANCE, memory(g.channelDesc(), cpuEngine(), variance)},
+                                              {DNNL_ARG_SCALE, memory(g.channelDesc(), cpuEngine(), scale)},
+                                              // Required with use_shift, never read by the gradients.
+                                              {DNNL_ARG_SHIFT, memory(g.channelDesc(), cpuEngine(), scale)},
+                                              {DNNL_ARG_DIFF_SRC, memory(g.dataDesc(), cpuEngine(), diffSrc)},
+                                              {DNNL_ARG_DIFF_SCALE, memory(g.channelDesc(), cpuEngine(), diffScale)},
+                                              {DNNL_ARG_DIFF_SHIFT, memory(g.channelDesc(), cpuEngine(), diffShift)},
+                                          });
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+struct EltwiseEntry {
+  int threads;
+  dnnl::primitive primitive;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<EltwiseEntry>> eltwiseCache;
+
+memory::desc flatDesc(int64_t count) { return memory::desc({count}, DataType::f32, Tag::a); }
+
+/** Elementwise op codes shared with kernels.ts (ELEMENTWISE_CODES). */
+enum Elementwise { kReluForward = 0, kReluBackward = 1, kAdd = 2 };
+
+/**
+ * elementwise(heap, op, count, a, b (-1 for unary ops), dst): reluForward dst = max(a, 0);
+ * reluBackward dst = a * (b > 0) (a: upstream gradient, b: the relu's input); add dst = a + b.
+ */
+Napi::Value ElementwiseOp(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const int64_t op = integerArg(info, 1, "op", kReluForward, kAdd);
+  const int64_t count = integerArg(info, 2, "count", 1, kMaxDim * 4);
+  float* a = tensorAt(env, heap, integerArg(info, 3, "a", 0, INT64_MAX / 2), count, "a");
+  const int64_t bOffset = integerArg(info, 4, "b", -1, INT64_MAX / 2);
+  if ((op == kReluForward) != (bOffset < 0)) {
+    throw Napi::RangeError::New(env, op == kReluForward ? "'b' must be -1 for a unary op" : "'b' is required");
+  }
+  float* b = bOffset < 0 ? nullptr : tensorAt(env, heap, bOffset, count, "b");
+  float* dst = tensorAt(env, heap, integerArg(info, 5, "dst", 0, INT64_MAX / 2), count, "dst");
+
+  wrapDnnlErrors(env, [&] {
+    std::ostringstream key;
+    key << op << '|' << count;
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = eltwiseCache[key.str()];
+    const memory::desc flat = flatDesc(count);
+    if (!entry) {
+      auto forward = dnnl::eltwise_forward::primitive_desc(
+          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_relu, flat, 0.f),
+          cpuEngine());
+      if (op == kReluForward) {
+        entry.reset(new EltwiseEntry{threads, dnnl::eltwise_forward(forward), forward.impl_info_str()});
+      } else if (op == kReluBackward) {
+        dnnl::eltwise_backward::primitive_desc pd(
+            dnnl::eltwise_backward::desc(dnnl::algorithm::eltwise_relu, flat, flat, 0.f), cpuEngine(), forward);
+        entry.reset(new EltwiseEntry{threads, dnnl::eltwise_backward(pd), pd.impl_info_str()});
+      } else {
+        dnnl::binary::primitive_desc pd(dnnl::binary::desc(dnnl::algorithm::binary_add, flat, flat, flat),
+                                        cpuEngine());
+        entry.reset(new EltwiseEntry{threads, dnnl::binary(pd), pd.impl_info_str()});
+      }
+    }
+    std::unordered_map<int, memory> args;
+    if (op == kReluForward) {
+      args = {{DNNL_ARG_SRC, memory(flat, cpuEngine(), a)}, {DNNL_ARG_DST, memory(flat, cpuEngine(), dst)}};
+    } else if (op == kReluBackward) {
+      args = {{DNNL_ARG_DIFF_DST, memory(flat, cpuEngine(), a)},
+              {DNNL_ARG_SRC, memory(flat, cpuEngine(), b)},
+              {DNNL_ARG_DIFF_SRC, memory(flat, cpuEngine(), dst)}};
+    } else {
+      args = {{DNNL_ARG_SRC_0, memory(flat, cpuEngine(), a)},
+              {DNNL_ARG_SRC_1, memory(flat, cpuEngine(), b)},
+              {DNNL_ARG_DST, memory(flat, cpuEngine(), dst)}};
+    }
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Threads and introspection
 
 /** setThreads(n): OpenMP threads for every later primitive call. */
@@ -545,6 +832,9 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     backwardDataCache.clear();
     backwardWeightsCache.clear();
     matMulCache.clear();
+    normForwardCache.clear();
+    normBackwardCache.clear();
+    eltwiseCache.clear();
   }
   configuredThreads = threads;
   return info.Env().Undefined();
@@ -572,6 +862,9 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
   for (auto& [key, entry] : backwardDataCache) result.Set("conv backward data " + key, describe(entry));
   for (auto& [key, entry] : backwardWeightsCache) result.Set("conv backward weights " + key, describe(entry));
   for (auto& [key, entry] : matMulCache) result.Set("matmul " + key, describe(entry));
+  for (auto& [key, entry] : normForwardCache) result.Set("batch norm forward " + key, describe(entry));
+  for (auto& [key, entry] : normBackwardCache) result.Set("batch norm backward " + key, describe(entry));
+  for (auto& [key, entry] : eltwiseCache) result.Set("elementwise " + key, describe(entry));
   return result;
 }
 
@@ -580,6 +873,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("convBackwardData", Napi::Function::New(env, ConvBackwardData));
   exports.Set("convBackwardWeights", Napi::Function::New(env, ConvBackwardWeights));
   exports.Set("matMul", Napi::Function::New(env, MatMul));
+  exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));
+  exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
+  exports.Set("elementwise", Napi::Function::New(env, ElementwiseOp));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   exports.Set("version", Napi::Function::New(env, Version));
