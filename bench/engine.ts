@@ -1,15 +1,19 @@
 /**
- * Engine benchmark: smallCnn, batch 64, 32x32x3 on the selected backend (RATIO_BACKEND forces one).
- * Prints forward, input-gradient and training-step times with the project's gradients, and the input
+ * Engine benchmark: one of the training architectures (small-cnn, resnet18, wrn), batch 64, 32x32x3 on
+ * the selected backend (RATIO_BACKEND forces one). Prints forward, input-gradient and training-step
+ * times with the project's gradients, each also in GFLOP/s (convolution and dense multiply-adds x 2 of
+ * one image, as the peer counts them; input gradient = 2 forwards, training step = 3), and the input
  * gradient with tfjs's stock gradients and kernels measured in the same run as the baseline (medians
  * over --repeats rounds). Where the oneDNN kernels run, the same three again on the wasm-native kernels
  * (`wasm_native_*`), round-robin in the same rounds.
  *
- *   npm run bench:engine -- --json [--batch 64] [--repeats 5] [--profile] [--peer]
+ *   npm run bench:engine -- --json [--architecture small-cnn|resnet18|wrn] [--width 1] [--depth 16]
+ *        [--widen 4] [--batch 64] [--repeats 5] [--profile] [--peer] [--no-baseline]
  *
  * --profile prints the kernels that dominate one training step (wall time per kernel), slowest first.
- * --peer runs PyTorch's smallCnn (../shared/peer/torch_bench.py, Debian's python3-torch) with the same
- * threads and batch after our rounds, and prints our times over its (`over_peer`).
+ * --peer runs PyTorch's same network (../shared/peer/torch_bench.py, Debian's python3-torch) with the
+ * same threads and batch after our rounds, and prints our times over its (`over_peer`).
+ * --no-baseline skips the stock and wasm-native rounds (slow on residual networks).
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -19,7 +23,7 @@ import { initBackend } from '../src/engine/backend/backend.js';
 import { useFastConvGradients, useStockConvGradients } from '../src/engine/backend/gradients/register.js';
 import type { OnednnAddon } from '../src/engine/backend/onednn/addon.js';
 import { installOnednnKernels, uninstallOnednnKernels } from '../src/engine/backend/onednn/kernels.js';
-import { smallCnn } from '../src/training/architectures.js';
+import { buildArchitecture } from '../src/training/architectures.js';
 import { Rng } from '../src/util/random.js';
 
 const { values: args } = parseArgs({
@@ -29,8 +33,23 @@ const { values: args } = parseArgs({
     repeats: { type: 'string', default: '5' },
     profile: { type: 'boolean', default: false },
     peer: { type: 'boolean', default: false },
+    architecture: { type: 'string', default: 'small-cnn' },
+    width: { type: 'string', default: '1' },
+    depth: { type: 'string', default: '16' },
+    widen: { type: 'string', default: '4' },
+    'no-baseline': { type: 'boolean', default: false },
   },
 });
+const ARCHITECTURES = ['small-cnn', 'resnet18', 'wrn'] as const;
+type Architecture = (typeof ARCHITECTURES)[number];
+const architecture = args.architecture as Architecture;
+if (!ARCHITECTURES.includes(architecture)) {
+  throw new Error(`'--architecture' must be one of ${ARCHITECTURES.join(', ')}, got '${args.architecture}'`);
+}
+const width = Number(args.width);
+const depth = Number(args.depth);
+const widen = Number(args.widen);
+if (!(width > 0)) throw new Error(`'--width' must be > 0, got ${args.width}`);
 const batch = Number(args.batch);
 const repeats = Number(args.repeats);
 if (!Number.isInteger(batch) || batch < 1)
@@ -41,7 +60,34 @@ if (!Number.isInteger(repeats) || repeats < 1) {
 
 const backend = await initBackend();
 const numClasses = 10;
-const model = smallCnn({ numClasses, inputShape: [32, 32, 3] });
+const model = buildArchitecture(architecture === 'wrn' ? `wrn-${depth}-${widen}` : architecture, {
+  numClasses,
+  inputShape: [32, 32, 3],
+  width,
+});
+
+/**
+ * Multiply-adds x 2 of one image through the convolutions and dense layers (what torch_bench.py's
+ * flops_per_image counts): the yardstick for GFLOP/s.
+ */
+function convAndDenseFlops(network: tf.LayersModel): number {
+  let flops = 0;
+  for (const layer of network.layers) {
+    const className = layer.getClassName();
+    if (className !== 'Conv2D' && className !== 'Dense') continue;
+    const output = layer.outputShape as number[];
+    const input = (layer.input as tf.SymbolicTensor).shape;
+    const inChannels = Number(input[input.length - 1]);
+    if (className === 'Conv2D') {
+      const [kh, kw] = (layer.getConfig().kernelSize as number[]) ?? [1, 1];
+      flops += 2 * output[1] * output[2] * output[3] * kh * kw * inChannels;
+    } else {
+      flops += 2 * inChannels * output[output.length - 1];
+    }
+  }
+  return flops;
+}
+const flopsPerImage = convAndDenseFlops(model);
 const rng = new Rng(1);
 const pixels = new Float32Array(batch * 32 * 32 * 3);
 for (let i = 0; i < pixels.length; i++) pixels[i] = rng.next();
@@ -106,7 +152,9 @@ function onednnKernelsAgain(): void {
   if (onednnOff) installOnednnKernels(onednnOff);
   onednnOff = null;
 }
-const wasmNative = backend.kernels === 'onednn' ? ['forward_ms', 'input_grad_ms', 'train_step_ms'] : [];
+const baselines = !args['no-baseline'];
+const wasmNative =
+  baselines && backend.kernels === 'onednn' ? ['forward_ms', 'input_grad_ms', 'train_step_ms'] : [];
 const measurements: Array<{ key: string; run: () => void; before?: () => void; after?: () => void }> = [
   { key: 'forward_ms', run: forward },
   { key: 'input_grad_ms', run: inputGradient },
@@ -117,12 +165,16 @@ const measurements: Array<{ key: string; run: () => void; before?: () => void; a
     before: wasmNativeKernels,
     after: onednnKernelsAgain,
   })),
-  {
-    key: 'stock_input_grad_ms',
-    run: inputGradient,
-    before: useStockConvGradients,
-    after: useFastGradientsAgain,
-  },
+  ...(baselines
+    ? [
+        {
+          key: 'stock_input_grad_ms',
+          run: inputGradient,
+          before: useStockConvGradients,
+          after: useFastGradientsAgain,
+        },
+      ]
+    : []),
 ];
 const times = new Map<string, number[]>(measurements.map((m) => [m.key, []]));
 log(
@@ -148,7 +200,7 @@ function median(key: string): number {
 const forwardMs = median('forward_ms');
 const inputGradMs = median('input_grad_ms');
 const trainStepMs = median('train_step_ms');
-const stockInputGradMs = median('stock_input_grad_ms');
+const stockInputGradMs = baselines ? median('stock_input_grad_ms') : Number.NaN;
 
 /**
  * Wall time per kernel over one training step: every kernel of the backend wrapped with a timer.
@@ -207,6 +259,7 @@ if (args.profile) {
 interface PeerTimes {
   peer: string;
   threads: number;
+  flops_per_image: number;
   forward_ms: number;
   input_grad_ms: number;
   train_step_ms: number;
@@ -214,13 +267,18 @@ interface PeerTimes {
 
 const peerWaitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
 
-/** PyTorch's smallCnn on the same threads, batch and OpenMP wait policy, or why it could not run. */
+/** PyTorch's same network on the same threads, batch and OpenMP wait policy, or why it could not run. */
 function runPeer(): PeerTimes | { unavailable: string } {
   const script = new URL('../../shared/peer/torch_bench.py', import.meta.url).pathname;
   if (!existsSync(script)) return { unavailable: `${script} not found` };
   const run = spawnSync(
     '/usr/bin/python3',
-    [script, '--threads', String(backend.threads), '--batch', String(batch)],
+    [
+      script,
+      ...['--threads', String(backend.threads), '--batch', String(batch)],
+      ...['--architecture', architecture, '--width', String(width)],
+      ...['--depth', String(depth), '--widen', String(widen)],
+    ],
     // The wait policy ours runs with (onednn/addon.ts): spinning OpenMP threads slow PyTorch as much
     // as us on a busy machine, so both wait alike.
     { encoding: 'utf8', timeout: 600_000, env: { ...process.env, OMP_WAIT_POLICY: peerWaitPolicy } },
@@ -232,6 +290,8 @@ function runPeer(): PeerTimes | { unavailable: string } {
 }
 
 const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
+/** GFLOP/s of `flops` per image over a batch in `ms`. */
+const gflops = (flops: number, ms: number) => Math.round((batch * flops) / ms / 1e5) / 10;
 let peerResult: Record<string, unknown> = {};
 if (args.peer) {
   log('running the PyTorch peer');
@@ -240,7 +300,13 @@ if (args.peer) {
     'unavailable' in peer
       ? { peer }
       : {
-          peer: { ...peer, omp_wait_policy: peerWaitPolicy },
+          peer: {
+            ...peer,
+            omp_wait_policy: peerWaitPolicy,
+            forward_gflops: gflops(peer.flops_per_image, peer.forward_ms),
+            input_grad_gflops: gflops(2 * peer.flops_per_image, peer.input_grad_ms),
+            train_step_gflops: gflops(3 * peer.flops_per_image, peer.train_step_ms),
+          },
           over_peer: {
             forward: ratio(forwardMs, peer.forward_ms),
             input_grad: ratio(inputGradMs, peer.input_grad_ms),
@@ -256,14 +322,26 @@ const result = {
   kernels: backend.kernels,
   threads: backend.threads,
   simd: backend.simd,
+  architecture,
+  width: architecture === 'wrn' ? undefined : width,
+  depth: architecture === 'wrn' ? depth : undefined,
+  widen: architecture === 'wrn' ? widen : undefined,
   batch,
+  flops_per_image: flopsPerImage,
   forward_ms: forwardMs,
   input_grad_ms: inputGradMs,
   train_step_ms: trainStepMs,
-  stock_input_grad_ms: stockInputGradMs,
+  forward_gflops: gflops(flopsPerImage, forwardMs),
+  input_grad_gflops: gflops(2 * flopsPerImage, inputGradMs),
+  train_step_gflops: gflops(3 * flopsPerImage, trainStepMs),
   input_grad_over_forward: Math.round((inputGradMs / forwardMs) * 100) / 100,
   train_step_over_forward: Math.round((trainStepMs / forwardMs) * 100) / 100,
-  stock_over_fast_input_grad: Math.round((stockInputGradMs / inputGradMs) * 100) / 100,
+  ...(baselines
+    ? {
+        stock_input_grad_ms: stockInputGradMs,
+        stock_over_fast_input_grad: Math.round((stockInputGradMs / inputGradMs) * 100) / 100,
+      }
+    : {}),
   ...wasmNativeResult,
   ...peerResult,
 };
