@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { batchNormalization } from '../engine/model/batch-norm-layer.js';
+import { conv2d } from '../engine/model/conv2d-layer.js';
 import { CIFAR10_MEAN, CIFAR10_STD, InputNormalization } from '../engine/model/normalization-layer.js';
 
 /**
@@ -69,18 +70,16 @@ function conv(
   name: string,
   options: { kernelSize?: number; strides?: number; useBias?: boolean; activation?: 'relu' } = {},
 ): tf.SymbolicTensor {
-  return tf.layers
-    .conv2d({
-      filters,
-      kernelSize: options.kernelSize ?? 3,
-      strides: options.strides ?? 1,
-      padding: 'same',
-      useBias: options.useBias ?? false,
-      activation: options.activation,
-      kernelInitializer: 'heNormal',
-      name,
-    })
-    .apply(x) as tf.SymbolicTensor;
+  return conv2d({
+    filters,
+    kernelSize: options.kernelSize ?? 3,
+    strides: options.strides ?? 1,
+    padding: 'same',
+    useBias: options.useBias ?? false,
+    activation: options.activation,
+    kernelInitializer: 'heNormal',
+    name,
+  }).apply(x) as tf.SymbolicTensor;
 }
 
 function batchNorm(x: tf.SymbolicTensor, name: string): tf.SymbolicTensor {

@@ -14,6 +14,8 @@ import { graphModelBudget } from './graph-budget.js';
 import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError } from './onnx/index.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './topology.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
+import './batch-norm-layer.js';
+import './conv2d-layer.js';
 import './normalization-layer.js';
 
 /**
