@@ -25,6 +25,7 @@ import type { OnednnAddon } from '../src/engine/backend/onednn/addon.js';
 import { installOnednnKernels, uninstallOnednnKernels } from '../src/engine/backend/onednn/kernels.js';
 import { buildArchitecture } from '../src/training/architectures.js';
 import { Rng } from '../src/util/random.js';
+import { convAndDenseFlops } from './flops.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -66,27 +67,6 @@ const model = buildArchitecture(architecture === 'wrn' ? `wrn-${depth}-${widen}`
   width,
 });
 
-/**
- * Multiply-adds x 2 of one image through the convolutions and dense layers (what torch_bench.py's
- * flops_per_image counts): the yardstick for GFLOP/s.
- */
-function convAndDenseFlops(network: tf.LayersModel): number {
-  let flops = 0;
-  for (const layer of network.layers) {
-    const className = layer.getClassName();
-    if (className !== 'Conv2D' && className !== 'Dense') continue;
-    const output = layer.outputShape as number[];
-    const input = (layer.input as tf.SymbolicTensor).shape;
-    const inChannels = Number(input[input.length - 1]);
-    if (className === 'Conv2D') {
-      const [kh, kw] = (layer.getConfig().kernelSize as number[]) ?? [1, 1];
-      flops += 2 * output[1] * output[2] * output[3] * kh * kw * inChannels;
-    } else {
-      flops += 2 * inChannels * output[output.length - 1];
-    }
-  }
-  return flops;
-}
 const flopsPerImage = convAndDenseFlops(model);
 const rng = new Rng(1);
 const pixels = new Float32Array(batch * 32 * 32 * 3);
