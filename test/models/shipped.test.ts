@@ -11,7 +11,7 @@ import { OOD_GATE_TPR } from '../../src/engine/ood/metrics.js';
 
 /**
  * The models the service ships (models/<name>/) against the figures their cards and evaluation reports
- * claim, on the same CIFAR-10 test images: the README's table must be reproducible from the files.
+ * claim, on the same CIFAR-10 test images: the table in docs/training.md must be reproducible from the files.
  */
 
 const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
@@ -29,7 +29,7 @@ const shipped = (await readdir(modelsDir, { withFileTypes: true }))
   .sort();
 
 describe('shipped models', () => {
-  it('are the four the README describes, at least', () => {
+  it('are the four docs/training.md describes, at least', () => {
     expect(shipped).toEqual(
       expect.arrayContaining(['at-cifar10', 'oe-cifar10', 'plain-cifar10', 'ratio-cifar10']),
     );

@@ -19,7 +19,7 @@ export interface BackendInfo {
   name: BackendName;
   /**
    * Threads the heavy kernels compute with: oneDNN's (RATIO_THREADS, default every core) when `kernels`
-   * is `onednn`, else the backend's (wasm in Node: 1, see README "Engine backend").
+   * is `onednn`, else the backend's (wasm in Node: 1, see docs/engine.md).
    */
   threads: number;
   /** Whether the backend runs SIMD code (wasm: the SIMD build was loaded). */
@@ -31,8 +31,9 @@ export interface BackendInfo {
   /** Whether the Conv2D gradients run as the native WebAssembly SIMD kernels (wasm only). */
   nativeKernels: boolean;
   /**
-   * Which kernels run convolutions and matrix products: `onednn` (the oneDNN addon, README "oneDNN
-   * kernels"), `wasm-native` (the WebAssembly SIMD kernels of gradients/native), `stock` (tfjs's own).
+   * Which kernels run convolutions and matrix products: `onednn` (the oneDNN addon, docs/engine.md
+   * "oneDNN kernels"), `wasm-native` (the WebAssembly SIMD kernels of gradients/native), `stock`
+   * (tfjs's own).
    */
   kernels: KernelsName;
 }
@@ -40,7 +41,8 @@ export interface BackendInfo {
 /**
  * Backends on which the forward-convolution gradients beat tfjs's own (bench/engine.ts): on wasm the
  * stock backprop kernels are a naive loop (input) or missing (filter); on cpu the forward conv
- * shares the backprop kernels' speed, but routing both gradients through it still wins (README).
+ * shares the backprop kernels' speed, but routing both gradients through it still wins
+ * (docs/benchmarks/engine.md).
  */
 const FAST_GRADIENT_BACKENDS: ReadonlySet<BackendName> = new Set(['wasm', 'cpu']);
 

@@ -131,7 +131,7 @@ export class S3BlobStore implements BlobStore {
 }
 
 export interface OpenBlobStoreOptions {
-  /** The object client for `s3://` URLs (none is bundled: see the README's "Many machines"). */
+  /** The object client for `s3://` URLs (none is bundled: see docs/audits.md, "Many machines"). */
   s3?: S3ObjectClient;
 }
 

@@ -26,7 +26,7 @@ export const DEFAULT_QUEUE_PREFIX = 'ratio';
  * fire during a synchronous engine step (one attack iteration on a batch of up to 250 points). The
  * lock must outlive the longest such step, or a busy worker's shard is taken for stalled and run a
  * second time elsewhere (harmless for the report, wasted work). The longest step measured on
- * ratio-cifar10 at batch 250 is in the README; 5 minutes leaves a wide margin. A killed worker's
+ * ratio-cifar10 is in docs/benchmarks/scale.md; 5 minutes leaves a wide margin. A killed worker's
  * shard waits up to this long (plus the stalled interval) before another worker takes it over.
  */
 export const DEFAULT_LOCK_DURATION_MS = 300_000;

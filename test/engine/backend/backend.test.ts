@@ -37,7 +37,7 @@ describe('initBackend', () => {
     expect(info.version).toBe(tf.version.tfjs);
     expect(Number.isInteger(info.threads) && info.threads >= 1).toBe(true);
     if (info.name === 'wasm') {
-      // Node 20 validates the SIMD probe; threads stay 1 (README: the threaded build needs Web Workers).
+      // Node 20 validates the SIMD probe; threads stay 1 (docs/engine.md, "Threads in wasm").
       expect(info.simd).toBe(true);
       const wasm = await import('@tensorflow/tfjs-backend-wasm');
       // The oneDNN kernels run on RATIO_THREADS (default every core) OpenMP threads.
