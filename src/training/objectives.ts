@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from '../engine/attacks/apgd.js';
-import { normalizePerExample, perExample, projectL2, randomStart } from '../engine/attacks/projections.js';
+import { normalizePerExample, projectL2, randomStart, selectRows } from '../engine/attacks/projections.js';
 import { functionClassifier } from '../engine/model/classifier.js';
 import type { Rng } from '../util/random.js';
 import type { InnerAttack, Objective } from './config.js';
@@ -110,10 +110,12 @@ export function pgdL2BestIterate(
     const grad = step < steps ? gradient(x) : undefined;
     const loss = grad ? (lastLoss as tf.Tensor1D) : tf.tidy(() => lossPerExample(x));
     // Keep the best iterate per example; the final iterate is scored too, without a further step.
-    const improved = tf.tidy(() => perExample(loss.greater(bestLoss).cast('float32') as tf.Tensor1D, 4));
-    const nextBest = tf.tidy(() => tf.where(improved.cast('bool'), x, best) as tf.Tensor4D);
+    const greater = loss.greater(bestLoss);
+    const improved = greater.dataSync() as Uint8Array;
+    greater.dispose();
+    const nextBest = selectRows(improved, x, best);
     const nextBestLoss = tf.tidy(() => tf.maximum(loss, bestLoss) as tf.Tensor1D);
-    tf.dispose([best, bestLoss, improved, loss]);
+    tf.dispose([best, bestLoss, loss]);
     best = nextBest;
     bestLoss = nextBestLoss;
     if (!grad) break;

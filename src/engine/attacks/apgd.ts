@@ -4,7 +4,7 @@ import type { Classifier } from '../model/classifier.js';
 import { classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
-import { project, randomStart, steepestDirection } from './projections.js';
+import { project, randomStart, selectRows, steepestDirection } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {
   assertAttackBatch,
@@ -150,18 +150,6 @@ function evaluate(ctx: RunContext, point: tf.Tensor4D): Evaluation {
   const lossValues = loss!.dataSync() as Float32Array;
   tf.dispose([logits, loss]);
   return { loss: lossValues, predicted, grad: grad as tf.Tensor4D };
-}
-
-/**
- * Per-example choice: rows of `a` where `chosen[i]`, else rows of `b`. The full-shape mask is built
- * on the host (rank-1 conditions are not broadcast by every backend, and broadcastTo of a bool tensor
- * runs wasm's slow Tile: 10x the Select itself, once nearly as costly as APGD's gradient).
- */
-function selectRows<T extends tf.Tensor>(chosen: Uint8Array, a: T, b: T): T {
-  const rowSize = a.size / Math.max(chosen.length, 1);
-  const mask = new Uint8Array(a.size);
-  for (let i = 0; i < chosen.length; i++) if (chosen[i]) mask.fill(1, i * rowSize, (i + 1) * rowSize);
-  return tf.tidy(() => tf.where(tf.tensor(mask, a.shape, 'bool'), a, b) as T);
 }
 
 interface RunResult {

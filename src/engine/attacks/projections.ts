@@ -116,3 +116,15 @@ export function randomStart<T extends tf.Tensor>(
     return x.add(direction.mul(eps)).clipByValue(0, 1) as T;
   });
 }
+
+/**
+ * Per-example choice: rows of `a` where `chosen[i]`, else rows of `b`. The full-shape mask is built
+ * on the host (rank-1 conditions are not broadcast by every backend, and broadcastTo of a bool tensor
+ * runs wasm's slow Tile: 10x the Select itself, once nearly as costly as APGD's gradient).
+ */
+export function selectRows<T extends tf.Tensor>(chosen: Uint8Array, a: T, b: T): T {
+  const rowSize = a.size / Math.max(chosen.length, 1);
+  const mask = new Uint8Array(a.size);
+  for (let i = 0; i < chosen.length; i++) if (chosen[i]) mask.fill(1, i * rowSize, (i + 1) * rowSize);
+  return tf.tidy(() => tf.where(tf.tensor(mask, a.shape, 'bool'), a, b) as T);
+}
