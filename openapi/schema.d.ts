@@ -143,6 +143,23 @@ export interface paths {
     patch?: never;
     trace?: never;
   };
+  '/v1/audits/{id}/report': {
+    parameters: {
+      query?: never;
+      header?: never;
+      path?: never;
+      cookie?: never;
+    };
+    /** A finished audit's report: JSON, JUnit XML or Markdown (what ratio audit writes) */
+    get: operations['auditReport'];
+    put?: never;
+    post?: never;
+    delete?: never;
+    options?: never;
+    head?: never;
+    patch?: never;
+    trace?: never;
+  };
   '/health/live': {
     parameters: {
       query?: never;
@@ -680,6 +697,75 @@ export interface components {
       restarts?: string;
       /** @example 5000 */
       queries?: string;
+    };
+    /**
+     * @example {
+     *       "n": 2,
+     *       "norm": "L2",
+     *       "eps": 0.5,
+     *       "version": "standard",
+     *       "seed": 0,
+     *       "backend": "wasm",
+     *       "seconds": 4.2,
+     *       "clean_accuracy": 1,
+     *       "robust_accuracy": 0.5,
+     *       "per_attack": [
+     *         {
+     *           "name": "apgd-ce",
+     *           "robust_accuracy_after": 0.5,
+     *           "broken": 1,
+     *           "seconds": 2.1
+     *         }
+     *       ],
+     *       "samples": [
+     *         {
+     *           "index": 0,
+     *           "clean_correct": true,
+     *           "predicted": 3,
+     *           "broken_by": "apgd-ce",
+     *           "perturbation_norm": 0.41,
+     *           "seconds": 1.2
+     *         },
+     *         {
+     *           "index": 1,
+     *           "clean_correct": true,
+     *           "predicted": 8,
+     *           "broken_by": null,
+     *           "perturbation_norm": null,
+     *           "seconds": 3
+     *         }
+     *       ],
+     *       "warnings": []
+     *     }
+     */
+    AuditReport: {
+      n: number;
+      /** @enum {string} */
+      norm: 'L2' | 'Linf';
+      eps: number;
+      version: string;
+      seed: number;
+      backend: string;
+      seconds: number;
+      clean_accuracy: number;
+      robust_accuracy: number;
+      per_attack: {
+        name: string;
+        /** @description after this attack and all before it */
+        robust_accuracy_after: number;
+        broken: number;
+        seconds: number;
+      }[];
+      samples: {
+        index: number;
+        clean_correct: boolean;
+        predicted: number;
+        /** @description 'clean' for a clean error, the attack's name, or null: robust */
+        broken_by: string | null;
+        perturbation_norm: number | null;
+        seconds: number;
+      }[];
+      warnings: string[];
     };
     /**
      * @example {
@@ -1524,6 +1610,70 @@ export interface operations {
       };
       /** @description Unknown model or audit */
       404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+    };
+  };
+  auditReport: {
+    parameters: {
+      query?: {
+        format?: 'json' | 'junit' | 'markdown';
+        /** @description the gate: JUnit and Markdown mark the audit failed under this robust accuracy */
+        min_robust_accuracy?: number;
+      };
+      header?: never;
+      path: {
+        id: string;
+      };
+      cookie?: never;
+    };
+    requestBody?: never;
+    responses: {
+      /** @description The report, as an attachment */
+      200: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['AuditReport'];
+          'application/xml': string;
+          'text/markdown': string;
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description Unknown model or audit */
+      404: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description The audit has no report yet (queued, running, failed or cancelled) */
+      409: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description Invalid image, model, data set or parameter; `errors` names the field */
+      422: {
         headers: {
           [name: string]: unknown;
         };

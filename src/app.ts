@@ -18,6 +18,7 @@ import {
 } from './jobs/serving/index.js';
 import { auditAdmission, computeAdmission, crossOriginWrites } from './routes/admission.js';
 import { registerAnalysisRoutes } from './routes/analysis.js';
+import { registerAuditReportRoutes } from './routes/audit-reports.js';
 import { registerAuditRoutes } from './routes/audits.js';
 import { AuditQuota, type AuthConfig, authMiddleware, DEFAULT_AUTH } from './routes/auth.js';
 import { bodyLimitByLength } from './routes/body-limit.js';
@@ -195,6 +196,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
   registerModelRoutes(app, context);
   registerAnalysisRoutes(app, context);
   registerAuditRoutes(app, context);
+  registerAuditReportRoutes(app, context);
   registerHealthRoutes(
     app,
     context,

@@ -160,6 +160,7 @@ export function problemResponses(...statuses: number[]) {
     400: 'Malformed request (e.g. unparseable JSON)',
     401: 'Missing or invalid API key (`Authorization: Bearer <key>`)',
     404: 'Unknown model or audit',
+    409: 'The audit has no report yet (queued, running, failed or cancelled)',
     413: 'Body or image over the size limit',
     415: 'Unsupported content type',
     422: 'Invalid image, model, data set or parameter; `errors` names the field',

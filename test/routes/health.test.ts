@@ -67,7 +67,7 @@ describe('health, metrics, OpenAPI and docs', () => {
     const ids = Object.values(doc.paths).flatMap((methods) =>
       Object.values(methods).map((op) => op.operationId),
     );
-    expect(ids).toHaveLength(18);
+    expect(ids).toHaveLength(19);
     expect(ids.every((id) => typeof id === 'string')).toBe(true);
     expect(new Set(ids).size).toBe(ids.length);
   });

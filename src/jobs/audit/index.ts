@@ -20,3 +20,4 @@ export {
 } from './registry.js';
 export { mergeShardDocuments, parseShardDocument, runAuditShard, shardDocument } from './shard-files.js';
 export { AuditStore } from './store.js';
+export { junitReport, markdownReport } from './summaries.js';
