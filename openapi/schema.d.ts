@@ -353,6 +353,13 @@ export interface components {
       ood_threshold: number;
     };
     ModelDetail: components['schemas']['ModelSummary'] & {
+      /** @example small-cnn */
+      architecture: string | null;
+      /**
+       * @description the training data
+       * @example cifar10/train
+       */
+      data: string | null;
       /**
        * @example {
        *       "clean_accuracy": 0.91,

@@ -30,6 +30,8 @@ export const ModelSummarySchema = z
   .openapi('ModelSummary');
 
 export const ModelDetailSchema = ModelSummarySchema.extend({
+  architecture: z.string().nullable().openapi({ example: 'small-cnn' }),
+  data: z.string().nullable().openapi({ description: 'the training data', example: 'cifar10/train' }),
   metrics: z
     .record(z.string(), z.union([z.number(), z.string(), z.null()]))
     .openapi({ example: { clean_accuracy: 0.91, robust_accuracy_l2_0_5: 0.72 } }),
@@ -188,7 +190,16 @@ export function registerModelRoutes(app: ServiceApp, context: ServiceContext): v
   app.openapi(getModel, (c) => {
     const name = c.req.valid('param').model;
     const model = findModel(context, name);
-    return c.json({ ...summary(name, model), metrics: { ...(model.card.metrics ?? {}) } }, 200);
+    const text = (value: unknown) => (typeof value === 'string' ? value : null);
+    return c.json(
+      {
+        ...summary(name, model),
+        architecture: text(model.card.architecture),
+        data: text(model.card.data),
+        metrics: { ...(model.card.metrics ?? {}) },
+      },
+      200,
+    );
   });
 
   app.openapi(predict, async (c) => {

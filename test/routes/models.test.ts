@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
+import { functionClassifier } from '../../src/engine/model/classifier.js';
 import {
   base64,
   CLASS_NAMES,
@@ -58,6 +59,36 @@ describe('GET /v1/models', () => {
     expect((await app.request('/v1/models/colour')).status).toBe(200);
     const body = await problem(await app.request('/v1/models/nope'), 404);
     expect(body.errors?.[0].field).toBe('model');
+  });
+
+  it("answers the card's architecture, training data and metrics; null where the card has none", async () => {
+    const carded = functionClassifier(
+      {
+        name: 'carded',
+        inputShape: [8, 8, 3],
+        numClasses: 3,
+        architecture: 'small-cnn',
+        data: 'cifar10/train',
+        metrics: { clean_accuracy: 0.9, robust_accuracy_l2_0_5: 0.6, wc_auc: null },
+      },
+      () => tf.zeros([1, 3]) as tf.Tensor2D,
+    );
+    const app = createApp({
+      models: new Map([
+        ['carded', carded],
+        ['colour', colourModel()],
+      ]),
+    });
+    expect(await (await app.request('/v1/models/carded')).json()).toMatchObject({
+      architecture: 'small-cnn',
+      data: 'cifar10/train',
+      metrics: { clean_accuracy: 0.9, robust_accuracy_l2_0_5: 0.6, wc_auc: null },
+    });
+    expect(await (await app.request('/v1/models/colour')).json()).toMatchObject({
+      architecture: null,
+      data: null,
+      metrics: {},
+    });
   });
 });
 
