@@ -29,7 +29,9 @@ import { mediaType, unsupportedMediaType } from './routes/images.js';
 import { registerInferenceV2Routes } from './routes/inference-v2.js';
 import { methodNotAllowed } from './routes/methods.js';
 import { registerModelRoutes } from './routes/models.js';
+import { requestOrigin } from './routes/origin.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
+import { CONTENT_SECURITY_POLICY, registerWebRoutes } from './routes/web.js';
 
 /**
  * The HTTP service as a Hono app, built from its dependencies so tests drive it with `app.request()`
@@ -74,6 +76,8 @@ export interface AppDependencies {
   auth?: Partial<AuthConfig>;
   /** Origins allowed to call the API from a browser (CORS); none by default: CORS off. */
   corsOrigins?: readonly string[];
+  /** The built web page's folder (default src/web/bundle). */
+  webDirectory?: string;
 }
 
 /** The document's own fields; the paths and components come from the route schemas. */
@@ -86,6 +90,7 @@ export const OPENAPI_CONFIG: Omit<OpenAPIObject, 'paths' | 'components'> = {
       'Calibrated predictions, worst-case OOD confidence, visual counterfactuals and AutoAttack robustness audits for image classifiers (after RATIO, Augustin, Meinke, Hein, ECCV 2020). Errors are RFC 9457 application/problem+json.',
     license: { name: 'MIT', identifier: 'MIT' },
   },
+  // `ratio serve --dev`'s address; the served /openapi.json names the origin of its own request instead.
   servers: [{ url: 'http://localhost:8080' }],
   // Bearer API keys (RATIO_API_KEYS / RATIO_API_KEYS_FILE); operations that need none say so.
   security: [{ bearerAuth: [] }],
@@ -157,7 +162,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
     );
   });
   app.use('*', metrics.middleware);
-  app.use('*', secureHeaders());
+  app.use('*', secureHeaders({ contentSecurityPolicy: CONTENT_SECURITY_POLICY }));
   const origins = [...(deps.corsOrigins ?? [])];
   if (origins.length > 0) {
     app.use(
@@ -212,7 +217,9 @@ export function createApp(deps: AppDependencies): ServiceApp {
     serviceVersion: SERVICE_VERSION,
   });
   registerDocsRoutes(app);
-  app.doc31('/openapi.json', OPENAPI_CONFIG);
+  registerWebRoutes(app, deps.webDirectory);
+  // The document names the origin it was fetched from, so /docs's "Try it out" calls this service.
+  app.doc31('/openapi.json', (c) => ({ ...OPENAPI_CONFIG, servers: [{ url: requestOrigin(c) }] }));
 
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearerAuth', {
     type: 'http',

@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from 'hono';
 import type { AuditQuota } from './auth.js';
 import type { ServiceContext, ServiceEnv } from './context.js';
+import { requestOrigin } from './origin.js';
 import { ProblemError, problemResponse } from './problem.js';
 
 /**
@@ -103,7 +104,8 @@ export function crossOriginWrites(allowed: readonly string[]): MiddlewareHandler
     ) {
       return next();
     }
-    if (origins.has(origin) || origin === new URL(c.req.url).origin) return next();
+    // The service's own page behind a TLS-terminating proxy posts with an https Origin to a plain-HTTP URL.
+    if (origins.has(origin) || origin === requestOrigin(c)) return next();
     return problemResponse(
       c,
       new ProblemError(
