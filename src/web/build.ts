@@ -95,9 +95,10 @@ export async function buildSamples(dataDir: string): Promise<Map<string, Uint8Ar
   const index: SampleImage[] = [];
   for (const sample of SAMPLES) {
     const bytes = new Uint8Array(await readFile(path.join(dataDir, sample.file)));
-    for (const record of sample.records) {
+    for (const [i, record] of sample.records.entries()) {
       const label = bytes[record * RECORD];
-      const name = sample.set === 'cifar10' ? classes[label] : 'house number';
+      // SVHN's file has no labels: its images are told apart by their order.
+      const name = sample.set === 'cifar10' ? classes[label] : `house number ${i + 1}`;
       const file = `${sample.set}-${record}-${name.replace(/\W+/g, '-')}.png`;
       files.set(`${SAMPLES_DIR}/${file}`, cifarRecordPng(bytes, record));
       index.push({
