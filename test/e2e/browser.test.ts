@@ -227,9 +227,13 @@ describe.skipIf(!hasChromium)('the web page in Chromium (skipped where /usr/bin/
         seconds: fromCli.seconds,
       }),
     );
-    expect(await page.textContent('#audit-summary')).toContain(
-      `Robust accuracy ${percent(fromCli.robust_accuracy)}`,
-    );
+    const summary = `Robust accuracy ${percent(fromCli.robust_accuracy)}`;
+    expect(await page.textContent('#audit-summary')).toContain(summary);
+    // The audit's id is in the URL: a reload shows the same report again.
+    expect(page.url()).toMatch(/#audit\/[0-9a-f-]{36}$/);
+    await page.reload();
+    await page.waitForSelector('#audit-summary');
+    expect(await page.textContent('#audit-summary')).toContain(summary);
     await page.close();
   }, 300_000);
 

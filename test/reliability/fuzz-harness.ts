@@ -441,6 +441,8 @@ function otherCase(): fc.Arbitrary<FuzzCase> {
       fc.oneof(
         id.map((i) => `/v1/audits/${i}`),
         id.map((i) => `/v1/audits/${i}/events`),
+        id.map((i) => `/v1/audits/${i}/report`),
+        id.map((i) => `/web/${i}`),
         id.map((i) => `/v1/models/${i}`),
         fc.constantFrom(
           '/v1/models',
@@ -450,6 +452,8 @@ function otherCase(): fc.Arbitrary<FuzzCase> {
           '/openapi.json',
           '/v1',
           '/',
+          '/web/app.js',
+          '/docs/assets/init.js',
         ),
         fc.webPath(),
       ),
