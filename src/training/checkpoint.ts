@@ -26,6 +26,8 @@ const NON_TRAJECTORY_FIELDS: ReadonlyArray<keyof TrainConfig> = [
   'checkpointMinutes',
   'maxSteps',
   'why',
+  // Its path may differ between machines; the starting weights enter as their sha256 (Trainer.startFrom).
+  'initFrom',
 ];
 
 export interface TrainingPosition {
@@ -117,8 +119,13 @@ export function encodeCheckpoint(content: CheckpointContent): Uint8Array {
   return out;
 }
 
+/** A checkpoint as read back, with the digest that identifies its payload. */
+export interface DecodedCheckpoint extends CheckpointContent {
+  payloadSha256: string;
+}
+
 /** Parses and verifies a checkpoint; `source` names it in errors. */
-export function decodeCheckpoint(bytes: Uint8Array, source = 'the checkpoint'): CheckpointContent {
+export function decodeCheckpoint(bytes: Uint8Array, source = 'the checkpoint'): DecodedCheckpoint {
   const magic = new TextEncoder().encode(MAGIC);
   if (bytes.length < magic.length + 4 || !magic.every((b, i) => bytes[i] === b)) {
     throw new CheckpointError(`'${source}' is not a ratio training checkpoint (bad magic bytes)`);
@@ -156,7 +163,14 @@ export function decodeCheckpoint(bytes: Uint8Array, source = 'the checkpoint'): 
     else if (entry.group === 'optimizer') optimizer[entry.index] = values;
     else if (ema) ema[entry.index] = values;
   }
-  return { fingerprint: header.fingerprint, position: header.position, weights, optimizer, ema };
+  return {
+    fingerprint: header.fingerprint,
+    position: header.position,
+    weights,
+    optimizer,
+    ema,
+    payloadSha256: header.payloadSha256,
+  };
 }
 
 /** Refuses a checkpoint written by a different run, naming the settings that differ. */
@@ -196,7 +210,7 @@ export async function writeFileAtomic(file: string, bytes: Uint8Array): Promise<
   await rename(temporary, file);
 }
 
-export async function readCheckpoint(file: string): Promise<CheckpointContent> {
+export async function readCheckpoint(file: string): Promise<DecodedCheckpoint> {
   let bytes: Uint8Array;
   try {
     bytes = new Uint8Array(await readFile(file));

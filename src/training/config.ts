@@ -58,6 +58,13 @@ export interface TrainConfig {
   runDir: string;
   /** Where the trained model is exported: `<outDir>/<name>/`. */
   outDir: string;
+  /**
+   * A checkpoint (another run's `checkpoint.bin`) whose weights start this run instead of the seeded
+   * initialisation: its EMA weights where it kept an average, else its weights. Optimiser state,
+   * schedule and data order start fresh, so a finished run can continue under a new schedule
+   * (a warm restart) where its own schedule has decayed to zero.
+   */
+  initFrom?: string;
   /** Minutes between time-based checkpoints (also one at every epoch end). */
   checkpointMinutes: number;
   /** Stop after this many optimisation steps in this process (0 = no limit); for tests and budgets. */
@@ -102,6 +109,7 @@ export const DEFAULT_CONFIG: TrainConfig = {
   outDir: 'models',
   checkpointMinutes: 10,
   maxSteps: 0,
+  initFrom: undefined,
   why: undefined,
 };
 
@@ -148,6 +156,7 @@ export const CONFIG_FIELDS: Record<keyof TrainConfig, FieldKind> = {
   outDir: 'string',
   checkpointMinutes: 'number',
   maxSteps: 'integer',
+  initFrom: 'string',
   why: 'string',
 };
 

@@ -123,13 +123,25 @@ export async function runTraining(config: TrainConfig, options: RunOptions = {})
   });
   seededInitialisation(model, config.seed);
   const trainer = new Trainer(model, config, { train, validation, out });
+  const resuming = options.resume === true && existsSync(checkpointFile);
+  if (config.initFrom && !resuming) {
+    const source = await readCheckpoint(config.initFrom);
+    trainer.startFrom(source);
+    note(
+      `starting from the ${source.ema ? 'EMA ' : ''}weights of ${config.initFrom} (its step ${source.position.step})`,
+    );
+  }
   // Synchronous appends: one short line per step costs microseconds, and asynchronous ones fell behind
   // (each needs several event-loop turns, and a compute-bound loop grants one per step).
   const log = (record: Record<string, unknown>) => appendFileSync(logFile, `${JSON.stringify(record)}\n`);
 
-  if (options.resume && existsSync(checkpointFile)) {
+  if (resuming) {
     const content = await readCheckpoint(checkpointFile);
-    checkFingerprint(content.fingerprint, trainer.fingerprint(), checkpointFile);
+    const expected = trainer.fingerprint();
+    // The source of `initFrom` may have moved or been overwritten since this run started from it (a
+    // continuation under the same name does that): the checkpoint's record of it stands.
+    if (config.initFrom) expected.initFrom = content.fingerprint.initFrom;
+    checkFingerprint(content.fingerprint, expected, checkpointFile);
     trainer.restore(content);
     note(`resumed from ${checkpointFile} at step ${content.position.step} (epoch ${content.position.epoch})`);
   } else if (options.resume) {

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import type { Batch, Dataset } from '../data/dataset.js';
 import { classAtRank, logitsOf } from '../engine/model/logits.js';
 import { Rng } from '../util/random.js';
-import type { CheckpointContent, TrainingPosition } from './checkpoint.js';
+import type { CheckpointContent, DecodedCheckpoint, TrainingPosition } from './checkpoint.js';
 import { runFingerprint } from './checkpoint.js';
 import { ConfigError, type TrainConfig } from './config.js';
 import { WeightEma } from './ema.js';
@@ -54,6 +54,8 @@ export class Trainer {
   private readonly rng: Rng;
   private readonly schedule: ScheduleSettings;
   private readonly numClasses: number;
+  /** sha256 of the checkpoint payload this run started from (config `initFrom`), if any. */
+  private startingWeights: string | undefined;
   position: TrainingPosition;
 
   constructor(
@@ -100,10 +102,39 @@ export class Trainer {
   }
 
   fingerprint(): Record<string, unknown> {
-    return runFingerprint(
+    const fingerprint = runFingerprint(
       this.config,
       this.model.weights.map((w) => w.shape as number[]),
     );
+    return this.startingWeights ? { ...fingerprint, initFrom: this.startingWeights } : fingerprint;
+  }
+
+  /**
+   * Starts from another run's weights (config `initFrom`): its EMA average where it kept one (the
+   * weights it exported), else its weights; the average of this run starts there too. Call before
+   * the first step; `payloadSha256` identifies the source in this run's fingerprint.
+   */
+  startFrom(source: Pick<DecodedCheckpoint, 'weights' | 'ema' | 'payloadSha256'>): void {
+    if (this.position.step > 0) throw new Error('startFrom must come before the first step');
+    const values = source.ema ?? source.weights;
+    const weights = this.model.weights;
+    if (values.length !== weights.length) {
+      throw new ConfigError(`'initFrom' holds ${values.length} weights, this model has ${weights.length}`);
+    }
+    weights.forEach((w, i) => {
+      if (values[i].length !== tf.util.sizeFromShape(w.shape as number[])) {
+        throw new ConfigError(
+          `'initFrom' weight ${i} has ${values[i].length} values, this model's ${w.name} is [${w.shape}]`,
+        );
+      }
+    });
+    weights.forEach((w, i) => {
+      const tensor = tf.tensor(values[i], w.shape as number[]);
+      w.write(tensor);
+      tensor.dispose();
+    });
+    this.ema?.setState(values);
+    this.startingWeights = source.payloadSha256;
   }
 
   checkpoint(): CheckpointContent {
@@ -131,6 +162,8 @@ export class Trainer {
     if (this.ema && content.ema) this.ema.setState(content.ema);
     this.rng.setState(content.position.rng);
     this.position = { ...content.position };
+    const source = content.fingerprint.initFrom;
+    this.startingWeights = typeof source === 'string' ? source : undefined;
   }
 
   private augmentOptions() {

@@ -6,11 +6,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { maxProbabilities } from '../../src/engine/ood/calibration.js';
 import { thresholdAtTpr } from '../../src/engine/ood/metrics.js';
+import { buildArchitecture } from '../../src/training/architectures.js';
 import { CheckpointError, decodeCheckpoint, encodeCheckpoint } from '../../src/training/checkpoint.js';
 import { resolveConfig, type TrainConfig } from '../../src/training/config.js';
 import { splitValidation } from '../../src/training/data.js';
 import { runTraining } from '../../src/training/run.js';
-import { datasetLogits } from '../../src/training/trainer.js';
+import { datasetLogits, Trainer } from '../../src/training/trainer.js';
 import { Rng } from '../../src/util/random.js';
 
 let folder: string;
@@ -194,5 +195,67 @@ describe('resume', () => {
     expect(decoded.weights.map((w) => Array.from(w))).toEqual([[1, 2, 3], [-0.5]]);
     expect(decoded.optimizer.map((w) => (w ? Array.from(w) : null))).toEqual([null, [4]]);
     expect(decoded.ema?.map((w) => Array.from(w))).toEqual([[1, 1, 1], [0]]);
+  });
+});
+
+describe('initFrom: a run that starts from another run', () => {
+  it("starts from the source's EMA weights with a fresh optimiser, and its own resume is bit for bit", async () => {
+    const source = await runTraining(smallRatioConfig('init-source', { epochs: 1 }), { data: data() });
+    source.model.dispose();
+    const sourceBytes = new Uint8Array(await readFile(source.checkpointFile));
+    const sourceContent = decodeCheckpoint(sourceBytes);
+    expect(sourceContent.ema).not.toBeNull();
+
+    // The starting point, seen through the trainer: the EMA weights exactly, no momentum carried over.
+    const model = buildArchitecture('small-cnn', { numClasses: 3, inputShape: [8, 8, 3], width: 0.125 });
+    const config = smallRatioConfig('init-unit', { initFrom: source.checkpointFile });
+    const trainer = new Trainer(model, config, { ...data(), validation: undefined });
+    trainer.startFrom(sourceContent);
+    const start = trainer.checkpoint();
+    expect(start.weights.map((w) => Array.from(w))).toEqual(sourceContent.ema!.map((w) => Array.from(w)));
+    expect(start.ema!.map((w) => Array.from(w))).toEqual(sourceContent.ema!.map((w) => Array.from(w)));
+    expect(start.optimizer.every((buffer) => buffer === null || buffer.every((v) => v === 0))).toBe(true);
+    expect(start.fingerprint.initFrom).toBe(sourceContent.payloadSha256);
+    trainer.dispose();
+    model.dispose();
+
+    // Continued straight, and continued with an interruption while the source file is overwritten.
+    const continued = (name: string, overrides: Partial<TrainConfig> = {}) =>
+      smallRatioConfig(name, { initFrom: source.checkpointFile, lr: 0.01, warmupEpochs: 0, ...overrides });
+    const straight = await runTraining(continued('init-straight'), { data: data() });
+    expect(straight.stopped).toBe('finished');
+    const first = await runTraining(continued('init-interrupted', { maxSteps: 3 }), { data: data() });
+    expect(first.stopped).toBe('max-steps');
+    first.model.dispose();
+    await writeFile(source.checkpointFile, new Uint8Array([1, 2, 3]));
+    const last = await runTraining(continued('init-interrupted'), { data: data(), resume: true });
+    expect(last.stopped).toBe('finished');
+    const a = await weightsOf(straight.model);
+    const b = await weightsOf(last.model);
+    for (let i = 0; i < a.length; i++) expect(Array.from(b[i])).toEqual(Array.from(a[i]));
+
+    // The same config without initFrom may not resume a checkpoint that started from other weights.
+    const fromScratch = await runTraining(smallRatioConfig('init-straight', { lr: 0.01, warmupEpochs: 0 }), {
+      data: data(),
+      resume: true,
+    }).catch((error: unknown) => error);
+    expect(fromScratch).toBeInstanceOf(CheckpointError);
+    expect((fromScratch as Error).message).toMatch(/initFrom: checkpoint "[0-9a-f]{64}", this run undefined/);
+    await writeFile(source.checkpointFile, sourceBytes);
+    straight.model.dispose();
+    last.model.dispose();
+  });
+
+  it('refuses a source of other weight shapes, naming the setting', async () => {
+    const source = await runTraining(smallRatioConfig('init-narrow', { epochs: 1, maxSteps: 1 }), {
+      data: data(),
+    });
+    source.model.dispose();
+    const wider = smallRatioConfig('init-wider', { width: 0.25, initFrom: source.checkpointFile });
+    await expect(runTraining(wider, { data: data() })).rejects.toThrow(
+      /'initFrom' weight \d+ has \d+ values/,
+    );
+    const missing = smallRatioConfig('init-missing', { initFrom: path.join(folder, 'nowhere.bin') });
+    await expect(runTraining(missing, { data: data() })).rejects.toThrow(/cannot read checkpoint/);
   });
 });
