@@ -234,7 +234,16 @@ struct ConvGeometry {
   Dims strides() const { return {strideHeight, strideWidth}; }
   Dims dilates() const { return {dilationHeight - 1, dilationWidth - 1}; }
   Dims padLeftDims() const { return {padTop, padLeft}; }
-  Dims padRightDims() const { return {padBottom, padRight}; }
+  /**
+   * The right pads that make the output size exact, as oneDNN's kernels assume (PyTorch passes them
+   * so too): negative where the last input rows are never read, e.g. a 1x1 stride-2 convolution of an
+   * even size. tfjs's pads may exceed them by up to stride - 1, and with those the 1x1 strided weight
+   * gradient wrote past its buffers.
+   */
+  Dims padRightDims() const {
+    return {(outHeight - 1) * strideHeight + (kernelHeight - 1) * dilationHeight + 1 - inHeight - padTop,
+            (outWidth - 1) * strideWidth + (kernelWidth - 1) * dilationWidth + 1 - inWidth - padLeft};
+  }
 };
 
 ConvGeometry convGeometryArg(const Napi::CallbackInfo& info, size_t index) {
@@ -432,6 +441,13 @@ Napi::Value ConvBackwardWeights(const Napi::CallbackInfo& info) {
                                                     g.anyWeightsDesc(), g.dstDesc(), g.strides(), g.dilates(),
                                                     g.padLeftDims(), g.padRightDims());
       dnnl::convolution_backward_weights::primitive_desc pd(desc, cpuEngine(), hint);
+      // libdnnl 2.6's 1x1 weight-gradient kernel writes out of bounds on some strided 1x1
+      // convolutions (a segfault at 56x56x8, stride 2): every strided 1x1 convolution takes the next
+      // implementation, the general direct kernel.
+      const bool stridedUnitKernel =
+          g.kernelHeight == 1 && g.kernelWidth == 1 && (g.strideHeight > 1 || g.strideWidth > 1);
+      while (stridedUnitKernel && std::string(pd.impl_info_str()).find("1x1") != std::string::npos && pd.next_impl()) {
+      }
       entry.reset(new BackwardWeightsEntry{threadsFor(g.work(env)), dnnl::convolution_backward_weights(pd),
                                            WeightsReorder(g.userWeightsDesc(), pd.diff_weights_desc(), true),
                                            pd.impl_info_str()});
