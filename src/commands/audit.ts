@@ -1,6 +1,16 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../jobs/audit/parameters.js';
+import {
+  AUTOATTACK_VERSIONS,
+  type AuditParameters,
+  DEFAULT_AUDIT_POINTS,
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_ITERATIONS,
+  DEFAULT_QUERIES,
+  DEFAULT_SEED,
+  DEFAULT_VERSION,
+  NORMS,
+} from '../jobs/audit/parameters.js';
 import { readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
@@ -18,10 +28,10 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --data <path>                 labelled images: CIFAR-10/100 binary, idx(.gz), .npy, image folder, zip
   --norm L2|Linf                threat model
   --eps <number>                perturbation budget (> 0)
-  --n <int>                     audit the first n points (default 1000, or all if fewer)
-  --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default standard)
-  --seed <int>                  seed (default 0); the same seed on one backend gives the same report
-  --batch-size <int>            points per attack call (default 250)
+  --n <int>                     audit the first n points (default ${DEFAULT_AUDIT_POINTS}, or all if fewer)
+  --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default ${DEFAULT_VERSION})
+  --seed <int>                  seed (default ${DEFAULT_SEED}); the same seed on one backend gives the same report
+  --batch-size <int>            points per attack call (default ${DEFAULT_BATCH_SIZE})
   --restarts <int>              restarts of the white-box attacks (default 1; plus: 5)
   --report <file>               write the JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
@@ -35,8 +45,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --store <url>                 where the queue's workers read the model and points: a directory,
                                 file:///dir or s3://bucket/prefix (default: env RATIO_STORE_URL,
                                 else <state dir>/store, which only reaches workers on this machine)
-  --iterations <int>            APGD/FAB iterations per run (default 100; lower only for smoke tests)
-  --queries <int>               Square queries per point (default 5000; lower only for smoke tests)
+  --iterations <int>            APGD/FAB iterations per run (default ${DEFAULT_ITERATIONS}; lower only for smoke tests)
+  --queries <int>               Square queries per point (default ${DEFAULT_QUERIES}; lower only for smoke tests)
   --server <url>                run the audit on a running 'ratio serve' (upload, follow its progress,
                                 same report, gate and exit codes); --workers and --shard do not apply
   --api-key <key>               the service's API key (default RATIO_API_KEY), sent as a bearer token
@@ -53,21 +63,14 @@ const OPTION_OF_FIELD = { model: '--model', dataset: '--data' };
 interface AuditArguments {
   model: string;
   data: string;
-  norm: 'L2' | 'Linf';
-  eps: number;
-  n: number;
-  version: AutoAttackVersion;
-  seed: number;
-  batchSize: number;
-  restarts?: number;
+  /** The audit's parameters but the model's name (the use case takes it from the model). */
+  parameters: Omit<AuditParameters, 'model'>;
   report?: string;
   minRobustAccuracy?: number;
   workers: number;
   junit?: string;
   markdown?: string;
   shard?: { shard: number; shards: number };
-  iterations?: number;
-  queries?: number;
   server?: string;
   apiKey?: string;
   queue?: string;
@@ -142,24 +145,33 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
   if (minRobustAccuracy !== undefined && !(minRobustAccuracy >= 0 && minRobustAccuracy <= 1)) {
     throw new UsageError(`--min-robust-accuracy must lie in [0, 1], got '${threshold}'`);
   }
+  const parameters: AuditArguments['parameters'] = {
+    norm: options.choice('norm', NORMS, 'L2'),
+    eps: options.positive('eps', 0),
+    n: options.integer('n', DEFAULT_AUDIT_POINTS, 1),
+    version: options.choice('version', AUTOATTACK_VERSIONS, DEFAULT_VERSION),
+    seed: options.integer('seed', DEFAULT_SEED, 0),
+  };
+  // Only what was given: an absent budget is the engine's default, wherever the audit runs.
+  for (const [key, flag] of [
+    ['batchSize', 'batch-size'],
+    ['restarts', 'restarts'],
+    ['iterations', 'iterations'],
+    ['queries', 'queries'],
+  ] as const) {
+    const value = optionalInteger(flag);
+    if (value !== undefined) parameters[key] = value;
+  }
   return {
     model: options.text('model')!,
     data: options.text('data')!,
-    norm: options.choice('norm', ['L2', 'Linf'] as const, 'L2'),
-    eps: options.positive('eps', 0),
-    n: options.integer('n', 1000, 1),
-    version: options.choice('version', AUTOATTACK_VERSIONS, 'standard'),
-    seed: options.integer('seed', 0, 0),
-    batchSize: options.integer('batch-size', 250, 1),
-    restarts: options.text('restarts') === undefined ? undefined : options.integer('restarts', 1, 1),
+    parameters,
     report: options.text('report'),
     minRobustAccuracy,
     workers,
     junit: options.text('junit'),
     markdown: options.text('markdown'),
     shard,
-    iterations: optionalInteger('iterations'),
-    queries: optionalInteger('queries'),
     server,
     apiKey: options.text('api-key') ?? (process.env.RATIO_API_KEY || undefined),
     ...(await queueOptions(options.text('queue'), options.text('store'))),
@@ -196,15 +208,7 @@ async function audit(args: AuditArguments): Promise<number> {
   const prepared = await prepareAudit({
     model: { kind: 'directory', dir: args.model },
     data: { kind: 'path', path: args.data },
-    parameters: {
-      norm: args.norm,
-      eps: args.eps,
-      version: args.version,
-      n: args.n,
-      seed: args.seed,
-      restarts: args.restarts,
-      iterations: args.iterations,
-    },
+    parameters: args.parameters,
   });
   const controller = new AbortController();
   const interrupt = () => controller.abort();
@@ -224,8 +228,6 @@ async function audit(args: AuditArguments): Promise<number> {
     if (args.shard) {
       const { runAuditShard, shardDocument } = await import('../jobs/audit/index.js');
       const result = await runAuditShard(prepared, args.shard, {
-        batchSize: args.batchSize,
-        queries: args.queries,
         signal: controller.signal,
         onProgress,
       });
@@ -240,7 +242,7 @@ async function audit(args: AuditArguments): Promise<number> {
       return 0;
     }
     const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
-    const shards = defaultShardCount(Math.min(args.n, prepared.dataset.size), args.workers);
+    const shards = defaultShardCount(Math.min(args.parameters.n, prepared.dataset.size), args.workers);
     // One shard (a small audit) or one worker: in process, the same report without starting workers.
     const pool =
       !args.queue && args.workers > 1 && shards > 1
@@ -250,8 +252,6 @@ async function audit(args: AuditArguments): Promise<number> {
     let report: Awaited<ReturnType<typeof runAudit>>;
     try {
       report = await runAudit(prepared, {
-        batchSize: args.batchSize,
-        queries: args.queries,
         signal: controller.signal,
         onProgress,
         run: queue ? queue.autoAttack.bind(queue) : pool ? pool.autoAttack.bind(pool) : undefined,
