@@ -9,6 +9,7 @@ import {
   type AutoAttackReport,
   autoAttack,
 } from '../../engine/attacks/autoattack.js';
+import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
@@ -17,6 +18,7 @@ import {
   type WorstCaseResult,
   worstCaseConfidence,
 } from '../../engine/ood/worst-case.js';
+import { shardSettingsOf } from '../audit/parameters.js';
 import type {
   ParentMessage,
   ShardTaskMessage,
@@ -31,7 +33,6 @@ import {
   type ShardedRunOptions,
   type ShardRange,
   type ShardResult,
-  shardSettingsOf,
 } from './shards.js';
 
 /**
@@ -170,7 +171,7 @@ export class ShardPool {
     const rows = x.dataSync() as Float32Array;
     const rowSize = n > 0 ? rows.length / n : 0;
     const [, h, w, c] = x.shape;
-    const probeSize = Math.min(n, settings.batchSize ?? 250);
+    const probeSize = Math.min(n, settings.batchSize ?? DEFAULT_BATCH_SIZE);
 
     const results = new Map<number, ShardResult>();
     for (const known of options.finished ?? []) {
