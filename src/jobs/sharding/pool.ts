@@ -1,7 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import {
   type AutoAttackOptions,
@@ -18,6 +17,7 @@ import {
   type WorstCaseResult,
   worstCaseConfidence,
 } from '../../engine/ood/worst-case.js';
+import { workerEntry } from '../../util/worker-entry.js';
 import { shardSettingsOf } from '../audit/parameters.js';
 import type {
   ParentMessage,
@@ -107,7 +107,7 @@ interface Worker {
   modelKey: string | undefined;
 }
 
-const WORKER_ENTRY = fileURLToPath(new URL('./worker.ts', import.meta.url));
+const WORKER_ENTRY = workerEntry(import.meta.url, 'worker');
 
 export class ShardPool {
   readonly size: number;
@@ -385,8 +385,8 @@ export class ShardPool {
   }
 
   private spawn(): void {
-    const child = fork(WORKER_ENTRY, [], {
-      execArgv: ['--import', import.meta.resolve('tsx')],
+    const child = fork(WORKER_ENTRY.path, [], {
+      execArgv: WORKER_ENTRY.execArgv,
       serialization: 'advanced',
       env: { ...process.env, ...this.env, RATIO_THREADS: String(this.threads) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
