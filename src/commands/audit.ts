@@ -9,6 +9,7 @@ import {
   DEFAULT_QUERIES,
   DEFAULT_SEED,
   DEFAULT_VERSION,
+  MIN_POINTS_PER_WORKER,
   NORMS,
 } from '../jobs/audit/parameters.js';
 import { readOptions, UsageError } from './args.js';
@@ -37,7 +38,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
   --junit <file>                write a JUnit XML summary (the gate as a test case) there
   --markdown <file>             write a Markdown summary there (e.g. $GITHUB_STEP_SUMMARY)
-  --workers <int>               worker processes (default RATIO_WORKERS, else one per core); 1 = in process
+  --workers <int>               worker processes; 1 = in process (default RATIO_WORKERS, else one process
+                                unless each of up to one per core gets ${MIN_POINTS_PER_WORKER}+ points of work)
   --shard <i>/<N>               run only shard i of N and write its rows to --report (merge them with
                                 'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
   --queue <redis://host:port>   run the shards on 'ratio worker' processes through BullMQ/Redis
@@ -67,7 +69,8 @@ interface AuditArguments {
   parameters: Omit<AuditParameters, 'model'>;
   report?: string;
   minRobustAccuracy?: number;
-  workers: number;
+  /** Worker processes as given (--workers, RATIO_WORKERS); absent: chosen from the audit's size. */
+  workers?: number;
   junit?: string;
   markdown?: string;
   shard?: { shard: number; shards: number };
@@ -132,9 +135,10 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
       throw new UsageError(`--server must be an http(s) URL, got '${server}'`);
   }
   const { parseWorkerCount } = await import('../jobs/sharding/index.js');
-  let workers: number;
+  let workers: number | undefined;
   try {
-    workers = parseWorkerCount(options.text('workers') ?? process.env.RATIO_WORKERS);
+    const given = options.text('workers') ?? (process.env.RATIO_WORKERS || undefined);
+    workers = given === undefined ? undefined : parseWorkerCount(given);
   } catch (error) {
     throw new UsageError(`--workers (or RATIO_WORKERS): ${(error as Error).message}`);
   }
@@ -241,12 +245,18 @@ async function audit(args: AuditArguments): Promise<number> {
       );
       return 0;
     }
-    const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
-    const shards = defaultShardCount(Math.min(args.parameters.n, prepared.dataset.size), args.workers);
+    const { ShardPool } = await import('../jobs/sharding/index.js');
+    const { auditLayout } = await import('../jobs/audit/index.js');
+    const layout = auditLayout(
+      Math.min(args.parameters.n, prepared.dataset.size),
+      args.parameters,
+      prepared.classifier.numClasses,
+      { workers: args.workers },
+    );
     // One shard (a small audit) or one worker: in process, the same report without starting workers.
     const pool =
-      !args.queue && args.workers > 1 && shards > 1
-        ? new ShardPool({ workers: Math.min(args.workers, shards) })
+      !args.queue && layout.workers > 1 && layout.shards > 1
+        ? new ShardPool({ workers: layout.workers })
         : undefined;
     const queue = args.queue ? await startQueueRunner(args.queue, args.store!) : undefined;
     let report: Awaited<ReturnType<typeof runAudit>>;
@@ -254,7 +264,12 @@ async function audit(args: AuditArguments): Promise<number> {
       report = await runAudit(prepared, {
         signal: controller.signal,
         onProgress,
-        run: queue ? queue.autoAttack.bind(queue) : pool ? pool.autoAttack.bind(pool) : undefined,
+        run: queue
+          ? queue.autoAttack.bind(queue)
+          : pool
+            ? (classifier, x, y, options) =>
+                pool.autoAttack(classifier, x, y, { ...options, shards: layout.shards })
+            : undefined,
       });
     } finally {
       await pool?.close();

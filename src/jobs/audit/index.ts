@@ -8,6 +8,7 @@ export {
   prepareAudit,
   runAudit,
 } from './audit.js';
+export { type AuditLayout, auditLayout, auditWorkInPoints } from './layout.js';
 export {
   AUTOATTACK_VERSIONS,
   type AuditParameters,

@@ -31,6 +31,12 @@ export const DEFAULT_AUDIT_POINTS = 1000;
 /** The seed when none is given: the same seed on one backend gives the same report. */
 export const DEFAULT_SEED = 0;
 
+/**
+ * Points at AutoAttack's default budget that a worker process must get to beat one process (its
+ * start, its model load, the cores it leaves to the others); see layout.ts.
+ */
+export const MIN_POINTS_PER_WORKER = 64;
+
 export const NORMS = ['L2', 'Linf'] as const;
 
 export const AuditParametersSchema = z.object({
