@@ -6,8 +6,8 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { autoAttack } from '../../src/engine/attacks/autoattack.js';
 import { backendInfo } from '../../src/engine/backend/backend.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { auditFixture, DATA_FILE, MODEL_DIR, QUICK } from '../jobs/sharding/shard-fixtures.js';
+import { auditFixture, DATA_FILE, MODEL_DIR, QUICK } from '../helpers/cifar-audit.js';
+import { withoutTimings } from '../helpers/reports.js';
 
 /**
  * The compiled JavaScript the CLI, the workers and the images run (scripts/build.mjs), built into a

@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { base64, colourLogits, colourModel, gatedCompute, SHAPE, softmax, solidPng } from './fixtures.js';
+import {
+  base64,
+  colourLogits,
+  colourModel,
+  gatedCompute,
+  SHAPE,
+  softmax,
+  solidPng,
+} from '../helpers/colour-model.js';
 
 /** Open Inference Protocol v2 REST, with request bodies exactly as the protocol specifies them. */
 
