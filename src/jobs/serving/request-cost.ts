@@ -5,7 +5,7 @@ import type { AutoAttackVersion } from '../../engine/types.js';
 
 /**
  * Up-front cost of a request: images x iterations x restarts x (gradient steps of) model FLOPs, so one
- * request cannot hold the compute slot for minutes (64 images x 1000 iterations x 10 restarts did).
+ * request cannot hold the compute slot for minutes (a full batch at a thousand iterations and ten restarts would).
  */
 
 /** A request whose estimated cost is over the configured budget; HTTP answers 422 with the limit. */
