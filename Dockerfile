@@ -36,16 +36,27 @@ RUN set -eux; \
     node --version; \
     npm --version
 
+# The compiled JavaScript (dist/): tsc needs the dev dependencies, and no install script runs here.
+FROM node AS build
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.json tsconfig.build.json ./
+COPY scripts/build.mjs ./scripts/build.mjs
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY src ./src
+RUN npm run build
+
 FROM node AS deps
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential python3 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
+COPY scripts/build.mjs ./scripts/build.mjs
 COPY src/engine/backend/onednn/addon ./src/engine/backend/onednn/addon
 # libtensorflow does the compute here: the oneDNN addon (the CPU kernels for when it is absent) is
 # not built. tfjs-node-gpu's install step downloads libtensorflow (GPU, 2.9) into its deps/lib;
-# npm skips a failed optional dependency silently, so the last step checks it is there.
+# npm skips a failed optional dependency silently, so the last step checks it is there. (`prepare`
+# leaves dist/ to the build stage: typescript is a dev dependency.)
 ENV RATIO_SKIP_ONEDNN_BUILD=1
 RUN npm ci --omit=dev --include=optional --no-audit --no-fund \
  && ls node_modules/@tensorflow/tfjs-node-gpu/deps/lib | grep -q libtensorflow
@@ -61,9 +72,9 @@ ENV NODE_ENV=production PORT=8080 HOST=0.0.0.0 LOG_LEVEL=info \
     RATIO_BACKEND=tensorflow RATIO_MODELS_DIR=/app/models RATIO_STATE_DIR=/var/lib/ratio/state
 WORKDIR /app
 COPY --from=deps /app/node_modules ./node_modules
-COPY package.json tsconfig.json ./
+COPY package.json ./
 COPY bin ./bin
-COPY src ./src
+COPY --from=build /app/dist ./dist
 COPY openapi/openapi.json ./openapi/openapi.json
 COPY models ./models
 USER 10001

@@ -51,7 +51,7 @@ export const DEFAULT_LIMITS: ServiceLimits = {
   maxBatch: 64,
   requestTimeoutMs: 60_000,
   maxIterations: 1000,
-  // About 30 s of a 2-core wasm backend (~7 GFLOP/s); 64 images x 1000 iterations x 10 restarts is 100x that.
+  // Tens of seconds of a small CPU backend: a bound on one request's compute slot, not a budget to fill.
   maxRequestFlops: 2e11,
   maxAuditFlops: 2e14,
 };

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { zipSync } from 'fflate';
 import { Agent, FormData, fetch, type Response } from 'undici';
 import type { AuditJob, AuditReport } from '../jobs/audit/index.js';
+import type { AuditParameters } from '../jobs/audit/parameters.js';
 import { pairedLabelsName } from '../jobs/datasets/index.js';
 import { DatasetError } from '../jobs/errors.js';
 import { readModelPath } from '../jobs/models/index.js';
@@ -26,14 +27,7 @@ export interface RemoteAuditArguments {
   apiKey?: string;
   model: string;
   data: string;
-  norm: 'L2' | 'Linf';
-  eps: number;
-  n: number;
-  version: string;
-  seed: number;
-  restarts?: number;
-  iterations?: number;
-  queries?: number;
+  parameters: Omit<AuditParameters, 'model'>;
   report?: string;
   minRobustAccuracy?: number;
   junit?: string;
@@ -214,18 +208,10 @@ async function datasetParts(form: FormData, dataPath: string): Promise<void> {
   }
 }
 
-function auditForm(args: RemoteAuditArguments): FormData {
+/** The form's parameter fields: every parameter but the batch size and full budget (the service's own). */
+function auditForm(parameters: RemoteAuditArguments['parameters']): FormData {
   const form = new FormData();
-  const fields: Record<string, number | string | undefined> = {
-    norm: args.norm,
-    eps: args.eps,
-    version: args.version,
-    n: args.n,
-    seed: args.seed,
-    restarts: args.restarts,
-    iterations: args.iterations,
-    queries: args.queries,
-  };
+  const { batchSize: _batchSize, fullBudget: _fullBudget, ...fields } = parameters;
   for (const [name, value] of Object.entries(fields)) {
     if (value !== undefined) form.append(name, String(value));
   }
@@ -294,7 +280,7 @@ export async function remoteAudit(args: RemoteAuditArguments): Promise<number> {
   const interrupt = () => controller.abort();
   process.once('SIGINT', interrupt);
   try {
-    const form = auditForm(args);
+    const form = auditForm(args.parameters);
     const name = await modelParts(form, args.model);
     await datasetParts(form, args.data);
     const created = await client.json<AuditJob>('/v1/audits', { method: 'POST', body: form });

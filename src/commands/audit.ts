@@ -1,6 +1,17 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { AUTOATTACK_VERSIONS, type AutoAttackVersion } from '../jobs/audit/parameters.js';
+import {
+  AUTOATTACK_VERSIONS,
+  type AuditParameters,
+  DEFAULT_AUDIT_POINTS,
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_ITERATIONS,
+  DEFAULT_QUERIES,
+  DEFAULT_SEED,
+  DEFAULT_VERSION,
+  MIN_POINTS_PER_WORKER,
+  NORMS,
+} from '../jobs/audit/parameters.js';
 import { readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
@@ -18,16 +29,17 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --data <path>                 labelled images: CIFAR-10/100 binary, idx(.gz), .npy, image folder, zip
   --norm L2|Linf                threat model
   --eps <number>                perturbation budget (> 0)
-  --n <int>                     audit the first n points (default 1000, or all if fewer)
-  --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default standard)
-  --seed <int>                  seed (default 0); the same seed on one backend gives the same report
-  --batch-size <int>            points per attack call (default 250)
+  --n <int>                     audit the first n points (default ${DEFAULT_AUDIT_POINTS}, or all if fewer)
+  --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default ${DEFAULT_VERSION})
+  --seed <int>                  seed (default ${DEFAULT_SEED}); the same seed on one backend gives the same report
+  --batch-size <int>            points per attack call (default ${DEFAULT_BATCH_SIZE})
   --restarts <int>              restarts of the white-box attacks (default 1; plus: 5)
   --report <file>               write the JSON report there
   --min-robust-accuracy <p>     exit 1 when robust accuracy is below p (in [0,1])
   --junit <file>                write a JUnit XML summary (the gate as a test case) there
   --markdown <file>             write a Markdown summary there (e.g. $GITHUB_STEP_SUMMARY)
-  --workers <int>               worker processes (default RATIO_WORKERS, else one per core); 1 = in process
+  --workers <int>               worker processes; 1 = in process (default RATIO_WORKERS, else one process
+                                unless each of up to one per core gets ${MIN_POINTS_PER_WORKER}+ points of work)
   --shard <i>/<N>               run only shard i of N and write its rows to --report (merge them with
                                 'ratio audit merge'); with --shards <N>, i is JOB_COMPLETION_INDEX (k8s)
   --queue <redis://host:port>   run the shards on 'ratio worker' processes through BullMQ/Redis
@@ -35,8 +47,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --store <url>                 where the queue's workers read the model and points: a directory,
                                 file:///dir or s3://bucket/prefix (default: env RATIO_STORE_URL,
                                 else <state dir>/store, which only reaches workers on this machine)
-  --iterations <int>            APGD/FAB iterations per run (default 100; lower only for smoke tests)
-  --queries <int>               Square queries per point (default 5000; lower only for smoke tests)
+  --iterations <int>            APGD/FAB iterations per run (default ${DEFAULT_ITERATIONS}; lower only for smoke tests)
+  --queries <int>               Square queries per point (default ${DEFAULT_QUERIES}; lower only for smoke tests)
   --server <url>                run the audit on a running 'ratio serve' (upload, follow its progress,
                                 same report, gate and exit codes); --workers and --shard do not apply
   --api-key <key>               the service's API key (default RATIO_API_KEY), sent as a bearer token
@@ -53,21 +65,15 @@ const OPTION_OF_FIELD = { model: '--model', dataset: '--data' };
 interface AuditArguments {
   model: string;
   data: string;
-  norm: 'L2' | 'Linf';
-  eps: number;
-  n: number;
-  version: AutoAttackVersion;
-  seed: number;
-  batchSize: number;
-  restarts?: number;
+  /** The audit's parameters but the model's name (the use case takes it from the model). */
+  parameters: Omit<AuditParameters, 'model'>;
   report?: string;
   minRobustAccuracy?: number;
-  workers: number;
+  /** Worker processes as given (--workers, RATIO_WORKERS); absent: chosen from the audit's size. */
+  workers?: number;
   junit?: string;
   markdown?: string;
   shard?: { shard: number; shards: number };
-  iterations?: number;
-  queries?: number;
   server?: string;
   apiKey?: string;
   queue?: string;
@@ -129,9 +135,10 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
       throw new UsageError(`--server must be an http(s) URL, got '${server}'`);
   }
   const { parseWorkerCount } = await import('../jobs/sharding/index.js');
-  let workers: number;
+  let workers: number | undefined;
   try {
-    workers = parseWorkerCount(options.text('workers') ?? process.env.RATIO_WORKERS);
+    const given = options.text('workers') ?? (process.env.RATIO_WORKERS || undefined);
+    workers = given === undefined ? undefined : parseWorkerCount(given);
   } catch (error) {
     throw new UsageError(`--workers (or RATIO_WORKERS): ${(error as Error).message}`);
   }
@@ -142,24 +149,33 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
   if (minRobustAccuracy !== undefined && !(minRobustAccuracy >= 0 && minRobustAccuracy <= 1)) {
     throw new UsageError(`--min-robust-accuracy must lie in [0, 1], got '${threshold}'`);
   }
+  const parameters: AuditArguments['parameters'] = {
+    norm: options.choice('norm', NORMS, 'L2'),
+    eps: options.positive('eps', 0),
+    n: options.integer('n', DEFAULT_AUDIT_POINTS, 1),
+    version: options.choice('version', AUTOATTACK_VERSIONS, DEFAULT_VERSION),
+    seed: options.integer('seed', DEFAULT_SEED, 0),
+  };
+  // Only what was given: an absent budget is the engine's default, wherever the audit runs.
+  for (const [key, flag] of [
+    ['batchSize', 'batch-size'],
+    ['restarts', 'restarts'],
+    ['iterations', 'iterations'],
+    ['queries', 'queries'],
+  ] as const) {
+    const value = optionalInteger(flag);
+    if (value !== undefined) parameters[key] = value;
+  }
   return {
     model: options.text('model')!,
     data: options.text('data')!,
-    norm: options.choice('norm', ['L2', 'Linf'] as const, 'L2'),
-    eps: options.positive('eps', 0),
-    n: options.integer('n', 1000, 1),
-    version: options.choice('version', AUTOATTACK_VERSIONS, 'standard'),
-    seed: options.integer('seed', 0, 0),
-    batchSize: options.integer('batch-size', 250, 1),
-    restarts: options.text('restarts') === undefined ? undefined : options.integer('restarts', 1, 1),
+    parameters,
     report: options.text('report'),
     minRobustAccuracy,
     workers,
     junit: options.text('junit'),
     markdown: options.text('markdown'),
     shard,
-    iterations: optionalInteger('iterations'),
-    queries: optionalInteger('queries'),
     server,
     apiKey: options.text('api-key') ?? (process.env.RATIO_API_KEY || undefined),
     ...(await queueOptions(options.text('queue'), options.text('store'))),
@@ -196,15 +212,7 @@ async function audit(args: AuditArguments): Promise<number> {
   const prepared = await prepareAudit({
     model: { kind: 'directory', dir: args.model },
     data: { kind: 'path', path: args.data },
-    parameters: {
-      norm: args.norm,
-      eps: args.eps,
-      version: args.version,
-      n: args.n,
-      seed: args.seed,
-      restarts: args.restarts,
-      iterations: args.iterations,
-    },
+    parameters: args.parameters,
   });
   const controller = new AbortController();
   const interrupt = () => controller.abort();
@@ -224,8 +232,6 @@ async function audit(args: AuditArguments): Promise<number> {
     if (args.shard) {
       const { runAuditShard, shardDocument } = await import('../jobs/audit/index.js');
       const result = await runAuditShard(prepared, args.shard, {
-        batchSize: args.batchSize,
-        queries: args.queries,
         signal: controller.signal,
         onProgress,
       });
@@ -239,22 +245,31 @@ async function audit(args: AuditArguments): Promise<number> {
       );
       return 0;
     }
-    const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
-    const shards = defaultShardCount(Math.min(args.n, prepared.dataset.size), args.workers);
+    const { ShardPool } = await import('../jobs/sharding/index.js');
+    const { auditLayout } = await import('../jobs/audit/index.js');
+    const layout = auditLayout(
+      Math.min(args.parameters.n, prepared.dataset.size),
+      args.parameters,
+      prepared.classifier.numClasses,
+      { workers: args.workers },
+    );
     // One shard (a small audit) or one worker: in process, the same report without starting workers.
     const pool =
-      !args.queue && args.workers > 1 && shards > 1
-        ? new ShardPool({ workers: Math.min(args.workers, shards) })
+      !args.queue && layout.workers > 1 && layout.shards > 1
+        ? new ShardPool({ workers: layout.workers })
         : undefined;
     const queue = args.queue ? await startQueueRunner(args.queue, args.store!) : undefined;
     let report: Awaited<ReturnType<typeof runAudit>>;
     try {
       report = await runAudit(prepared, {
-        batchSize: args.batchSize,
-        queries: args.queries,
         signal: controller.signal,
         onProgress,
-        run: queue ? queue.autoAttack.bind(queue) : pool ? pool.autoAttack.bind(pool) : undefined,
+        run: queue
+          ? queue.autoAttack.bind(queue)
+          : pool
+            ? (classifier, x, y, options) =>
+                pool.autoAttack(classifier, x, y, { ...options, shards: layout.shards })
+            : undefined,
       });
     } finally {
       await pool?.close();

@@ -7,7 +7,7 @@ import { decodePlainPng, type RawImage, readPngHeader } from './png.js';
  * Image bytes in and out with sharp (libvips). Decoding checks the header first: the pixel count a
  * file declares is compared with `maxPixels` before any pixel is decoded, so a 1 kB PNG claiming
  * 12000x12000 costs nothing. Every failure is an `ImageError` with a `code` the HTTP layer maps to 422/413.
- * Small plain PNGs are decoded on this thread with fast-png (src/data/png.ts), to the same pixels.
+ * Small plain PNGs are decoded on this thread with pngjs (src/data/png.ts), to the same pixels.
  */
 
 export type { RawImage };
@@ -20,7 +20,7 @@ export interface DecodeOptions {
   /** Names the input in error messages. */
   source?: string;
   /**
-   * Decode small plain PNGs on this thread with fast-png (default true; src/data/png.ts): the same
+   * Decode small plain PNGs on this thread with pngjs (default true; src/data/png.ts): the same
    * pixels as sharp, without sharp's per-call cost. false: always sharp.
    */
   inline?: boolean;

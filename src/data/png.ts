@@ -5,11 +5,11 @@ import { PNG } from 'pngjs';
  * Small plain PNGs decoded on this thread with pngjs, and the PNG header read from its bytes.
  *
  * Why: an OOD gate receives thousands of small (e.g. 32x32) PNGs a second. Through sharp each one
- * cost two native calls (header, then decode) whose option marshalling and thread-pool hops took a
- * quarter of the HTTP event loop (profile in docs/benchmarks/service.md); pngjs (zlib inflate, JS
- * unfiltering) decodes a 32x32 PNG for a small fraction of that. Only PNGs whose pixels sharp would
- * hand back unchanged go this way (8-bit grey/RGB/alpha or a palette, not interlaced; no ICC
- * profile, no animation, no unknown chunk; every CRC checked). Anything else, and any failure,
+ * costs two native calls (header, then decode) whose option marshalling and thread-pool hops weigh
+ * on the HTTP event loop (profile in docs/benchmarks/service.md); pngjs (zlib inflate, JS
+ * unfiltering) decodes a small PNG for a fraction of that. Only PNGs whose pixels sharp would hand
+ * back unchanged go this way (8-bit grey/RGB/alpha or a palette, not interlaced; no ICC profile, no
+ * animation, no unknown chunk; every CRC checked). Anything else, and any failure,
  * returns `undefined`: the caller decodes with sharp, which then also reports the error.
  * test/data/png.test.ts checks the pixels equal sharp's, byte for byte, over generated and
  * corrupted PNGs.

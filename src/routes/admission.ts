@@ -6,7 +6,7 @@ import { ProblemError, problemResponse } from './problem.js';
 
 /**
  * Admission before parsing: a request that will be refused for capacity is refused before its body
- * is read (an audit upload may be 256 MiB: parsing it first cost 30 s and 1 GB before the 429).
+ * is read (an audit upload may be 256 MiB: parsing it first would cost seconds and its size in memory).
  * These answers cost a header read, so they stay cheap under load.
  */
 

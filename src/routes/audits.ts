@@ -5,7 +5,12 @@ import {
   type AuditEvent,
   type AuditJob,
   type AuditModelSource,
+  AuditParametersSchema,
+  DEFAULT_AUDIT_POINTS,
+  DEFAULT_SEED,
+  DEFAULT_VERSION,
   isFinal,
+  NORMS,
   type PreparedAudit,
   prepareAudit,
   ShuttingDownError,
@@ -18,23 +23,12 @@ import { notFound, ProblemError, problemResponses, toProblemError } from './prob
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
 
-const AuditParametersSchema = z.object({
-  model: z.string(),
-  norm: z.enum(['L2', 'Linf']),
-  eps: z.number(),
-  version: z.enum(AUTOATTACK_VERSIONS),
-  n: z.number().int(),
-  seed: z.number().int(),
-  iterations: z.number().int().optional(),
-  restarts: z.number().int().optional(),
-  queries: z.number().int().optional(),
-});
-
 export const AuditJobSchema = z
   .object({
     id: z.string().openapi({ example: '0b7f0c1e-2f6e-4a3c-9a51-6a2f2d2c0f11' }),
     state: z.enum(['queued', 'running', 'succeeded', 'failed', 'cancelled']),
-    parameters: AuditParametersSchema,
+    // The service runs every audit at the engine's batch size and budget: those two never show.
+    parameters: AuditParametersSchema.omit({ batchSize: true, fullBudget: true }),
     created_at: z.string(),
     started_at: z.string().nullable(),
     finished_at: z.string().nullable(),
@@ -139,7 +133,7 @@ export const AuditFormSchema = z
       }),
     dataset: filePart('dataset', 'labelled test set: CIFAR binary, idx, .npy or a zip of an image folder'),
     labels: filePart('labels', 'labels file for idx/.npy images'),
-    norm: z.enum(['L2', 'Linf'], {
+    norm: z.enum(NORMS, {
       error: (issue) => `'norm' must be L2 or Linf, got '${String(issue.input ?? '')}'`,
     }),
     eps: formNumber('eps', { integer: false, min: 0, max: MAX_L2_RADIUS, example: '0.5' }).refine(
@@ -152,7 +146,7 @@ export const AuditFormSchema = z
       .enum(AUTOATTACK_VERSIONS, {
         error: (issue) => `'version' must be ${AUTOATTACK_VERSIONS.join(', ')}, got '${String(issue.input)}'`,
       })
-      .default('standard'),
+      .default(DEFAULT_VERSION),
     n: formNumber('n', { integer: true, min: 1, max: 10_000, example: '100' }).optional(),
     seed: formNumber('seed', { integer: true, min: 0, max: 2 ** 32 - 1, example: '0' }).optional(),
     iterations: formNumber('iterations', { integer: true, min: 1, max: 10_000, example: '100' }).optional(),
@@ -304,6 +298,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     }
     // Parsed and checked by AuditFormSchema before this handler runs (an unparseable body is a 400).
     const values = c.req.valid('form');
+    const { model: _model, model_files: _modelFiles, dataset: _dataset, labels: _labels, ...given } = values;
     const data = values.dataset!;
     const model = await auditModel(values, context);
     let prepared: PreparedAudit;
@@ -317,16 +312,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
           labels: values.labels ? new Uint8Array(await values.labels.arrayBuffer()) : undefined,
           maxBytes: context.limits.auditBodyBytes,
         },
-        parameters: {
-          norm: values.norm,
-          eps: values.eps,
-          version: values.version,
-          n: values.n ?? 1000,
-          seed: values.seed ?? 0,
-          iterations: values.iterations,
-          restarts: values.restarts,
-          queries: values.queries,
-        },
+        parameters: { ...given, n: given.n ?? DEFAULT_AUDIT_POINTS, seed: given.seed ?? DEFAULT_SEED },
       });
     } catch (error) {
       // Data set errors name the 'dataset' part; model errors name the file at fault themselves.
@@ -334,16 +320,12 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     }
     try {
       const { parameters } = prepared;
-      // AutoAttack's defaults where the form leaves a parameter out (engine/attacks/autoattack.ts).
       checkAuditCost(
         prepared.classifier,
         {
-          version: parameters.version,
+          ...parameters,
           images: Math.min(parameters.n, prepared.dataset.size),
           numClasses: prepared.classifier.numClasses,
-          iterations: parameters.iterations ?? 100,
-          restarts: parameters.restarts,
-          queries: parameters.queries ?? 5000,
         },
         context.limits.maxAuditFlops,
       );

@@ -1,6 +1,6 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { Classifier } from '../jobs/models/index.js';
-import { oodThreshold } from '../jobs/serving/index.js';
+import { oodThreshold, verdictOf } from '../jobs/serving/index.js';
 import { bodyLimitByLength } from './body-limit.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { toProblemError } from './problem.js';
@@ -448,26 +448,17 @@ export function registerInferenceV2Routes(
           signal: AbortSignal.timeout(context.limits.requestTimeoutMs),
         });
         const k = model.numClasses;
-        const maxConfidence: number[] = [];
-        const predicted: number[] = [];
-        for (let i = 0; i < count; i++) {
-          let best = 0;
-          for (let j = 1; j < k; j++) if (values[i * k + j] > values[i * k + best]) best = j;
-          predicted.push(best);
-          maxConfidence.push(values[i * k + best]);
-        }
+        const verdicts = Array.from({ length: count }, (_, i) =>
+          verdictOf(values.subarray(i * k, (i + 1) * k), threshold),
+        );
         const tensors: Record<
           OutputName,
           { shape: number[]; datatype: string; data: Array<number | boolean> }
         > = {
           probabilities: { shape: [count, k], datatype: 'FP32', data: Array.from(values) },
-          max_confidence: { shape: [count], datatype: 'FP32', data: maxConfidence },
-          predicted_class: { shape: [count], datatype: 'INT32', data: predicted },
-          in_distribution: {
-            shape: [count],
-            datatype: 'BOOL',
-            data: maxConfidence.map((m) => m >= threshold),
-          },
+          max_confidence: { shape: [count], datatype: 'FP32', data: verdicts.map((v) => v.max_confidence) },
+          predicted_class: { shape: [count], datatype: 'INT32', data: verdicts.map((v) => v.predicted) },
+          in_distribution: { shape: [count], datatype: 'BOOL', data: verdicts.map((v) => v.in_distribution) },
         };
         return c.json(
           {

@@ -7,9 +7,9 @@ import { describe, expect, it, vi } from 'vitest';
 import { run as audit } from '../../src/commands/audit.js';
 import { run as models } from '../../src/commands/models.js';
 import { loadOnnxClassifier } from '../../src/engine/model/onnx/index.js';
+import { DATA_DIR } from '../helpers/data.js';
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const cifar = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const cifar = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 const onnxFile = path.resolve('test/fixtures/onnx/maxpool-view/model.onnx');
 
 function capture() {

@@ -3,8 +3,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/audit.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
+import { quiet } from '../helpers/console.js';
+import { engineReport, withoutTimings } from '../helpers/reports.js';
 
 /** `ratio audit --shard i/N` on 3 "machines" + `ratio audit merge` == one `ratio audit` run. */
 
@@ -15,23 +16,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
-
-function quiet() {
-  const errors: string[] = [];
-  const spies = [
-    vi.spyOn(console, 'log').mockImplementation(() => {}),
-    vi.spyOn(console, 'error').mockImplementation((m: unknown) => {
-      errors.push(String(m));
-    }),
-    vi.spyOn(process.stderr, 'write').mockImplementation(() => true),
-  ];
-  return {
-    errors: () => errors.join('\n'),
-    restore: () => {
-      for (const spy of spies) spy.mockRestore();
-    },
-  };
-}
 
 const base = [
   ...['--model', MODEL_DIR, '--data', DATA_FILE, '--norm', 'L2', '--eps', '1', '--n', '16', '--seed', '1'],
@@ -60,7 +44,7 @@ describe('ratio audit --shard / merge', { timeout: 180_000 }, () => {
       expect(await run(['merge', ...shardFiles.reverse(), '--report', merged])).toBe(0);
       const expected = await readJson(single);
       const actual = await readJson(merged);
-      expect(withoutTimings(stripCliFields(actual))).toEqual(withoutTimings(stripCliFields(expected)));
+      expect(withoutTimings(engineReport(actual))).toEqual(withoutTimings(engineReport(expected)));
       expect([actual.audit.length, actual.shards]).toEqual([16, 3]);
       expect(actual.robust_accuracy).toBe(expected.robust_accuracy);
       const junit = path.join(workDir, 'audit.xml');
@@ -112,19 +96,3 @@ describe('ratio audit --shard / merge', { timeout: 180_000 }, () => {
     }
   });
 });
-
-/** The report without what only one of the CLI documents has (single run: model, data; merge: audit, shards). */
-function stripCliFields(document: Record<string, unknown>) {
-  const {
-    model: _m,
-    data: _d,
-    backend_threads: _b,
-    tfjs: _t,
-    workers: _w,
-    min_robust_accuracy: _g,
-    audit: _a,
-    shards: _s,
-    ...rest
-  } = document;
-  return rest as { seconds: number; per_attack: { seconds: number }[]; samples: { seconds: number }[] };
-}

@@ -3,12 +3,13 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run } from '../../src/commands/audit.js';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
+import { quiet } from '../helpers/console.js';
+import { DATA_DIR } from '../helpers/data.js';
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const cifar = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const cifar = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 
 let workDir = '';
 let modelDir = '';
@@ -33,23 +34,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
-
-function quiet() {
-  const messages: string[] = [];
-  const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-  const error = vi.spyOn(console, 'error').mockImplementation((message: unknown) => {
-    messages.push(String(message));
-  });
-  const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-  return {
-    errors: () => messages.join('\n'),
-    restore: () => {
-      log.mockRestore();
-      error.mockRestore();
-      stderr.mockRestore();
-    },
-  };
-}
 
 describe('ratio audit', () => {
   it('writes the report and gates on the robust accuracy (exit 0 / 1)', async () => {
@@ -77,6 +61,8 @@ describe('ratio audit', () => {
     ]);
     expect(report.robust_accuracy).toBeLessThanOrEqual(report.clean_accuracy);
     expect(report.backend).toBe(tf.getBackend());
+    // 12 points are too few to pay for a worker process: the default runs them in this one.
+    expect(report.workers).toBe(1);
     // An untrained model is wrong on most points, so robust accuracy 1 cannot be met.
     expect(report.robust_accuracy).toBeLessThan(1);
     expect(failed).toBe(1);
@@ -94,7 +80,7 @@ describe('ratio audit', () => {
           '--model',
           modelDir,
           '--data',
-          path.join(dataDir, 'cifar10/batches.meta.txt'),
+          path.join(DATA_DIR, 'cifar10/batches.meta.txt'),
           '--norm',
           'L2',
           '--eps',

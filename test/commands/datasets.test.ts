@@ -1,15 +1,14 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/datasets.js';
-
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
+import { DATA_DIR } from '../helpers/data.js';
 
 describe('ratio datasets', () => {
   afterEach(() => vi.restoreAllMocks());
 
   it('info prints size, shape and class counts of a real file', async () => {
     const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-    expect(await run(['info', path.join(dataDir, 'cifar10/test_batch_first1000.bin')])).toBe(0);
+    expect(await run(['info', path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')])).toBe(0);
     const report = JSON.parse(String(log.mock.calls[0][0]));
     expect(report.size).toBe(1000);
     expect(report.shape).toEqual([32, 32, 3]);

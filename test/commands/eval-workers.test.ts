@@ -9,14 +9,15 @@ import { saveModelToFiles } from '../../src/engine/model/files.js';
 import type { EvalReport } from '../../src/jobs/evaluation/report.js';
 import { ShardPool } from '../../src/jobs/sharding/pool.js';
 import { smallCnn } from '../../src/training/architectures.js';
+import { DATA_DIR } from '../helpers/data.js';
+import { withoutWallClock } from '../helpers/reports.js';
 
 /**
  * `ratio eval --workers 2` runs AutoAttack and the worst-case OOD search on the shard pool and
  * reports exactly the numbers of the single-process run (`--workers 1`), timings aside.
  */
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 
 let workDir: string;
 let modelDir: string;
@@ -33,19 +34,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
-
-/** The report without wall-clock fields (timings, seconds, anything measured in time). */
-function withoutTimings(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(withoutTimings);
-  if (value && typeof value === 'object') {
-    return Object.fromEntries(
-      Object.entries(value)
-        .filter(([key]) => !/^(timings|seconds|generated_at|backend_threads|workers)$/.test(key))
-        .map(([key, inner]) => [key, withoutTimings(inner)]),
-    );
-  }
-  return value;
-}
 
 async function evaluate(workers: number): Promise<EvalReport> {
   const out = path.join(workDir, `out-${workers}`);
@@ -85,7 +73,7 @@ describe('ratio eval --workers', () => {
       attack.mockRestore();
       worstCase.mockRestore();
 
-      expect(withoutTimings(pooled)).toEqual(withoutTimings(single));
+      expect(withoutWallClock(pooled)).toEqual(withoutWallClock(single));
       // The searches found something: equality covers the random starts, not only the clean scores.
       expect(pooled.ood.sets.map((s) => s.n)).toEqual([64, 64]);
       expect(pooled.ood.sets.some((s) => (s.wc_mmc ?? 0) > (s.mmc ?? 0))).toBe(true);

@@ -9,9 +9,9 @@ import { writeModelDir } from '../../src/data/model-dir.js';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
 import type { EvalReport } from '../../src/jobs/evaluation/report.js';
 import { smallCnn } from '../../src/training/architectures.js';
+import { DATA_DIR } from '../helpers/data.js';
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 const hasData = existsSync(cifarTest);
 
 let workDir: string;
@@ -139,7 +139,7 @@ describe('ratio eval', () => {
       expect(String(error.mock.calls.at(-1)?.[0])).toContain('cannot tell the format');
       if (hasData) {
         // SVHN has no labels: accuracy cannot be measured on it.
-        const svhn = path.join(dataDir, 'svhn/train_first1000.bin');
+        const svhn = path.join(DATA_DIR, 'svhn/train_first1000.bin');
         expect(await run(['--model', modelDir, '--data', svhn, '--ood', 'noise', '--quick'])).toBe(2);
         expect(String(error.mock.calls.at(-1)?.[0])).toContain('has no labels');
       }

@@ -2,7 +2,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { run as audit } from '../../src/commands/audit.js';
 import { run as worker } from '../../src/commands/worker.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
 
 /**
  * The queue options of the commands, without a Redis: bad values are usage errors (exit 2) naming

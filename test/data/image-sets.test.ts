@@ -8,9 +8,9 @@ import {
   parseOodSpec,
   uniformNoise,
 } from '../../src/data/image-sets.js';
+import { DATA_DIR } from '../helpers/data.js';
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const hasData = existsSync(path.join(dataDir, 'svhn/train_first1000.bin'));
+const hasData = existsSync(path.join(DATA_DIR, 'svhn/train_first1000.bin'));
 
 describe('OOD set specs', () => {
   it('resolves built-in names, noise and name=path', () => {
@@ -56,11 +56,11 @@ describe('OOD set specs', () => {
 
 describe.skipIf(!hasData)('loadImageSet on the shared data', () => {
   it('reads SVHN as unlabelled and CIFAR-10 with labels, first records first', async () => {
-    const svhn = await loadImageSet(path.join(dataDir, 'svhn/train_first1000.bin'), 'svhn', 5, [32, 32, 3]);
+    const svhn = await loadImageSet(path.join(DATA_DIR, 'svhn/train_first1000.bin'), 'svhn', 5, [32, 32, 3]);
     expect(svhn.shape).toEqual([5, 32, 32, 3]);
     expect(svhn.labels).toBeUndefined();
     const cifar = await loadImageSet(
-      path.join(dataDir, 'cifar10/test_batch_first1000.bin'),
+      path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin'),
       'c',
       10,
       [32, 32, 3],

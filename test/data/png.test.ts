@@ -6,8 +6,9 @@ import { describe, expect, it } from 'vitest';
 import { ImageError } from '../../src/data/errors.js';
 import { decodeImage, type RawImage, readImageHeader } from '../../src/data/image.js';
 import { decodePlainPng, INLINE_PNG_MAX_PIXELS, readPngHeader } from '../../src/data/png.js';
+import { pngChunk } from '../helpers/png.js';
 
-/** The small-PNG path (fast-png on this thread) against sharp, which decodes everything else. */
+/** The small-PNG path (pngjs on this thread) against sharp, which decodes everything else. */
 
 type Channels = 1 | 3 | 4;
 
@@ -33,15 +34,6 @@ async function outcome(promise: Promise<RawImage>) {
   } catch (error) {
     return { error: error instanceof ImageError ? error.code : String(error) };
   }
-}
-
-function chunk(type: string, data: Uint8Array): Buffer {
-  const body = Buffer.concat([Buffer.from(type, 'latin1'), data]);
-  const out = Buffer.alloc(body.length + 8);
-  out.writeUInt32BE(data.length, 0);
-  body.copy(out, 4);
-  out.writeUInt32BE(crc32(body), body.length + 4);
-  return out;
 }
 
 /** The PNG with `extra` inserted right after IHDR (8 signature + 25 IHDR bytes). */
@@ -175,12 +167,12 @@ describe('decodePlainPng equals sharp', () => {
     const png = encode({ width: 6, height: 5, data, channels: 3, depth: 8 });
     const chromaticities = [31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000].map(u32);
     const extras = [
-      chunk('gAMA', u32(20000)),
-      chunk('cHRM', Buffer.concat(chromaticities)),
-      chunk('sRGB', Buffer.from([0])),
-      chunk('sBIT', Buffer.from([5, 6, 5])),
-      chunk('bKGD', Buffer.from([0, 10, 0, 20, 0, 30])),
-      chunk('tEXt', Buffer.from('Comment\0hello', 'latin1')),
+      pngChunk('gAMA', u32(20000)),
+      pngChunk('cHRM', Buffer.concat(chromaticities)),
+      pngChunk('sRGB', Buffer.from([0])),
+      pngChunk('sBIT', Buffer.from([5, 6, 5])),
+      pngChunk('bKGD', Buffer.from([0, 10, 0, 20, 0, 30])),
+      pngChunk('tEXt', Buffer.from('Comment\0hello', 'latin1')),
     ];
     for (const extra of extras) {
       const decorated = withChunk(png, extra);
@@ -214,9 +206,9 @@ describe('decodePlainPng leaves to sharp', () => {
     const greyBits = encode({ width: 8, height: 1, data: Uint8Array.of(0b10100101), channels: 1, depth: 1 });
     expect(inline(deep, 3)).toBeUndefined();
     expect(inline(greyBits, 3)).toBeUndefined();
-    expect(inline(withChunk(rgb, chunk('tRNS', Buffer.from([0, 90, 0, 90, 0, 90]))), 3)).toBeUndefined();
-    expect(inline(withChunk(rgb, chunk('abCD', Buffer.from([1, 2, 3]))), 3)).toBeUndefined();
-    expect(inline(withChunk(rgb, chunk('acTL', Buffer.concat([u32(1), u32(0)]))), 3)).toBeUndefined();
+    expect(inline(withChunk(rgb, pngChunk('tRNS', Buffer.from([0, 90, 0, 90, 0, 90]))), 3)).toBeUndefined();
+    expect(inline(withChunk(rgb, pngChunk('abCD', Buffer.from([1, 2, 3]))), 3)).toBeUndefined();
+    expect(inline(withChunk(rgb, pngChunk('acTL', Buffer.concat([u32(1), u32(0)]))), 3)).toBeUndefined();
     expect(inline(rgb, 3)).toBeDefined();
   });
 
@@ -243,8 +235,8 @@ describe('decodePlainPng leaves to sharp', () => {
   it('an IDAT inflating far past the image (pngjs stops at the image size)', () => {
     const bomb = Buffer.concat([
       rgb.subarray(0, 33),
-      chunk('IDAT', deflateSync(Buffer.alloc(8 * 1024 * 1024))),
-      chunk('IEND', new Uint8Array(0)),
+      pngChunk('IDAT', deflateSync(Buffer.alloc(8 * 1024 * 1024))),
+      pngChunk('IEND', new Uint8Array(0)),
     ]);
     expect(bomb.length).toBeLessThan(16 * 1024);
     expect(inline(bomb, 3)).toBeUndefined();

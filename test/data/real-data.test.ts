@@ -7,10 +7,10 @@ import { labelCounts } from '../../src/data/dataset.js';
 import { decodeImage } from '../../src/data/image.js';
 import { listImageFolder, loadImageFolder } from '../../src/data/image-folder.js';
 import { concatDatasets, FASHION_MNIST_CLASSES, loadDataset } from '../../src/data/load.js';
+import { DATA_DIR } from '../helpers/data.js';
 
 // The real data sets of shared/data (see its README for every figure checked here).
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const file = (relative: string) => path.join(dataDir, relative);
+const file = (relative: string) => path.join(DATA_DIR, relative);
 
 async function sha256(relative: string): Promise<string> {
   return createHash('sha256')

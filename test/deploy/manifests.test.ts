@@ -220,7 +220,31 @@ function checkDockerfileCommon(file: string, parsed: ParsedDockerfile) {
     for (const invocation of invocations(run.getArgumentsContent() ?? '', `${file} RUN`))
       checkInvocation(invocation);
   }
+  checkCompiled(file, parsed);
   return { final, env };
+}
+
+/** The image runs the compiled JavaScript: dist/ from a stage that built it, no TypeScript sources. */
+function checkCompiled(file: string, parsed: ParsedDockerfile) {
+  const build = parsed.stages.find((stage) => stage.name === 'build');
+  expect(build, `${file}: no 'build' stage`).toBeDefined();
+  expect(keywordOf(build!, 'RUN').map((i) => i.getArgumentsContent())).toContain('npm run build');
+  // The whole line: the arguments alone leave out the flags (--from).
+  const copies = keywordOf(parsed.stages.at(-1)!, 'COPY').map((i) =>
+    i.getTextContent().replace(/^COPY\s+/, ''),
+  );
+  expect(copies).toContain('--from=build /app/dist ./dist');
+  const sources = copies.map((args) => args.split(/\s+/).at(-2) ?? '');
+  expect(sources.filter((source) => /^(\.\/)?src(\/|$)/.test(source))).toEqual([]);
+  // Every stage that runs npm ci (and with it `prepare`) has the build script it calls.
+  for (const stage of parsed.stages.filter((s) =>
+    keywordOf(s, 'RUN').some((i) => /npm ci/.test(i.getArgumentsContent()!)),
+  )) {
+    expect(keywordOf(stage, 'COPY').map((i) => i.getArgumentsContent())).toContain(
+      'scripts/build.mjs ./scripts/build.mjs',
+    );
+  }
+  expect(read('bin/ratio.js')).toContain("'../dist/cli.js'");
 }
 
 describe('Dockerfile (GPU)', () => {
@@ -235,7 +259,7 @@ describe('Dockerfile (GPU)', () => {
     expect(first.image).toBe(`\${CUDA_IMAGE}`);
     expect(parsed.args.get('CUDA_IMAGE')).toBe('nvidia/cuda:11.2.2-cudnn8-runtime-ubuntu20.04');
     // Every later stage builds on that one (named `node`): the final image has CUDA and Node.
-    expect(parsed.stages.slice(1).map((s) => s.image.split(':')[0])).toEqual(['node', 'node']);
+    expect(parsed.stages.slice(1).map((s) => s.image.split(':')[0])).toEqual(['node', 'node', 'node']);
     expect(first.name).toBe('node');
     const install = keywordOf(first, 'RUN')
       .map((i) => i.getArgumentsContent()!)

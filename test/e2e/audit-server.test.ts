@@ -4,10 +4,10 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
+import { withoutTimings } from '../helpers/reports.js';
+import { startServiceProcess } from '../helpers/service.js';
 
 /**
  * `ratio audit --server URL` against a real `ratio serve` (a child process on a random loopback
@@ -35,30 +35,15 @@ afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
 
-/** Starts `ratio serve` with an API key on a free loopback port; resolves once it listens. */
+/** `ratio serve` with an API key (no --dev) on a free loopback port, one audit worker process. */
 async function startService(stateDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(
-    process.execPath,
-    ['bin/ratio.js', 'serve', '--port', '0', '--host', '127.0.0.1', '--models', modelsDir, '--workers', '1'],
-    {
-      env: { ...process.env, RATIO_API_KEYS: API_KEY, RATIO_STATE_DIR: stateDir, LOG_LEVEL: 'info' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  children.push(child);
-  const lines = createInterface({ input: child.stdout! });
-  const url = await new Promise<string>((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`the service exited (${code}) before listening`)));
-    lines.on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { msg?: string; url?: string };
-        if (entry.msg === 'listening' && entry.url) resolve(entry.url);
-      } catch {
-        // not a log line
-      }
-    });
+  const service = await startServiceProcess({
+    dev: false,
+    args: ['--models', modelsDir, '--workers', '1'],
+    env: { RATIO_API_KEYS: API_KEY, RATIO_STATE_DIR: stateDir },
   });
-  return { child, url };
+  children.push(service.child);
+  return service;
 }
 
 async function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {

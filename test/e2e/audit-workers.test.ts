@@ -4,8 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { type RunningServer, startServer } from '../../src/server.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
-import { auditForm } from '../routes/audit-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
+import { auditForm } from '../helpers/uploads.js';
 
 /**
  * The service runs audits on its worker pool, so its own event loop stays free: /health/live answers

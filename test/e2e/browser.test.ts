@@ -8,10 +8,10 @@ import { cifarRecordPng } from '../../src/web/build.js';
 import type { AuditReport, OodResponse, PredictResponse } from '../../src/web/client/api.js';
 import { percent } from '../../src/web/client/format.js';
 import { predictionSentence, worstCaseSentence } from '../../src/web/client/verdicts.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
+import { withoutTimings } from '../helpers/reports.js';
+import { type ServiceProcess, startServiceProcess } from '../helpers/service.js';
 import { type Browser, hasChromium, launchChromium } from './chromium.js';
-import { type ServiceProcess, startServiceProcess } from './service-process.js';
 
 /**
  * The page at `/` in a real browser (Debian's Chromium through playwright-core) against real

@@ -8,10 +8,10 @@ import { loadDataset } from '../../src/data/load.js';
 import { readModelDir } from '../../src/data/model-dir.js';
 import { autoAttack } from '../../src/engine/attacks/autoattack.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
-import { auditForm } from '../routes/audit-fixtures.js';
-import { type ServiceProcess, startServiceProcess, stopServiceProcess, waitFor } from './service-process.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
+import { withoutTimings } from '../helpers/reports.js';
+import { type ServiceProcess, startServiceProcess, stopServiceProcess, waitFor } from '../helpers/service.js';
+import { auditForm } from '../helpers/uploads.js';
 
 /**
  * kill -9 the real service (`ratio serve`, a child process) mid-audit, start it again on the same

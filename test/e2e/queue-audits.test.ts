@@ -9,20 +9,19 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../../src/engine/attacks/autoattack.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { DEFAULT_QUEUE_PREFIX, SHARD_QUEUE } from '../../src/jobs/sharding/queue.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
-import { DATA_FILE, MODEL_DIR } from '../jobs/sharding/shard-fixtures.js';
-import { auditForm } from '../routes/audit-fixtures.js';
+import { DATA_FILE, MODEL_DIR } from '../helpers/cifar-audit.js';
 import {
   type LoggedProcess,
-  logged,
   NO_REDIS_REASON,
   REDIS_SERVER,
   type RedisServer,
   startRedis,
   startWorker,
   stopChild,
-} from './queue-fixtures.js';
-import { waitFor } from './service-process.js';
+} from '../helpers/redis.js';
+import { engineReport, withoutTimings } from '../helpers/reports.js';
+import { startServiceProcess, waitFor } from '../helpers/service.js';
+import { auditForm } from '../helpers/uploads.js';
 
 /**
  * Audits on BullMQ/Redis with real processes: a private redis-server per test, 2-3 `ratio worker`
@@ -111,20 +110,6 @@ function queueAudit(model: string, store: string, report: string, n = N): { done
   };
 }
 
-/** The engine's report inside a `ratio audit --report` document (its extra fields dropped). */
-async function reportRows(file: string): Promise<AutoAttackReport> {
-  const {
-    model: _m,
-    data: _d,
-    backend_threads: _b,
-    tfjs: _t,
-    workers: _w,
-    min_robust_accuracy: _r,
-    ...report
-  } = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
-  return report as unknown as AutoAttackReport;
-}
-
 const startedLine = (line: { msg?: string }) => line.msg === 'shard started';
 const finishedLines = (worker: LoggedProcess, job: string) =>
   worker.lines.filter((line) => line.msg === 'shard finished' && line.job === job);
@@ -157,7 +142,7 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     await stopChild(victim.child, 'SIGKILL');
 
     expect(await audit.done).toBe(0);
-    const report = await reportRows(reportFile);
+    const report = engineReport(JSON.parse(await readFile(reportFile, 'utf8')));
     expect(withoutTimings(report)).toEqual(withoutTimings(reference));
     // Another worker ran the killed shard again, to its end.
     const survivors = pool.filter((w) => w !== victim);
@@ -182,7 +167,7 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     paused.child.kill('SIGCONT');
 
     expect(await audit.done).toBe(0);
-    const report = await reportRows(reportFile);
+    const report = engineReport(JSON.parse(await readFile(reportFile, 'utf8')));
     expect(report.samples).toHaveLength(N);
     expect(withoutTimings(report)).toEqual(withoutTimings(reference));
     // The paused worker did finish the shard as well (its completion is refused: lock lost) ...
@@ -282,7 +267,9 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     const single = await autoAttack(classifier, x, data.labels, SETTINGS);
     x.dispose();
     classifier.dispose();
-    expect(withoutTimings(await reportRows(reportFile))).toEqual(withoutTimings(single));
+    expect(withoutTimings(engineReport(JSON.parse(await readFile(reportFile, 'utf8'))))).toEqual(
+      withoutTimings(single),
+    );
   });
 });
 
@@ -300,33 +287,16 @@ function auditFields(): Record<string, string> {
 
 /** `ratio serve --queue` on a free loopback port; resolves with its URL. */
 async function startService(modelsDir: string, store: string): Promise<string> {
-  const child = spawn(
-    process.execPath,
-    [
-      'bin/ratio.js',
-      'serve',
-      '--dev',
-      '--port',
-      '0',
-      '--host',
-      '127.0.0.1',
-      '--models',
-      modelsDir,
-      '--queue',
-      redis!.url,
-      '--store',
-      store,
-      '--state-dir',
-      path.join(workDir, `state-${path.basename(store)}`),
+  const service = await startServiceProcess({
+    args: [
+      ...['--models', modelsDir, '--queue', redis!.url, '--store', store],
+      ...['--state-dir', path.join(workDir, `state-${path.basename(store)}`)],
     ],
-    {
-      env: { ...process.env, LOG_LEVEL: 'info', RATIO_COMPUTE: 'inline' },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    },
-  );
-  processes.push(child);
-  const line = await logged(child).line((entry) => entry.msg === 'listening', 60_000);
-  return line.url as string;
+    env: { RATIO_COMPUTE: 'inline' },
+    startTimeoutMs: 60_000,
+  });
+  processes.push(service.child);
+  return service.url;
 }
 
 /** Reads a Server-Sent Events stream to its `done` event. */

@@ -4,8 +4,8 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { paths } from '../../openapi/schema.js';
 import { type RunningServer, startServer } from '../../src/server.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../routes/audit-fixtures.js';
-import { base64, colourModel, solidPng } from '../routes/fixtures.js';
+import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 let server: RunningServer;
 let files: Map<string, Uint8Array>;

@@ -1,8 +1,8 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
+import { startServiceProcess, stopServiceProcess } from '../helpers/service.js';
 import { launchChromium } from './chromium.js';
-import { startServiceProcess, stopServiceProcess } from './service-process.js';
 
 /**
  * `npm run screenshots:web`: the three views of the page at / as small PNGs in docs/ (linked from the

@@ -8,14 +8,14 @@ import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { classAtRank, logitsOf } from '../../src/engine/model/logits.js';
 import { maxProbabilities } from '../../src/engine/ood/calibration.js';
 import { OOD_GATE_TPR } from '../../src/engine/ood/metrics.js';
+import { DATA_DIR } from '../helpers/data.js';
 
 /**
  * The models the service ships (models/<name>/) against the figures their cards and evaluation reports
  * claim, on the same CIFAR-10 test images: the table in docs/training.md must be reproducible from the files.
  */
 
-const dataDir = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
-const cifarTest = path.join(dataDir, 'cifar10/test_batch_first1000.bin');
+const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 const modelsDir = path.resolve('models');
 
 interface Report {

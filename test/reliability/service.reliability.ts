@@ -10,6 +10,7 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { autoAttack } from '../../src/engine/attacks/autoattack.js';
 import { backendInfo } from '../../src/engine/backend/backend.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
+import { withoutTimings } from '../helpers/reports.js';
 import {
   parseLogLine,
   rssMb,
@@ -17,8 +18,7 @@ import {
   startServiceProcess,
   stopServiceProcess,
   waitFor,
-} from '../e2e/service-process.js';
-import { withoutTimings } from '../engine/attacks/autoattack-fixtures.js';
+} from '../helpers/service.js';
 import {
   type FuzzFixtures,
   type FuzzStats,

@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { base64, colourModel, solidPng } from './fixtures.js';
+import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
 
 const app = createApp({ models: new Map([['colour', colourModel()]]), limits: { maxIterations: 200 } });
 

@@ -2,7 +2,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { type AuditJob, AuditQueue, junitReport, markdownReport } from '../../src/jobs/audit/index.js';
 import { sha256Hex } from '../../src/routes/auth.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 /**
  * GET /v1/audits/{id}/report: a finished audit as the files `ratio audit` writes (JSON, JUnit,

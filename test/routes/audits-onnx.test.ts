@@ -5,8 +5,8 @@ import { createApp } from '../../src/app.js';
 import { loadOnnxClassifier } from '../../src/engine/model/onnx/index.js';
 import type { AuditJob } from '../../src/jobs/audit/registry.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
-import { colourModel } from './fixtures.js';
+import { colourModel } from '../helpers/colour-model.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 /** The audit upload with a PyTorch ONNX export: one .onnx part (any name) and a card.json. */
 const onnxBytes = new Uint8Array(readFileSync('test/fixtures/onnx/maxpool-view/model.onnx'));

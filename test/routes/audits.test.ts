@@ -3,8 +3,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import type { AuditJob } from '../../src/jobs/audit/registry.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
-import { colourModel } from './fixtures.js';
+import { colourModel } from '../helpers/colour-model.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 let files: Map<string, Uint8Array>;
 let data: Uint8Array;

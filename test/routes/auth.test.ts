@@ -8,8 +8,8 @@ import { createApp } from '../../src/app.js';
 import { type AuditJob, AuditQueue } from '../../src/jobs/audit/registry.js';
 import { ApiKeys, AuthConfigError, authConfigFromEnv, sha256Hex } from '../../src/routes/auth.js';
 import { startServer } from '../../src/server.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
-import { base64, colourModel, solidPng } from './fixtures.js';
+import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 let files: Map<string, Uint8Array>;
 let data: Uint8Array;

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { backendInfo } from '../../src/engine/backend/backend.js';
-import { colourModel, solidPng } from './fixtures.js';
+import { colourModel, solidPng } from '../helpers/colour-model.js';
 
 describe('health, metrics, OpenAPI and docs', () => {
   it('is live always and ready only when the backend is selected and the models loaded', async () => {

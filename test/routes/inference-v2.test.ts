@@ -1,6 +1,14 @@
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { base64, colourLogits, colourModel, gatedCompute, SHAPE, softmax, solidPng } from './fixtures.js';
+import {
+  base64,
+  colourLogits,
+  colourModel,
+  gatedCompute,
+  SHAPE,
+  softmax,
+  solidPng,
+} from '../helpers/colour-model.js';
 
 /** Open Inference Protocol v2 REST, with request bodies exactly as the protocol specifies them. */
 
@@ -112,18 +120,37 @@ describe('POST /v2/models/{model_name}/infer', () => {
     expect(byName.max_confidence.data[1]).toBeCloseTo(1 / 3, 6);
   });
 
-  it('gives the same probabilities as /v1 predict for the same pixels, bit for bit', async () => {
+  it('gives the same probabilities and verdict as /v1 predict for the same pixels, bit for bit', async () => {
     const app = makeApp();
-    const rgb: [number, number, number] = [200, 40, 10];
+    // A clear red and a grey whose three classes tie: the verdict takes the first of equals.
+    const colours: [number, number, number][] = [
+      [200, 40, 10],
+      [128, 128, 128],
+    ];
     const v1 = (await (
       await app.request('/v1/models/colour/predict', {
         method: 'POST',
-        body: JSON.stringify({ images: [base64(await solidPng(rgb))] }),
+        body: JSON.stringify({
+          images: await Promise.all(colours.map(async (c) => base64(await solidPng(c)))),
+        }),
         headers: { 'content-type': 'application/json' },
       })
-    ).json()) as { predictions: Array<{ probabilities: number[] }> };
-    const v2 = (await (await post(app, inferBody([solid(rgb)]))).json()) as InferResponse;
-    expect(v2.outputs[0].data).toEqual(v1.predictions[0].probabilities);
+    ).json()) as {
+      predictions: Array<{
+        probabilities: number[];
+        predicted: { index: number };
+        max_confidence: number;
+        in_distribution: boolean;
+      }>;
+    };
+    const v2 = (await (await post(app, inferBody(colours.map(solid)))).json()) as InferResponse;
+    const byName = Object.fromEntries(v2.outputs.map((o) => [o.name, o.data]));
+    expect(byName.probabilities).toEqual(v1.predictions.flatMap((p) => p.probabilities));
+    expect(byName.predicted_class).toEqual(v1.predictions.map((p) => p.predicted.index));
+    expect(byName.predicted_class).toEqual([0, 0]);
+    expect(byName.max_confidence).toEqual(v1.predictions.map((p) => p.max_confidence));
+    expect(byName.in_distribution).toEqual(v1.predictions.map((p) => p.in_distribution));
+    expect(byName.in_distribution).toEqual([true, false]);
   });
 
   it('takes nested data, request parameters and a choice of outputs', async () => {

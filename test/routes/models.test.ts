@@ -10,7 +10,7 @@ import {
   gatedCompute,
   softmax,
   solidPng,
-} from './fixtures.js';
+} from '../helpers/colour-model.js';
 
 type Json = Record<string, unknown>;
 

@@ -6,8 +6,8 @@ import { createApp } from '../../src/app.js';
 import { backendInfo } from '../../src/engine/backend/backend.js';
 import { type Classifier, functionClassifier } from '../../src/engine/model/classifier.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
-import { colourModel, SHAPE } from './fixtures.js';
+import { colourModel, SHAPE } from '../helpers/colour-model.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 /** A model that works until `broken.now` is set, then throws as a backend out of memory does. */
 function breakableModel(broken: { now: boolean }): Classifier {

@@ -5,9 +5,9 @@ import { functionClassifier } from '../../src/engine/model/classifier.js';
 import { forwardFlops } from '../../src/engine/model/cost.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { cnn, constNode, float, graphFiles } from '../engine/model/graph-fixtures.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from './audit-fixtures.js';
-import { base64, colourModel, solidPng } from './fixtures.js';
+import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
+import { cnn, constNode, float, graphFiles } from '../helpers/graph-models.js';
+import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 let files: Map<string, Uint8Array>;
 let data: Uint8Array;

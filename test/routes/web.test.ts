@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
-import { colourModel } from './fixtures.js';
+import { colourModel } from '../helpers/colour-model.js';
 
 /**
  * The page at `/` and its assets, the Content-Security-Policy on every answer, /docs without an

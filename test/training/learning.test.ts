@@ -10,7 +10,7 @@ import { pgdL2BestIterate, uniformCrossEntropyPerExample } from '../../src/train
 import { runTraining } from '../../src/training/run.js';
 import { Trainer } from '../../src/training/trainer.js';
 import { Rng } from '../../src/util/random.js';
-import { linearModel } from './helpers.js';
+import { linearModel } from '../helpers/training.js';
 
 /** 2-feature points (coordinates in [0,1], stored as bytes) as 1x1x2 images. */
 function pointSet(points: Array<[number, number]>, labels?: number[]): ArrayDataset {

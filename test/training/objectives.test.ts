@@ -9,7 +9,7 @@ import {
 } from '../../src/training/objectives.js';
 import { Trainer } from '../../src/training/trainer.js';
 import { Rng } from '../../src/util/random.js';
-import { linearModel, tinyDataset } from './helpers.js';
+import { linearModel, tinyDataset } from '../helpers/training.js';
 
 const logSumExp = (row: number[]) => Math.log(row.reduce((s, v) => s + Math.exp(v), 0));
 const ce = (row: number[], label: number) => logSumExp(row) - row[label];

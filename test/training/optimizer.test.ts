@@ -4,7 +4,7 @@ import { ConfigError, flagName, resolveConfig } from '../../src/training/config.
 import { WeightEma } from '../../src/training/ema.js';
 import { Sgd } from '../../src/training/optimizer.js';
 import { learningRateAt } from '../../src/training/schedule.js';
-import { linearModel } from './helpers.js';
+import { linearModel } from '../helpers/training.js';
 
 describe('Sgd', () => {
   it('applies PyTorch SGD with Nesterov momentum and weight decay, step by step', () => {

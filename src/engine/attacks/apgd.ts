@@ -3,6 +3,7 @@ import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
 import { classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
+import { DEFAULT_ITERATIONS } from './defaults.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
 import { project, randomStart, selectRows, steepestDirection } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
@@ -394,7 +395,7 @@ export async function apgd(
 ): Promise<ApgdResult> {
   validate(classifier, x, y, options);
   const loss = options.loss ?? 'ce';
-  const iterations = options.iterations ?? 100;
+  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
   const restarts = options.restarts ?? 1;
   const name = options.name ?? `apgd-${loss}`;
   const n = x.shape[0];
@@ -522,7 +523,7 @@ export function apgdTargeted(config: ApgdTargetedConfig = {}): Attack {
       const adversarialRows = (x.dataSync() as Float32Array).slice();
       const success = new Uint8Array(n);
       const seeds = sampleSeedsOf(options, n);
-      const total = targetCount * (options.restarts ?? 1) * (config.iterations ?? 100);
+      const total = targetCount * (options.restarts ?? 1) * (config.iterations ?? DEFAULT_ITERATIONS);
       for (let rank = 2; rank <= targetCount + 1; rank++) {
         const active: number[] = [];
         for (let i = 0; i < n; i++) if (!success[i]) active.push(i);

@@ -10,6 +10,13 @@ import {
   throwIfAborted,
 } from '../types.js';
 import { apgdAttack, apgdTargeted } from './apgd.js';
+import {
+  DEFAULT_BATCH_SIZE,
+  DEFAULT_ITERATIONS,
+  DEFAULT_QUERIES,
+  DEFAULT_VERSION,
+  defaultRestarts,
+} from './defaults.js';
 import { fabTargeted, fabUntargeted } from './fab.js';
 import { minimumClasses } from './losses.js';
 import { square } from './square.js';
@@ -182,7 +189,7 @@ function plannedAttacks(
 function validate(classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: AutoAttackOptions): void {
   assertAttackBatch(classifier, x, y);
   assertThreatModel(options);
-  const version = options.version ?? 'standard';
+  const version = options.version ?? DEFAULT_VERSION;
   if (!AUTOATTACK_VERSIONS.includes(version)) {
     throw new Error(`'version' must be one of ${AUTOATTACK_VERSIONS.join(', ')}, got ${String(version)}`);
   }
@@ -252,10 +259,10 @@ async function runPart(
   const n = x.shape[0];
   validateIndices(options.indices, n);
   const started = performance.now();
-  const version = options.version ?? 'standard';
+  const version = options.version ?? DEFAULT_VERSION;
   const seed = options.seed ?? 0;
-  const batchSize = options.batchSize ?? 250;
-  const restarts = options.restarts ?? (version === 'plus' ? 5 : 1);
+  const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
+  const restarts = options.restarts ?? defaultRestarts(version);
   const k = classifier.numClasses;
   const rowSize = x.size / Math.max(n, 1);
   const globalIndex = (i: number) => (options.indices ? options.indices[i] : i);
@@ -283,7 +290,13 @@ async function runPart(
 
   const planned: PlannedAttack[] = options.attacks
     ? options.attacks.map((attack) => ({ attack, minimumClasses: 2, restarts }))
-    : plannedAttacks(version, restarts, options.restarts, options.iterations ?? 100, options.queries ?? 5000);
+    : plannedAttacks(
+        version,
+        restarts,
+        options.restarts,
+        options.iterations ?? DEFAULT_ITERATIONS,
+        options.queries ?? DEFAULT_QUERIES,
+      );
   const attacks: AttackPartStats[] = [];
 
   for (const { attack, minimumClasses: needed, restarts: attackRestarts } of planned) {

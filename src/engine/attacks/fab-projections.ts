@@ -82,7 +82,7 @@ export function hyperplaneBoxStep(
   }
 
   // The smallest rank k with gainAt(k-th smallest breakpoint) > gain, as a binary search over the
-  // sorted breakpoints finds it, without a full sort (a 3072-element Float64Array sort costs ~0.5 ms):
+  // sorted breakpoints finds it, without a full sort (O(d log d) per point and restart):
   // a weighted selection guesses k in linear time from partial sums (summed in another order, so it
   // may be off where gains tie), two exact evaluations confirm it, and a binary search whose probes
   // are order statistics found by selection takes over when they do not. Same lambda, bit for bit.

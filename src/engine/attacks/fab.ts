@@ -3,6 +3,7 @@ import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
 import { classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
+import { DEFAULT_ITERATIONS } from './defaults.js';
 import { hyperplaneBoxStep } from './fab-projections.js';
 import { dualNorm, vectorNorm } from './projections.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
@@ -285,7 +286,7 @@ export async function fab(
   const targeted = options.targeted ?? true;
   const k = classifier.numClasses;
   const targetCount = targeted ? Math.min(options.targetClasses ?? 9, k - 1) : 1;
-  const iterations = options.iterations ?? 100;
+  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
   const restarts = options.restarts ?? 1;
   const stopBelow = options.stopBelow ?? eps;
   const name = options.name ?? (targeted ? 'fab-t' : 'fab');

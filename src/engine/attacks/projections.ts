@@ -120,7 +120,7 @@ export function randomStart<T extends tf.Tensor>(
 /**
  * Per-example choice: rows of `a` where `chosen[i]`, else rows of `b`. The full-shape mask is built
  * on the host (rank-1 conditions are not broadcast by every backend, and broadcastTo of a bool tensor
- * runs wasm's slow Tile: 10x the Select itself, once nearly as costly as APGD's gradient).
+ * runs wasm's slow Tile, which costs many times the Select itself).
  */
 export function selectRows<T extends tf.Tensor>(chosen: Uint8Array, a: T, b: T): T {
   const rowSize = a.size / Math.max(chosen.length, 1);

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
+import { DEFAULT_QUERIES } from './defaults.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {
   assertAttackBatch,
@@ -380,7 +381,7 @@ export async function squareAttack(
 ): Promise<SquareResult> {
   validate(classifier, x, y, options);
   const { norm, eps } = options;
-  const queries = options.queries ?? 5000;
+  const queries = options.queries ?? DEFAULT_QUERIES;
   const pInit = options.pInit ?? 0.8;
   const restarts = options.restarts ?? 1;
   const rescale = options.rescaleSchedule ?? true;

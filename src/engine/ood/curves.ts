@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from '../attacks/apgd.js';
+import { DEFAULT_ITERATIONS } from '../attacks/defaults.js';
 import { enforceBudget } from '../counterfactuals.js';
 import { type Classifier, probabilities } from '../model/classifier.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
@@ -64,7 +65,7 @@ export async function worstCaseTrueClassConfidence(
   if (y.length !== x.shape[0]) throw new Error(`'y' must have ${x.shape[0]} labels, got ${y.length}`);
   const temperature = options.temperature ?? classifier.card.temperature ?? 1;
   const batchSize = options.batchSize ?? 128;
-  const iterations = options.iterations ?? 100;
+  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
   const restarts = options.restarts ?? 1;
   const norm = options.norm ?? 'L2';
   const n = x.shape[0];

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { hashName, mixSeed } from '../../util/random.js';
 import { apgd } from '../attacks/apgd.js';
+import { DEFAULT_ITERATIONS } from '../attacks/defaults.js';
 import { enforceBudget } from '../counterfactuals.js';
 import { type Classifier, probabilities } from '../model/classifier.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
@@ -86,7 +87,7 @@ export async function worstCaseConfidence(
     throw new Error(`'batchSize' must be an integer >= 1, got ${batchSize}`);
   }
   const norm = options.norm ?? 'L2';
-  const iterations = options.iterations ?? 100;
+  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
   const restarts = options.restarts ?? 1;
   const temperature = options.temperature ?? classifier.card.temperature ?? 1;
   const n = x.shape[0];

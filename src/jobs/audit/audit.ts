@@ -2,18 +2,16 @@ import type { Dataset } from '../../data/dataset.js';
 import { datasetFromBytes, loadDataset } from '../../data/load.js';
 import { type ModelFiles, readModelPath } from '../../data/model-dir.js';
 import {
-  AUTOATTACK_VERSIONS,
   type AutoAttackOptions,
   type AutoAttackReport,
-  type AutoAttackVersion,
   autoAttack,
 } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
-import type { Norm } from '../../engine/types.js';
 import { InvalidInputError } from '../errors.js';
 import { loadModelDir, loadUploadedModel } from '../models/index.js';
 import type { ShardedRunOptions } from '../sharding/index.js';
+import { type AuditParameters, shardSettingsOf } from './parameters.js';
 
 /**
  * The audit use case, one path for the CLI (`ratio audit`) and the service (`POST /v1/audits`):
@@ -22,21 +20,7 @@ import type { ShardedRunOptions } from '../sharding/index.js';
  * (registry.ts), the CLI runs one directly.
  */
 
-export { AUTOATTACK_VERSIONS, type AutoAttackVersion };
-
-export interface AuditParameters {
-  model: string;
-  norm: Norm;
-  eps: number;
-  version: AutoAttackVersion;
-  n: number;
-  seed: number;
-  /** APGD iterations per run (default 100). */
-  iterations?: number;
-  /** Square queries per point (default 5000). */
-  queries?: number;
-  restarts?: number;
-}
+export type { AuditParameters };
 
 export type AuditReport = Omit<AutoAttackReport, 'adversarial'>;
 
@@ -154,10 +138,6 @@ export async function prepareAudit(request: AuditRequest): Promise<PreparedAudit
 export interface RunAuditOptions {
   signal?: AbortSignal;
   onProgress?: (progress: AttackProgress) => void;
-  /** Points per attack call (the engine's default when absent). */
-  batchSize?: number;
-  /** Square queries per point (the engine's default, 5000, when absent; lower only for smoke tests). */
-  queries?: number;
   /** Runs the attacks: the engine's AutoAttack unless given a pool, the queue, or a test double. */
   run?: (
     classifier: Classifier,
@@ -174,14 +154,7 @@ export async function runAudit(audit: PreparedAudit, options: RunAuditOptions = 
   const x = data.tensor();
   try {
     const report = await (options.run ?? autoAttack)(classifier, x, data.labels, {
-      norm: parameters.norm,
-      eps: parameters.eps,
-      version: parameters.version,
-      seed: parameters.seed,
-      iterations: parameters.iterations,
-      restarts: parameters.restarts,
-      batchSize: options.batchSize,
-      queries: options.queries ?? parameters.queries,
+      ...shardSettingsOf(parameters),
       signal: options.signal,
       onProgress: options.onProgress,
       ...(audit.modelFiles ? { modelFiles: audit.modelFiles } : {}),

@@ -2,14 +2,23 @@
 export { defaultStateDir } from '../../data/data-root.js';
 export { AutoAttackMergeError } from '../../engine/attacks/autoattack.js';
 export {
-  AUTOATTACK_VERSIONS,
   type AuditModelSource,
   type AuditReport,
-  type AutoAttackVersion,
   type PreparedAudit,
   prepareAudit,
   runAudit,
 } from './audit.js';
+export { type AuditLayout, auditLayout, auditWorkInPoints } from './layout.js';
+export {
+  AUTOATTACK_VERSIONS,
+  type AuditParameters,
+  AuditParametersSchema,
+  type AutoAttackVersion,
+  DEFAULT_AUDIT_POINTS,
+  DEFAULT_SEED,
+  DEFAULT_VERSION,
+  NORMS,
+} from './parameters.js';
 export {
   type AuditEvent,
   type AuditJob,

@@ -1,5 +1,6 @@
 import type { AttackProgress } from '../../engine/attacks/types.js';
-import type { AuditParameters, AuditReport } from './audit.js';
+import type { AuditReport } from './audit.js';
+import type { AuditParameters } from './parameters.js';
 
 /** An audit as a background job: what GET /v1/audits/<id> shows and the store keeps in job.json. */
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
-import { AUTOATTACK_VERSIONS, type AutoAttackReport } from '../../engine/attacks/autoattack.js';
+import type { AutoAttackReport } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import { TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
@@ -11,10 +11,10 @@ import {
   runShard,
   ShardError,
   type ShardResult,
-  type ShardSettings,
   sliceRows,
 } from '../sharding/index.js';
 import type { PreparedAudit } from './audit.js';
+import { AuditParametersSchema, DEFAULT_BATCH_SIZE, shardSettingsOf } from './parameters.js';
 
 /**
  * The audit use case split over machines (a k8s Indexed Job, a CI matrix): `runAuditShard` runs shard
@@ -27,9 +27,6 @@ import type { PreparedAudit } from './audit.js';
 export const SHARD_DOCUMENT_KIND = 'ratio-audit-shard';
 
 export interface AuditShardOptions {
-  batchSize?: number;
-  /** Square queries per point (default 5000); lower only for smoke tests. */
-  queries?: number;
   signal?: AbortSignal;
   onProgress?: (progress: AttackProgress) => void;
 }
@@ -49,21 +46,6 @@ export async function modelFingerprint(prepared: PreparedAudit): Promise<string>
   return sha256(names.flatMap((name) => [name, files.get(name)!]));
 }
 
-/** The settings of a prepared audit, as shards must agree on them. */
-export function shardSettings(prepared: PreparedAudit, options: AuditShardOptions = {}): ShardSettings {
-  const { parameters } = prepared;
-  return {
-    norm: parameters.norm,
-    eps: parameters.eps,
-    version: parameters.version,
-    seed: parameters.seed,
-    batchSize: options.batchSize,
-    restarts: parameters.restarts,
-    iterations: parameters.iterations,
-    queries: options.queries,
-  };
-}
-
 /** Runs shard `shard` of `shards` of a prepared audit (its first n points). */
 export async function runAuditShard(
   prepared: PreparedAudit,
@@ -74,7 +56,7 @@ export async function runAuditShard(
   const n = data.size;
   const range = planShards(n, spec.shards)[spec.shard];
   if (!range) throw new ShardError(`shard ${spec.shard} does not exist in a plan of ${spec.shards}`);
-  const settings = shardSettings(prepared, options);
+  const settings = shardSettingsOf(prepared.parameters);
   const audit = auditKey({
     model: await modelFingerprint(prepared),
     data: sha256([
@@ -86,7 +68,7 @@ export async function runAuditShard(
   });
   const all = data.tensor();
   const x = sliceRows(all, range.start, range.end);
-  const probeSize = Math.min(n, settings.batchSize ?? 250);
+  const probeSize = Math.min(n, settings.batchSize ?? DEFAULT_BATCH_SIZE);
   const probe =
     range.start === 0 ? { x: sliceRows(all, 0, probeSize), y: data.labels.slice(0, probeSize) } : undefined;
   all.dispose();
@@ -114,11 +96,7 @@ const sampleSchema = z.object({
   seconds: z.number(),
 });
 
-const partSchema = z.object({
-  norm: z.enum(['L2', 'Linf']),
-  eps: z.number(),
-  version: z.enum(AUTOATTACK_VERSIONS as unknown as ['standard', 'plus', 'rand']),
-  seed: z.number().int(),
+const partSchema = AuditParametersSchema.pick({ norm: true, eps: true, version: true, seed: true }).extend({
   backend: z.string(),
   seconds: z.number(),
   attacks: z.array(

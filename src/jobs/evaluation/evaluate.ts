@@ -154,53 +154,54 @@ export interface EvalRunners {
   worstCaseConfidence?: typeof worstCaseConfidence;
 }
 
-/** Runs every phase and renders the artifacts. */
-export async function evaluateModel(
-  classifier: Classifier,
-  inputs: EvalInputs,
-  settings: EvalSettings,
-  progress: PhaseReporter,
-  signal?: AbortSignal,
-  runners: EvalRunners = {},
-): Promise<EvalArtifacts> {
-  const started = performance.now();
-  const k = classifier.numClasses;
-  const { reported, calibration, warnings, heldOutFromData } = splitInDistribution(inputs, settings);
-  const labels = reported.labels!;
-  const timings: Record<string, number> = {};
-  const onProgress = (p: EngineProgress | { done: number; total: number }) =>
-    progress.update(p.done, p.total);
+/** What every phase reads: the model, the settings, the progress display and its timings. */
+interface Phase {
+  classifier: Classifier;
+  settings: EvalSettings;
+  progress: PhaseReporter;
+  signal?: AbortSignal;
+  onProgress: (p: EngineProgress | { done: number; total: number }) => void;
+  /** Seconds per phase, as the report lists them. */
+  timings: Record<string, number>;
+}
 
-  // Clean logits, accuracy and calibration.
+/** Clean logits of the reported points, their accuracy, and the temperature fitted on the held-out ones. */
+function cleanPredictions(phase: Phase, reported: ImageSet, calibration: ImageSet) {
+  const { classifier, settings, progress } = phase;
+  const k = classifier.numClasses;
+  const labels = reported.labels!;
   progress.start('clean predictions');
   const logits = logitsOf(classifier, reported, settings.batchSize);
   progress.update(1, 2);
   const calibrationLogits = logitsOf(classifier, calibration, settings.batchSize);
   progress.update(2, 2);
-  timings.clean = progress.done();
+  phase.timings.clean = progress.done();
   const predicted = classAtRank(logits, k);
   const accuracy = predicted.reduce((s, p, i) => s + (p === labels[i] ? 1 : 0), 0) / predicted.length;
   const fit = calibrate(calibrationLogits, calibration.labels!, k);
-  const temperature = fit.temperature;
-  const ece = expectedCalibrationError(
-    { values: softmaxRows(logits, k, temperature), numClasses: k },
-    labels,
-  );
-  const eceUncalibrated = expectedCalibrationError(
-    { values: softmaxRows(logits, k, 1), numClasses: k },
-    labels,
-  );
-  const inScores = maxProbabilities(logits, k, temperature);
+  const ece = (temperature: number) =>
+    expectedCalibrationError({ values: softmaxRows(logits, k, temperature), numClasses: k }, labels);
+  return {
+    logits,
+    accuracy,
+    fit,
+    ece: ece(fit.temperature),
+    eceUncalibrated: ece(1),
+    /** Max-confidence of every reported point at the fitted temperature (the OOD metrics' in-scores). */
+    inScores: maxProbabilities(logits, k, fit.temperature),
+  };
+}
 
-  // Robust accuracy.
+/** AutoAttack (L2, standard) on the first robustN reported points; quick mode runs APGD only, in process. */
+async function robustAccuracy(phase: Phase, reported: ImageSet, runners: EvalRunners) {
+  const { classifier, settings, progress } = phase;
   progress.start(`autoattack L2 eps=${settings.eps}`);
   const robustSet = rowsOf(reported, 0, Math.min(settings.robustN, reported.shape[0]));
   const robustX = tensorOf(robustSet);
-  let robust: Awaited<ReturnType<typeof autoAttack>>;
   try {
     // Quick mode's custom attack list cannot travel to workers: it runs in process.
     const runAutoAttack = settings.quick ? autoAttack : (runners.autoAttack ?? autoAttack);
-    robust = await runAutoAttack(classifier, robustX, robustSet.labels!, {
+    return await runAutoAttack(classifier, robustX, robustSet.labels!, {
       norm: 'L2',
       eps: settings.eps,
       version: 'standard',
@@ -208,53 +209,72 @@ export async function evaluateModel(
       batchSize: settings.batchSize,
       iterations: settings.iterations.autoAttack,
       ...(settings.quick ? { attacks: quickAttacks(settings.iterations.autoAttack) } : {}),
-      signal,
-      onProgress,
+      signal: phase.signal,
+      onProgress: phase.onProgress,
     });
   } finally {
     robustX.dispose();
+    phase.timings.autoattack = progress.done();
   }
-  timings.autoattack = progress.done();
-  warnings.push(...robust.warnings.map((w) => `autoattack: ${w}`));
+}
 
-  // OOD detection, clean and worst case.
-  const oodRows: OodRow[] = [];
-  for (const oodSet of inputs.ood) {
-    const set = rowsOf(oodSet, 0, Math.min(settings.oodN, oodSet.shape[0]));
-    const outScores = maxProbabilities(logitsOf(classifier, set, settings.batchSize), k, temperature);
-    const clean = oodMetrics(inScores, outScores);
-    progress.start(`worst-case OOD ${set.name} eps=${settings.epsOod}`);
-    const x = tensorOf(set);
-    let worst: Awaited<ReturnType<typeof worstCaseConfidence>>;
-    try {
-      worst = await (runners.worstCaseConfidence ?? worstCaseConfidence)(classifier, x, {
-        eps: settings.epsOod,
-        iterations: settings.iterations.worstCase,
-        temperature,
-        seed: settings.seed,
-        batchSize: settings.batchSize,
-        signal,
-        onProgress,
-      });
-    } finally {
-      x.dispose();
-    }
-    worst.images.dispose();
-    timings[`worst-case ${set.name}`] = progress.done();
-    const worstMetrics = oodMetrics(inScores, worst.confidence);
-    oodRows.push({
-      name: set.name,
-      source: set.source,
-      n: set.shape[0],
-      auc: clean.auc,
-      fpr_at_95_tpr: clean.fpr_at_95_tpr,
-      mmc: clean.mmc,
-      wc_auc: worstMetrics.auc,
-      wc_mmc: worstMetrics.mmc,
+/** One OOD set's row: clean AUC, FPR and MMC, and the same for the worst case in the epsOod ball. */
+async function oodRow(
+  phase: Phase,
+  oodSet: ImageSet,
+  inScores: Float32Array,
+  temperature: number,
+  runners: EvalRunners,
+): Promise<OodRow> {
+  const { classifier, settings, progress } = phase;
+  const set = rowsOf(oodSet, 0, Math.min(settings.oodN, oodSet.shape[0]));
+  const k = classifier.numClasses;
+  const outScores = maxProbabilities(logitsOf(classifier, set, settings.batchSize), k, temperature);
+  const clean = oodMetrics(inScores, outScores);
+  progress.start(`worst-case OOD ${set.name} eps=${settings.epsOod}`);
+  const x = tensorOf(set);
+  let worst: Awaited<ReturnType<typeof worstCaseConfidence>>;
+  try {
+    worst = await (runners.worstCaseConfidence ?? worstCaseConfidence)(classifier, x, {
+      eps: settings.epsOod,
+      iterations: settings.iterations.worstCase,
+      temperature,
+      seed: settings.seed,
+      batchSize: settings.batchSize,
+      signal: phase.signal,
+      onProgress: phase.onProgress,
     });
+  } finally {
+    x.dispose();
   }
+  worst.images.dispose();
+  phase.timings[`worst-case ${set.name}`] = progress.done();
+  const worstMetrics = oodMetrics(inScores, worst.confidence);
+  return {
+    name: set.name,
+    source: set.source,
+    n: set.shape[0],
+    auc: clean.auc,
+    fpr_at_95_tpr: clean.fpr_at_95_tpr,
+    mmc: clean.mmc,
+    wc_auc: worstMetrics.auc,
+    wc_mmc: worstMetrics.mmc,
+  };
+}
 
-  // Counterfactuals.
+/**
+ * Visual counterfactuals of the first reported points toward the second-ranked class (or the label),
+ * at every radius: the PNG grid and the report's rows.
+ */
+async function counterfactualFigures(
+  phase: Phase,
+  reported: ImageSet,
+  logits: Float32Array,
+  classNames: readonly string[],
+  temperature: number,
+): Promise<{ png: Buffer; report: EvalReport['counterfactuals'] }> {
+  const { classifier, settings, progress } = phase;
+  const k = classifier.numClasses;
   progress.start('counterfactuals');
   const cfSet = rowsOf(reported, 0, Math.min(settings.counterfactualRows, reported.shape[0]));
   const cfLogits = logits.subarray(0, cfSet.shape[0] * k);
@@ -268,99 +288,154 @@ export async function evaluateModel(
       iterations: settings.iterations.counterfactuals,
       temperature,
       seed: settings.seed,
-      signal,
-      onProgress,
+      signal: phase.signal,
+      onProgress: phase.onProgress,
     });
   } finally {
     cfX.dispose();
   }
-  timings.counterfactuals = progress.done();
-  const names = inputs.inDistribution.classNames ?? classifier.card.classNames;
-  const className = (c: number) => names[c] ?? String(c);
-  const gridRows: GridRow[] = [];
-  for (let i = 0; i < cfSet.shape[0]; i++) {
-    gridRows.push({
+  phase.timings.counterfactuals = progress.done();
+  try {
+    const className = (c: number) => classNames[c] ?? String(c);
+    const [, h, w, c] = cfSet.shape;
+    const gridRows: GridRow[] = Array.from({ length: cfSet.shape[0] }, (_, i) => ({
       label: [
         `${className(cfSet.labels![i])}: ${className(cf.originalClass[i])}`,
         `-> ${className(targets[i])}`,
       ],
       original: pixelImage(cfSet, i),
-      cells: cf.radii.map((radius) => {
-        const [, h, w, c] = cfSet.shape;
-        const data = radius.images.dataSync().slice(i * h * w * c, (i + 1) * h * w * c) as Float32Array;
-        return {
-          image: { data, height: h, width: w, channels: c as 1 | 3 },
-          caption: [`p_t ${radius.p_target[i].toFixed(2)}`, `p_o ${radius.p_original[i].toFixed(2)}`],
-        };
-      }),
+      cells: cf.radii.map((radius) => ({
+        image: {
+          data: radius.images.dataSync().slice(i * h * w * c, (i + 1) * h * w * c) as Float32Array,
+          height: h,
+          width: w,
+          channels: c as 1 | 3,
+        },
+        caption: [`p_t ${radius.p_target[i].toFixed(2)}`, `p_o ${radius.p_original[i].toFixed(2)}`],
+      })),
+    }));
+    const png = await renderCounterfactualGrid(gridRows, {
+      columnTitles: cf.radii.map((r) => `eps ${r.eps}`),
     });
+    const report = {
+      radii: cf.radii.map((r) => r.eps),
+      iterations: settings.iterations.counterfactuals,
+      rows: Array.from({ length: cfSet.shape[0] }, (_, i) => ({
+        index: i,
+        label: cfSet.labels![i],
+        original_class: cf.originalClass[i],
+        target: targets[i],
+        p_target: [cf.clean.p_target[i], ...cf.radii.map((r) => r.p_target[i])],
+        p_original: [cf.clean.p_original[i], ...cf.radii.map((r) => r.p_original[i])],
+      })),
+    };
+    return { png, report };
+  } finally {
+    tf.dispose(cf.radii.map((r) => r.images));
   }
-  const counterfactualsPng = await renderCounterfactualGrid(gridRows, {
-    columnTitles: cf.radii.map((r) => `eps ${r.eps}`),
-  });
-  const counterfactualReport = {
-    radii: cf.radii.map((r) => r.eps),
-    iterations: settings.iterations.counterfactuals,
-    rows: Array.from({ length: cfSet.shape[0] }, (_, i) => ({
-      index: i,
-      label: cfSet.labels![i],
-      original_class: cf.originalClass[i],
-      target: targets[i],
-      p_target: [cf.clean.p_target[i], ...cf.radii.map((r) => r.p_target[i])],
-      p_original: [cf.clean.p_original[i], ...cf.radii.map((r) => r.p_original[i])],
-    })),
-  };
-  tf.dispose(cf.radii.map((r) => r.images));
+}
 
-  // Confidence curves against the first OOD set.
-  let curves: EvalReport['curves'] = null;
-  let curvesSvg = '';
-  if (inputs.ood.length > 0) {
-    progress.start('confidence curves');
-    const curveIn = rowsOf(reported, 0, Math.min(settings.curveN, reported.shape[0]));
-    const curveOut = rowsOf(inputs.ood[0], 0, Math.min(settings.curveN, inputs.ood[0].shape[0]));
-    const xIn = tensorOf(curveIn);
-    const xOut = tensorOf(curveOut);
-    try {
-      const result = await confidenceCurves(classifier, { x: xIn, y: curveIn.labels! }, xOut, {
-        radii: settings.curveRadii,
-        iterations: settings.iterations.curves,
-        temperature,
-        seed: settings.seed,
-        batchSize: settings.batchSize,
-        signal,
-        onProgress,
-      });
-      curves = {
-        ood_set: curveOut.name,
-        n_in: curveIn.shape[0],
-        n_out: curveOut.shape[0],
-        iterations: settings.iterations.curves,
-        radii: result.radii,
-        in_true_class_confidence: result.inTrueClassConfidence,
-        out_max_confidence: result.outMaxConfidence,
-      };
-      curvesSvg = renderCurveChartSvg({
-        title: `${inputs.model.name}: confidence within an L2 ball`,
-        xLabel: 'L2 radius',
-        yLabel: 'mean confidence',
-        x: result.radii,
-        series: [
-          {
-            name: `in-distribution ${reported.name}: lowest true-class p in the ball`,
-            values: result.inTrueClassConfidence,
-          },
-          {
-            name: `out-distribution ${curveOut.name}: highest max p in the ball`,
-            values: result.outMaxConfidence,
-          },
-        ],
-      });
-    } finally {
-      tf.dispose([xIn, xOut]);
-    }
-    timings.curves = progress.done();
+/**
+ * Mean confidence within growing L2 balls: the lowest true-class probability of reported points and
+ * the highest max probability of the first OOD set's points, as the report's numbers and an SVG chart.
+ */
+async function confidenceCurveFigures(
+  phase: Phase,
+  reported: ImageSet,
+  oodSet: ImageSet,
+  modelName: string,
+  temperature: number,
+): Promise<{ curves: NonNullable<EvalReport['curves']>; svg: string }> {
+  const { classifier, settings, progress } = phase;
+  progress.start('confidence curves');
+  const curveIn = rowsOf(reported, 0, Math.min(settings.curveN, reported.shape[0]));
+  const curveOut = rowsOf(oodSet, 0, Math.min(settings.curveN, oodSet.shape[0]));
+  const xIn = tensorOf(curveIn);
+  const xOut = tensorOf(curveOut);
+  try {
+    const result = await confidenceCurves(classifier, { x: xIn, y: curveIn.labels! }, xOut, {
+      radii: settings.curveRadii,
+      iterations: settings.iterations.curves,
+      temperature,
+      seed: settings.seed,
+      batchSize: settings.batchSize,
+      signal: phase.signal,
+      onProgress: phase.onProgress,
+    });
+    const curves = {
+      ood_set: curveOut.name,
+      n_in: curveIn.shape[0],
+      n_out: curveOut.shape[0],
+      iterations: settings.iterations.curves,
+      radii: result.radii,
+      in_true_class_confidence: result.inTrueClassConfidence,
+      out_max_confidence: result.outMaxConfidence,
+    };
+    const svg = renderCurveChartSvg({
+      title: `${modelName}: confidence within an L2 ball`,
+      xLabel: 'L2 radius',
+      yLabel: 'mean confidence',
+      x: result.radii,
+      series: [
+        {
+          name: `in-distribution ${reported.name}: lowest true-class p in the ball`,
+          values: result.inTrueClassConfidence,
+        },
+        {
+          name: `out-distribution ${curveOut.name}: highest max p in the ball`,
+          values: result.outMaxConfidence,
+        },
+      ],
+    });
+    return { curves, svg };
+  } finally {
+    tf.dispose([xIn, xOut]);
+    phase.timings.curves = progress.done();
   }
+}
+
+/**
+ * Runs every phase and renders the artifacts: clean predictions and calibration, robust accuracy,
+ * clean and worst-case OOD detection per set, counterfactuals, and confidence curves against the
+ * first OOD set.
+ */
+export async function evaluateModel(
+  classifier: Classifier,
+  inputs: EvalInputs,
+  settings: EvalSettings,
+  progress: PhaseReporter,
+  signal?: AbortSignal,
+  runners: EvalRunners = {},
+): Promise<EvalArtifacts> {
+  const started = performance.now();
+  const { reported, calibration, warnings, heldOutFromData } = splitInDistribution(inputs, settings);
+  const phase: Phase = {
+    classifier,
+    settings,
+    progress,
+    signal,
+    onProgress: (p) => progress.update(p.done, p.total),
+    timings: {},
+  };
+
+  const clean = cleanPredictions(phase, reported, calibration);
+  const temperature = clean.fit.temperature;
+  const robust = await robustAccuracy(phase, reported, runners);
+  warnings.push(...robust.warnings.map((w) => `autoattack: ${w}`));
+  const oodRows: OodRow[] = [];
+  for (const oodSet of inputs.ood)
+    oodRows.push(await oodRow(phase, oodSet, clean.inScores, temperature, runners));
+  const counterfactualsOut = await counterfactualFigures(
+    phase,
+    reported,
+    clean.logits,
+    inputs.inDistribution.classNames ?? classifier.card.classNames,
+    temperature,
+  );
+  const curves =
+    inputs.ood.length > 0
+      ? await confidenceCurveFigures(phase, reported, inputs.ood[0], inputs.model.name, temperature)
+      : undefined;
 
   const report: EvalReport = {
     model: inputs.model,
@@ -377,12 +452,12 @@ export async function evaluateModel(
         : calibration.source,
     },
     summary: {
-      acc: accuracy,
+      acc: clean.accuracy,
       robust_acc: robust.robust_accuracy,
-      ece,
-      ece_uncalibrated: eceUncalibrated,
+      ece: clean.ece,
+      ece_uncalibrated: clean.eceUncalibrated,
       temperature,
-      ood_threshold: fit.oodThreshold,
+      ood_threshold: clean.fit.oodThreshold,
       auc: average(oodRows.map((r) => r.auc)),
       wc_auc: average(oodRows.map((r) => r.wc_auc)),
       mmc: average(oodRows.map((r) => r.mmc)),
@@ -398,13 +473,18 @@ export async function evaluateModel(
       seconds: robust.seconds,
     },
     ood: { eps: settings.epsOod, iterations: settings.iterations.worstCase, sets: oodRows },
-    counterfactuals: counterfactualReport,
-    curves,
+    counterfactuals: counterfactualsOut.report,
+    curves: curves?.curves ?? null,
     warnings,
-    timings,
+    timings: phase.timings,
     seconds: (performance.now() - started) / 1000,
   };
-  return { report, markdown: renderReportMarkdown(report), counterfactualsPng, curvesSvg };
+  return {
+    report,
+    markdown: renderReportMarkdown(report),
+    counterfactualsPng: counterfactualsOut.png,
+    curvesSvg: curves?.svg ?? '',
+  };
 }
 
 /**

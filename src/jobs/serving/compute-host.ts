@@ -1,9 +1,7 @@
 import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { ModelContractError } from '../../engine/model/classifier.js';
+import { workerEntry } from '../../util/worker-entry.js';
 import {
   type CounterfactualRequest,
   type CounterfactualRows,
@@ -58,18 +56,12 @@ function reviveError(error: RemoteError): Error {
   }
 }
 
-/**
- * The worker's entry, started through tsx's loader (the sources are TypeScript, run without a build
- * step, and loader hooks do not pass on to worker threads in Node 20).
- */
+/** The worker thread's entry (compute-worker), compiled or through tsx like this module. */
 function bootstrap(): { code: string } {
-  const entry = fileURLToPath(new URL('./compute-worker.ts', import.meta.url));
-  if (!existsSync(entry)) throw new ComputeWorkerError(`the compute worker's source is missing: ${entry}`);
-  // tsx's ESM entry (a require.resolve of 'tsx/esm/api' would give the CommonJS one).
-  const tsxRoot = path.dirname(createRequire(import.meta.url).resolve('tsx/package.json'));
-  const tsx = pathToFileURL(path.join(tsxRoot, 'dist/esm/api/index.mjs')).href;
-  const code = `import(${JSON.stringify(tsx)}).then((api) => { api.register(); return import(${JSON.stringify(pathToFileURL(entry).href)}); });`;
-  return { code };
+  const entry = workerEntry(import.meta.url, 'compute-worker');
+  if (!existsSync(entry.path))
+    throw new ComputeWorkerError(`the compute worker's entry is missing: ${entry.path}`);
+  return { code: entry.threadCode };
 }
 
 interface Waiting {

@@ -7,6 +7,6 @@ export type { ImageInput, ImageLimits } from './images.js';
 export { createInferenceMetrics, InferenceService } from './inference.js';
 export { InferenceProbe } from './inference-probe.js';
 export { worstCaseOod } from './ood-request.js';
-export { oodThreshold, predictImages } from './predict.js';
-export { checkAuditCost, checkRequestCost, RequestCostError } from './request-cost.js';
+export { oodThreshold, predictImages, verdictOf } from './predict.js';
+export { auditForwardPasses, checkAuditCost, checkRequestCost, RequestCostError } from './request-cost.js';
 export { ComputeSemaphore } from './semaphore.js';

@@ -27,6 +27,23 @@ export interface Prediction {
   in_distribution: boolean;
 }
 
+/** What /v1 predict and /v2 infer say of one image. */
+export interface Verdict {
+  /** The most probable class (the lowest index among equals). */
+  predicted: number;
+  max_confidence: number;
+  /** max_confidence >= the threshold. */
+  in_distribution: boolean;
+}
+
+/** The verdict on one image's calibrated probabilities (in class order). */
+export function verdictOf(probabilities: ArrayLike<number>, threshold: number): Verdict {
+  let best = 0;
+  for (let j = 1; j < probabilities.length; j++) if (probabilities[j] > probabilities[best]) best = j;
+  const confidence = probabilities[best];
+  return { predicted: best, max_confidence: confidence, in_distribution: confidence >= threshold };
+}
+
 /** One image's probabilities (calibrated, in class order) as a prediction with its verdict. */
 export function describePrediction(
   model: Classifier,
@@ -37,13 +54,12 @@ export function describePrediction(
   const names = model.card.classNames;
   const order = row.map((_, i) => i).sort((a, b) => row[b] - row[a] || a - b);
   const score = (index: number) => ({ index, class: names[index], probability: row[index] });
-  const best = order[0];
+  const { predicted, ...verdict } = verdictOf(row, threshold);
   return {
-    predicted: score(best),
+    predicted: score(predicted),
     probabilities: row,
     top_k: order.slice(0, topK).map(score),
-    max_confidence: row[best],
-    in_distribution: row[best] >= threshold,
+    ...verdict,
   };
 }
 

@@ -1,9 +1,11 @@
+import { DEFAULT_ITERATIONS, DEFAULT_QUERIES, defaultRestarts } from '../../engine/attacks/defaults.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { forwardFlops, GRADIENT_STEP_FORWARDS } from '../../engine/model/cost.js';
+import type { AutoAttackVersion } from '../../engine/types.js';
 
 /**
  * Up-front cost of a request: images x iterations x restarts x (gradient steps of) model FLOPs, so one
- * request cannot hold the compute slot for minutes (64 images x 1000 iterations x 10 restarts did).
+ * request cannot hold the compute slot for minutes (a full batch at a thousand iterations and ten restarts would).
  */
 
 /** A request whose estimated cost is over the configured budget; HTTP answers 422 with the limit. */
@@ -56,15 +58,15 @@ export function checkRequestCost(
 }
 
 export interface AuditCostFactors {
-  version: 'standard' | 'plus' | 'rand';
+  version: AutoAttackVersion;
   images: number;
   numClasses: number;
-  /** APGD and FAB iterations per run (AutoAttack's default 100). */
-  iterations: number;
-  /** Restarts as the caller gave them; undefined is AutoAttack's default (1, 5 for 'plus'). */
-  restarts: number | undefined;
-  /** Square's queries per image (AutoAttack's default 5000); Square runs in 'standard' and 'plus'. */
-  queries: number;
+  /** APGD and FAB iterations per run; undefined is AutoAttack's default. */
+  iterations?: number;
+  /** Restarts as the caller gave them; undefined is AutoAttack's default for the version. */
+  restarts?: number;
+  /** Square's queries per image (undefined: AutoAttack's default); Square runs in 'standard' and 'plus'. */
+  queries?: number;
 }
 
 /** Forward passes one image costs in an audit: the white-box attacks' gradient steps and Square's queries. */
@@ -83,8 +85,10 @@ const auditTargets = (numClasses: number) => Math.min(9, numClasses - 1);
  * averages 20 gradients per step (EOT); Square costs one forward pass per query.
  */
 export function auditForwardPasses(factors: AuditCostFactors): AuditForwardPasses {
-  const { version, iterations, queries, numClasses } = factors;
-  const restarts = factors.restarts ?? (version === 'plus' ? 5 : 1);
+  const { version, numClasses } = factors;
+  const iterations = factors.iterations ?? DEFAULT_ITERATIONS;
+  const queries = factors.queries ?? DEFAULT_QUERIES;
+  const restarts = factors.restarts ?? defaultRestarts(version);
   const targets = auditTargets(numClasses);
   let steps: number;
   if (version === 'standard') steps = iterations * restarts * (1 + 2 * targets);
@@ -113,7 +117,7 @@ export function checkAuditCost(classifier: Classifier, factors: AuditCostFactors
       field,
       flops,
       limit,
-      `the audit would cost about ${flops.toExponential(2)} FLOPs (${factors.images} images x (${passes.whiteBox} forward passes of the white-box attacks at ${factors.iterations} iterations + ${passes.square} Square queries) x ${forward.toExponential(2)} FLOPs a forward pass), over the limit of ${limit.toExponential(2)}; lower '${field}'`,
+      `the audit would cost about ${flops.toExponential(2)} FLOPs (${factors.images} images x (${passes.whiteBox} forward passes of the white-box attacks at ${factors.iterations ?? DEFAULT_ITERATIONS} iterations + ${passes.square} Square queries) x ${forward.toExponential(2)} FLOPs a forward pass), over the limit of ${limit.toExponential(2)}; lower '${field}'`,
     );
   }
   return flops;

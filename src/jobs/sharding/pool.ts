@@ -1,7 +1,6 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { fileURLToPath } from 'node:url';
 import * as tf from '@tensorflow/tfjs';
 import {
   type AutoAttackOptions,
@@ -9,6 +8,7 @@ import {
   type AutoAttackReport,
   autoAttack,
 } from '../../engine/attacks/autoattack.js';
+import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
@@ -17,6 +17,8 @@ import {
   type WorstCaseResult,
   worstCaseConfidence,
 } from '../../engine/ood/worst-case.js';
+import { workerEntry } from '../../util/worker-entry.js';
+import { shardSettingsOf } from '../audit/parameters.js';
 import type {
   ParentMessage,
   ShardTaskMessage,
@@ -31,7 +33,6 @@ import {
   type ShardedRunOptions,
   type ShardRange,
   type ShardResult,
-  shardSettingsOf,
 } from './shards.js';
 
 /**
@@ -106,7 +107,7 @@ interface Worker {
   modelKey: string | undefined;
 }
 
-const WORKER_ENTRY = fileURLToPath(new URL('./worker.ts', import.meta.url));
+const WORKER_ENTRY = workerEntry(import.meta.url, 'worker');
 
 export class ShardPool {
   readonly size: number;
@@ -170,7 +171,7 @@ export class ShardPool {
     const rows = x.dataSync() as Float32Array;
     const rowSize = n > 0 ? rows.length / n : 0;
     const [, h, w, c] = x.shape;
-    const probeSize = Math.min(n, settings.batchSize ?? 250);
+    const probeSize = Math.min(n, settings.batchSize ?? DEFAULT_BATCH_SIZE);
 
     const results = new Map<number, ShardResult>();
     for (const known of options.finished ?? []) {
@@ -384,8 +385,8 @@ export class ShardPool {
   }
 
   private spawn(): void {
-    const child = fork(WORKER_ENTRY, [], {
-      execArgv: ['--import', import.meta.resolve('tsx')],
+    const child = fork(WORKER_ENTRY.path, [], {
+      execArgv: WORKER_ENTRY.execArgv,
       serialization: 'advanced',
       env: { ...process.env, ...this.env, RATIO_THREADS: String(this.threads) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],

@@ -3,8 +3,10 @@ import { FlowProducer, Job, Queue, QueueEvents, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { ModelFiles } from '../../data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../../engine/attacks/autoattack.js';
+import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
+import { shardSettingsOf } from '../audit/parameters.js';
 import type { BlobStore } from './blob-store.js';
 import type { PoolAuditOptions } from './pool.js';
 import { ShardFailedError } from './pool.js';
@@ -29,13 +31,7 @@ import {
   shardPointsKey,
   stageModel,
 } from './queue.js';
-import {
-  defaultShardCount,
-  planShards,
-  type ShardResult,
-  type ShardSettings,
-  shardSettingsOf,
-} from './shards.js';
+import { defaultShardCount, planShards, type ShardResult, type ShardSettings } from './shards.js';
 
 /**
  * The enqueuing side of audits on BullMQ (`ratio audit --queue`, `ratio serve --queue`): stages the
@@ -236,7 +232,7 @@ export class QueueAuditRunner {
         floatBytes(rows.subarray(range.start * rowSize, range.end * rowSize)),
       );
     }
-    const probeSize = Math.min(n, settings.batchSize ?? 250);
+    const probeSize = Math.min(n, settings.batchSize ?? DEFAULT_BATCH_SIZE);
     await store.put(probePointsKey(audit), floatBytes(rows.subarray(0, probeSize * rowSize)));
     const tree = await this.flow.add({
       name: 'audit',

@@ -25,9 +25,10 @@ export const DEFAULT_QUEUE_PREFIX = 'ratio';
  * A worker runs a shard on its event loop: BullMQ renews a shard's lock on a timer, which cannot
  * fire during a synchronous engine step (one attack iteration on a batch of up to 250 points). The
  * lock must outlive the longest such step, or a busy worker's shard is taken for stalled and run a
- * second time elsewhere (harmless for the report, wasted work). The longest step measured on
- * ratio-cifar10 is in docs/benchmarks/scale.md; 5 minutes leaves a wide margin. A killed worker's
- * shard waits up to this long (plus the stalled interval) before another worker takes it over.
+ * second time elsewhere (harmless for the report, wasted work). Workers log each shard's longest
+ * step (`longest_blocked_ms`; docs/benchmarks/scale.md has it for ratio-cifar10); 5 minutes leaves a
+ * wide margin. A killed worker's shard waits up to this long (plus the stalled interval) before
+ * another worker takes it over.
  */
 export const DEFAULT_LOCK_DURATION_MS = 300_000;
 /** How often workers look for shards whose lock expired (BullMQ's default). */

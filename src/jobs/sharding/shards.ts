@@ -5,13 +5,13 @@ import {
   type AutoAttackOptions,
   type AutoAttackPart,
   type AutoAttackReport,
-  type AutoAttackVersion,
   autoAttackPart,
   mergeAutoAttackParts,
 } from '../../engine/attacks/autoattack.js';
+import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import { sanityWarnings } from '../../engine/attacks/verify.js';
 import type { Classifier } from '../../engine/model/classifier.js';
-import type { Norm } from '../../engine/types.js';
+import type { ShardSettings } from '../audit/parameters.js';
 
 /**
  * An audit as shards: contiguous index ranges of the audited points. A shard's result is the
@@ -20,20 +20,8 @@ import type { Norm } from '../../engine/types.js';
  * only on (seed, global index, attack, restart), any shard layout gives the report of one run.
  */
 
-/** The settings that define an audit's numbers (what every shard must agree on). */
-export interface ShardSettings {
-  norm: Norm;
-  eps: number;
-  version: AutoAttackVersion;
-  seed: number;
-  /** Points per attack call (default 250); also the size of the sanity probe. */
-  batchSize?: number;
-  restarts?: number;
-  iterations?: number;
-  queries?: number;
-  /** Attacks spend their whole budget on every point, as the reference (AutoAttackOptions.fullBudget). */
-  fullBudget?: boolean;
-}
+// A type only: shard workers load this file, and the record's module loads zod.
+export type { ShardSettings };
 
 export interface ShardRange {
   shard: number;
@@ -121,7 +109,7 @@ export function auditKey(parts: { model: string; data: string; n: number; settin
     settings.eps,
     settings.version,
     settings.seed,
-    settings.batchSize ?? 250,
+    settings.batchSize ?? DEFAULT_BATCH_SIZE,
     settings.restarts ?? null,
     settings.iterations ?? null,
     settings.queries ?? null,
@@ -129,35 +117,6 @@ export function auditKey(parts: { model: string; data: string; n: number; settin
     ...(settings.fullBudget ? ['full-budget'] : []),
   ]);
   return createHash('sha256').update(canonical).digest('hex').slice(0, 16);
-}
-
-/** The settings a shard carries to a worker, from an audit's engine options (engineOptions' inverse). */
-export function shardSettingsOf(options: AutoAttackOptions): ShardSettings {
-  return {
-    norm: options.norm,
-    eps: options.eps,
-    version: options.version ?? 'standard',
-    seed: options.seed ?? 0,
-    batchSize: options.batchSize,
-    restarts: options.restarts,
-    iterations: options.iterations,
-    queries: options.queries,
-    fullBudget: options.fullBudget,
-  };
-}
-
-export function engineOptions(settings: ShardSettings): AutoAttackOptions {
-  return {
-    norm: settings.norm,
-    eps: settings.eps,
-    version: settings.version,
-    seed: settings.seed,
-    batchSize: settings.batchSize,
-    restarts: settings.restarts,
-    iterations: settings.iterations,
-    queries: settings.queries,
-    fullBudget: settings.fullBudget,
-  };
 }
 
 export interface ShardInput {
@@ -181,7 +140,7 @@ export async function runShard(
     throw new ShardError(`shard ${range.shard} holds ${size} points, got ${input.x.shape[0]} images`);
   }
   const part = await autoAttackPart(classifier, input.x, input.y, {
-    ...engineOptions(settings),
+    ...settings,
     ...options,
     indices: Array.from({ length: size }, (_, i) => range.start + i),
     sanityChecks: false,

@@ -4,7 +4,7 @@ import { apgd, apgdAttack, apgdCheckpointIntervals, apgdTargeted } from '../../.
 import { perExampleNorm } from '../../../src/engine/attacks/projections.js';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import { classAtRank } from '../../../src/engine/model/logits.js';
-import { epsInGap, linearProblem } from './autoattack-fixtures.js';
+import { epsInGap, linearProblem } from '../../helpers/linear-problems.js';
 
 const problem = linearProblem({ n: 60, shape: [4, 4, 1], numClasses: 10, norm: 'L2', seed: 3 });
 const eps = epsInGap(problem);

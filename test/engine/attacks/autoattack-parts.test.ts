@@ -9,7 +9,8 @@ import {
 } from '../../../src/engine/attacks/autoattack.js';
 import type { Norm } from '../../../src/engine/types.js';
 import { Rng } from '../../../src/util/random.js';
-import { epsInGap, type LinearProblem, linearProblem, withoutTimings } from './autoattack-fixtures.js';
+import { epsInGap, type LinearProblem, linearProblem } from '../../helpers/linear-problems.js';
+import { withoutTimings } from '../../helpers/reports.js';
 
 /**
  * Every random draw on point i depends only on (seed, global index i, attack, restart): the merge of

@@ -6,7 +6,8 @@ import { type Classifier, functionClassifier } from '../../../src/engine/model/c
 import type { Norm } from '../../../src/engine/types.js';
 import { smallCnn } from '../../../src/training/architectures.js';
 import { Rng } from '../../../src/util/random.js';
-import { epsInGap, linearProblem, withoutTimings } from './autoattack-fixtures.js';
+import { epsInGap, linearProblem } from '../../helpers/linear-problems.js';
+import { withoutTimings } from '../../helpers/reports.js';
 
 /**
  * The savings of AutoAttack over the reference (a point leaves an attack run at its first success)

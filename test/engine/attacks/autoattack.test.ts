@@ -5,7 +5,8 @@ import { vectorNorm } from '../../../src/engine/attacks/projections.js';
 import type { Attack } from '../../../src/engine/attacks/types.js';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import type { Norm } from '../../../src/engine/types.js';
-import { epsInGap, exactRobustAccuracy, linearProblem, withoutTimings } from './autoattack-fixtures.js';
+import { epsInGap, exactRobustAccuracy, linearProblem } from '../../helpers/linear-problems.js';
+import { withoutTimings } from '../../helpers/reports.js';
 
 describe.each(['L2', 'Linf'] as Norm[])('autoAttack on a linear model (%s)', (norm) => {
   it('returns exactly the closed-form robust accuracy, with verified points and flat memory', async () => {

@@ -4,7 +4,7 @@ import { vectorNorm } from '../../../src/engine/attacks/projections.js';
 import { square, squareAttack, squareSchedule, squareWindow } from '../../../src/engine/attacks/square.js';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import type { Norm } from '../../../src/engine/types.js';
-import { linearProblem } from './autoattack-fixtures.js';
+import { linearProblem } from '../../helpers/linear-problems.js';
 
 function rowNorms(norm: Norm, a: tf.Tensor4D, b: tf.Tensor4D): number[] {
   const av = a.dataSync();

@@ -8,7 +8,7 @@ import {
   loadModelFromFiles,
   ModelFileError,
 } from '../../../src/engine/model/files.js';
-import { cnn, constNode, float, graphFiles, ints, type Node, str } from './graph-fixtures.js';
+import { cnn, constNode, float, graphFiles, ints, type Node, str } from '../../helpers/graph-models.js';
 
 async function refusal(files: ModelFiles, options?: LoadModelOptions): Promise<ModelFileError> {
   const error = await loadModelFromFiles(files, options).catch((e: unknown) => e);

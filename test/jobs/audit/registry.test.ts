@@ -1,9 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { ArrayDataset } from '../../../src/data/dataset.js';
-import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import { type AuditEvent, AuditQueue } from '../../../src/jobs/audit/registry.js';
+import { emptyReport } from '../../helpers/reports.js';
 
 const classifier = functionClassifier({ inputShape: [2, 2, 1], numClasses: 2 }, (x) =>
   tf.tidy(
@@ -22,23 +22,6 @@ const dataset = new ArrayDataset({
 });
 const parameters = { model: 'm', norm: 'L2' as const, eps: 0.5, version: 'standard' as const, n: 3, seed: 0 };
 
-function fakeReport(n: number): AutoAttackReport {
-  return {
-    n,
-    norm: 'L2',
-    eps: 0.5,
-    version: 'standard',
-    seed: 0,
-    backend: 'test',
-    seconds: 0,
-    clean_accuracy: 1,
-    robust_accuracy: 0.5,
-    per_attack: [],
-    samples: [],
-    warnings: [],
-  };
-}
-
 describe('AuditQueue', () => {
   it('runs jobs in order with the first n points, reports progress, and frees the input tensor', async () => {
     const seen: number[] = [];
@@ -46,7 +29,7 @@ describe('AuditQueue', () => {
       run: async (_model, x, y, options) => {
         seen.push(x.shape[0], y.length);
         options.onProgress?.({ attack: 'fake', done: 1, total: 2 });
-        return fakeReport(x.shape[0]);
+        return emptyReport(x.shape[0]);
       },
     });
     const before = tf.memory().numTensors;
@@ -82,7 +65,7 @@ describe('AuditQueue', () => {
   });
 
   it('forgets the oldest finished jobs beyond `retain`', async () => {
-    const queue = new AuditQueue({ retain: 2, run: async (_m, x) => fakeReport(x.shape[0]) });
+    const queue = new AuditQueue({ retain: 2, run: async (_m, x) => emptyReport(x.shape[0]) });
     const ids: string[] = [];
     for (let i = 0; i < 4; i++) {
       const job = queue.submit({ parameters, classifier, ownsClassifier: false, dataset });

@@ -4,11 +4,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultStateDir } from '../../../src/data/data-root.js';
 import { ArrayDataset } from '../../../src/data/dataset.js';
-import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js';
 import { loadModelFromFiles } from '../../../src/engine/model/files.js';
 import { AuditQueue } from '../../../src/jobs/audit/registry.js';
 import { AuditStore } from '../../../src/jobs/audit/store.js';
-import { tinyCifarModelFiles } from '../../routes/audit-fixtures.js';
+import { emptyReport } from '../../helpers/reports.js';
+import { tinyCifarModelFiles } from '../../helpers/uploads.js';
 
 let dir = '';
 beforeAll(async () => {
@@ -18,24 +18,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** A report that names the points it saw, so a restored job can be told apart from another. */
-function fakeReport(n: number, seed: number): AutoAttackReport {
-  return {
-    n,
-    norm: 'L2',
-    eps: 0.5,
-    version: 'standard',
-    seed,
-    backend: 'test',
-    seconds: 0,
-    clean_accuracy: 1,
-    robust_accuracy: 0.5,
-    per_attack: [],
-    samples: [],
-    warnings: [],
-  };
-}
-
 describe('AuditStore', () => {
   it('keeps finished audits across a restart up to the retention limit, oldest forgotten first', async () => {
     const files = await tinyCifarModelFiles();
@@ -43,7 +25,7 @@ describe('AuditStore', () => {
     const queue = new AuditQueue({
       store,
       retain: 2,
-      run: async (_c, x, _y, o) => fakeReport(x.shape[0], o.seed ?? 0),
+      run: async (_c, x, _y, o) => emptyReport(x.shape[0], o.seed ?? 0),
     });
     const ids: string[] = [];
     for (const seed of [1, 2, 3]) {

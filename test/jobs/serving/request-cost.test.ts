@@ -28,6 +28,10 @@ describe('audit cost', () => {
       whiteBox: 2 * 100 * 20 * 3,
       square: 0,
     });
+    // Left out, iterations, restarts and queries are AutoAttack's defaults (100, 1 or 5, 5000).
+    expect(auditForwardPasses({ images: 1, numClasses: 10, version: 'plus' })).toEqual(
+      auditForwardPasses({ ...defaults, version: 'plus' }),
+    );
     // 3 classes: 2 targets.
     expect(
       auditForwardPasses({ ...defaults, numClasses: 3, iterations: 2, queries: 7, version: 'standard' }),

@@ -3,8 +3,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type AutoAttackReport, autoAttack } from '../../../src/engine/attacks/autoattack.js';
 import { parseWorkerCount, ShardPool } from '../../../src/jobs/sharding/pool.js';
 import type { ShardResult } from '../../../src/jobs/sharding/shards.js';
-import { withoutTimings } from '../../engine/attacks/autoattack-fixtures.js';
-import { auditFixture, QUICK } from './shard-fixtures.js';
+import { auditFixture, QUICK } from '../../helpers/cifar-audit.js';
+import { withoutTimings } from '../../helpers/reports.js';
 
 /** The pool of worker processes gives exactly the single-process report, also when a worker dies. */
 

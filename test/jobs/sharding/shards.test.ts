@@ -12,8 +12,8 @@ import {
   type ShardResult,
   sliceRows,
 } from '../../../src/jobs/sharding/shards.js';
-import { withoutTimings } from '../../engine/attacks/autoattack-fixtures.js';
-import { auditFixture, QUICK } from './shard-fixtures.js';
+import { auditFixture, QUICK } from '../../helpers/cifar-audit.js';
+import { withoutTimings } from '../../helpers/reports.js';
 
 describe('shard plans', () => {
   it('covers [0, n) with contiguous ranges differing by at most one point', () => {

@@ -120,8 +120,8 @@ export function conv2dInputGradient(
  * convolution whose reduction runs over the examples and the output positions.
  *
  * The other arrangement (dy as the input, x as the filter: a smaller filter for XNNPACK to repack
- * where in-channels < out-channels) was measured slower on every smallCnn layer (e.g. 69 vs 39 ms
- * on the 64->128 layer), so it is not offered.
+ * where in-channels < out-channels) is slower on every smallCnn layer (bench:engine), so it is not
+ * offered.
  */
 export function conv2dFilterGradient(
   x: tf.Tensor4D,
@@ -167,8 +167,8 @@ export function conv2dFilterGradient(
 
 /**
  * [N, H, W, C] -> [C, H, W, N] as a 2-D transpose ([N, HWC] -> [HWC, N]) then a swap of whole rows
- * ([HW, C, N] -> [C, HW, N]): the same result as tf.transpose(x, [3, 1, 2, 0]), in about half the
- * time on wasm (10.7 vs 19.7 ms for [64, 32, 32, 32]), whose general 4-D transpose is slow.
+ * ([HW, C, N] -> [C, HW, N]): the same result as tf.transpose(x, [3, 1, 2, 0]), faster on wasm,
+ * whose general 4-D transpose is slow.
  */
 function swapBatchAndChannels(x: tf.Tensor4D): tf.Tensor4D {
   const [n, h, w, c] = x.shape;

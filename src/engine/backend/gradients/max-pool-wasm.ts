@@ -2,10 +2,10 @@ import * as tf from '@tensorflow/tfjs';
 
 /**
  * MaxPoolGrad for the wasm backend, written in JavaScript over the wasm heap. The native kernel of
- * tfjs-backend-wasm 4.22 both costs as much as a convolution layer (smallCnn: 48 ms of a 480 ms input
- * gradient) and loses gradient in some windows (test/engine/gradients/max-pool.test.ts compares it
- * with the cpu reference). Semantics are the cpu backend's: each window's upstream gradient goes to
- * its first maximum in row-major order, summed where windows overlap.
+ * tfjs-backend-wasm 4.22 both costs as much as a convolution layer and loses gradient in some
+ * windows (test/engine/backend/gradients/max-pool.test.ts compares it with the cpu reference).
+ * Semantics are the cpu backend's: each window's upstream gradient goes to its first maximum in
+ * row-major order, summed where windows overlap.
  */
 
 /** The part of tfjs-backend-wasm's BackendWasm this kernel uses. */

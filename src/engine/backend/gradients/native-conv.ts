@@ -9,11 +9,10 @@ import type { ConvPad } from './conv-pad.js';
  * memory, so it reads its inputs where they lie and writes into outputs the backend allocated: no
  * copies, no transposes, no XNNPACK weight packing (why that matters: the .c file's header).
  *
- * smallCnn, batch 64, its five layers (scratch measurements): filter gradients 131 ms against 298 ms
- * for the forward-convolution formulation in conv2d.ts, input gradients 143 against 160 ms; the whole
- * forward pass 143 against 158 ms on XNNPACK. conv2d.ts and tfjs's kernels remain the path on every
- * other backend, while a tape records (native results are not differentiable: second derivatives
- * need tensor ops) and wherever this module cannot load; every function here returns null then.
+ * They beat the forward-convolution formulation of conv2d.ts and XNNPACK's forward pass on smallCnn's
+ * layers (bench:engine compares them). conv2d.ts and tfjs's kernels remain the path on every other
+ * backend, while a tape records (native results are not differentiable: second derivatives need
+ * tensor ops) and wherever this module cannot load; every function here returns null then.
  */
 /** The part of tfjs-backend-wasm's BackendWasm used here. */
 interface WasmHeapBackend {

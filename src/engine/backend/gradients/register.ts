@@ -79,7 +79,7 @@ export const fastConv2DGradConfig: tf.GradConfig = {
 
 /**
  * The Mean gradient without tfjs's `ones(x.shape)` (built in JavaScript and copied to the backend on
- * every call: smallCnn's global average pool spends ~4 ms a step on it): dy / n broadcast to x.
+ * every call, a global average pool's whole input each step): dy / n broadcast to x.
  */
 export const meanGradConfig: tf.GradConfig = {
   kernelName: tf.Mean,

@@ -2,15 +2,14 @@ import * as tf from '@tensorflow/tfjs';
 
 /**
  * Kernels that replace tfjs-backend-wasm 4.22's own where those cost a training step more than their
- * arithmetic (measured with `npm run bench:engine -- --profile` and a CPU profile of one step):
+ * arithmetic (`npm run bench:engine -- --profile` shows where a step's time goes):
  * - Identity and same-dtype Cast copy their input on wasm, and the engine clones every tensor that a
- *   gradient saves for the backward pass through Identity: ~10 ms of memcpy per smallCnn step. Here
+ *   gradient saves for the backward pass through Identity: a memcpy per saved tensor and step. Here
  *   they share the input's buffer (reference-counted), as the cpu backend does.
  * - Sum over leading axes (every bias gradient: [N, H, W, C] summed to [C]) transposes the whole
- *   input so that the reduced axes come last, then reduces (6.5 ms for [64, 32, 32, 32]). For NHWC
- *   over N, H, W, XNNPACK's average pooling over each image does the bulk (0.5 ms); other
- *   leading-axes sums are one pass in JavaScript over the wasm heap. Other reductions keep the stock
- *   kernel.
+ *   input so that the reduced axes come last, then reduces. For NHWC over N, H, W, XNNPACK's average
+ *   pooling over each image does the bulk without the transpose; other leading-axes sums are one
+ *   pass in JavaScript over the wasm heap. Other reductions keep the stock kernel.
  */
 
 /** The part of tfjs-backend-wasm's BackendWasm these kernels use. */

@@ -129,9 +129,8 @@ export function loadAddon(path: URL = ADDON_PATH): AddonLoad {
     };
   }
   // OpenMP threads that spin between primitives take the core from the JavaScript/wasm work between
-  // them, and on a busy machine from everyone: measured, a training step took twice as long with
-  // libgomp's default spinning as with PASSIVE waiting under load. libgomp reads this once, when the
-  // addon loads it; it is removed again so that child processes see the environment as it was.
+  // them, and on a busy machine from everyone; PASSIVE waiting gives it back. libgomp reads this once,
+  // when the addon loads it; it is removed again so that child processes see the environment as it was.
   const waitPolicyUnset = process.env.OMP_WAIT_POLICY === undefined;
   if (waitPolicyUnset) process.env.OMP_WAIT_POLICY = 'PASSIVE';
   try {

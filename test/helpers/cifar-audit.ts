@@ -1,17 +1,15 @@
 import path from 'node:path';
 import type * as tf from '@tensorflow/tfjs';
-import { loadDataset } from '../../../src/data/load.js';
-import { readModelDir } from '../../../src/data/model-dir.js';
-import type { TfjsClassifier } from '../../../src/engine/model/classifier.js';
-import { loadModelFromFiles } from '../../../src/engine/model/files.js';
-import type { ShardSettings } from '../../../src/jobs/sharding/shards.js';
+import { loadDataset } from '../../src/data/load.js';
+import { readModelDir } from '../../src/data/model-dir.js';
+import type { TfjsClassifier } from '../../src/engine/model/classifier.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
+import type { ShardSettings } from '../../src/jobs/sharding/shards.js';
+import { CIFAR_TEST_FILE } from './data.js';
 
 /** The shipped ratio-cifar10 on the first real CIFAR-10 test points, with a quick attack budget. */
 export const MODEL_DIR = path.resolve('models/ratio-cifar10');
-export const DATA_FILE = path.join(
-  process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
-  'cifar10/test_batch_first1000.bin',
-);
+export const DATA_FILE = CIFAR_TEST_FILE;
 
 /**
  * One APGD/FAB iteration and 60 Square queries so a test audit of 16 points takes seconds; at eps 1

@@ -15,8 +15,10 @@ export interface ServiceProcess {
 }
 
 export interface ServiceProcessOptions {
-  /** Arguments after `ratio serve` (always with --dev, --port 0, --host 127.0.0.1). */
+  /** Arguments after `ratio serve` (always with --port 0 and --host 127.0.0.1). */
   args?: string[];
+  /** `--dev` (no API keys needed; default true). */
+  dev?: boolean;
   /** Added to this process's environment. */
   env?: NodeJS.ProcessEnv;
   /** Node flags before the script (e.g. --expose-gc, --require a test probe). */
@@ -35,7 +37,7 @@ export async function startServiceProcess(options: ServiceProcessOptions = {}): 
       ...(options.nodeArgs ?? []),
       'bin/ratio.js',
       'serve',
-      '--dev',
+      ...(options.dev === false ? [] : ['--dev']),
       '--port',
       '0',
       '--host',

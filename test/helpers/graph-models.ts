@@ -1,4 +1,4 @@
-import type { ModelFiles } from '../../../src/data/model-dir.js';
+import type { ModelFiles } from '../../src/data/model-dir.js';
 
 /**
  * A converter-format CNN graph written by hand: x [n, 8, 8, 3] -> Conv2D 3x3x3x4 SAME -> BiasAdd ->

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
-import { dualNorm } from '../../../src/engine/attacks/projections.js';
-import { type Classifier, functionClassifier } from '../../../src/engine/model/classifier.js';
-import type { Norm } from '../../../src/engine/types.js';
-import { Rng } from '../../../src/util/random.js';
+import { dualNorm } from '../../src/engine/attacks/projections.js';
+import { type Classifier, functionClassifier } from '../../src/engine/model/classifier.js';
+import type { Norm } from '../../src/engine/types.js';
+import { Rng } from '../../src/util/random.js';
 
 /**
  * Closed-form test models for the attacks. For a linear model z = W^T x + b the minimal
@@ -97,16 +97,4 @@ export function exactRobustAccuracy(problem: LinearProblem, eps: number): number
   for (let i = 0; i < problem.y.length; i++)
     if (problem.cleanCorrect[i] && problem.distance[i] > eps) robust++;
   return robust / problem.y.length;
-}
-
-/** A report with every timing removed (what must be identical across runs and shard layouts). */
-export function withoutTimings<
-  T extends { seconds: number; per_attack: { seconds: number }[]; samples: { seconds: number }[] },
->(report: T): Omit<T, 'seconds'> {
-  const { seconds: _seconds, ...rest } = report;
-  return {
-    ...rest,
-    per_attack: report.per_attack.map(({ seconds: _s, ...attack }) => attack),
-    samples: report.samples.map(({ seconds: _s, ...sample }) => sample),
-  } as Omit<T, 'seconds'>;
 }

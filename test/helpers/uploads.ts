@@ -1,10 +1,9 @@
 import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import type { TfjsClassifier } from '../../src/engine/model/classifier.js';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
+import { CIFAR_TEST_FILE } from './data.js';
 
-const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const RECORD = 3073;
 
 /** A seeded linear CIFAR-10 classifier (flatten + dense) as uploadable model files. */
@@ -27,10 +26,7 @@ export async function tinyCifarModelFiles(): Promise<Map<string, Uint8Array>> {
  * own predictions so every point is clean-correct and every attack runs on all of them.
  */
 export async function cifarFileLabelledBy(files: Map<string, Uint8Array>, n: number): Promise<Uint8Array> {
-  const bytes = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin'))).slice(
-    0,
-    n * RECORD,
-  );
+  const bytes = new Uint8Array(await readFile(CIFAR_TEST_FILE)).slice(0, n * RECORD);
   const pixels = new Float32Array(n * 3072);
   for (let i = 0; i < n; i++) {
     for (let p = 0; p < 1024; p++) {
