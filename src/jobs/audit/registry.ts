@@ -193,12 +193,14 @@ export class AuditQueue {
   cancel(id: string, owner?: string, reason = 'cancelled'): AuditJob | undefined {
     const entry = this.visible(id, owner);
     if (!entry) return undefined;
+    if (isFinal(entry.job.state)) return { ...entry.job };
+    // Aborted first, whatever the state: a job taken off the queue but not yet running (its
+    // persistence awaited) sees the abort and never starts.
+    entry.controller.abort(new DOMException(reason, 'AbortError'));
     if (entry.job.state === 'queued') {
       const at = this.queued.indexOf(id);
       if (at >= 0) this.queued.splice(at, 1);
       this.end(entry, 'cancelled', null, `${reason} before it started`);
-    } else if (entry.job.state === 'running') {
-      entry.controller.abort(new DOMException(reason, 'AbortError'));
     }
     return { ...entry.job };
   }
@@ -321,6 +323,8 @@ export class AuditQueue {
   private async execute(entry: Entry): Promise<void> {
     const submission = entry.submission!;
     await entry.persisted;
+    // Cancelled while its persistence was awaited: it ended there and must not run.
+    if (entry.controller.signal.aborted || isFinal(entry.job.state)) return;
     entry.job.state = 'running';
     entry.job.started_at ??= new Date().toISOString();
     this.persist(entry);
@@ -349,6 +353,8 @@ export class AuditQueue {
           this.emit(entry, { type: 'progress', job: { ...entry.job }, progress: { ...progress } });
         },
       });
+      // A cancel wins over a report that arrived after it (a run that did not see the signal).
+      if (entry.controller.signal.aborted) throw entry.controller.signal.reason;
       this.end(entry, 'succeeded', report, null);
     } catch (error) {
       if (entry.controller.signal.aborted) {
