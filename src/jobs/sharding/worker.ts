@@ -93,6 +93,24 @@ process.on('message', (message: ParentMessage) => {
   else if (message.type === 'worst-case') void runWorstCase(message);
   else if (message.type === 'cancel') {
     controllers.get(message.task)?.abort(new DOMException('the audit was cancelled', 'AbortError'));
+  } else if (message.type === 'release') {
+    if (model?.key === message.modelKey) {
+      const released = model.classifier;
+      model = undefined;
+      void released.then(
+        (c) => c.dispose(),
+        () => {},
+      );
+    }
+  } else if (message.type === 'memory') {
+    const memory = tf.memory();
+    send({
+      type: 'memory',
+      request: message.request,
+      tensors: memory.numTensors,
+      heapUsed: process.memoryUsage().heapUsed,
+      rss: process.memoryUsage().rss,
+    });
   }
 });
 process.on('disconnect', () => process.exit(0));
