@@ -128,6 +128,19 @@ export function limitsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Ser
   return limits;
 }
 
+/**
+ * Finished audits whose results are kept (RATIO_AUDITS_RETAINED, default the queue's 200, oldest
+ * forgotten first); their inputs (model copy, points) are removed as soon as each audit ends.
+ */
+export function retainedFromEnv(env: NodeJS.ProcessEnv = process.env): { retain?: number } {
+  const raw = env.RATIO_AUDITS_RETAINED;
+  if (raw === undefined || raw === '') return {};
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) {
+    throw new RangeError(`RATIO_AUDITS_RETAINED must be an integer >= 1, got '${raw}'`);
+  }
+  return { retain: Number(raw) };
+}
+
 export interface RunningServer {
   url: string;
   port: number;
@@ -221,6 +234,12 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     logger.info({ queue: options.queue?.url, store: options.queue?.store.url }, 'audits on the queue');
   const audits = new AuditQueue({
     onFinished: logAuditEnd(logger),
+    onQuarantined: (audit) =>
+      logger.warn(
+        { job_id: audit.job.id, file: audit.file, reason: audit.reason },
+        'audit quarantined: a state file cannot be read; its files are kept, the audit is listed as failed',
+      ),
+    ...retainedFromEnv(),
     ...(queue ? { run: queue.autoAttack.bind(queue), maxRunning: 4 } : workers > 0 ? { run: poolRun } : {}),
     ...(options.stateDir ? { store: new AuditStore(options.stateDir) } : {}),
     ...options.audits,

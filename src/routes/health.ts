@@ -148,6 +148,15 @@ export function createMetrics(context: ServiceContext) {
     },
   });
   new Gauge({
+    name: 'audit_state_bytes',
+    help: 'Bytes the durable audit state takes on disk (results, and inputs of unfinished audits)',
+    registers: [registry],
+    async collect() {
+      const bytes = await context.audits.stateBytes().catch(() => undefined);
+      if (bytes !== undefined) this.set(bytes);
+    },
+  });
+  new Gauge({
     name: 'tfjs_tensors',
     help: 'Live tfjs tensors',
     registers: [registry],
