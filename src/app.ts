@@ -54,6 +54,8 @@ export const DEFAULT_LIMITS: ServiceLimits = {
   // About 30 s of a 2-core wasm backend (~7 GFLOP/s); 64 images x 1000 iterations x 10 restarts is 100x that.
   maxRequestFlops: 2e11,
   maxAuditFlops: 2e14,
+  sseStreamsPerKey: 8,
+  sseStreams: 256,
 };
 
 export interface AppDependencies {
@@ -150,16 +152,16 @@ export function createApp(deps: AppDependencies): ServiceApp {
     // requestId() set the header before the handler; only a response built without it lacks it.
     // (Setting it again on every response made node-server rebuild the response as a stream.)
     if (!c.res.headers.has('x-request-id')) c.header('x-request-id', c.get('requestId'));
-    logger.info(
-      {
-        request_id: c.get('requestId'),
-        method: c.req.method,
-        path: c.req.path,
-        status: c.res.status,
-        ms: Math.round(performance.now() - started),
-      },
-      'request',
-    );
+    const line = {
+      request_id: c.get('requestId'),
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      ms: Math.round(performance.now() - started),
+    };
+    // Every 5xx but a shutdown's 503 is an error worth a look, whichever handler answered it.
+    if (c.res.status >= 500 && c.res.status !== 503) logger.error(line, 'request failed');
+    else logger.info(line, 'request');
   });
   app.use('*', metrics.middleware);
   app.use('*', secureHeaders({ contentSecurityPolicy: CONTENT_SECURITY_POLICY }));
@@ -179,7 +181,11 @@ export function createApp(deps: AppDependencies): ServiceApp {
   // Form posts need no preflight: refuse unsafe cross-origin ones unless the origin is allowed.
   app.use('*', crossOriginWrites(origins));
   const auth: AuthConfig = { ...DEFAULT_AUTH, ...deps.auth };
-  app.use('/v1/*', authMiddleware(auth));
+  // One policy (keys, one rate limiter) for every route family: /v1, /v2 (registered below) and
+  // /metrics; /health stays open for probes.
+  const guard = authMiddleware(auth);
+  app.use('/v1/*', guard);
+  app.use('/metrics', guard);
   app.use('/v1/audits', auditAdmission(context, new AuditQuota(auth.auditsPerKey)));
   app.use('/v1/models/*', computeAdmission(context));
   const tooLarge = (max: number) =>
@@ -212,10 +218,12 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
     metrics.registry,
   );
-  registerInferenceV2Routes(app, context, {
-    ready: deps.ready ?? (() => true),
-    serviceVersion: SERVICE_VERSION,
-  });
+  registerInferenceV2Routes(
+    app,
+    context,
+    { ready: deps.ready ?? (() => true), serviceVersion: SERVICE_VERSION },
+    guard,
+  );
   registerDocsRoutes(app);
   registerWebRoutes(app, deps.webDirectory);
   // The document names the origin it was fetched from, so /docs's "Try it out" calls this service.
@@ -225,7 +233,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
     type: 'http',
     scheme: 'bearer',
     description:
-      'An API key from RATIO_API_KEYS / RATIO_API_KEYS_FILE. Needed for audits; for predict, OOD and counterfactuals when RATIO_REQUIRE_KEY_FOR_ANALYSIS=1.',
+      'An API key from RATIO_API_KEYS / RATIO_API_KEYS_FILE. Needed for audits and /metrics (unless RATIO_METRICS_PUBLIC=1); for predict, OOD, counterfactuals and /v2 infer when RATIO_REQUIRE_KEY_FOR_ANALYSIS=1. One rate limit per key covers /v1, /v2 and /metrics.',
   });
   app.notFound((c) => {
     const allowed = methodNotAllowed(app, c.req.method, c.req.path);

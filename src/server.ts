@@ -107,6 +107,8 @@ const LIMIT_VARIABLES = {
   RATIO_MAX_AUDIT_FLOPS: 'maxAuditFlops',
   RATIO_MAX_ITERATIONS: 'maxIterations',
   RATIO_REQUEST_TIMEOUT_MS: 'requestTimeoutMs',
+  RATIO_SSE_STREAMS_PER_KEY: 'sseStreamsPerKey',
+  RATIO_SSE_STREAMS: 'sseStreams',
 } as const satisfies Record<string, keyof ServiceLimits>;
 
 /**

@@ -1,5 +1,5 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { streamSSE } from 'hono/streaming';
+import { type SSEStreamingApi, streamSSE } from 'hono/streaming';
 import {
   AUTOATTACK_VERSIONS,
   type AuditEvent,
@@ -15,6 +15,7 @@ import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
 import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
+import { StreamSlots } from './streams.js';
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
 
@@ -249,7 +250,7 @@ const auditEvents = createRoute({
         },
       },
     },
-    ...problemResponses(401, 404),
+    ...problemResponses(401, 404, 429),
   },
 });
 
@@ -289,6 +290,7 @@ function sseEventName(event: AuditEvent): string {
 }
 
 export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): void {
+  const streams = new StreamSlots(context.limits.sseStreamsPerKey, context.limits.sseStreams);
   app.openapi(createAudit, async (c) => {
     const type = mediaType(c);
     if (type !== 'multipart/form-data') throw unsupportedMediaType(type, ['multipart/form-data']);
@@ -384,42 +386,53 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     const { id } = c.req.valid('param');
     const job = context.audits.get(id, c.get('principal'));
     if (!job) throw notFound('audit', 'id', `no audit with id '${id}'`);
+    const release = streams.take(c.get('principal'));
     return streamSSE(c, async (stream) => {
-      const pending: AuditEvent[] = [];
-      let wake: (() => void) | undefined;
-      const unsubscribe = context.audits.subscribe(id, (event) => {
-        pending.push(event);
-        wake?.();
-      });
-      stream.onAbort(() => {
-        unsubscribe?.();
-        wake?.();
-      });
-      const current = context.audits.get(id)!;
-      if (isFinal(current.state)) {
-        unsubscribe?.();
-        await stream.writeSSE({ event: 'result', data: JSON.stringify(current), id: '0' });
-        return;
+      stream.onAbort(release);
+      try {
+        await relayEvents(stream, id);
+      } finally {
+        release();
       }
-      await stream.writeSSE({ event: 'state', data: JSON.stringify(current), id: '0' });
-      let sequence = 1;
-      while (!stream.aborted) {
-        if (pending.length === 0) {
-          await new Promise<void>((resolve) => {
-            wake = resolve;
-          });
-          wake = undefined;
-          continue;
-        }
-        const event = pending.shift()!;
-        await stream.writeSSE({
-          event: sseEventName(event),
-          data: JSON.stringify(event.job),
-          id: String(sequence++),
-        });
-        if (event.type === 'done') break;
-      }
-      unsubscribe?.();
     });
   });
+
+  /** Writes the audit's events to the stream until its result (or until the client goes). */
+  async function relayEvents(stream: SSEStreamingApi, id: string): Promise<void> {
+    const pending: AuditEvent[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = context.audits.subscribe(id, (event) => {
+      pending.push(event);
+      wake?.();
+    });
+    stream.onAbort(() => {
+      unsubscribe?.();
+      wake?.();
+    });
+    const current = context.audits.get(id)!;
+    if (isFinal(current.state)) {
+      unsubscribe?.();
+      await stream.writeSSE({ event: 'result', data: JSON.stringify(current), id: '0' });
+      return;
+    }
+    await stream.writeSSE({ event: 'state', data: JSON.stringify(current), id: '0' });
+    let sequence = 1;
+    while (!stream.aborted) {
+      if (pending.length === 0) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        wake = undefined;
+        continue;
+      }
+      const event = pending.shift()!;
+      await stream.writeSSE({
+        event: sseEventName(event),
+        data: JSON.stringify(event.job),
+        id: String(sequence++),
+      });
+      if (event.type === 'done') break;
+    }
+    unsubscribe?.();
+  }
 }

@@ -25,6 +25,10 @@ export interface ServiceLimits extends ImageLimits {
   maxRequestFlops: number;
   /** Largest estimated cost of one audit. */
   maxAuditFlops: number;
+  /** Audit event streams (SSE) one key may hold open at once. */
+  sseStreamsPerKey: number;
+  /** Audit event streams open at once over all keys. */
+  sseStreams: number;
 }
 
 /** What the route modules share. */

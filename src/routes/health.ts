@@ -93,7 +93,7 @@ const metricsRoute = createRoute({
   method: 'get',
   path: '/metrics',
   operationId: 'metrics',
-  security: [],
+  // A key unless RATIO_METRICS_PUBLIC=1 (the service's one key policy; see auth.ts).
   tags: ['health'],
   summary: 'Prometheus metrics',
   responses: {
@@ -107,7 +107,7 @@ const metricsRoute = createRoute({
         },
       },
     },
-    ...problemResponses(),
+    ...problemResponses(401, 429),
   },
 });
 
