@@ -5,7 +5,13 @@ import { requestId } from 'hono/request-id';
 import { secureHeaders } from 'hono/secure-headers';
 import type { OpenAPIObject } from 'openapi3-ts/oas31';
 import pino from 'pino';
-import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audit/index.js';
+import {
+  type AuditIntake,
+  type AuditJob,
+  AuditQueue,
+  type AuditQueueOptions,
+  InProcessIntake,
+} from './jobs/audit/index.js';
 import type { Classifier } from './jobs/models/index.js';
 import type { BackendInfo } from './jobs/runtime.js';
 import {
@@ -29,6 +35,7 @@ import { mediaType, unsupportedMediaType } from './routes/images.js';
 import { registerInferenceV2Routes } from './routes/inference-v2.js';
 import { methodNotAllowed } from './routes/methods.js';
 import { registerModelRoutes } from './routes/models.js';
+import { multipartIntake } from './routes/multipart.js';
 import { requestOrigin } from './routes/origin.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 import { CONTENT_SECURITY_POLICY, registerWebRoutes } from './routes/web.js';
@@ -66,6 +73,13 @@ export interface AppDependencies {
   compute?: ComputeSemaphore | { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
   /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
   audits?: AuditQueue | AuditQueueOptions;
+  /**
+   * Where audit uploads are parsed, decoded and checked (default: this thread); the server passes
+   * a worker-thread intake (src/jobs/audit/intake-host.ts).
+   */
+  intake?: AuditIntake;
+  /** Files of served models (by name), so their audits travel to workers and the store as files. */
+  servedFiles?: ReadonlyMap<string, Map<string, Uint8Array>>;
   /**
    * Where forward passes and analyses run (default: this thread) and how predictions are batched;
    * the server passes worker threads (src/jobs/serving/compute-host.ts).
@@ -135,6 +149,8 @@ export function createApp(deps: AppDependencies): ServiceApp {
       deps.inference?.batching,
     ),
     analysis: deps.inference?.analysis ?? new InProcessCompute(deps.models),
+    intake: deps.intake ?? new InProcessIntake(),
+    ...(deps.servedFiles ? { servedFiles: deps.servedFiles } : {}),
   };
 
   const app: ServiceApp = new OpenAPIHono<ServiceEnv>({
@@ -201,7 +217,8 @@ export function createApp(deps: AppDependencies): ServiceApp {
         ),
       ),
     );
-  app.use('/v1/audits', tooLarge(limits.auditBodyBytes));
+  // Audit uploads: multipart only, read by the intake with the body and part limits as they stream.
+  app.use('/v1/audits', multipartIntake(context, { maxBodyBytes: limits.auditBodyBytes }));
   app.use('/v1/models/*', tooLarge(limits.bodyBytes));
 
   registerModelRoutes(app, context);

@@ -3,7 +3,13 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
 import { type AppDependencies, createApp, logAuditEnd } from './app.js';
-import { AuditQueue, AuditStore } from './jobs/audit/index.js';
+import {
+  type AuditIntake,
+  AuditQueue,
+  AuditStore,
+  InProcessIntake,
+  WorkerIntake,
+} from './jobs/audit/index.js';
 import { type Classifier, loadModelsFolder } from './jobs/models/index.js';
 import { backendInfo, initBackend } from './jobs/runtime.js';
 import {
@@ -68,6 +74,12 @@ export interface ServerOptions {
    * only parses and answers; 'inline': this thread.
    */
   compute?: 'worker' | 'inline';
+  /**
+   * Where audit uploads are parsed, decoded, loaded and trial-run: 'worker' (default; env
+   * RATIO_INTAKE): a worker thread per upload, so the event loop only moves the body's chunks;
+   * 'inline': this thread.
+   */
+  intake?: 'worker' | 'inline';
   /**
    * Dynamic batching; defaults from env RATIO_BATCH_MAX_IMAGES, RATIO_BATCH_MAX_WAIT_MS,
    * RATIO_BATCH_WAIT_FOR, RATIO_BATCH_QUEUE_IMAGES.
@@ -258,8 +270,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     { batching, compute: options.compute ?? process.env.RATIO_COMPUTE ?? 'worker' },
     'compute started',
   );
+  const intake: AuditIntake =
+    (options.intake ?? (process.env.RATIO_INTAKE === 'inline' ? 'inline' : 'worker')) === 'worker'
+      ? new WorkerIntake()
+      : new InProcessIntake();
   const app = createApp({
     ...options.app,
+    intake,
+    servedFiles: files,
     limits: { ...limitsFromEnv(), ...options.app?.limits },
     inference: { compute: inference, analysis, batching },
     models,
@@ -294,7 +312,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         // Open SSE streams would hold the server forever.
         setTimeout(() => server.closeAllConnections(), 1_000).unref();
       });
-      await Promise.all([pool?.close(), queue?.close(), inference.close(), analysis.close()]);
+      await Promise.all([pool?.close(), queue?.close(), inference.close(), analysis.close(), intake.close()]);
       for (const model of models.values()) model.dispose();
       logger.info('server closed');
     })();

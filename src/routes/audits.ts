@@ -4,16 +4,14 @@ import {
   AUTOATTACK_VERSIONS,
   type AuditEvent,
   type AuditJob,
-  type AuditModelSource,
+  type IntakeRequest,
   isFinal,
   type PreparedAudit,
-  prepareAudit,
   ShuttingDownError,
 } from '../jobs/audit/index.js';
 import { checkAuditCost } from '../jobs/serving/index.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
-import { mediaType, unsupportedMediaType } from './images.js';
 import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
 import { StreamSlots } from './streams.js';
 
@@ -270,18 +268,20 @@ const cancelAudit = createRoute({
   },
 });
 
-/** The audit's model as the form names it: a served model, or uploaded files. */
-async function auditModel(form: AuditForm, context: ServiceContext): Promise<AuditModelSource> {
+/** The audit's model as the form names it: a served model (with its files), or uploaded parts. */
+function auditModel(form: AuditForm, context: ServiceContext): IntakeRequest['model'] {
   if (form.model !== undefined) {
     const classifier = context.models.get(form.model);
     if (!classifier) throw notFound('model', 'model', `no model named '${form.model}'`);
-    return { kind: 'served', name: form.model, classifier };
+    const files = context.servedFiles?.get(form.model);
+    return { kind: 'served', name: form.model, classifier, ...(files ? { files } : {}) };
   }
-  const files = new Map<string, Uint8Array>();
-  for (const part of form.model_files) {
-    files.set(part.name.split(/[\\/]/).pop()!, new Uint8Array(await part.arrayBuffer()));
-  }
-  return { kind: 'upload', files, field: 'model_files', maxBytes: context.limits.auditBodyBytes };
+  return {
+    kind: 'upload',
+    parts: form.model_files,
+    field: 'model_files',
+    maxBytes: context.limits.auditBodyBytes,
+  };
 }
 
 function sseEventName(event: AuditEvent): string {
@@ -292,8 +292,6 @@ function sseEventName(event: AuditEvent): string {
 export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): void {
   const streams = new StreamSlots(context.limits.sseStreamsPerKey, context.limits.sseStreams);
   app.openapi(createAudit, async (c) => {
-    const type = mediaType(c);
-    if (type !== 'multipart/form-data') throw unsupportedMediaType(type, ['multipart/form-data']);
     if (context.audits.isDraining) {
       throw new ProblemError(
         503,
@@ -304,21 +302,15 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
         30,
       );
     }
-    // Parsed and checked by AuditFormSchema before this handler runs (an unparseable body is a 400).
+    // Parsed by the intake (multipart.ts) and checked by AuditFormSchema before this handler runs;
+    // the intake decodes and checks the uploads where it keeps them (a worker thread in the server).
     const values = c.req.valid('form');
-    const data = values.dataset!;
-    const model = await auditModel(values, context);
+    const model = auditModel(values, context);
     let prepared: PreparedAudit;
     try {
-      prepared = await prepareAudit({
+      prepared = await c.get('intake').prepare({
         model,
-        data: {
-          kind: 'bytes',
-          bytes: new Uint8Array(await data.arrayBuffer()),
-          filename: data.name,
-          labels: values.labels ? new Uint8Array(await values.labels.arrayBuffer()) : undefined,
-          maxBytes: context.limits.auditBodyBytes,
-        },
+        data: { part: values.dataset!, labels: values.labels, maxBytes: context.limits.auditBodyBytes },
         parameters: {
           norm: values.norm,
           eps: values.eps,

@@ -156,6 +156,32 @@ describe('/v2 bounded work and honest errors', () => {
   });
 });
 
+describe('audit uploads: media type and multipart limits checked while reading', () => {
+  const app = createApp({ models: new Map([['colour', colourModel()]]) });
+
+  it('answers an urlencoded POST with 415, not 422', async () => {
+    const res = await app.request('/v1/audits', {
+      method: 'POST',
+      body: new URLSearchParams({ model: 'colour', norm: 'L2', eps: '1' }),
+    });
+    expect(res.status).toBe(415);
+    expect(res.headers.get('content-type')).toBe('application/problem+json');
+  });
+
+  it('refuses more than 256 parts and an oversized text field with 413 naming them', async () => {
+    const many = new FormData();
+    for (let i = 0; i < 1000; i++) many.append('norm', 'L2');
+    const parts = await app.request('/v1/audits', { method: 'POST', body: many });
+    expect(parts.status).toBe(413);
+    expect(((await parts.json()) as { detail: string }).detail).toContain('more than 256 parts');
+    const long = new FormData();
+    long.append('model', 'x'.repeat(10_000));
+    const field = await app.request('/v1/audits', { method: 'POST', body: long });
+    expect(field.status).toBe(413);
+    expect(((await field.json()) as { errors: Array<{ field: string }> }).errors[0].field).toBe('model');
+  });
+});
+
 describe('audit event streams are capped per key and in total', () => {
   let dir = '';
   beforeAll(async () => {

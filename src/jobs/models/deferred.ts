@@ -64,12 +64,15 @@ export class DeferredClassifier implements Classifier {
   }
 
   dispose(): void {
-    const loading = this.loading;
+    const { inner, loading } = this;
     this.inner = undefined;
     this.loading = undefined;
-    void loading?.then(
-      (classifier) => classifier.dispose(),
-      () => {},
-    );
+    if (inner) inner.dispose();
+    // A load still under way frees its model when it lands.
+    else
+      void loading?.then(
+        (classifier) => classifier.dispose(),
+        () => {},
+      );
   }
 }
