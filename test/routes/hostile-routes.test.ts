@@ -1,16 +1,17 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import * as tf from '@tensorflow/tfjs';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { functionClassifier } from '../../src/engine/model/classifier.js';
-import { loadModelFromFiles } from '../../src/engine/model/files.js';
+import { loadModelFromFiles, saveModelToFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { AuditStore } from '../../src/jobs/audit/store.js';
 import { sha256Hex } from '../../src/routes/auth.js';
-import { tinyCifarModelFiles } from './audit-fixtures.js';
+import { auditForm, tinyCifarModelFiles } from './audit-fixtures.js';
 import { colourModel, SHAPE } from './fixtures.js';
 
 /**
@@ -179,6 +180,37 @@ describe('audit uploads: media type and multipart limits checked while reading',
     const field = await app.request('/v1/audits', { method: 'POST', body: long });
     expect(field.status).toBe(413);
     expect(((await field.json()) as { errors: Array<{ field: string }> }).errors[0].field).toBe('model');
+  });
+});
+
+describe('an audit whose model meets a non-finite logit', () => {
+  it('fails with a clear error instead of a verdict', async () => {
+    // Finite on the load's zero image (bias only), infinite on any real image.
+    const model = tf.sequential({
+      layers: [
+        tf.layers.flatten({ inputShape: [32, 32, 3] }),
+        tf.layers.dense({ units: 10, kernelInitializer: tf.initializers.constant({ value: 1e38 }) }),
+      ],
+    });
+    const files = await saveModelToFiles(model);
+    model.dispose();
+    const data = path.join(
+      process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
+      'cifar10/test_batch_first1000.bin',
+    );
+    const cifar = new Uint8Array(await readFile(data)).slice(0, 4 * 3073);
+    const audits = new AuditQueue();
+    const app = createApp({ models: new Map(), audits });
+    const res = await app.request('/v1/audits', {
+      method: 'POST',
+      body: auditForm(files, cifar, { norm: 'L2', eps: '0.5', n: '4', iterations: '1', queries: '10' }),
+    });
+    expect(res.status).toBe(202);
+    const { id } = (await res.json()) as { id: string };
+    const job = await audits.settled(id);
+    expect(job?.state).toBe('failed');
+    expect(job?.result).toBeNull();
+    expect(job?.error).toContain('non-finite logit');
   });
 });
 

@@ -2,4 +2,5 @@
 export { ModelDirError, type ModelFiles, readModelPath } from '../../data/model-dir.js';
 export { type Classifier, ModelContractError } from '../../engine/model/classifier.js';
 export { ModelFileError } from '../../engine/model/files.js';
+export { NonFiniteLogitsError } from '../../engine/model/logits.js';
 export { inspectModel, loadModelDir, loadModelsFolder, loadUploadedModel } from './load.js';

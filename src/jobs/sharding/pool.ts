@@ -12,6 +12,7 @@ import {
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
+import { NonFiniteLogitsError } from '../../engine/model/logits.js';
 import {
   type WorstCaseOptions,
   type WorstCaseResult,
@@ -497,7 +498,13 @@ export class ShardPool {
     if (message.type === 'result' || message.type === 'worst-case-result') {
       (task.resolve as (part: AutoAttackPart | WorstCasePart) => void)(message.part);
     } else if (message.name === 'AbortError') task.reject(new DOMException(message.message, 'AbortError'));
-    else task.reject(new ShardFailedError(`shard ${task.range.shard}: ${message.name}: ${message.message}`));
+    else if (message.name === 'NonFiniteLogitsError') {
+      // The model's fault, not the pool's: the audit fails with the engine's own error.
+      const error = new NonFiniteLogitsError(`shard ${task.range.shard}`);
+      error.message = message.message;
+      task.reject(error);
+    } else
+      task.reject(new ShardFailedError(`shard ${task.range.shard}: ${message.name}: ${message.message}`));
     this.dispatch();
   }
 

@@ -19,7 +19,8 @@ const send = (message: WorkerMessage) => {
   });
 };
 
-let model: { key: string; classifier: Promise<Classifier> } | undefined;
+/** The model of the current audit; `loaded` once its load has finished (to free it at once). */
+let model: { key: string; classifier: Promise<Classifier>; loaded?: Classifier } | undefined;
 const controllers = new Map<number, AbortController>();
 
 function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promise<Classifier> {
@@ -30,7 +31,17 @@ function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promis
       (c) => c.dispose(),
       () => {},
     );
-    model = { key: message.modelKey, classifier: loadClassifierFromFiles(message.files) };
+    const entry: NonNullable<typeof model> = {
+      key: message.modelKey,
+      classifier: loadClassifierFromFiles(message.files),
+    };
+    entry.classifier.then(
+      (loaded) => {
+        entry.loaded = loaded;
+      },
+      () => {},
+    );
+    model = entry;
   }
   return model.classifier;
 }
@@ -95,12 +106,15 @@ process.on('message', (message: ParentMessage) => {
     controllers.get(message.task)?.abort(new DOMException('the audit was cancelled', 'AbortError'));
   } else if (message.type === 'release') {
     if (model?.key === message.modelKey) {
-      const released = model.classifier;
+      const released = model;
       model = undefined;
-      void released.then(
-        (c) => c.dispose(),
-        () => {},
-      );
+      // At once when loaded: a 'memory' message read in the same tick must see it freed.
+      if (released.loaded) released.loaded.dispose();
+      else
+        void released.classifier.then(
+          (c) => c.dispose(),
+          () => {},
+        );
     }
   } else if (message.type === 'memory') {
     const memory = tf.memory();
