@@ -1,3 +1,4 @@
+import { getPriority, setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { type MultipartForm, type MultipartLimits, MultipartParser } from '../../data/multipart.js';
 import { initBackend } from '../../engine/backend/backend.js';
@@ -36,6 +37,13 @@ const port = parentPort;
 if (!port) throw new Error('intake-worker.ts runs only as a worker thread');
 
 const reply = (message: IntakeReply, transfer: ArrayBuffer[] = []) => port.postMessage(message, transfer);
+
+// On Linux a priority is per thread: this one yields the CPU to the event loop that answers requests.
+try {
+  setPriority(Math.min(19, getPriority() + 5));
+} catch {
+  // Not permitted here: the same work at the same priority.
+}
 
 // The backend starts while the body streams in: the trial forward pass needs it.
 const backend = initBackend();
