@@ -1,4 +1,4 @@
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createGzip, gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
@@ -396,7 +396,7 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
     await ctx.gc();
     const rssAfterMb = crashed ? 0 : await treeRssMb(ctx.service().child.pid!);
     const live = ctx.monitor.window(started, ended);
-    report.cases.push({
+    const entry: HostileCase = {
       family,
       name,
       expected,
@@ -411,7 +411,11 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
       rssBeforeMb,
       rssAfterMb,
       ...(result.note ? { note: result.note } : {}),
-    });
+    };
+    report.cases.push(entry);
+    // Each case as it ends (a JSON line), so a run stopped part-way still tells what it saw.
+    if (process.env.RATIO_HOSTILE_LOG)
+      await appendFile(process.env.RATIO_HOSTILE_LOG, `${JSON.stringify(entry)}\n`);
   }
 
   const upload = async (form: FormData, key = KEY_A) => {
