@@ -1,6 +1,6 @@
 import { gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DatasetError } from '../../../src/data/errors.js';
 import { MultipartError } from '../../../src/data/multipart.js';
 import { type AuditIntake, InProcessIntake, type IntakeSession } from '../../../src/jobs/audit/intake.js';
@@ -145,9 +145,9 @@ describe('the worker intake (a thread per upload)', { timeout: 180_000 }, () => 
     const partsError = await refusal(receive(intake, many));
     expect(partsError).toBeInstanceOf(MultipartError);
     expect(partsError.message).toContain('more than 256 parts');
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    // Only the spare is left: each upload's thread (and its memory) is gone.
-    expect(intake.active).toBe(1);
+    // Only the spare is left: each upload's thread (and its memory) is gone. Threads end
+    // asynchronously, later on a loaded machine: wait for it rather than for a fixed time.
+    await vi.waitFor(() => expect(intake.active).toBe(1), { timeout: 30_000, interval: 100 });
   });
 
   it('an upload that needs more heap than a thread may use is refused (413), the process unharmed', async () => {
@@ -185,8 +185,7 @@ describe('the worker intake (a thread per upload)', { timeout: 180_000 }, () => 
       yield* chunks.slice(1);
     }
     await refusal(intake.receive(slow(), contentType, LIMITS, controller.signal));
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    expect(intake.active).toBe(1);
+    await vi.waitFor(() => expect(intake.active).toBe(1), { timeout: 30_000, interval: 100 });
   });
 });
 
