@@ -947,7 +947,7 @@ export interface components {
       model_version?: string;
       id?: string;
       /**
-       * @description temperature (> 0) and threshold (in [0,1]) override the card
+       * @description temperature (in [0.001, 1000]) and threshold (in [0,1]) override the card
        * @example {
        *       "threshold": 0.5
        *     }
@@ -995,7 +995,7 @@ export interface components {
     InferenceRequest: {
       id?: string;
       /**
-       * @description temperature (> 0) and threshold (in [0,1]) override the card
+       * @description temperature (in [0.001, 1000]) and threshold (in [0,1]) override the card
        * @example {
        *       "threshold": 0.5
        *     }
@@ -1008,7 +1008,7 @@ export interface components {
         shape: number[];
         datatype: string;
         /**
-         * @description temperature (> 0) and threshold (in [0,1]) override the card
+         * @description temperature (in [0.001, 1000]) and threshold (in [0,1]) override the card
          * @example {
          *       "threshold": 0.5
          *     }
@@ -1019,10 +1019,11 @@ export interface components {
         /** @description row-major values, flat or nested by shape */
         data: unknown[];
       }[];
+      /** @description at most 16 entries; a name listed twice answers once */
       outputs?: {
         name: string;
         /**
-         * @description temperature (> 0) and threshold (in [0,1]) override the card
+         * @description temperature (in [0.001, 1000]) and threshold (in [0,1]) override the card
          * @example {
          *       "threshold": 0.5
          *     }
@@ -1624,6 +1625,15 @@ export interface operations {
           'application/problem+json': components['schemas']['Problem'];
         };
       };
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
     };
   };
   auditReport: {
@@ -1758,6 +1768,24 @@ export interface operations {
         };
         content: {
           'text/plain': string;
+        };
+      };
+      /** @description Missing or invalid API key (`Authorization: Bearer <key>`) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
+        };
+      };
+      /** @description Queue full, rate limit or audit quota reached; retry after `Retry-After` seconds */
+      429: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/problem+json': components['schemas']['Problem'];
         };
       };
     };
@@ -1949,6 +1977,15 @@ export interface operations {
           'application/json': components['schemas']['InferenceError'];
         };
       };
+      /** @description Missing or invalid API key (when the service requires one for analyses) */
+      401: {
+        headers: {
+          [name: string]: unknown;
+        };
+        content: {
+          'application/json': components['schemas']['InferenceError'];
+        };
+      };
       /** @description Unknown model */
       404: {
         headers: {
@@ -1967,7 +2004,7 @@ export interface operations {
           'application/json': components['schemas']['InferenceError'];
         };
       };
-      /** @description Batch queue full; retry after `Retry-After` seconds */
+      /** @description Batch queue full or rate limit reached; retry after `Retry-After` seconds */
       429: {
         headers: {
           [name: string]: unknown;

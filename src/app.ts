@@ -5,7 +5,13 @@ import { requestId } from 'hono/request-id';
 import { secureHeaders } from 'hono/secure-headers';
 import type { OpenAPIObject } from 'openapi3-ts/oas31';
 import pino from 'pino';
-import { type AuditJob, AuditQueue, type AuditQueueOptions } from './jobs/audit/index.js';
+import {
+  type AuditIntake,
+  type AuditJob,
+  AuditQueue,
+  type AuditQueueOptions,
+  InProcessIntake,
+} from './jobs/audit/index.js';
 import type { Classifier } from './jobs/models/index.js';
 import type { BackendInfo } from './jobs/runtime.js';
 import {
@@ -29,6 +35,7 @@ import { mediaType, unsupportedMediaType } from './routes/images.js';
 import { registerInferenceV2Routes } from './routes/inference-v2.js';
 import { methodNotAllowed } from './routes/methods.js';
 import { registerModelRoutes } from './routes/models.js';
+import { multipartIntake } from './routes/multipart.js';
 import { requestOrigin } from './routes/origin.js';
 import { ProblemError, problemResponse, toProblemError, validationProblem } from './routes/problem.js';
 import { CONTENT_SECURITY_POLICY, registerWebRoutes } from './routes/web.js';
@@ -54,6 +61,8 @@ export const DEFAULT_LIMITS: ServiceLimits = {
   // Tens of seconds of a small CPU backend: a bound on one request's compute slot, not a budget to fill.
   maxRequestFlops: 2e11,
   maxAuditFlops: 2e14,
+  sseStreamsPerKey: 8,
+  sseStreams: 256,
 };
 
 export interface AppDependencies {
@@ -64,6 +73,13 @@ export interface AppDependencies {
   compute?: ComputeSemaphore | { maxRunning?: number; maxWaiting?: number; retryAfterSeconds?: number };
   /** An audit queue to share (e.g. with the server's shutdown), or options for a new one. */
   audits?: AuditQueue | AuditQueueOptions;
+  /**
+   * Where audit uploads are parsed, decoded and checked (default: this thread); the server passes
+   * a worker-thread intake (src/jobs/audit/intake-host.ts).
+   */
+  intake?: AuditIntake;
+  /** Files of served models (by name), so their audits travel to workers and the store as files. */
+  servedFiles?: ReadonlyMap<string, Map<string, Uint8Array>>;
   /**
    * Where forward passes and analyses run (default: this thread) and how predictions are batched;
    * the server passes worker threads (src/jobs/serving/compute-host.ts).
@@ -133,6 +149,8 @@ export function createApp(deps: AppDependencies): ServiceApp {
       deps.inference?.batching,
     ),
     analysis: deps.inference?.analysis ?? new InProcessCompute(deps.models),
+    intake: deps.intake ?? new InProcessIntake(),
+    ...(deps.servedFiles ? { servedFiles: deps.servedFiles } : {}),
   };
 
   const app: ServiceApp = new OpenAPIHono<ServiceEnv>({
@@ -150,16 +168,16 @@ export function createApp(deps: AppDependencies): ServiceApp {
     // requestId() set the header before the handler; only a response built without it lacks it.
     // (Setting it again on every response made node-server rebuild the response as a stream.)
     if (!c.res.headers.has('x-request-id')) c.header('x-request-id', c.get('requestId'));
-    logger.info(
-      {
-        request_id: c.get('requestId'),
-        method: c.req.method,
-        path: c.req.path,
-        status: c.res.status,
-        ms: Math.round(performance.now() - started),
-      },
-      'request',
-    );
+    const line = {
+      request_id: c.get('requestId'),
+      method: c.req.method,
+      path: c.req.path,
+      status: c.res.status,
+      ms: Math.round(performance.now() - started),
+    };
+    // Every 5xx but a shutdown's 503 is an error worth a look, whichever handler answered it.
+    if (c.res.status >= 500 && c.res.status !== 503) logger.error(line, 'request failed');
+    else logger.info(line, 'request');
   });
   app.use('*', metrics.middleware);
   app.use('*', secureHeaders({ contentSecurityPolicy: CONTENT_SECURITY_POLICY }));
@@ -179,7 +197,11 @@ export function createApp(deps: AppDependencies): ServiceApp {
   // Form posts need no preflight: refuse unsafe cross-origin ones unless the origin is allowed.
   app.use('*', crossOriginWrites(origins));
   const auth: AuthConfig = { ...DEFAULT_AUTH, ...deps.auth };
-  app.use('/v1/*', authMiddleware(auth));
+  // One policy (keys, one rate limiter) for every route family: /v1, /v2 (registered below) and
+  // /metrics; /health stays open for probes.
+  const guard = authMiddleware(auth);
+  app.use('/v1/*', guard);
+  app.use('/metrics', guard);
   app.use('/v1/audits', auditAdmission(context, new AuditQuota(auth.auditsPerKey)));
   app.use('/v1/models/*', computeAdmission(context));
   const tooLarge = (max: number) =>
@@ -195,7 +217,8 @@ export function createApp(deps: AppDependencies): ServiceApp {
         ),
       ),
     );
-  app.use('/v1/audits', tooLarge(limits.auditBodyBytes));
+  // Audit uploads: multipart only, read by the intake with the body and part limits as they stream.
+  app.use('/v1/audits', multipartIntake(context, { maxBodyBytes: limits.auditBodyBytes }));
   app.use('/v1/models/*', tooLarge(limits.bodyBytes));
 
   registerModelRoutes(app, context);
@@ -212,10 +235,12 @@ export function createApp(deps: AppDependencies): ServiceApp {
     },
     metrics.registry,
   );
-  registerInferenceV2Routes(app, context, {
-    ready: deps.ready ?? (() => true),
-    serviceVersion: SERVICE_VERSION,
-  });
+  registerInferenceV2Routes(
+    app,
+    context,
+    { ready: deps.ready ?? (() => true), serviceVersion: SERVICE_VERSION },
+    guard,
+  );
   registerDocsRoutes(app);
   registerWebRoutes(app, deps.webDirectory);
   // The document names the origin it was fetched from, so /docs's "Try it out" calls this service.
@@ -225,7 +250,7 @@ export function createApp(deps: AppDependencies): ServiceApp {
     type: 'http',
     scheme: 'bearer',
     description:
-      'An API key from RATIO_API_KEYS / RATIO_API_KEYS_FILE. Needed for audits; for predict, OOD and counterfactuals when RATIO_REQUIRE_KEY_FOR_ANALYSIS=1.',
+      'An API key from RATIO_API_KEYS / RATIO_API_KEYS_FILE. Needed for audits and /metrics (unless RATIO_METRICS_PUBLIC=1); for predict, OOD, counterfactuals and /v2 infer when RATIO_REQUIRE_KEY_FOR_ANALYSIS=1. One rate limit per key covers /v1, /v2 and /metrics.',
   });
   app.notFound((c) => {
     const allowed = methodNotAllowed(app, c.req.method, c.req.path);

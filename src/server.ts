@@ -3,7 +3,13 @@ import type { AddressInfo } from 'node:net';
 import { createAdaptorServer } from '@hono/node-server';
 import pino from 'pino';
 import { type AppDependencies, createApp, logAuditEnd } from './app.js';
-import { AuditQueue, AuditStore } from './jobs/audit/index.js';
+import {
+  type AuditIntake,
+  AuditQueue,
+  AuditStore,
+  InProcessIntake,
+  WorkerIntake,
+} from './jobs/audit/index.js';
 import { type Classifier, loadModelsFolder } from './jobs/models/index.js';
 import { backendInfo, initBackend } from './jobs/runtime.js';
 import {
@@ -69,6 +75,12 @@ export interface ServerOptions {
    */
   compute?: 'worker' | 'inline';
   /**
+   * Where audit uploads are parsed, decoded, loaded and trial-run: 'worker' (default; env
+   * RATIO_INTAKE): a worker thread per upload, so the event loop only moves the body's chunks;
+   * 'inline': this thread.
+   */
+  intake?: 'worker' | 'inline';
+  /**
    * Dynamic batching; defaults from env RATIO_BATCH_MAX_IMAGES, RATIO_BATCH_MAX_WAIT_MS,
    * RATIO_BATCH_WAIT_FOR, RATIO_BATCH_QUEUE_IMAGES.
    */
@@ -107,6 +119,8 @@ const LIMIT_VARIABLES = {
   RATIO_MAX_AUDIT_FLOPS: 'maxAuditFlops',
   RATIO_MAX_ITERATIONS: 'maxIterations',
   RATIO_REQUEST_TIMEOUT_MS: 'requestTimeoutMs',
+  RATIO_SSE_STREAMS_PER_KEY: 'sseStreamsPerKey',
+  RATIO_SSE_STREAMS: 'sseStreams',
 } as const satisfies Record<string, keyof ServiceLimits>;
 
 /**
@@ -126,6 +140,19 @@ export function limitsFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Ser
     limits[key] = value;
   }
   return limits;
+}
+
+/**
+ * Finished audits whose results are kept (RATIO_AUDITS_RETAINED, default the queue's 200, oldest
+ * forgotten first); their inputs (model copy, points) are removed as soon as each audit ends.
+ */
+export function retainedFromEnv(env: NodeJS.ProcessEnv = process.env): { retain?: number } {
+  const raw = env.RATIO_AUDITS_RETAINED;
+  if (raw === undefined || raw === '') return {};
+  if (!/^\d+$/.test(raw) || Number(raw) < 1) {
+    throw new RangeError(`RATIO_AUDITS_RETAINED must be an integer >= 1, got '${raw}'`);
+  }
+  return { retain: Number(raw) };
 }
 
 export interface RunningServer {
@@ -221,6 +248,12 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     logger.info({ queue: options.queue?.url, store: options.queue?.store.url }, 'audits on the queue');
   const audits = new AuditQueue({
     onFinished: logAuditEnd(logger),
+    onQuarantined: (audit) =>
+      logger.warn(
+        { job_id: audit.job.id, file: audit.file, reason: audit.reason },
+        'audit quarantined: a state file cannot be read; its files are kept, the audit is listed as failed',
+      ),
+    ...retainedFromEnv(),
     ...(queue ? { run: queue.autoAttack.bind(queue), maxRunning: 4 } : workers > 0 ? { run: poolRun } : {}),
     ...(options.stateDir ? { store: new AuditStore(options.stateDir) } : {}),
     ...options.audits,
@@ -237,8 +270,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     { batching, compute: options.compute ?? process.env.RATIO_COMPUTE ?? 'worker' },
     'compute started',
   );
+  const intake: AuditIntake =
+    (options.intake ?? (process.env.RATIO_INTAKE === 'inline' ? 'inline' : 'worker')) === 'worker'
+      ? new WorkerIntake()
+      : new InProcessIntake();
   const app = createApp({
     ...options.app,
+    intake,
+    servedFiles: files,
     limits: { ...limitsFromEnv(), ...options.app?.limits },
     inference: { compute: inference, analysis, batching },
     models,
@@ -273,7 +312,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         // Open SSE streams would hold the server forever.
         setTimeout(() => server.closeAllConnections(), 1_000).unref();
       });
-      await Promise.all([pool?.close(), queue?.close(), inference.close(), analysis.close()]);
+      await Promise.all([pool?.close(), queue?.close(), inference.close(), analysis.close(), intake.close()]);
       for (const model of models.values()) model.dispose();
       logger.info('server closed');
     })();

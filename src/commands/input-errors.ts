@@ -13,7 +13,9 @@ export async function inputErrorMessage(error: unknown, options: OptionOfField):
   const { DatasetError, ImageError, InputFieldError, InvalidInputError, ModelLoadError } = await import(
     '../jobs/errors.js'
   );
-  const { ModelContractError, ModelDirError, ModelFileError } = await import('../jobs/models/index.js');
+  const { ModelContractError, ModelDirError, ModelFileError, NonFiniteLogitsError } = await import(
+    '../jobs/models/index.js'
+  );
   // Inputs without an option here carry their option in the message already (e.g. `--ood 'x' ...`).
   const prefixed = (field: string, message: string) =>
     options[field] === undefined ? message : `${options[field]}: ${message}`;
@@ -28,7 +30,9 @@ export async function inputErrorMessage(error: unknown, options: OptionOfField):
   if (
     error instanceof ModelDirError ||
     error instanceof ModelFileError ||
-    error instanceof ModelContractError
+    error instanceof ModelContractError ||
+    // A model whose logits are not finite gives no verdict: an input error, not a low score.
+    error instanceof NonFiniteLogitsError
   ) {
     return prefixed('model', error.message);
   }

@@ -10,7 +10,7 @@ import {
 } from './cifar.js';
 import { ArrayDataset, type Dataset } from './dataset.js';
 import { DatasetError } from './errors.js';
-import { idxDataset, isGzip, looksLikeIdx, maybeGunzip, parseIdx } from './idx.js';
+import { DecompressionBudget, idxDataset, isGzip, looksLikeIdx, maybeGunzip, parseIdx } from './idx.js';
 import {
   decodeFolderEntries,
   type ImageFolderOptions,
@@ -122,21 +122,20 @@ function idxClassNames(source: string, explicit?: readonly string[]): readonly s
   return [];
 }
 
-function fromZip(bytes: Uint8Array, options: BytesOptions, source: string): Promise<Dataset> {
+function fromZip(
+  bytes: Uint8Array,
+  options: BytesOptions,
+  source: string,
+  budget: DecompressionBudget,
+): Promise<Dataset> {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
-  let total = 0;
   let files: Record<string, Uint8Array>;
   try {
     files = unzipSync(bytes, {
-      // Sizes from the central directory are checked before anything is inflated (zip bombs).
+      // Sizes from the central directory are charged before anything is inflated (zip bombs);
+      // fflate inflates no entry past its declared size.
       filter: (file) => {
-        total += file.originalSize;
-        if (total > maxBytes) {
-          throw new DatasetError(
-            'too-large',
-            `'${source}' unpacks to more than the limit of ${maxBytes} bytes`,
-          );
-        }
+        budget.charge(file.originalSize, source);
         return !file.name.endsWith('/');
       },
     });
@@ -163,6 +162,8 @@ function fromZip(bytes: Uint8Array, options: BytesOptions, source: string): Prom
 export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions = {}): Promise<Dataset> {
   const source = options.filename ?? 'the upload';
   checkSize(bytes.length, options.maxBytes ?? DEFAULT_MAX_BYTES, source);
+  // Every decompression of this input and its labels, at any depth, draws on one budget.
+  const budget = new DecompressionBudget(options.maxBytes ?? DEFAULT_MAX_BYTES);
   if (bytes.length === 0) throw new DatasetError('empty', `'${source}' is empty (0 bytes)`);
   const format = detectFormat(bytes, options.filename, options.format);
   let dataset: Dataset;
@@ -178,10 +179,10 @@ export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions 
       });
       break;
     case 'idx': {
-      const gunzipLimit = options.maxBytes ?? DEFAULT_MAX_BYTES;
-      const images = parseIdx(maybeGunzip(bytes, source, gunzipLimit), source);
+      const images = parseIdx(maybeGunzip(bytes, source, budget), source, budget);
+      const labelsSource = `labels of ${source}`;
       const labels = options.labels
-        ? parseIdx(maybeGunzip(options.labels, `labels of ${source}`, gunzipLimit), `labels of ${source}`)
+        ? parseIdx(maybeGunzip(options.labels, labelsSource, budget), labelsSource, budget)
         : undefined;
       dataset = idxDataset(images, labels, idxClassNames(source, options.classNames), source);
       break;
@@ -198,7 +199,7 @@ export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions 
       break;
     }
     case 'zip':
-      dataset = await fromZip(bytes, options, source);
+      dataset = await fromZip(bytes, options, source, budget);
       break;
     case 'folder':
       throw new DatasetError(

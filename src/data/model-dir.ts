@@ -153,9 +153,10 @@ export async function readModelPath(
 }
 
 /**
- * Writes model files into `dir` (created if needed). Each file goes to a temporary name first and
- * is renamed into place, model.json last, so a reader never sees a model.json whose shards are
- * not all written yet.
+ * Writes model files into `dir` (created if needed): a TF.js model (model.json and its shards) or an
+ * ONNX model (model.onnx). Each file goes to a temporary name first and is renamed into place,
+ * model.json (or model.onnx) last, so a reader never sees a model whose other files are not all
+ * written yet.
  */
 export async function writeModelDir(dir: string, files: ModelFiles): Promise<void> {
   const keys = [...files.keys()];
@@ -163,9 +164,10 @@ export async function writeModelDir(dir: string, files: ModelFiles): Promise<voi
     if (safeRelativePath(key) !== key)
       throw new ModelDirError(key, 'file name must be a plain relative path');
   }
-  if (!files.has('model.json'))
-    throw new ModelDirError(path.join(dir, 'model.json'), 'nothing to write: no model.json');
-  const ordered = [...keys.filter((k) => k !== 'model.json'), 'model.json'];
+  const main = files.has('model.json') ? 'model.json' : files.has(ONNX_FILE) ? ONNX_FILE : undefined;
+  if (!main)
+    throw new ModelDirError(path.join(dir, 'model.json'), 'nothing to write: no model.json or model.onnx');
+  const ordered = [...keys.filter((k) => k !== main), main];
   await mkdir(dir, { recursive: true });
   for (const key of ordered) {
     const target = path.join(dir, key);

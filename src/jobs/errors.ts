@@ -6,6 +6,7 @@
  */
 
 export { DatasetError, ImageError } from '../data/errors.js';
+export { MultipartError } from '../data/multipart.js';
 
 /** An input a use case cannot work with (a bad parameter, a data set that does not fit the model). */
 export class InvalidInputError extends Error {
@@ -52,6 +53,22 @@ export class QueueFullError extends Error {
     readonly retryAfter: number,
     /** Which queue is full: synchronous compute (predict, OOD, counterfactuals) or audits. */
     readonly queue: 'compute' | 'audit' = 'compute',
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * An upload the intake cannot take: too many waiting ('busy'), or one that needs more memory or time
+ * to check than the service gives one upload. HTTP answers 429 (busy, with Retry-After) or 413.
+ */
+export class IntakeLimitError extends Error {
+  override readonly name = 'IntakeLimitError';
+  constructor(
+    readonly kind: 'busy' | 'memory' | 'time',
+    message: string,
+    /** Seconds to wait before a retry ('busy'). */
+    readonly retryAfter?: number,
   ) {
     super(message);
   }

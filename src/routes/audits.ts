@@ -1,25 +1,24 @@
 import { createRoute, z } from '@hono/zod-openapi';
-import { streamSSE } from 'hono/streaming';
+import { type SSEStreamingApi, streamSSE } from 'hono/streaming';
 import {
   AUTOATTACK_VERSIONS,
   type AuditEvent,
   type AuditJob,
-  type AuditModelSource,
   AuditParametersSchema,
   DEFAULT_AUDIT_POINTS,
   DEFAULT_SEED,
   DEFAULT_VERSION,
+  type IntakeRequest,
   isFinal,
   NORMS,
   type PreparedAudit,
-  prepareAudit,
   ShuttingDownError,
 } from '../jobs/audit/index.js';
 import { checkAuditCost } from '../jobs/serving/index.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
-import { mediaType, unsupportedMediaType } from './images.js';
 import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
+import { StreamSlots } from './streams.js';
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
 
@@ -243,7 +242,7 @@ const auditEvents = createRoute({
         },
       },
     },
-    ...problemResponses(401, 404),
+    ...problemResponses(401, 404, 429),
   },
 });
 
@@ -263,18 +262,20 @@ const cancelAudit = createRoute({
   },
 });
 
-/** The audit's model as the form names it: a served model, or uploaded files. */
-async function auditModel(form: AuditForm, context: ServiceContext): Promise<AuditModelSource> {
+/** The audit's model as the form names it: a served model (with its files), or uploaded parts. */
+function auditModel(form: AuditForm, context: ServiceContext): IntakeRequest['model'] {
   if (form.model !== undefined) {
     const classifier = context.models.get(form.model);
     if (!classifier) throw notFound('model', 'model', `no model named '${form.model}'`);
-    return { kind: 'served', name: form.model, classifier };
+    const files = context.servedFiles?.get(form.model);
+    return { kind: 'served', name: form.model, classifier, ...(files ? { files } : {}) };
   }
-  const files = new Map<string, Uint8Array>();
-  for (const part of form.model_files) {
-    files.set(part.name.split(/[\\/]/).pop()!, new Uint8Array(await part.arrayBuffer()));
-  }
-  return { kind: 'upload', files, field: 'model_files', maxBytes: context.limits.auditBodyBytes };
+  return {
+    kind: 'upload',
+    parts: form.model_files,
+    field: 'model_files',
+    maxBytes: context.limits.auditBodyBytes,
+  };
 }
 
 function sseEventName(event: AuditEvent): string {
@@ -283,9 +284,8 @@ function sseEventName(event: AuditEvent): string {
 }
 
 export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): void {
+  const streams = new StreamSlots(context.limits.sseStreamsPerKey, context.limits.sseStreams);
   app.openapi(createAudit, async (c) => {
-    const type = mediaType(c);
-    if (type !== 'multipart/form-data') throw unsupportedMediaType(type, ['multipart/form-data']);
     if (context.audits.isDraining) {
       throw new ProblemError(
         503,
@@ -296,22 +296,16 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
         30,
       );
     }
-    // Parsed and checked by AuditFormSchema before this handler runs (an unparseable body is a 400).
+    // Parsed by the intake (multipart.ts) and checked by AuditFormSchema before this handler runs;
+    // the intake decodes and checks the uploads where it keeps them (a worker thread in the server).
     const values = c.req.valid('form');
     const { model: _model, model_files: _modelFiles, dataset: _dataset, labels: _labels, ...given } = values;
-    const data = values.dataset!;
-    const model = await auditModel(values, context);
+    const model = auditModel(values, context);
     let prepared: PreparedAudit;
     try {
-      prepared = await prepareAudit({
+      prepared = await c.get('intake').prepare({
         model,
-        data: {
-          kind: 'bytes',
-          bytes: new Uint8Array(await data.arrayBuffer()),
-          filename: data.name,
-          labels: values.labels ? new Uint8Array(await values.labels.arrayBuffer()) : undefined,
-          maxBytes: context.limits.auditBodyBytes,
-        },
+        data: { part: values.dataset!, labels: values.labels, maxBytes: context.limits.auditBodyBytes },
         parameters: { ...given, n: given.n ?? DEFAULT_AUDIT_POINTS, seed: given.seed ?? DEFAULT_SEED },
       });
     } catch (error) {
@@ -366,42 +360,53 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     const { id } = c.req.valid('param');
     const job = context.audits.get(id, c.get('principal'));
     if (!job) throw notFound('audit', 'id', `no audit with id '${id}'`);
+    const release = streams.take(c.get('principal'));
     return streamSSE(c, async (stream) => {
-      const pending: AuditEvent[] = [];
-      let wake: (() => void) | undefined;
-      const unsubscribe = context.audits.subscribe(id, (event) => {
-        pending.push(event);
-        wake?.();
-      });
-      stream.onAbort(() => {
-        unsubscribe?.();
-        wake?.();
-      });
-      const current = context.audits.get(id)!;
-      if (isFinal(current.state)) {
-        unsubscribe?.();
-        await stream.writeSSE({ event: 'result', data: JSON.stringify(current), id: '0' });
-        return;
+      stream.onAbort(release);
+      try {
+        await relayEvents(stream, id);
+      } finally {
+        release();
       }
-      await stream.writeSSE({ event: 'state', data: JSON.stringify(current), id: '0' });
-      let sequence = 1;
-      while (!stream.aborted) {
-        if (pending.length === 0) {
-          await new Promise<void>((resolve) => {
-            wake = resolve;
-          });
-          wake = undefined;
-          continue;
-        }
-        const event = pending.shift()!;
-        await stream.writeSSE({
-          event: sseEventName(event),
-          data: JSON.stringify(event.job),
-          id: String(sequence++),
-        });
-        if (event.type === 'done') break;
-      }
-      unsubscribe?.();
     });
   });
+
+  /** Writes the audit's events to the stream until its result (or until the client goes). */
+  async function relayEvents(stream: SSEStreamingApi, id: string): Promise<void> {
+    const pending: AuditEvent[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = context.audits.subscribe(id, (event) => {
+      pending.push(event);
+      wake?.();
+    });
+    stream.onAbort(() => {
+      unsubscribe?.();
+      wake?.();
+    });
+    const current = context.audits.get(id)!;
+    if (isFinal(current.state)) {
+      unsubscribe?.();
+      await stream.writeSSE({ event: 'result', data: JSON.stringify(current), id: '0' });
+      return;
+    }
+    await stream.writeSSE({ event: 'state', data: JSON.stringify(current), id: '0' });
+    let sequence = 1;
+    while (!stream.aborted) {
+      if (pending.length === 0) {
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+        });
+        wake = undefined;
+        continue;
+      }
+      const event = pending.shift()!;
+      await stream.writeSSE({
+        event: sseEventName(event),
+        data: JSON.stringify(event.job),
+        id: String(sequence++),
+      });
+      if (event.type === 'done') break;
+    }
+    unsubscribe?.();
+  }
 }

@@ -21,8 +21,13 @@ export interface AuthConfig {
   keyHashes: string[];
   /** No keys: every request is `dev`. Must be asked for explicitly outside tests. */
   devMode: boolean;
-  /** Whether predict, OOD and counterfactuals need a key (uploads and audits always do). */
+  /** Whether predict, OOD, counterfactuals and /v2 infer need a key (uploads and audits always do). */
   requireKeyForAnalysis: boolean;
+  /**
+   * /metrics without a key (RATIO_METRICS_PUBLIC=1: a scraper on a private network); by default it
+   * needs one, as the audits do. Development mode needs none anywhere.
+   */
+  metricsPublic: boolean;
   /** Requests per key per minute over all /v1 routes (0 = unlimited). */
   requestsPerMinute: number;
   /** Audits one key may have running or queued at once. */
@@ -38,6 +43,7 @@ export const DEFAULT_AUTH: AuthConfig = {
   keyHashes: [],
   devMode: true,
   requireKeyForAnalysis: false,
+  metricsPublic: false,
   requestsPerMinute: 0,
   auditsPerKey: 4,
 };
@@ -101,6 +107,7 @@ export function authConfigFromEnv(env: NodeJS.ProcessEnv = process.env): AuthCon
     devMode: hashes.length === 0,
     requireKeyForAnalysis:
       env.RATIO_REQUIRE_KEY_FOR_ANALYSIS === '1' || env.RATIO_REQUIRE_KEY_FOR_ANALYSIS === 'true',
+    metricsPublic: env.RATIO_METRICS_PUBLIC === '1' || env.RATIO_METRICS_PUBLIC === 'true',
     requestsPerMinute: nonNegativeInteger(
       env.RATIO_RATE_LIMIT_PER_MINUTE,
       'RATIO_RATE_LIMIT_PER_MINUTE',
@@ -143,17 +150,24 @@ function problem(status: number, slug: string, title: string, detail: string, re
   return new ProblemError(status, slug, title, detail, [], retryAfter);
 }
 
-/** Whether a request needs a key: uploads and audits always, analyses when configured. */
+/**
+ * Whether a request needs a key: uploads and audits (and their event streams) always, analyses on
+ * /v1 and /v2 when configured, /metrics unless made public.
+ */
 function needsKey(method: string, path: string, config: AuthConfig): boolean {
   if (path === '/v1/audits' || path.startsWith('/v1/audits/')) return true;
   if (method === 'POST' && /^\/v1\/models\/[^/]+\/(predict|ood|counterfactuals)$/.test(path)) {
     return config.requireKeyForAnalysis;
   }
+  if (method === 'POST' && /^\/v2\/models\/[^/]+\/infer$/.test(path)) return config.requireKeyForAnalysis;
+  if (path === '/metrics') return !config.metricsPublic;
   return false;
 }
 
 /**
- * Sets `principal` for every /v1 request: the key id of a valid bearer token, `dev` in development
+ * The one key and rate-limit policy of the service, mounted on /v1, /v2 (but its health) and
+ * /metrics: one limiter, so a key's requests count together whichever route family they use.
+ * Sets `principal` for every request it guards: the key id of a valid bearer token, `dev` in development
  * mode, `anonymous` where no key is needed and none was sent. A missing key where one is needed, or
  * an invalid key anywhere, is 401 with `WWW-Authenticate: Bearer`. Then the per-principal rate limit
  * (429 with Retry-After).

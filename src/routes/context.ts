@@ -1,15 +1,18 @@
 import type { OpenAPIHono } from '@hono/zod-openapi';
-import type { AuditQueue } from '../jobs/audit/index.js';
-import type { Classifier } from '../jobs/models/index.js';
+import type { AuditIntake, AuditQueue, IntakeSession } from '../jobs/audit/index.js';
+import type { Classifier, ModelFiles } from '../jobs/models/index.js';
 import type { ComputeSemaphore, InferenceService, ModelCompute } from '../jobs/serving/index.js';
 import type { ImageLimits } from './images.js';
 import { notFound } from './problem.js';
 
 /**
  * Hono environment of the service: the request id (request-id middleware), the principal (API key
- * id, `dev` or `anonymous`, set by the auth middleware) and the id of an accepted audit.
+ * id, `dev` or `anonymous`, set by the auth middleware), the id of an accepted audit and the intake
+ * session of an audit upload (multipart.ts).
  */
-export type ServiceEnv = { Variables: { requestId: string; principal: string; auditId: string } };
+export type ServiceEnv = {
+  Variables: { requestId: string; principal: string; auditId: string; intake: IntakeSession };
+};
 export type ServiceApp = OpenAPIHono<ServiceEnv>;
 
 export interface ServiceLimits extends ImageLimits {
@@ -25,6 +28,10 @@ export interface ServiceLimits extends ImageLimits {
   maxRequestFlops: number;
   /** Largest estimated cost of one audit. */
   maxAuditFlops: number;
+  /** Audit event streams (SSE) one key may hold open at once. */
+  sseStreamsPerKey: number;
+  /** Audit event streams open at once over all keys. */
+  sseStreams: number;
 }
 
 /** What the route modules share. */
@@ -36,6 +43,10 @@ export interface ServiceContext {
   /** Worst-case OOD and counterfactuals (a worker thread of their own in the server). */
   analysis: ModelCompute;
   audits: AuditQueue;
+  /** Where audit uploads are parsed, decoded and checked (a worker thread per upload in the server). */
+  intake: AuditIntake;
+  /** Files of the served models loaded from files: audits of them travel and are stored as these. */
+  servedFiles?: ReadonlyMap<string, ModelFiles>;
   limits: ServiceLimits;
 }
 

@@ -93,7 +93,7 @@ const metricsRoute = createRoute({
   method: 'get',
   path: '/metrics',
   operationId: 'metrics',
-  security: [],
+  // A key unless RATIO_METRICS_PUBLIC=1 (the service's one key policy; see auth.ts).
   tags: ['health'],
   summary: 'Prometheus metrics',
   responses: {
@@ -107,7 +107,7 @@ const metricsRoute = createRoute({
         },
       },
     },
-    ...problemResponses(),
+    ...problemResponses(401, 429),
   },
 });
 
@@ -145,6 +145,15 @@ export function createMetrics(context: ServiceContext) {
     registers: [registry],
     collect() {
       for (const [state, count] of Object.entries(context.audits.countByState())) this.set({ state }, count);
+    },
+  });
+  new Gauge({
+    name: 'audit_state_bytes',
+    help: 'Bytes the durable audit state takes on disk (results, and inputs of unfinished audits)',
+    registers: [registry],
+    async collect() {
+      const bytes = await context.audits.stateBytes().catch(() => undefined);
+      if (bytes !== undefined) this.set(bytes);
     },
   });
   new Gauge({

@@ -1,9 +1,10 @@
 import { createRoute, z } from '@hono/zod-openapi';
+import type { MiddlewareHandler } from 'hono';
 import type { Classifier } from '../jobs/models/index.js';
 import { oodThreshold, verdictOf } from '../jobs/serving/index.js';
 import { bodyLimitByLength } from './body-limit.js';
-import type { ServiceApp, ServiceContext } from './context.js';
-import { toProblemError } from './problem.js';
+import type { ServiceApp, ServiceContext, ServiceEnv } from './context.js';
+import { OPTIONAL_KEY, toProblemError } from './problem.js';
 
 /**
  * Open Inference Protocol v2 (KServe, Triton, Seldon) REST beside /v1: server health and metadata,
@@ -15,6 +16,14 @@ import { toProblemError } from './problem.js';
 export const OIP_INPUT = 'input';
 export const OIP_OUTPUTS = ['probabilities', 'max_confidence', 'predicted_class', 'in_distribution'] as const;
 type OutputName = (typeof OIP_OUTPUTS)[number];
+
+/** Entries of `outputs` a request may list (each name answers once, whatever the count). */
+export const MAX_REQUESTED_OUTPUTS = 16;
+/** The temperatures a request may set: outside it the softmax under- or overflows in float32. */
+export const TEMPERATURE_RANGE = { min: 1e-3, max: 1e3 } as const;
+
+/** A value as an error message shows it: numbers as JavaScript prints them (Infinity, not null). */
+const shown = (value: unknown): string => (typeof value === 'number' ? String(value) : JSON.stringify(value));
 
 const ErrorSchema = z
   .object({ error: z.string().openapi({ example: "model 'nope' is not served" }) })
@@ -66,7 +75,7 @@ const ModelMetadataSchema = z
   });
 
 const Parameters = z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).openapi({
-  description: 'temperature (> 0) and threshold (in [0,1]) override the card',
+  description: 'temperature (in [0.001, 1000]) and threshold (in [0,1]) override the card',
   example: { threshold: 0.5 },
 });
 
@@ -90,7 +99,11 @@ const InferRequestSchema = z
         }),
       )
       .min(1),
-    outputs: z.array(z.object({ name: z.string(), parameters: Parameters.optional() })).optional(),
+    outputs: z
+      .array(z.object({ name: z.string(), parameters: Parameters.optional() }))
+      .max(MAX_REQUESTED_OUTPUTS)
+      .optional()
+      .openapi({ description: `at most ${MAX_REQUESTED_OUTPUTS} entries; a name listed twice answers once` }),
   })
   .openapi('InferenceRequest', {
     example: {
@@ -133,6 +146,7 @@ const serverLive = createRoute({
   method: 'get',
   path: '/v2/health/live',
   operationId: 'oipServerLive',
+  security: [],
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: the server is live',
   responses: { 200: { description: 'Live', content: { 'application/json': { schema: Flag('live') } } } },
@@ -142,6 +156,7 @@ const serverReady = createRoute({
   method: 'get',
   path: '/v2/health/ready',
   operationId: 'oipServerReady',
+  security: [],
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: every served model is ready',
   responses: {
@@ -154,6 +169,7 @@ const serverMetadata = createRoute({
   method: 'get',
   path: '/v2',
   operationId: 'oipServerMetadata',
+  security: OPTIONAL_KEY,
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: server name, version and extensions',
   responses: {
@@ -174,6 +190,7 @@ const modelMetadata = createRoute({
   method: 'get',
   path: '/v2/models/{model_name}',
   operationId: 'oipModelMetadata',
+  security: OPTIONAL_KEY,
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: input and output tensors of a model',
   request: { params: ModelName },
@@ -187,6 +204,7 @@ const modelReady = createRoute({
   method: 'get',
   path: '/v2/models/{model_name}/ready',
   operationId: 'oipModelReady',
+  security: OPTIONAL_KEY,
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: the model is ready for inference',
   request: { params: ModelName },
@@ -201,6 +219,7 @@ const infer = createRoute({
   method: 'post',
   path: '/v2/models/{model_name}/infer',
   operationId: 'oipInfer',
+  security: OPTIONAL_KEY,
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: calibrated probabilities and the OOD verdict of FP32 images',
   description:
@@ -215,9 +234,10 @@ const infer = createRoute({
       content: { 'application/json': { schema: InferResponseSchema } },
     },
     400: errorResponse('Invalid request (shape, datatype, values, parameters, outputs)'),
+    401: errorResponse('Missing or invalid API key (when the service requires one for analyses)'),
     404: errorResponse('Unknown model'),
     413: errorResponse('Body over the size limit'),
-    429: errorResponse('Batch queue full; retry after `Retry-After` seconds'),
+    429: errorResponse('Batch queue full or rate limit reached; retry after `Retry-After` seconds'),
     500: errorResponse('Internal error (see the server log)'),
     503: errorResponse('Shutting down'),
     504: errorResponse('The wait for a forward pass exceeded the request timeout'),
@@ -298,7 +318,7 @@ function flattenInto(data: unknown[], out: Float32Array): void {
       }
       if (typeof value !== 'number' || !(value >= 0 && value <= 1)) {
         throw new InferenceRequestError(
-          `'inputs.0.data' element ${n} must be an FP32 number in [0,1], got ${JSON.stringify(value)}`,
+          `'inputs.0.data' element ${n} must be an FP32 number in [0,1], got ${shown(value)}`,
         );
       }
       if (n >= out.length)
@@ -321,7 +341,7 @@ function numberParameter(
   const value = parameters?.[key];
   if (value === undefined) return undefined;
   if (typeof value !== 'number' || !valid(value)) {
-    throw new InferenceRequestError(`parameter '${key}' must be ${rule}, got ${JSON.stringify(value)}`);
+    throw new InferenceRequestError(`parameter '${key}' must be ${rule}, got ${shown(value)}`);
   }
   return value;
 }
@@ -360,22 +380,27 @@ function readInput(
   return { pixels, count };
 }
 
+/** The outputs to answer, each once, in the order first asked for (repeats cost nothing). */
 function requestedOutputs(body: InferBody): OutputName[] {
   if (!body.outputs) return [...OIP_OUTPUTS];
-  return body.outputs.map(({ name }) => {
+  const names = new Set<OutputName>();
+  for (const { name } of body.outputs) {
     if (!(OIP_OUTPUTS as readonly string[]).includes(name)) {
       throw new InferenceRequestError(
         `unknown output '${name}'; the model's outputs are ${OIP_OUTPUTS.join(', ')}`,
       );
     }
-    return name as OutputName;
-  });
+    names.add(name as OutputName);
+  }
+  return [...names];
 }
 
 export function registerInferenceV2Routes(
   app: ServiceApp,
   context: ServiceContext,
   health: { ready: () => boolean; serviceVersion: string },
+  /** The service's API-key and rate-limit policy (the one of /v1); /v2/health stays open. */
+  guard?: MiddlewareHandler<ServiceEnv>,
 ): void {
   app.use(
     '/v2/models/*',
@@ -391,6 +416,7 @@ export function registerInferenceV2Routes(
     const problem = (await c.res.clone().json()) as { status: number; detail: string };
     const retryAfter = c.res.headers.get('retry-after');
     const requestId = c.res.headers.get('x-request-id');
+    const authenticate = c.res.headers.get('www-authenticate');
     c.res = undefined;
     c.res = new Response(JSON.stringify({ error: problem.detail }), {
       status: problem.status === 422 || problem.status === 415 ? 400 : problem.status,
@@ -398,9 +424,15 @@ export function registerInferenceV2Routes(
         'content-type': 'application/json',
         ...(retryAfter ? { 'retry-after': retryAfter } : {}),
         ...(requestId ? { 'x-request-id': requestId } : {}),
+        ...(authenticate ? { 'www-authenticate': authenticate } : {}),
       },
     });
   });
+  if (guard) {
+    // Keys and rate limits as on /v1 (answers rewritten to the protocol's shape above); health
+    // probes stay open, as /health does.
+    app.use('/v2/*', (c, next) => (c.req.path.startsWith('/v2/health/') ? next() : guard(c, next)));
+  }
 
   app.openapi(serverLive, (c) => c.json({ live: true }, 200));
   app.openapi(serverReady, (c) => {
@@ -435,8 +467,8 @@ export function registerInferenceV2Routes(
         const temperature = numberParameter(
           body.parameters,
           'temperature',
-          (v) => v > 0 && Number.isFinite(v),
-          'a number > 0',
+          (v) => v >= TEMPERATURE_RANGE.min && v <= TEMPERATURE_RANGE.max,
+          `a number in [${TEMPERATURE_RANGE.min}, ${TEMPERATURE_RANGE.max}]`,
         );
         const threshold =
           numberParameter(body.parameters, 'threshold', (v) => v >= 0 && v <= 1, 'a number in [0,1]') ??
@@ -472,6 +504,9 @@ export function registerInferenceV2Routes(
         );
       } catch (error) {
         const answer = protocolError(error);
+        // An unexpected failure goes to the app's error handler: logged with the request id,
+        // then answered in the protocol's shape by the rewrite above.
+        if (answer.status === 500) throw error;
         if (answer.retryAfter !== undefined) {
           c.header('retry-after', String(Math.max(1, Math.ceil(answer.retryAfter))));
         }

@@ -4,8 +4,10 @@ import {
   DatasetError,
   ImageError,
   InputFieldError,
+  IntakeLimitError,
   InvalidInputError,
   ModelLoadError,
+  MultipartError,
   QueueFullError,
 } from '../jobs/errors.js';
 import { ModelContractError, ModelFileError } from '../jobs/models/index.js';
@@ -89,6 +91,22 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
   if (error instanceof QueueFullError) {
     const title = error.queue === 'audit' ? 'Audit queue full' : 'Compute queue full';
     return new ProblemError(429, 'queue-full', title, error.message, [], error.retryAfter);
+  }
+  if (error instanceof MultipartError) {
+    return error.kind === 'too-large'
+      ? new ProblemError(413, 'body-too-large', 'Body too large', error.message, [
+          { field: error.field, message: error.message },
+        ])
+      : new ProblemError(400, 'malformed-body', 'Malformed body', error.message, [
+          { field: 'body', message: error.message },
+        ]);
+  }
+  if (error instanceof IntakeLimitError) {
+    return error.kind === 'busy'
+      ? new ProblemError(429, 'intake-busy', 'Uploads busy', error.message, [], error.retryAfter)
+      : new ProblemError(413, 'upload-too-costly', 'Upload too costly to check', error.message, [
+          { field: 'body', message: error.message },
+        ]);
   }
   if (error instanceof RequestCostError) {
     return new ProblemError(422, 'request-too-costly', 'Request over the cost limit', error.message, [

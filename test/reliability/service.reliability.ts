@@ -27,10 +27,12 @@ import {
   loadFuzzFixtures,
   memorySnapshot,
 } from './fuzz-harness.js';
+import { type HostileReport, KEY_A, KEY_B, LiveMonitor, runHostileProbe } from './hostile-probe.js';
 
 /**
  * `npm run test:reliability`: the full fuzz (>= 10,000 cases over every route), 100 invalid model
- * uploads, a load test against the real server (`ratio serve` in a child process: predict at
+ * uploads, the hostile client of issue 26 (hostile-probe.ts), a load test against the real
+ * server (`ratio serve` in a child process: predict at
  * concurrency 8 and 32, memory read after a forced GC in every thread, audits during the load
  * compared with the single-process result), a chaos test (kill -9 of the server mid-audit, twice,
  * on its durable state directory), and the report in docs/reliability.md. Timings come from a
@@ -77,6 +79,7 @@ interface Report {
     robustAccuracy: number;
   }>;
   chaos?: ChaosReport;
+  hostile?: HostileReport;
 }
 
 interface ChaosReport {
@@ -548,6 +551,72 @@ describe('kill -9 of the API mid-audit', () => {
   });
 });
 
+// ------------------------------------------------------------------ the hostile client (issue 26)
+
+describe('a hostile client against the real server', () => {
+  let workDir = '';
+  let service: ServiceProcess | undefined;
+  let monitor: LiveMonitor | undefined;
+
+  afterAll(async () => {
+    await monitor?.stop();
+    if (service) await stopServiceProcess(service, 'SIGKILL');
+    if (workDir) await rm(workDir, { recursive: true, force: true });
+  });
+
+  it('every hostile case answered as documented: no 5xx, no crash, no stall over 200 ms on uploads, no audit lost or run after cancel', async () => {
+    workDir = await mkdtemp(path.join(tmpdir(), 'ratio-hostile-'));
+    const stateDir = path.join(workDir, 'state');
+    const modelsDir = path.join(workDir, 'models');
+    await cp(`models/${MODEL}`, path.join(modelsDir, MODEL), { recursive: true });
+    const start = () =>
+      startServiceProcess({
+        nodeArgs: ['--expose-gc', '--require', GC_PROBE],
+        args: ['--models', modelsDir, '--workers', '1'],
+        env: {
+          RATIO_API_KEYS: `${KEY_A},${KEY_B}`,
+          RATIO_REQUIRE_KEY_FOR_ANALYSIS: '1',
+          RATIO_RATE_LIMIT_PER_MINUTE: '0',
+          RATIO_STATE_DIR: stateDir,
+        },
+      });
+    service = await start();
+    monitor = new LiveMonitor(service.url);
+    monitor.start();
+    const agent = new (await import('undici')).Agent({
+      connections: 8,
+      bodyTimeout: 600_000,
+      headersTimeout: 600_000,
+    });
+    const cifar = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')));
+    const hostile = await runHostileProbe(
+      {
+        service: () => service!,
+        monitor,
+        cifar: cifar.slice(0, 64 * CIFAR_RECORD),
+        agent,
+        restart: async () => {
+          if (service && service.child.exitCode === null && service.child.signalCode === null)
+            await stopServiceProcess(service, 'SIGKILL');
+          service = await start();
+          monitor!.retarget(service.url);
+        },
+        gc: async () => {
+          await gcProbe(service!).catch(() => undefined);
+        },
+      },
+      stateDir,
+    );
+    await agent.close();
+    report.hostile = hostile;
+    for (const c of hostile.cases) expect(c.ok, `${c.family}: ${c.name} answered ${c.answers}`).toBe(true);
+    expect(hostile.cases.reduce((sum, c) => sum + c.fiveXX, 0)).toBe(0);
+    expect(hostile.cases.filter((c) => c.crashed)).toEqual([]);
+    expect(hostile.auditsLost).toBe(0);
+    expect(hostile.runAfterCancel).toBe(0);
+  });
+});
+
 // ------------------------------------------------------------------ the report
 
 function mb(bytes: number): string {
@@ -672,6 +741,7 @@ function renderReport(r: Report): string {
       '',
     );
   }
+  if (r.hostile) lines.push(...renderHostile(r.hostile));
   const lost = [
     ...(r.audits ?? []).map((a) => a.state === 'succeeded' && a.sameAsSingleProcess),
     ...(r.chaos?.audits ?? []).map((a) => a.state === 'succeeded' && a.sameAsUninterrupted),
@@ -685,4 +755,31 @@ function renderReport(r: Report): string {
     );
   }
   return `${lines.join('\n')}\n`;
+}
+
+function renderHostile(h: HostileReport): string[] {
+  const cases = h.cases;
+  const fiveXX = cases.reduce((sum, c) => sum + c.fiveXX, 0);
+  const crashes = cases.filter((c) => c.crashed).length;
+  const stalls = cases.reduce((sum, c) => sum + c.stallsOver100, 0);
+  const worst = cases.reduce((max, c) => Math.max(max, c.liveMaxMs), 0);
+  const uploads = cases.filter((c) => ['onnx', 'data', 'multipart', 'load', 'model'].includes(c.family));
+  const worstUpload = uploads.reduce((max, c) => Math.max(max, c.liveMaxMs), 0);
+  return [
+    '## A hostile client against the real server (issue 26)',
+    '',
+    "`ratio serve --workers 1` with two API keys (RATIO_REQUIRE_KEY_FOR_ANALYSIS=1) on a durable state directory; the cases of issue 26 and variants, one after the other. /health/live is polled every 25 ms from the test process during each case: an answer slower than 100 ms is counted as a stall of the server's event loop (on this shared machine, also of the CPU). RSS is the server and its worker processes, after a forced GC in every thread, before and after the case.",
+    '',
+    `Cases: ${cases.length}. As documented: ${cases.filter((c) => c.ok).length}. 5xx: ${fiveXX}. Crashes: ${crashes}. /health/live answers over 100 ms: ${stalls} (slowest ${worst.toFixed(0)} ms; slowest during an upload ${worstUpload.toFixed(0)} ms). Audits lost across kill -9 and corrupt files: ${h.auditsLost}. Audits run after a cancel: ${h.runAfterCancel}. Cancel of an audit mid-step (a pool worker planning a 99,990-node graph) took ${h.cancelSeconds.map((s) => `${s.toFixed(1)} s`).join(', ') || 'n/a'} from DELETE to cancelled.`,
+    '',
+    '| family | case | expected | answered | 5xx | crash | s | /health/live median ms | max ms | > 100 ms | RSS before -> after |',
+    '| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |',
+    ...cases.map(
+      (c) =>
+        `| ${c.family} | ${c.name} | ${c.expected} | ${c.ok ? '' : '**NOT AS DOCUMENTED** '}${c.answers.replaceAll('|', '/')} | ${c.fiveXX} | ${c.crashed ? 'yes' : 'no'} | ${c.seconds.toFixed(1)} | ${c.liveMedianMs.toFixed(0)} | ${c.liveMaxMs.toFixed(0)} | ${c.stallsOver100} | ${c.rssBeforeMb.toFixed(0)} -> ${c.rssAfterMb.toFixed(0)} MB |`,
+    ),
+    '',
+    ...cases.filter((c) => c.note).map((c) => `${c.name}: ${c.note}.`),
+    '',
+  ];
 }

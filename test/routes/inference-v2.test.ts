@@ -211,7 +211,7 @@ describe('POST /v2/models/{model_name}/infer', () => {
       [{ ...inferBody([one]), outputs: [{ name: 'logits' }] }, /unknown output 'logits'/],
       [
         { ...inferBody([one]), parameters: { temperature: 0 } },
-        /parameter 'temperature' must be a number > 0/,
+        /parameter 'temperature' must be a number in \[0.001, 1000\]/,
       ],
       [{ inputs: [] }, /'inputs'/],
       [{ images: [] }, /'inputs'/],

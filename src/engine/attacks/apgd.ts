@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
-import { classAtRank, logitsOf } from '../model/logits.js';
+import { assertFinite, classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { DEFAULT_ITERATIONS } from './defaults.js';
 import { type ApgdLoss, assertLossDefined, attackLoss } from './losses.js';
@@ -150,6 +150,13 @@ function evaluate(ctx: RunContext, point: tf.Tensor4D): Evaluation {
   const predicted = tf.tidy(() => logits!.argMax(1).dataSync() as Int32Array);
   const lossValues = loss!.dataSync() as Float32Array;
   tf.dispose([logits, loss]);
+  try {
+    // Losses of finite logits are finite (CE, DLR and their targeted forms alike).
+    assertFinite(lossValues, 'APGD');
+  } catch (error) {
+    grad.dispose();
+    throw error;
+  }
   return { loss: lossValues, predicted, grad: grad as tf.Tensor4D };
 }
 
@@ -233,7 +240,14 @@ async function singleRun(ctx: RunContext, stopOnSuccess: boolean): Promise<RunRe
   const firstSuccessOut = new Float32Array(n * rowSize);
 
   const start: tf.Tensor4D = ctx.randomStart ? randomStart(norm, ctx.x, eps, ctx.rngs) : ctx.x.clone();
-  let current = evaluate(ctx, start);
+  let current: ReturnType<typeof evaluate>;
+  try {
+    current = evaluate(ctx, start);
+  } catch (error) {
+    // A model failing its first step (non-finite logits) leaves nothing behind.
+    start.dispose();
+    throw error;
+  }
   let t: RunTensors = {
     x: ctx.x.clone(),
     xAdv: start,

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { hashName, mixSeed } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
-import { classAtRank, logitsOf } from '../model/logits.js';
+import { assertFinite, classAtRank, logitsOf } from '../model/logits.js';
 import {
   AUTOATTACK_VERSIONS,
   type AutoAttackVersion,
@@ -267,7 +267,9 @@ async function runPart(
   const rowSize = x.size / Math.max(n, 1);
   const globalIndex = (i: number) => (options.indices ? options.indices[i] : i);
 
-  const predicted = classAtRank(logitsOf(classifier, x, batchSize), classifier.numClasses);
+  const cleanLogits = logitsOf(classifier, x, batchSize);
+  assertFinite(cleanLogits, 'the clean forward pass', k, globalIndex);
+  const predicted = classAtRank(cleanLogits, classifier.numClasses);
   const robust = Uint8Array.from(predicted, (p, i) => (p === y[i] ? 1 : 0));
   const cleanCorrect = robust.slice();
   const brokenBy: (string | null)[] = Array.from(robust, (r) => (r ? null : 'clean'));

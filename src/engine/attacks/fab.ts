@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
-import { classAtRank, logitsOf } from '../model/logits.js';
+import { assertFinite, classAtRank, logitsOf } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { DEFAULT_ITERATIONS } from './defaults.js';
 import { hyperplaneBoxStep } from './fab-projections.js';
@@ -131,6 +131,7 @@ function linearise(
     const values = difference!.dataSync() as Float32Array;
     const grads = grad.dataSync() as Float32Array;
     grad.dispose();
+    assertFinite(values, 'FAB');
     return { value: values, grad: grads };
   } finally {
     tf.dispose([selector, difference]);
@@ -173,8 +174,12 @@ function boundaries(input: RunInput, point: Float32Array): { w: Float32Array; b:
     const nearest = new Float64Array(m).fill(Number.POSITIVE_INFINITY);
     for (const classes of candidates) {
       const classTensor = tf.tensor1d(classes, 'int32');
-      const linear = linearise(classifier, pointTensor, labelTensor, classTensor);
-      classTensor.dispose();
+      let linear: ReturnType<typeof linearise>;
+      try {
+        linear = linearise(classifier, pointTensor, labelTensor, classTensor);
+      } finally {
+        classTensor.dispose();
+      }
       for (let i = 0; i < m; i++) {
         if (classes[i] === labels[i]) continue;
         const row = linear.grad.subarray(i * rowSize, (i + 1) * rowSize);

@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { mixSeed, Rng } from '../../util/random.js';
 import type { Classifier } from '../model/classifier.js';
+import { assertFinite } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { DEFAULT_QUERIES } from './defaults.js';
 import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
@@ -97,6 +98,7 @@ function margins(
         .logits(tf.tensor4d(rows, shape as [number, number, number, number]))
         .dataSync() as Float32Array,
   );
+  assertFinite(logits, 'Square');
   const out = new Float32Array(labels.length);
   for (let i = 0; i < labels.length; i++) {
     let other = Number.NEGATIVE_INFINITY;

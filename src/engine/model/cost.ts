@@ -43,6 +43,14 @@ function computeFlops(classifier: Classifier): number {
   return Math.max(linear, 2 * parameters);
 }
 
+/**
+ * Records the FLOPs of a classifier measured elsewhere (a model checked in another thread, whose
+ * stand-in here holds no weights to count).
+ */
+export function recordForwardFlops(classifier: Classifier, flops: number): void {
+  cache.set(classifier, flops);
+}
+
 /** FLOPs of one image's forward pass (cached per classifier). */
 export function forwardFlops(classifier: Classifier): number {
   let flops = cache.get(classifier);

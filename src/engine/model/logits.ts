@@ -47,6 +47,40 @@ function* batchesOf(x: LogitsInput, batchSize: number): Generator<tf.Tensor4D> {
 }
 
 /**
+ * A forward pass gave a logit that is NaN or infinite (NaN weights, an overflowing layer, a log of
+ * zero): no prediction, loss or margin computed from it means anything, so an audit or evaluation
+ * stops with this error instead of giving a verdict.
+ */
+export class NonFiniteLogitsError extends Error {
+  override readonly name = 'NonFiniteLogitsError';
+  constructor(
+    /** Where it was met, e.g. 'the clean forward pass' or 'APGD-CE'. */
+    readonly where: string,
+    /** The point's index, when it is known. */
+    readonly point?: number,
+  ) {
+    super(
+      `the model returned a non-finite logit (NaN or infinity) in ${where}${point === undefined ? '' : ` at point ${point}`}; the audit has no verdict (check the model's weights and its output layer)`,
+    );
+  }
+}
+
+/** Throws `NonFiniteLogitsError` at the first non-finite value (values computed from logits). */
+export function assertFinite(
+  values: ArrayLike<number>,
+  where: string,
+  rowSize = 1,
+  firstPoint?: (row: number) => number,
+): void {
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i])) {
+      const row = Math.floor(i / rowSize);
+      throw new NonFiniteLogitsError(where, firstPoint ? firstPoint(row) : undefined);
+    }
+  }
+}
+
+/**
  * Logits [n, K] (row-major) of `x`, `batchSize` images per forward pass, in order; leaves no tensor
  * behind. `x` is a tensor (sliced batch by batch), host images, or batched images.
  */

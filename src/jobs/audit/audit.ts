@@ -37,7 +37,7 @@ export interface PreparedAudit {
 
 /** Where the model comes from: a served model, a model directory, or uploaded files. */
 export type AuditModelSource =
-  | { kind: 'served'; name: string; classifier: Classifier }
+  | { kind: 'served'; name: string; classifier: Classifier; files?: ModelFiles }
   | { kind: 'directory'; dir: string }
   | { kind: 'upload'; files: ModelFiles; field: string; maxBytes: number };
 
@@ -103,7 +103,7 @@ async function loadAuditData(source: AuditDataSource, n: number): Promise<Datase
 async function loadAuditModel(
   source: AuditModelSource,
 ): Promise<{ classifier: Classifier; owned: boolean; files?: ModelFiles }> {
-  if (source.kind === 'served') return { classifier: source.classifier, owned: false };
+  if (source.kind === 'served') return { classifier: source.classifier, owned: false, files: source.files };
   if (source.kind === 'directory') {
     const files = await readModelPath(source.dir);
     return { classifier: await loadModelDir(source.dir, {}, files), owned: true, files };

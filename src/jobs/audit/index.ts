@@ -1,5 +1,6 @@
 /** Audits: prepare and run one (CLI and service alike), the service's queue of audit jobs and its durable store, shard files for audits split by hand. */
 export { defaultStateDir } from '../../data/data-root.js';
+export { DEFAULT_MULTIPART_LIMITS, type MultipartLimits } from '../../data/multipart.js';
 export { AutoAttackMergeError } from '../../engine/attacks/autoattack.js';
 export {
   type AuditModelSource,
@@ -8,6 +9,8 @@ export {
   prepareAudit,
   runAudit,
 } from './audit.js';
+export { type AuditIntake, InProcessIntake, type IntakeRequest, type IntakeSession } from './intake.js';
+export { WorkerIntake, type WorkerIntakeOptions } from './intake-host.js';
 export { type AuditLayout, auditLayout, auditWorkInPoints } from './layout.js';
 export {
   AUTOATTACK_VERSIONS,

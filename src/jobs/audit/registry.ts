@@ -7,10 +7,11 @@ import {
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { QueueFullError } from '../errors.js';
+import { DeferredClassifier } from '../models/deferred.js';
 import type { ShardedRunOptions, ShardResult } from '../sharding/index.js';
 import { type AuditReport, type PreparedAudit, runAudit } from './audit.js';
 import type { AuditJob, AuditState } from './job.js';
-import type { AuditStore } from './store.js';
+import { type AuditStore, type QuarantinedAudit, StoredFileError } from './store.js';
 
 /**
  * Audits as background jobs: an in-memory store, a bounded queue run N at a time, progress events
@@ -50,6 +51,8 @@ export interface AuditQueueOptions {
   store?: AuditStore;
   /** Called once when a job reaches a final state (the service logs failures and cancellations). */
   onFinished?: (job: AuditJob) => void;
+  /** Called at `recover()` for each stored audit whose state cannot be read (the service logs it). */
+  onQuarantined?: (audit: QuarantinedAudit) => void;
 }
 
 interface Entry {
@@ -64,6 +67,8 @@ interface Entry {
   persisted?: Promise<boolean>;
   /** Finished shards of a resumed audit. */
   shards: ShardResult[];
+  /** Listed from a store whose files cannot be read: never written, never removed. */
+  quarantined?: boolean;
 }
 
 const FINAL_STATES: ReadonlySet<AuditState> = new Set(['succeeded', 'failed', 'cancelled']);
@@ -85,7 +90,14 @@ export class AuditQueue {
     Pick<AuditQueueOptions, 'run' | 'store'>;
 
   constructor(options: AuditQueueOptions = {}) {
-    this.options = { maxRunning: 1, maxQueued: 8, retain: 200, onFinished: () => {}, ...options };
+    this.options = {
+      maxRunning: 1,
+      maxQueued: 8,
+      retain: 200,
+      onFinished: () => {},
+      onQuarantined: () => {},
+      ...options,
+    };
   }
 
   get depth(): { running: number; queued: number } {
@@ -193,12 +205,14 @@ export class AuditQueue {
   cancel(id: string, owner?: string, reason = 'cancelled'): AuditJob | undefined {
     const entry = this.visible(id, owner);
     if (!entry) return undefined;
+    if (isFinal(entry.job.state)) return { ...entry.job };
+    // Aborted first, whatever the state: a job taken off the queue but not yet running (its
+    // persistence awaited) sees the abort and never starts.
+    entry.controller.abort(new DOMException(reason, 'AbortError'));
     if (entry.job.state === 'queued') {
       const at = this.queued.indexOf(id);
       if (at >= 0) this.queued.splice(at, 1);
       this.end(entry, 'cancelled', null, `${reason} before it started`);
-    } else if (entry.job.state === 'running') {
-      entry.controller.abort(new DOMException(reason, 'AbortError'));
     }
     return { ...entry.job };
   }
@@ -265,12 +279,26 @@ export class AuditQueue {
     }
   }
 
-  /** Writes the job to the store (when it holds the audit); a failed write never fails the job. */
+  /**
+   * Writes the job to the store (when it holds the audit); a failed write never fails the job. Once
+   * the job is final, its inputs (model copy, points, shards) are removed: the result stays.
+   */
   private persist(entry: Entry): void {
     const store = this.options.store;
     if (!store || !entry.persisted) return;
     const snapshot = { ...entry.job };
-    void entry.persisted.then((stored) => (stored ? store.saveJob(snapshot) : undefined)).catch(() => {});
+    void entry.persisted
+      .then(async (stored) => {
+        if (!stored) return;
+        await store.saveJob(snapshot, entry.owner);
+        if (isFinal(snapshot.state)) await store.removeInputs(snapshot.id);
+      })
+      .catch(() => {});
+  }
+
+  /** Bytes the durable state takes on disk (undefined without a store). */
+  async stateBytes(): Promise<number | undefined> {
+    return this.options.store?.diskUsage();
   }
 
   /**
@@ -281,7 +309,26 @@ export class AuditQueue {
     const store = this.options.store;
     if (!store) return 0;
     let resumed = 0;
-    for (const stored of await store.list()) {
+    const { audits, quarantined } = await store.list();
+    for (const bad of quarantined) {
+      if (this.entries.has(bad.job.id)) continue;
+      this.entries.set(bad.job.id, {
+        job: bad.job,
+        owner: bad.owner,
+        controller: new AbortController(),
+        listeners: new Set(),
+        finished: Promise.resolve(),
+        finish: () => {},
+        shards: [],
+        quarantined: true,
+      });
+      try {
+        this.options.onQuarantined(bad);
+      } catch {
+        // Logging must not break the recovery.
+      }
+    }
+    for (const stored of audits) {
       if (this.entries.has(stored.job.id)) continue;
       let finish = () => {};
       const finished = new Promise<void>((resolve) => {
@@ -303,8 +350,21 @@ export class AuditQueue {
         try {
           entry.submission = await stored.load();
         } catch (error) {
-          this.entries.set(stored.job.id, entry);
-          this.end(entry, 'failed', null, `cannot resume after a restart: ${(error as Error).message}`);
+          // Its files stay as they are (nothing written, nothing removed): quarantined.
+          const file = error instanceof StoredFileError ? error.file : 'model/';
+          const reason = error instanceof StoredFileError ? error.reason : (error as Error).message;
+          const job: AuditJob = {
+            ...stored.job,
+            state: 'failed',
+            error: `quarantined at restart: cannot resume, ${file} cannot be read (${reason})`,
+          };
+          this.entries.set(job.id, { ...entry, job, persisted: undefined, quarantined: true });
+          finish();
+          try {
+            this.options.onQuarantined({ job, owner: stored.owner, file, reason });
+          } catch {
+            // Logging must not break the recovery.
+          }
           continue;
         }
         entry.job.state = 'queued';
@@ -321,6 +381,18 @@ export class AuditQueue {
   private async execute(entry: Entry): Promise<void> {
     const submission = entry.submission!;
     await entry.persisted;
+    // Cancelled while its persistence was awaited: it ended there and must not run.
+    if (entry.controller.signal.aborted || isFinal(entry.job.state)) return;
+    // A model checked in another thread is loaded here only when the attacks run here too.
+    if (!this.options.run && submission.classifier instanceof DeferredClassifier) {
+      try {
+        await submission.classifier.load();
+      } catch (error) {
+        this.end(entry, 'failed', null, `the model cannot be loaded: ${(error as Error).message}`);
+        return;
+      }
+      if (entry.controller.signal.aborted || isFinal(entry.job.state)) return;
+    }
     entry.job.state = 'running';
     entry.job.started_at ??= new Date().toISOString();
     this.persist(entry);
@@ -349,6 +421,8 @@ export class AuditQueue {
           this.emit(entry, { type: 'progress', job: { ...entry.job }, progress: { ...progress } });
         },
       });
+      // A cancel wins over a report that arrived after it (a run that did not see the signal).
+      if (entry.controller.signal.aborted) throw entry.controller.signal.reason;
       this.end(entry, 'succeeded', report, null);
     } catch (error) {
       if (entry.controller.signal.aborted) {
@@ -365,7 +439,7 @@ export class AuditQueue {
     let removed = 0;
     for (const [id, entry] of this.entries) {
       if (removed >= excess) break;
-      if (isFinal(entry.job.state)) {
+      if (isFinal(entry.job.state) && !entry.quarantined) {
         this.entries.delete(id);
         void this.options.store?.remove(id).catch(() => {});
         removed += 1;

@@ -148,6 +148,22 @@ export function parseShardDocument(text: string, source: string): ShardResult {
   return result;
 }
 
+/** Reads a shard result as the durable store keeps it (no `kind`); throws `ShardError` naming the source. */
+export function parseStoredShard(text: string, source: string): ShardResult {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (error) {
+    throw new ShardError(`${source}: not JSON (${(error as Error).message})`);
+  }
+  const parsed = shardDocumentSchema.omit({ kind: true }).safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ShardError(`${source}: '${issue.path.join('.') || '(document)'}' ${issue.message}`);
+  }
+  return parsed.data;
+}
+
 /** The report of an audit from its shard documents (all N shards of one audit, each once). */
 export function mergeShardDocuments(documents: readonly ShardResult[]): AutoAttackReport {
   const seconds = documents.reduce((longest, d) => Math.max(longest, d.part.seconds), 0);

@@ -12,6 +12,7 @@ import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
+import { NonFiniteLogitsError } from '../../engine/model/logits.js';
 import {
   type WorstCaseOptions,
   type WorstCaseResult,
@@ -52,6 +53,12 @@ export interface ShardPoolOptions {
   maxAttempts?: number;
   /** Extra environment for the workers. */
   env?: NodeJS.ProcessEnv;
+  /**
+   * How long a worker may take to stop a cancelled shard before it is killed and replaced
+   * (default 1000 ms): the engine checks for a cancel between iterations, a long synchronous step
+   * (a model load, one iteration of a large model) cannot be interrupted otherwise.
+   */
+  cancelGraceMs?: number;
 }
 
 export interface PoolAuditOptions extends AutoAttackOptions, ShardedRunOptions {
@@ -105,6 +112,16 @@ interface Worker {
   ready: boolean;
   task: Task | undefined;
   modelKey: string | undefined;
+  /** Set when the worker was killed for not stopping a cancelled task in time. */
+  killedFor: Task | undefined;
+}
+
+export interface WorkerMemory {
+  pid: number;
+  /** Live tfjs tensors in the worker. */
+  tensors: number;
+  heapUsed: number;
+  rss: number;
 }
 
 const WORKER_ENTRY = workerEntry(import.meta.url, 'worker');
@@ -114,6 +131,9 @@ export class ShardPool {
   private readonly threads: number;
   private readonly maxAttempts: number;
   private readonly env: NodeJS.ProcessEnv;
+  private readonly cancelGraceMs: number;
+  private nextMemoryRequest = 1;
+  private readonly memoryRequests = new Map<number, (memory: WorkerMemory) => void>();
   private readonly workers = new Set<Worker>();
   private readonly pending: Task[] = [];
   private nextTask = 1;
@@ -131,6 +151,7 @@ export class ShardPool {
     this.threads = options.threadsPerWorker ?? Math.max(1, Math.floor(availableParallelism() / this.size));
     this.maxAttempts = options.maxAttempts ?? 3;
     this.env = options.env ?? {};
+    this.cancelGraceMs = options.cancelGraceMs ?? 1000;
     for (let i = 0; i < this.size; i++) this.spawn();
   }
 
@@ -246,6 +267,7 @@ export class ShardPool {
       throw error;
     } finally {
       options.signal?.removeEventListener('abort', abort);
+      this.releaseModel(modelKey);
     }
     return mergeShardResults([...results.values()], { seconds: (performance.now() - started) / 1000 });
   }
@@ -313,6 +335,7 @@ export class ShardPool {
       throw error;
     } finally {
       signal?.removeEventListener('abort', abort);
+      this.releaseModel(modelKey);
     }
     const confidence = new Float32Array(n);
     const cleanConfidence = new Float32Array(n);
@@ -325,6 +348,41 @@ export class ShardPool {
       images.set(parts[i].images, range.start * rowSize);
     }
     return { confidence, cleanConfidence, predicted, images: tf.tensor4d(images, x.shape) };
+  }
+
+  /** Live tensors, heap and RSS of every ready worker (a busy worker answers after its step). */
+  async memory(timeoutMs = 10_000): Promise<WorkerMemory[]> {
+    const ready = [...this.workers].filter((w) => w.ready && w.child.connected);
+    const answers = ready.map(
+      (worker) =>
+        new Promise<WorkerMemory | undefined>((resolve) => {
+          const request = this.nextMemoryRequest++;
+          const timer = setTimeout(() => {
+            this.memoryRequests.delete(request);
+            resolve(undefined);
+          }, timeoutMs);
+          this.memoryRequests.set(request, (memory) => {
+            clearTimeout(timer);
+            this.memoryRequests.delete(request);
+            resolve(memory);
+          });
+          this.post(worker, { type: 'memory', request });
+        }),
+    );
+    return (await Promise.all(answers)).filter((m): m is WorkerMemory => m !== undefined);
+  }
+
+  /** Workers holding a model now (an audit's model is freed when the audit ends). */
+  get modelsHeld(): number {
+    return [...this.workers].filter((w) => w.modelKey !== undefined).length;
+  }
+
+  private releaseModel(modelKey: string): void {
+    for (const worker of this.workers) {
+      if (worker.modelKey !== modelKey) continue;
+      worker.modelKey = undefined;
+      this.post(worker, { type: 'release', modelKey });
+    }
   }
 
   /** Stops the workers; pending shards reject with `PoolClosedError`. */
@@ -363,7 +421,16 @@ export class ShardPool {
       if (this.pending[i].audit === audit) this.pending.splice(i, 1)[0].reject(error);
     }
     for (const worker of this.workers) {
-      if (worker.task?.audit === audit) this.post(worker, { type: 'cancel', task: worker.task.id });
+      const task = worker.task;
+      if (task?.audit !== audit) continue;
+      this.post(worker, { type: 'cancel', task: task.id });
+      // A worker deep in a synchronous step does not read the cancel: past the grace it is killed
+      // (its memory goes with it) and replaced, and the task ends as cancelled.
+      setTimeout(() => {
+        if (worker.task !== task || worker.killedFor) return;
+        worker.killedFor = task;
+        worker.child.kill('SIGKILL');
+      }, this.cancelGraceMs).unref();
     }
   }
 
@@ -374,7 +441,7 @@ export class ShardPool {
   private dispatch(): void {
     for (const worker of this.workers) {
       if (this.pending.length === 0) return;
-      if (!worker.ready || worker.task) continue;
+      if (!worker.ready || worker.task || worker.killedFor) continue;
       const task = this.pending.shift()!;
       task.attempts += 1;
       worker.task = task;
@@ -391,7 +458,13 @@ export class ShardPool {
       env: { ...process.env, ...this.env, RATIO_THREADS: String(this.threads) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    const worker: Worker = { child, ready: false, task: undefined, modelKey: undefined };
+    const worker: Worker = {
+      child,
+      ready: false,
+      task: undefined,
+      modelKey: undefined,
+      killedFor: undefined,
+    };
     this.workers.add(worker);
     child.on('message', (message: WorkerMessage) => this.onMessage(worker, message));
     child.on('exit', () => this.onExit(worker));
@@ -405,6 +478,11 @@ export class ShardPool {
       worker.ready = true;
       this.startFailures = 0;
       this.dispatch();
+      return;
+    }
+    if (message.type === 'memory') {
+      const { tensors, heapUsed, rss } = message;
+      this.memoryRequests.get(message.request)?.({ pid: worker.child.pid ?? 0, tensors, heapUsed, rss });
       return;
     }
     const task = worker.task;
@@ -421,7 +499,13 @@ export class ShardPool {
     if (message.type === 'result' || message.type === 'worst-case-result') {
       (task.resolve as (part: AutoAttackPart | WorstCasePart) => void)(message.part);
     } else if (message.name === 'AbortError') task.reject(new DOMException(message.message, 'AbortError'));
-    else task.reject(new ShardFailedError(`shard ${task.range.shard}: ${message.name}: ${message.message}`));
+    else if (message.name === 'NonFiniteLogitsError') {
+      // The model's fault, not the pool's: the audit fails with the engine's own error.
+      const error = new NonFiniteLogitsError(`shard ${task.range.shard}`);
+      error.message = message.message;
+      task.reject(error);
+    } else
+      task.reject(new ShardFailedError(`shard ${task.range.shard}: ${message.name}: ${message.message}`));
     this.dispatch();
   }
 
@@ -434,6 +518,11 @@ export class ShardPool {
       return;
     }
     this.restarts += 1;
+    if (task && worker.killedFor === task) {
+      task.reject(new DOMException('the audit was cancelled', 'AbortError'));
+      this.spawn();
+      return;
+    }
     if (!worker.ready) this.startFailures += 1;
     if (this.startFailures >= 3) {
       const error = new ShardFailedError('shard workers exit before they are ready (see their stderr)');

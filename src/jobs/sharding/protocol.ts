@@ -54,7 +54,14 @@ export interface WorstCasePart {
   images: Float32Array;
 }
 
-export type ParentMessage = ShardTaskMessage | WorstCaseTaskMessage | { type: 'cancel'; task: number };
+export type ParentMessage =
+  | ShardTaskMessage
+  | WorstCaseTaskMessage
+  | { type: 'cancel'; task: number }
+  /** The audit of this model ended: free it (a worker holds no model between audits). */
+  | { type: 'release'; modelKey: string }
+  /** Report live tfjs tensors and heap (tests and the reliability report). */
+  | { type: 'memory'; request: number };
 
 export type WorkerMessage =
   | { type: 'ready'; backend: string; pid: number }
@@ -62,4 +69,5 @@ export type WorkerMessage =
   | { type: 'result'; task: number; part: AutoAttackPart }
   | { type: 'worst-case-result'; task: number; part: WorstCasePart }
   | { type: 'worst-case-progress'; task: number; done: number; total: number }
-  | { type: 'error'; task: number; name: string; message: string };
+  | { type: 'error'; task: number; name: string; message: string }
+  | { type: 'memory'; request: number; tensors: number; heapUsed: number; rss: number };

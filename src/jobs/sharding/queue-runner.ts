@@ -6,6 +6,7 @@ import { type AutoAttackReport, autoAttack } from '../../engine/attacks/autoatta
 import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
 import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
 import { saveModelToFiles } from '../../engine/model/files.js';
+import { NonFiniteLogitsError } from '../../engine/model/logits.js';
 import { shardSettingsOf } from '../audit/parameters.js';
 import type { BlobStore } from './blob-store.js';
 import type { PoolAuditOptions } from './pool.js';
@@ -14,6 +15,7 @@ import {
   AUDIT_QUEUE,
   type AuditJobData,
   auditBlobPrefix,
+  auditModelDir,
   cancelChannel,
   cancelledKey,
   DEFAULT_QUEUE_PREFIX,
@@ -59,6 +61,8 @@ export interface QueueRunnerOptions {
 export type QueueAuditOptions = PoolAuditOptions;
 
 const KEEP_FINISHED = { age: 24 * 3600 };
+/** The error name a worker puts first in a shard's failure reason when the model's logits were not finite. */
+const NON_FINITE = 'NonFiniteLogitsError';
 
 /** Resolves when Redis answers a PING; rejects with `QueueUnavailableError` otherwise. */
 async function checkRedis(url: string, timeoutMs: number): Promise<void> {
@@ -201,13 +205,22 @@ export class QueueAuditRunner {
           await cancelling;
           throw options.signal.reason ?? error;
         }
-        throw new ShardFailedError(`audit ${audit} failed on the queue: ${(error as Error).message}`);
+        const reason = await this.failedShardReason(audit, shards);
+        if (reason?.startsWith(`${NON_FINITE}: `)) {
+          const failure = new NonFiniteLogitsError('a shard on the queue');
+          failure.message = reason.slice(NON_FINITE.length + 2);
+          throw failure;
+        }
+        throw new ShardFailedError(
+          `audit ${audit} failed on the queue: ${reason ?? (error as Error).message}`,
+        );
       }
-      await this.options.store.removePrefix(auditBlobPrefix(audit)).catch(() => {});
       return { ...merged, seconds: (performance.now() - started) / 1000 };
     } finally {
       options.signal?.removeEventListener('abort', abort);
       this.listeners.delete(audit);
+      // However the audit ended, its staged model and points go (a cancel removed them already).
+      if (!cancelling) await this.options.store.removePrefix(auditBlobPrefix(audit)).catch(() => {});
     }
   }
 
@@ -224,7 +237,7 @@ export class QueueAuditRunner {
     const n = x.shape[0];
     const [, h, w, c] = x.shape;
     const rowSize = h * w * c;
-    const model = await stageModel(store, files);
+    const model = await stageModel(store, files, auditModelDir(audit));
     const rows = x.dataSync() as Float32Array;
     for (const range of ranges) {
       await store.put(
@@ -263,6 +276,15 @@ export class QueueAuditRunner {
       })),
     });
     return tree.job as Job<AuditJobData>;
+  }
+
+  /** Why the first failed shard of an audit failed, as its worker said (undefined: none failed). */
+  private async failedShardReason(audit: string, shards: number): Promise<string | undefined> {
+    for (let shard = 0; shard < shards; shard++) {
+      const job = await Job.fromId(this.shardQueue, shardJobId(audit, shard)).catch(() => undefined);
+      if (job?.failedReason) return job.failedReason;
+    }
+    return undefined;
   }
 
   /**

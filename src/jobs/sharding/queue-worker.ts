@@ -4,6 +4,7 @@ import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { loadClassifierFromFiles } from '../../engine/model/files.js';
+import { NonFiniteLogitsError } from '../../engine/model/logits.js';
 import { type BlobStore, openBlobStore } from './blob-store.js';
 import {
   AUDIT_QUEUE,
@@ -229,6 +230,10 @@ export class QueueShardWorker {
         // A cancelled shard must not be retried.
         throw new UnrecoverableError('the audit was cancelled');
       }
+      // The model's fault: running the shard again would meet it again. The name leads the reason,
+      // so the enqueuer can give the audit the engine's own error.
+      if (error instanceof NonFiniteLogitsError)
+        throw new UnrecoverableError(`${error.name}: ${error.message}`);
       throw error;
     } finally {
       blocked.disable();

@@ -81,8 +81,11 @@ export interface ShardJobData {
   audit: string;
   /** The store the enqueuer staged into (a worker's own `--store` URL wins: other mount points). */
   store: string;
-  /** Content address of the model's files in the store, and their names. */
-  model: { key: string; files: string[] };
+  /**
+   * Content address of the model's files (a worker keeps a model loaded by it), their names, and
+   * where they are staged: under the audit (`dir`), removed with it; older jobs: `models/<key>`.
+   */
+  model: { key: string; files: string[]; dir?: string };
   range: ShardRange;
   shards: number;
   /** Points of the whole audit. */
@@ -114,8 +117,13 @@ export const shardJobId = (audit: string, shard: number) => `${audit}.${shard}`;
 export const cancelChannel = (prefix: string) => `${prefix}:audit-cancel`;
 export const cancelledKey = (prefix: string, audit: string) => `${prefix}:audit-cancelled:${audit}`;
 
-/** Store keys: models by content (shared by audits of one model), points per audit and shard. */
+/**
+ * Store keys: models by content (what jobs staged before models moved under their audit), a model
+ * staged with its audit, points per audit and shard. Everything under `audits/<id>` goes when the
+ * audit ends.
+ */
 export const modelBlobKey = (model: string, file: string) => `models/${model}/${file}`;
+export const auditModelDir = (audit: string) => `audits/${audit}/model`;
 export const auditBlobPrefix = (audit: string) => `audits/${audit}`;
 export const shardPointsKey = (audit: string, shard: number) => `audits/${audit}/points-${shard}.f32`;
 export const probePointsKey = (audit: string) => `audits/${audit}/probe.f32`;
@@ -127,26 +135,32 @@ export function modelKey(files: ModelFiles): string {
   return hash.digest('hex').slice(0, 32);
 }
 
-/** Writes the model files under their content address (skipped blobs are rewritten: idempotent). */
+/**
+ * Writes the model files for one audit under `dir` (its own copy, removed with the audit's blobs;
+ * rewriting is idempotent), keyed by their content address.
+ */
 export async function stageModel(
   store: BlobStore,
   files: ModelFiles,
-): Promise<{ key: string; files: string[] }> {
+  dir: string,
+): Promise<{ key: string; files: string[]; dir: string }> {
   const key = modelKey(files);
   const names = [...files.keys()].sort();
   for (const name of names) {
     if (name.includes('/')) throw new ShardError(`model file '${name}' lies in a folder; not supported`);
-    await store.put(modelBlobKey(key, name), files.get(name)!);
+    await store.put(`${dir}/${name}`, files.get(name)!);
   }
-  return { key, files: names };
+  return { key, files: names, dir };
 }
 
 export async function fetchModel(
   store: BlobStore,
-  model: { key: string; files: string[] },
+  model: { key: string; files: string[]; dir?: string },
 ): Promise<ModelFiles> {
   const files: ModelFiles = new Map();
-  for (const name of model.files) files.set(name, await store.get(modelBlobKey(model.key, name)));
+  for (const name of model.files) {
+    files.set(name, await store.get(model.dir ? `${model.dir}/${name}` : modelBlobKey(model.key, name)));
+  }
   if (modelKey(files) !== model.key) {
     throw new ShardError(`the store's model ${model.key} does not match its content address`);
   }

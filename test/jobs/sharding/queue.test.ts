@@ -83,12 +83,19 @@ describe('blob stores', () => {
       await expect(store.get('audits/a1/points-1.f32')).rejects.toBeInstanceOf(BlobNotFoundError);
       expect([...(await store.get('audits/a2/points-0.f32'))]).toEqual([5]);
 
-      const staged = await stageModel(store, MODEL);
-      expect(staged).toEqual({ key: modelKey(MODEL), files: ['group1-shard1of1.bin', 'model.json'] });
+      // A model is staged with its audit and goes with the audit's blobs.
+      const staged = await stageModel(store, MODEL, 'audits/a3/model');
+      expect(staged).toEqual({
+        key: modelKey(MODEL),
+        files: ['group1-shard1of1.bin', 'model.json'],
+        dir: 'audits/a3/model',
+      });
       expect(await fetchModel(store, staged)).toEqual(MODEL);
       // A file changed behind the content address is refused, not loaded.
-      await store.put(`models/${staged.key}/model.json`, new TextEncoder().encode('{}'));
+      await store.put('audits/a3/model/model.json', new TextEncoder().encode('{}'));
       await expect(fetchModel(store, staged)).rejects.toThrow(/does not match its content address/);
+      await store.removePrefix('audits/a3');
+      await expect(fetchModel(store, staged)).rejects.toBeInstanceOf(BlobNotFoundError);
     });
   }
 

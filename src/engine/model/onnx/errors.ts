@@ -55,7 +55,15 @@ export class OnnxUnsupportedError extends OnnxImportError {
 export class OnnxLimitError extends OnnxImportError {
   override readonly name = 'OnnxLimitError';
   constructor(
-    readonly limit: 'bytes' | 'parameters' | 'tensorElements' | 'nodes' | 'flops',
+    readonly limit:
+      | 'bytes'
+      | 'parameters'
+      | 'tensorElements'
+      | 'nodes'
+      | 'flops'
+      | 'initializers'
+      | 'protoElements'
+      | 'depth',
     readonly value: number,
     readonly maximum: number,
     what: string,
@@ -64,4 +72,12 @@ export class OnnxLimitError extends OnnxImportError {
   ) {
     super(`${what}: ${value} ${limit}, over the limit of ${maximum}`);
   }
+}
+
+/**
+ * The model loads but its trial forward pass of one zero image gives non-finite logits (NaN or
+ * infinity: NaN weights, an overflowing layer): no attack or prediction on it would mean anything.
+ */
+export class OnnxTrialError extends OnnxImportError {
+  override readonly name = 'OnnxTrialError';
 }

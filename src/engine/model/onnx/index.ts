@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { assertImageBatch, type Classifier, type ModelCard, probabilities } from '../classifier.js';
-import { OnnxUnsupportedError } from './errors.js';
+import { OnnxImportError, OnnxTrialError, OnnxUnsupportedError } from './errors.js';
 import { CONV_OPS } from './ops-conv.js';
 import { FOLD_OPS } from './ops-fold.js';
 import { SHAPE_OPS } from './ops-shape.js';
@@ -10,7 +10,13 @@ import { type GraphPlan, planGraph, planModel } from './plan-model.js';
 import { decodeModel } from './proto.js';
 import { materializeWeights, runPlan } from './runtime.js';
 
-export { OnnxFormatError, OnnxImportError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
+export {
+  OnnxFormatError,
+  OnnxImportError,
+  OnnxLimitError,
+  OnnxTrialError,
+  OnnxUnsupportedError,
+} from './errors.js';
 export { DEFAULT_ONNX_LIMITS, type OnnxLimits } from './plan.js';
 
 /**
@@ -56,9 +62,18 @@ export interface LoadOnnxOptions {
   limits?: Partial<OnnxLimits>;
 }
 
+/** Opsets of the default domain a classifier may import (the range the op handlers follow). */
+export const SUPPORTED_OPSETS = { min: 11, max: 18 } as const;
+
 function plan(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxPlan {
   const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
-  return planModel(decodeModel(bytes, full.maxBytes, full.maxNodes), ONNX_OPS, full);
+  const model = decodeModel(bytes, full.maxBytes, full.maxNodes);
+  if (model.opset < SUPPORTED_OPSETS.min || model.opset > SUPPORTED_OPSETS.max) {
+    throw new OnnxUnsupportedError(
+      `the model imports opset ${model.opset} of the default operator set; supported: ${SUPPORTED_OPSETS.min}-${SUPPORTED_OPSETS.max} (re-export with torch.onnx.export(..., opset_version=17))`,
+    );
+  }
+  return planModel(model, ONNX_OPS, full);
 }
 
 function summarize(p: OnnxPlan): OnnxSummary {
@@ -144,13 +159,23 @@ export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions =
   const weights = materializeWeights(p.steps);
   try {
     const classifier = new OnnxClassifier(p, weights, options.card ?? {});
-    tf.tidy(() => {
-      classifier.logits(tf.zeros([1, ...p.inputShape]) as tf.Tensor4D);
-    });
+    const finite = tf.tidy(
+      () =>
+        classifier
+          .logits(tf.zeros([1, ...p.inputShape]) as tf.Tensor4D)
+          .isFinite()
+          .all()
+          .dataSync()[0] === 1,
+    );
+    if (!finite) {
+      throw new OnnxTrialError(
+        'a trial forward pass of one zero image returns non-finite logits (NaN or infinity): check the weights',
+      );
+    }
     return classifier;
   } catch (error) {
     tf.dispose(weights.flat());
-    if (error instanceof OnnxUnsupportedError) throw error;
+    if (error instanceof OnnxImportError) throw error;
     throw new OnnxUnsupportedError(`the planned model does not run: ${(error as Error).message}`);
   }
 }

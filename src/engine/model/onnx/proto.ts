@@ -1,5 +1,6 @@
 import onnxProto from 'onnx-proto';
 import { OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
+import { DEFAULT_WIRE_LIMITS, scanOnnxWire, type WireLimits } from './wire-scan.js';
 
 /**
  * Reads an ONNX ModelProto with protobufjs (the `onnx-proto` package ships the compiled schema) into
@@ -75,13 +76,21 @@ function valueInfo(info: ValueInfoProto): OnnxValueInfo {
 
 /**
  * Decodes and sanity-checks a model file. Throws `OnnxFormatError` when the bytes are not an ONNX
- * model, `OnnxLimitError` over `maxBytes`, `OnnxUnsupportedError` for constructs outside what any
- * classifier needs (functions, sparse initializers, non-default operator domains are checked later).
+ * model, `OnnxLimitError` over `maxBytes` or over a count the wire scan checks before decoding
+ * (nodes in all graphs, initializers, decoded values, nesting; wire-scan.ts), `OnnxUnsupportedError`
+ * for constructs outside what any classifier needs (functions, sparse initializers, non-default
+ * operator domains are checked later).
  */
-export function decodeModel(bytes: Uint8Array, maxBytes: number, maxNodes: number): OnnxModel {
+export function decodeModel(
+  bytes: Uint8Array,
+  maxBytes: number,
+  maxNodes: number,
+  wire: Partial<Omit<WireLimits, 'maxNodes'>> = {},
+): OnnxModel {
   if (bytes.byteLength > maxBytes) {
     throw new OnnxLimitError('bytes', bytes.byteLength, maxBytes, 'the ONNX file');
   }
+  scanOnnxWire(bytes, { ...DEFAULT_WIRE_LIMITS, ...wire, maxNodes });
   let model: onnxProto.onnx.ModelProto;
   try {
     model = onnx.ModelProto.decode(bytes);

@@ -1,0 +1,837 @@
+import { appendFile, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import path from 'node:path';
+import { createGzip, gzipSync } from 'node:zlib';
+import * as tf from '@tensorflow/tfjs';
+import { zipSync } from 'fflate';
+import onnxProto from 'onnx-proto';
+import { Agent, FormData, fetch, type RequestInit, type Response } from 'undici';
+import { saveModelToFiles } from '../../src/engine/model/files.js';
+import { buildModel, floatTensor } from '../engine/model/onnx/onnx-builder.js';
+import { parseLogLine, type ServiceProcess } from '../helpers/service.js';
+
+/**
+ * The hostile client of issue 26, against the real server (`ratio serve` in a child process, two
+ * API keys): each case sends what broke the service before (and variants), and records the
+ * answers, any 5xx, whether the server died, how long /health/live took meanwhile (polled every
+ * 25 ms from this process: a stall of the server's event loop shows as a slow answer), and the
+ * resident memory of the server and its worker processes before and after (after a forced GC in
+ * every thread). Payloads are built before a case starts, so this process stays responsive.
+ */
+
+const { onnx } = onnxProto;
+
+export const KEY_A = 'hostile-key-a';
+export const KEY_B = 'hostile-key-b';
+const MB = 1024 * 1024;
+
+export interface HostileCase {
+  family: string;
+  name: string;
+  /** What the service must answer (e.g. '422', '202 then cancelled'). */
+  expected: string;
+  /** What it answered. */
+  answers: string;
+  ok: boolean;
+  fiveXX: number;
+  crashed: boolean;
+  seconds: number;
+  liveMedianMs: number;
+  liveMaxMs: number;
+  /** /health/live answers slower than 100 ms (each one a stall of the event loop or worse). */
+  stallsOver100: number;
+  rssBeforeMb: number;
+  rssAfterMb: number;
+  note?: string;
+}
+
+export interface HostileReport {
+  cases: HostileCase[];
+  /** Audits listed before a restart that were not listed after it. */
+  auditsLost: number;
+  /** Cancelled audits that went on to run (started after the cancel) or ended other than cancelled. */
+  runAfterCancel: number;
+  /** Seconds from DELETE to the final state of an audit cancelled mid-step. */
+  cancelSeconds: number[];
+}
+
+// ---------------------------------------------------------------- process measurements
+
+/** Resident memory of a process and all its descendants, MB (Linux /proc). */
+export async function treeRssMb(pid: number): Promise<number> {
+  let total = 0;
+  const visit = async (id: number) => {
+    const status = await readFile(`/proc/${id}/status`, 'utf8').catch(() => '');
+    total += Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
+    const tasks = await readdir(`/proc/${id}/task`).catch(() => [] as string[]);
+    for (const task of tasks) {
+      const children = await readFile(`/proc/${id}/task/${task}/children`, 'utf8').catch(() => '');
+      for (const child of children.split(' ').filter(Boolean)) await visit(Number(child));
+    }
+  };
+  await visit(pid);
+  return total;
+}
+
+/** Polls /health/live every 25 ms; latencies of the answers inside a window are read back. */
+export class LiveMonitor {
+  private readonly samples: Array<{ at: number; ms: number }> = [];
+  private running = true;
+  private readonly agent = new Agent({ connections: 2 });
+  private loop: Promise<void> | undefined;
+
+  constructor(private url: string) {}
+
+  start(): void {
+    this.running = true;
+    this.loop = (async () => {
+      while (this.running) {
+        const started = performance.now();
+        try {
+          const res = await fetch(`${this.url}/health/live`, {
+            dispatcher: this.agent,
+            signal: AbortSignal.timeout(30_000),
+          });
+          await res.arrayBuffer();
+          this.samples.push({ at: started, ms: performance.now() - started });
+        } catch {
+          this.samples.push({ at: started, ms: performance.now() - started });
+        }
+        const wait = 25 - (performance.now() - started);
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+    })();
+  }
+
+  retarget(url: string): void {
+    this.url = url;
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    await this.loop;
+    await this.agent.close();
+  }
+
+  window(from: number, to: number): number[] {
+    return this.samples.filter((s) => s.at >= from && s.at <= to).map((s) => s.ms);
+  }
+}
+
+const median = (values: number[]) => {
+  if (values.length === 0) return 0;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+};
+
+// ---------------------------------------------------------------- hostile payloads
+
+function varint(value: number): number[] {
+  const out: number[] = [];
+  while (value >= 0x80) {
+    out.push((value & 0x7f) | 0x80);
+    value = Math.floor(value / 128);
+  }
+  out.push(value);
+  return out;
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+const field = (number: number, payload: Uint8Array) =>
+  concat(new Uint8Array([...varint((number << 3) | 2), ...varint(payload.length)]), payload);
+
+/** `count` copies of an empty length-delimited field `number`. */
+function emptyFields(number: number, count: number): Uint8Array {
+  const tag = varint((number << 3) | 2);
+  const out = new Uint8Array((tag.length + 1) * count);
+  for (let i = 0; i < count; i++) out.set(tag, i * (tag.length + 1));
+  return out;
+}
+
+/** A CIFAR-10 classifier as ONNX: x [n,3,32,32] -> Flatten -> Gemm(10). */
+function cifarOnnx(options: { bias?: number; opset?: number; nodesBefore?: number } = {}): Uint8Array {
+  const chain = Array.from({ length: options.nodesBefore ?? 0 }, (_, i) => ({
+    op: 'Relu',
+    inputs: [i === 0 ? 'x' : `r${i - 1}`],
+    outputs: [`r${i}`],
+  }));
+  const last = chain.length > 0 ? `r${chain.length - 1}` : 'x';
+  const weights = new Float32Array(10 * 3072);
+  for (let i = 0; i < weights.length; i++) weights[i] = ((i * 7919) % 201) / 100_000 - 0.001;
+  return buildModel({
+    nodes: [
+      ...chain,
+      { op: 'Flatten', inputs: [last], outputs: ['flat'] },
+      { op: 'Gemm', inputs: ['flat', 'w', 'b'], outputs: ['y'], attributes: { transB: 1 } },
+    ],
+    inputs: [{ name: 'x', dims: ['n', 3, 32, 32] }],
+    outputs: [{ name: 'y', dims: ['n', 10] }],
+    initializers: [
+      floatTensor('w', [10, 3072], weights),
+      floatTensor(
+        'b',
+        [10],
+        Array.from({ length: 10 }, (_, i) => (i === 0 && options.bias !== undefined ? options.bias : 0)),
+      ),
+    ],
+    opset: options.opset ?? 17,
+  });
+}
+
+/** A valid model with `prefix` (raw GraphProto fields) before its graph's own fields. */
+function withGraphPrefix(model: Uint8Array, prefix: Uint8Array): Uint8Array {
+  const decoded = onnx.ModelProto.decode(model);
+  const graph = onnx.GraphProto.encode(decoded.graph!).finish();
+  decoded.graph = null;
+  return concat(onnx.ModelProto.encode(decoded).finish(), field(7, concat(prefix, graph)));
+}
+
+function idxImages(count: number): Uint8Array {
+  const bytes = new Uint8Array(16 + count * 784);
+  const view = new DataView(bytes.buffer);
+  view.setUint32(0, 0x00000803);
+  view.setUint32(4, count);
+  view.setUint32(8, 28);
+  view.setUint32(12, 28);
+  return bytes;
+}
+
+const gzip = (bytes: Uint8Array) => new Uint8Array(gzipSync(bytes, { level: 9 }));
+
+/** gzip of an IDX header for `count` 28x28 images and their zero pixels, streamed (never held). */
+async function gzippedIdxZeros(count: number): Promise<Uint8Array> {
+  const stream = createGzip({ level: 9 });
+  const out: Buffer[] = [];
+  stream.on('data', (chunk: Buffer) => out.push(chunk));
+  const done = new Promise((resolve) => stream.on('end', resolve));
+  const write = (bytes: Uint8Array) =>
+    new Promise<void>((resolve) => {
+      if (stream.write(bytes)) resolve();
+      else stream.once('drain', resolve);
+    });
+  const header = idxImages(0);
+  new DataView(header.buffer).setUint32(4, count);
+  await write(header);
+  const zeros = new Uint8Array(16 * MB);
+  let left = count * 784;
+  while (left > 0) {
+    const size = Math.min(left, zeros.length);
+    await write(zeros.subarray(0, size));
+    left -= size;
+  }
+  stream.end();
+  await done;
+  return new Uint8Array(Buffer.concat(out));
+}
+
+/** A dense model of about `megabytes` of weights (3072 inputs), and one overflowing on any image. */
+async function denseModel(units: number, kernel?: number): Promise<Map<string, Uint8Array>> {
+  const model = tf.sequential({
+    layers: [
+      tf.layers.flatten({ inputShape: [32, 32, 3] }),
+      tf.layers.dense({
+        units,
+        kernelInitializer:
+          kernel === undefined
+            ? tf.initializers.glorotUniform({ seed: 1 })
+            : tf.initializers.constant({ value: kernel }),
+      }),
+      ...(units === 10
+        ? []
+        : [tf.layers.dense({ units: 10, kernelInitializer: tf.initializers.glorotUniform({ seed: 2 }) })]),
+    ],
+  });
+  try {
+    return await saveModelToFiles(model, { name: 'hostile' });
+  } finally {
+    model.dispose();
+  }
+}
+
+/** model.json of `layers` 3x3 convolutions and one with a 3000x3000 kernel (refused by its budget). */
+function deepConvModel(layers: number): Map<string, Uint8Array> {
+  const conv = (i: number, kernel: number) => ({
+    class_name: 'Conv2D',
+    config: {
+      name: `conv${i}`,
+      filters: 3,
+      kernel_size: [kernel, kernel],
+      strides: [1, 1],
+      padding: 'same',
+      activation: 'relu',
+      use_bias: true,
+      ...(i === 0 ? { batch_input_shape: [null, 32, 32, 3] } : {}),
+    },
+  });
+  const topology = {
+    class_name: 'Sequential',
+    config: {
+      name: 'deep',
+      layers: [
+        ...Array.from({ length: layers }, (_, i) => conv(i, 3)),
+        conv(layers, 3000),
+        { class_name: 'Flatten', config: { name: 'flat' } },
+        { class_name: 'Dense', config: { name: 'out', units: 10 } },
+      ],
+    },
+  };
+  const modelJson = {
+    format: 'layers-model',
+    modelTopology: topology,
+    weightsManifest: [{ paths: [], weights: [] }],
+  };
+  return new Map([['model.json', new TextEncoder().encode(JSON.stringify(modelJson))]]);
+}
+
+/**
+ * POSTs `body` in chunks and resolves with the status of the first answer: a server that refuses
+ * mid-body (413) may close the connection before the rest is sent, which fetch reports as a failure.
+ */
+function postAnsweredEarly(url: URL, body: Uint8Array, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let answered = false;
+    const req = httpRequest(
+      url,
+      { method: 'POST', headers: { ...headers, 'content-length': String(body.length) } },
+      (res) => {
+        answered = true;
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    // An error after the answer is the server closing the refused upload: expected.
+    req.on('error', (error) => {
+      if (!answered) reject(error);
+    });
+    void (async () => {
+      for (let at = 0; at < body.length && !answered && !req.destroyed; at += 1 << 16) {
+        if (!req.write(body.subarray(at, at + (1 << 16))))
+          await new Promise((resolve) => {
+            req.once('drain', resolve);
+            req.once('close', resolve);
+          });
+      }
+      if (!answered && !req.destroyed) req.end();
+    })();
+  });
+}
+
+// ---------------------------------------------------------------- the probe
+
+interface Ctx {
+  service: () => ServiceProcess;
+  monitor: LiveMonitor;
+  cifar: Uint8Array;
+  agent: Agent;
+  restart: () => Promise<void>;
+  gc: () => Promise<void>;
+}
+
+const auth = (key: string) => ({ authorization: `Bearer ${key}` });
+
+function auditForm(
+  model: Map<string, Uint8Array> | { served: string },
+  dataset: { bytes: Uint8Array; name: string },
+  fields: Record<string, string> = {},
+  labels?: Uint8Array,
+) {
+  const form = new FormData();
+  if ('served' in model) form.append('model', model.served as string);
+  else for (const [name, bytes] of model) form.append('model_files', new Blob([new Uint8Array(bytes)]), name);
+  form.append('dataset', new Blob([new Uint8Array(dataset.bytes)]), dataset.name);
+  if (labels) form.append('labels', new Blob([new Uint8Array(labels)]), 'labels-idx1-ubyte.gz');
+  for (const [key, value] of Object.entries({
+    norm: 'L2',
+    eps: '0.5',
+    n: '4',
+    iterations: '1',
+    queries: '10',
+    ...fields,
+  }))
+    form.append(key, value);
+  return form;
+}
+
+async function send(
+  ctx: Ctx,
+  pathname: string,
+  init: Omit<RequestInit, 'headers'> & { key?: string; headers?: Record<string, string> } = {},
+): Promise<Response> {
+  const { key, headers, ...rest } = init;
+  return fetch(`${ctx.service().url}${pathname}`, {
+    ...rest,
+    headers: { ...(key ? auth(key) : {}), ...(headers ?? {}) },
+    dispatcher: ctx.agent,
+  });
+}
+
+async function job(
+  ctx: Ctx,
+  id: string,
+  key = KEY_A,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await send(ctx, `/v1/audits/${id}`, { key });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+}
+
+async function untilFinal(ctx: Ctx, id: string, timeoutMs = 300_000, key = KEY_A) {
+  const started = Date.now();
+  for (;;) {
+    const { body } = await job(ctx, id, key);
+    if (['succeeded', 'failed', 'cancelled'].includes(String(body.state))) return body;
+    if (Date.now() - started > timeoutMs) throw new Error(`audit ${id} did not end in ${timeoutMs / 1000} s`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<HostileReport> {
+  const report: HostileReport = { cases: [], auditsLost: 0, runAfterCancel: 0, cancelSeconds: [] };
+  const cifar = { bytes: ctx.cifar, name: 'test_batch.bin' };
+
+  /** Runs one case: `act` returns what was answered and whether that was what was due. */
+  async function run(
+    family: string,
+    name: string,
+    expected: string,
+    act: () => Promise<{ answers: string; ok: boolean; fiveXX?: number; note?: string }>,
+  ): Promise<void> {
+    await ctx.gc();
+    const pid = ctx.service().child.pid!;
+    const rssBeforeMb = await treeRssMb(pid);
+    // Requests the server logged as failed (every 5xx but a shutdown's 503 is logged at error level).
+    const failedRequests = new Set<string>();
+    const onLine = (line: string) => {
+      const entry = parseLogLine(line);
+      if (entry && typeof entry.level === 'number' && entry.level >= 50 && entry.request_id)
+        failedRequests.add(String(entry.request_id));
+    };
+    ctx.service().lines.on('line', onLine);
+    const started = performance.now();
+    let result: Awaited<ReturnType<typeof act>>;
+    try {
+      result = await act();
+    } catch (error) {
+      result = { answers: `error: ${(error as Error).message}`, ok: false };
+    }
+    const ended = performance.now();
+    ctx.service().lines.off('line', onLine);
+    const crashed = ctx.service().child.exitCode !== null || ctx.service().child.signalCode !== null;
+    if (crashed) await ctx.restart();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    await ctx.gc();
+    const rssAfterMb = crashed ? 0 : await treeRssMb(ctx.service().child.pid!);
+    const live = ctx.monitor.window(started, ended);
+    const entry: HostileCase = {
+      family,
+      name,
+      expected,
+      answers: result.answers,
+      ok: result.ok && !crashed,
+      fiveXX: Math.max(result.fiveXX ?? 0, failedRequests.size),
+      crashed,
+      seconds: (ended - started) / 1000,
+      liveMedianMs: median(live),
+      liveMaxMs: live.length > 0 ? Math.max(...live) : 0,
+      stallsOver100: live.filter((ms) => ms > 100).length,
+      rssBeforeMb,
+      rssAfterMb,
+      ...(result.note ? { note: result.note } : {}),
+    };
+    report.cases.push(entry);
+    // Each case as it ends (a JSON line), so a run stopped part-way still tells what it saw.
+    if (process.env.RATIO_HOSTILE_LOG)
+      await appendFile(process.env.RATIO_HOSTILE_LOG, `${JSON.stringify(entry)}\n`);
+  }
+
+  const upload = async (form: FormData, key = KEY_A) => {
+    const res = await send(ctx, '/v1/audits', { method: 'POST', body: form, key });
+    const text = await res.text();
+    return { status: res.status, text };
+  };
+  const refused = (expected: number) => async (form: () => FormData) => {
+    const { status, text } = await upload(form());
+    const detail = status >= 400 ? ((JSON.parse(text) as { detail?: string }).detail ?? '') : '';
+    return {
+      answers: `${status}${detail ? `: ${detail.slice(0, 90)}` : ''}`,
+      ok: status === expected,
+      fiveXX: status >= 500 ? 1 : 0,
+    };
+  };
+  const expect422 = refused(422);
+
+  // ---- ONNX limits enforced while reading
+  const base = cifarOnnx();
+  const payloads = {
+    empty50M: withGraphPrefix(base, emptyFields(1, 50_000_000)),
+    subgraph: (() => {
+      const sub = emptyFields(1, 5_000_000);
+      const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
+      return withGraphPrefix(base, field(1, field(5, attribute)));
+    })(),
+    functions: concat(base, field(25, emptyFields(7, 2_000_000))),
+    initializers: withGraphPrefix(base, emptyFields(5, 2_000_000)),
+    valueInfo: withGraphPrefix(base, emptyFields(13, 10_000_000)),
+    deep: (() => {
+      let type: Uint8Array = new Uint8Array(0);
+      for (let i = 0; i < 10_000; i++) type = field(4, field(1, type));
+      return withGraphPrefix(base, field(13, field(2, type)));
+    })(),
+  };
+  const onnxFiles = (bytes: Uint8Array) => new Map([['model.onnx', bytes]]);
+  await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.empty50M), cifar)),
+  );
+  payloads.empty50M = new Uint8Array(0);
+  await run('onnx', '5M empty nodes in a sub-graph (If branch attribute)', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.subgraph), cifar)),
+  );
+  await run('onnx', '2M nodes in a model-local function', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.functions), cifar)),
+  );
+  await run('onnx', '2M empty initializers', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.initializers), cifar)),
+  );
+  await run('onnx', '10M empty value_info entries (other field)', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.valueInfo), cifar)),
+  );
+  await run('onnx', 'types nested 10,000 deep', '422', () =>
+    expect422(() => auditForm(onnxFiles(payloads.deep), cifar)),
+  );
+  await run('onnx', 'opset 9 and opset 19', '422, 422', async () => {
+    const a = await expect422(() => auditForm(onnxFiles(cifarOnnx({ opset: 9 })), cifar));
+    const b = await expect422(() => auditForm(onnxFiles(cifarOnnx({ opset: 19 })), cifar));
+    return {
+      answers: `${a.answers.slice(0, 3)}, ${b.answers.slice(0, 3)}`,
+      ok: a.ok && b.ok,
+      fiveXX: (a.fiveXX ?? 0) + (b.fiveXX ?? 0),
+    };
+  });
+  await run('onnx', 'NaN bias (non-finite logits at the trial)', '422', () =>
+    expect422(() => auditForm(onnxFiles(cifarOnnx({ bias: Number.NaN })), cifar)),
+  );
+
+  // ---- decompression: one budget across nested layers
+  const bomb2 = gzip(await gzippedIdxZeros(2_400_000)); // 1.88 GB inside, a few kB outside
+  await run('data', 'double-gzipped IDX (1.88 GB inside)', '422', () =>
+    expect422(() => auditForm(onnxFiles(base), { bytes: bomb2, name: 'train-images-idx3-ubyte.gz' })),
+  );
+  await run('data', 'triple-gzipped IDX', '422', () =>
+    expect422(() => auditForm(onnxFiles(base), { bytes: gzip(bomb2), name: 'x-idx3-ubyte.gz' })),
+  );
+  const half = await gzippedIdxZeros(200_000); // 157 MB inflated: under 256 MiB alone
+  const labels = new Uint8Array(150 * MB);
+  labels.set([0, 0, 8, 1, 0, 3, 13, 64]);
+  const halfLabels = gzip(labels);
+  await run('data', 'gzipped images and labels, each under the budget, together over', '422', () =>
+    expect422(() => auditForm(onnxFiles(base), { bytes: half, name: 'x-idx3-ubyte.gz' }, {}, halfLabels)),
+  );
+  const zipOver = zipSync(
+    { 'set/a/0.png': new Uint8Array(200 * MB), 'set/b/1.png': new Uint8Array(100 * MB) },
+    { level: 9 },
+  );
+  await run('data', 'zip whose entries declare 300 MB', '422', () =>
+    expect422(() => auditForm(onnxFiles(base), { bytes: zipOver, name: 'set.zip' })),
+  );
+  await run('data', 'zip inside gzip', '422', () =>
+    expect422(() => auditForm(onnxFiles(base), { bytes: gzip(zipOver), name: 'set.gz' })),
+  );
+
+  // ---- multipart and media type
+  await run('multipart', '1.5M parts', '413', async () => {
+    const boundary = 'hostileboundary';
+    const part = `--${boundary}\r\nContent-Disposition: form-data; name="norm"\r\n\r\nL2\r\n`;
+    const body = new TextEncoder().encode(`${part.repeat(1_500_000)}--${boundary}--\r\n`);
+    const status = await postAnsweredEarly(new URL('/v1/audits', ctx.service().url), body, {
+      ...auth(KEY_A),
+      'content-type': `multipart/form-data; boundary=${boundary}`,
+    });
+    return { answers: String(status), ok: status === 413, fiveXX: status >= 500 ? 1 : 0 };
+  });
+  await run('multipart', 'one 200 MB part of random bytes', '422', () =>
+    expect422(() =>
+      auditForm(onnxFiles(base), { bytes: new Uint8Array(200 * MB).fill(7), name: 'data.bin' }),
+    ),
+  );
+  await run('multipart', 'urlencoded POST /v1/audits', '415', async () => {
+    const res = await send(ctx, '/v1/audits', {
+      method: 'POST',
+      key: KEY_A,
+      body: new URLSearchParams({ model: 'ratio-cifar10', norm: 'L2', eps: '0.5' }),
+    });
+    await res.arrayBuffer();
+    return { answers: String(res.status), ok: res.status === 415 };
+  });
+
+  // ---- models loaded and trial-run off the event loop
+  const big = await denseModel(3000); // 3072 x 3000 float32: 37 MB
+  await run(
+    'load',
+    'TF.js model of 37 MB: loaded in the intake thread, then cancelled',
+    '202, cancelled',
+    async () => {
+      const { status, text } = await upload(auditForm(big, cifar));
+      if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
+      const { id } = JSON.parse(text) as { id: string };
+      await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+      const end = await untilFinal(ctx, id);
+      if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
+      return { answers: `202, ${end.state}`, ok: end.state === 'cancelled' };
+    },
+  );
+  await run('load', '400 convolutions and a 3000x3000 kernel (refused by its budget)', '422', () =>
+    expect422(() => auditForm(deepConvModel(400), cifar)),
+  );
+  await run(
+    'load',
+    'valid 99,990-node ONNX chain: checked off the loop; cancelled mid-load in the pool',
+    '202, cancelled',
+    async () => {
+      const { status, text } = await upload(auditForm(onnxFiles(cifarOnnx({ nodesBefore: 99_988 })), cifar));
+      if (status !== 202)
+        return { answers: `${status}: ${text.slice(0, 120)}`, ok: false, fiveXX: status >= 500 ? 1 : 0 };
+      const { id } = JSON.parse(text) as { id: string };
+      // Running: its pool worker is loading (planning) the graph, a long synchronous step.
+      const started = Date.now();
+      while ((await job(ctx, id)).body.state !== 'running' && Date.now() - started < 120_000)
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      const cancelled = performance.now();
+      await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+      const end = await untilFinal(ctx, id);
+      const seconds = (performance.now() - cancelled) / 1000;
+      report.cancelSeconds.push(seconds);
+      if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
+      return {
+        answers: `202, ${end.state} ${seconds.toFixed(1)} s after DELETE`,
+        ok: end.state === 'cancelled',
+      };
+    },
+  );
+  const overflow = await denseModel(10, 1e38);
+  await run(
+    'model',
+    'finite at the trial, infinite logits on the data',
+    '202, failed (non-finite logit)',
+    async () => {
+      const { status, text } = await upload(auditForm(overflow, cifar));
+      if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
+      const end = await untilFinal(ctx, (JSON.parse(text) as { id: string }).id);
+      const failedRight =
+        end.state === 'failed' && end.result === null && String(end.error).includes('non-finite logit');
+      return { answers: `202, ${end.state}: ${String(end.error).slice(0, 60)}`, ok: failedRight };
+    },
+  );
+
+  // ---- cancellation that cannot be lost
+  await run(
+    'cancel',
+    'DELETE while the audit is being persisted (x3)',
+    'cancelled, never started',
+    async () => {
+      const ends: string[] = [];
+      let ok = true;
+      for (let i = 0; i < 3; i++) {
+        const { status, text } = await upload(auditForm({ served: 'ratio-cifar10' }, cifar, { n: '4' }));
+        if (status !== 202) return { answers: String(status), ok: false };
+        const { id } = JSON.parse(text) as { id: string };
+        await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+        const end = await untilFinal(ctx, id);
+        ends.push(`${end.state}${end.started_at ? ' (started)' : ''}`);
+        const right = end.state === 'cancelled' && end.result === null;
+        if (!right) report.runAfterCancel += 1;
+        ok &&= right;
+      }
+      // The quota slots came back: this key may start its 4 audits again.
+      const again = await upload(auditForm({ served: 'ratio-cifar10' }, cifar, { n: '2' }));
+      if (again.status === 202)
+        await send(ctx, `/v1/audits/${(JSON.parse(again.text) as { id: string }).id}`, {
+          method: 'DELETE',
+          key: KEY_A,
+        });
+      return { answers: `${ends.join(', ')}; next submit ${again.status}`, ok: ok && again.status === 202 };
+    },
+  );
+
+  // ---- /v2, /metrics: one key policy; bounded answers
+  const pixels = (n: number) =>
+    JSON.stringify({
+      inputs: [
+        { name: 'input', shape: [n, 32, 32, 3], datatype: 'FP32', data: new Array(n * 3072).fill(0.5) },
+      ],
+    });
+  const v2 = async (body: string, key?: string) => {
+    const res = await send(ctx, '/v2/models/ratio-cifar10/infer', {
+      method: 'POST',
+      body,
+      key,
+      headers: { 'content-type': 'application/json' },
+    });
+    return { status: res.status, text: await res.text() };
+  };
+  await run('v2', 'infer without a key (keys required for analyses)', '401', async () => {
+    const { status } = await v2(pixels(1));
+    return { answers: String(status), ok: status === 401 };
+  });
+  await run('v2', "'outputs' repeated 100k times with 64 images", '400', async () => {
+    const body = JSON.parse(pixels(64)) as Record<string, unknown>;
+    body.outputs = Array.from({ length: 100_000 }, () => ({ name: 'probabilities' }));
+    const { status, text } = await v2(JSON.stringify(body), KEY_A);
+    return { answers: `${status}: ${text.slice(0, 80)}`, ok: status === 400, fiveXX: status >= 500 ? 1 : 0 };
+  });
+  await run('v2', 'temperature 1e-300; a value 1e309', '400 (range), 400 (Infinity)', async () => {
+    const body = JSON.parse(pixels(1)) as Record<string, unknown>;
+    body.parameters = { temperature: 1e-300 };
+    const a = await v2(JSON.stringify(body), KEY_A);
+    const b = await v2(pixels(1).replace('0.5', '1e309'), KEY_A);
+    return {
+      answers: `${a.status}, ${b.status}: ${b.text.slice(0, 90)}`,
+      ok: a.status === 400 && b.status === 400 && b.text.includes('Infinity'),
+    };
+  });
+  await run('v2', '/metrics without a key', '401', async () => {
+    const res = await send(ctx, '/metrics');
+    await res.arrayBuffer();
+    return { answers: String(res.status), ok: res.status === 401 };
+  });
+
+  // ---- SSE: capped per key and in total
+  await run('sse', '500 event streams from one key on its own audit', '8 x 200, 492 x 429', async () => {
+    const { status, text } = await upload(
+      // A small eps breaks no point early: every attack runs its full budget, so the audit and its
+      // streams stay open for the whole burst.
+      auditForm({ served: 'ratio-cifar10' }, cifar, {
+        n: '64',
+        eps: '0.01',
+        iterations: '20',
+        queries: '1000',
+      }),
+    );
+    if (status !== 202) return { answers: `${status}: ${text.slice(0, 90)}`, ok: false };
+    const { id } = JSON.parse(text) as { id: string };
+    const controller = new AbortController();
+    const sseAgent = new Agent({ connections: 600 });
+    const answers = await Promise.all(
+      Array.from({ length: 500 }, () =>
+        fetch(`${ctx.service().url}/v1/audits/${id}/events`, {
+          headers: auth(KEY_A),
+          signal: controller.signal,
+          dispatcher: sseAgent,
+        }).then(
+          async (res) => {
+            if (res.status !== 200) await res.arrayBuffer();
+            return res.status;
+          },
+          () => 0,
+        ),
+      ),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const stateAfterBurst = String((await job(ctx, id)).body.state);
+    controller.abort();
+    await sseAgent.close().catch(() => {});
+    await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+    await untilFinal(ctx, id);
+    const ok200 = answers.filter((s) => s === 200).length;
+    const limited = answers.filter((s) => s === 429).length;
+    return {
+      answers: `${ok200} x 200, ${limited} x 429 (audit ${stateAfterBurst} after the burst)`,
+      ok: ok200 === 8 && limited === 492,
+    };
+  });
+
+  // ---- durable state: one corrupt file, ONNX across kill -9, lost owner.json
+  await run(
+    'state',
+    'kill -9 mid-audit, then job.json null and {}, a truncated shard, owner.json lost',
+    'starts; 3 quarantined, others served, 0 lost',
+    async () => {
+      // Five audits: two finished, one ONNX and one served audit running or queued at the kill.
+      const ids: string[] = [];
+      for (const fields of [{ n: '2' }, { n: '2' }]) {
+        const { text } = await upload(auditForm({ served: 'ratio-cifar10' }, cifar, fields), KEY_B);
+        const { id } = JSON.parse(text) as { id: string };
+        await untilFinal(ctx, id, 300_000, KEY_B);
+        ids.push(id);
+      }
+      const slow = await upload(
+        auditForm(
+          { served: 'ratio-cifar10' },
+          { bytes: ctx.cifar, name: 'test_batch.bin' },
+          { n: '64', iterations: '2', queries: '100' },
+        ),
+        KEY_B,
+      );
+      const slowId = (JSON.parse(slow.text) as { id: string }).id;
+      const onnxAudit = await upload(auditForm(onnxFiles(base), cifar, { n: '4' }), KEY_B);
+      const onnxId = (JSON.parse(onnxAudit.text) as { id: string }).id;
+      ids.push(slowId, onnxId);
+      // Wait for a finished shard of the slow audit, then kill -9.
+      const shards = path.join(stateDir, 'audits', slowId, 'shards');
+      const started = Date.now();
+      while (
+        (await readdir(shards).catch(() => [] as string[])).filter((f) => f.endsWith('.json')).length === 0
+      ) {
+        if (Date.now() - started > 300_000) return { answers: 'no shard finished in 300 s', ok: false };
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      const before = new Map<string, number>();
+      for (const id of ids) before.set(id, (await job(ctx, id, KEY_B)).status);
+      ctx.service().child.kill('SIGKILL');
+      await new Promise((resolve) => ctx.service().child.once('exit', resolve));
+      const dir = (id: string) => path.join(stateDir, 'audits', id);
+      await writeFile(path.join(dir(ids[0]), 'job.json'), 'null');
+      await writeFile(path.join(dir(ids[1]), 'job.json'), '{}');
+      const shardFile = (await readdir(shards)).find((f) => f.endsWith('.json'))!;
+      await writeFile(path.join(shards, shardFile), '{"audit": "trunc');
+      // owner.json lost on the ONNX audit: its owner is in job.json too.
+      await rm(path.join(dir(onnxId), 'owner.json'), { force: true });
+      await ctx.restart();
+      const after = new Map<string, { status: number; state: string; error: string }>();
+      for (const id of ids) {
+        const { status, body } = await job(ctx, id, KEY_B);
+        after.set(id, { status, state: String(body.state), error: String(body.error ?? '') });
+      }
+      // Quarantined audits are listed to their owner when job.json names it (the slow one); the
+      // two whose job.json is gone are kept on disk and named at start, visible to no key.
+      const onDisk = await Promise.all(
+        ids.map((id) =>
+          readdir(dir(id)).then(
+            () => true,
+            () => false,
+          ),
+        ),
+      );
+      // Lost: listed to its key before the kill, not after (quarantined ones are listed, as failed).
+      report.auditsLost += ids.filter((id) => before.get(id) === 200 && after.get(id)?.status !== 200).length;
+      const slowAfter = after.get(slowId)!;
+      const onnxEnd = await untilFinal(ctx, onnxId, 300_000, KEY_B);
+      const ready = (await send(ctx, '/health/ready')).status;
+      const ok =
+        ready === 200 &&
+        onDisk.every(Boolean) &&
+        ids.every((id) => after.get(id)?.status === 200) &&
+        slowAfter.state === 'failed' &&
+        slowAfter.error.includes('shards/') &&
+        onnxEnd.state === 'succeeded';
+      return {
+        answers: `ready ${ready}; slow: ${slowAfter.state} (${slowAfter.error.slice(0, 50)}); ONNX: ${onnxEnd.state}; dirs kept ${onDisk.filter(Boolean).length}/${ids.length}`,
+        ok,
+        note: [...before.keys()]
+          .map(
+            (id) => `${id.slice(0, 8)} ${before.get(id)} -> ${after.get(id)?.status} ${after.get(id)?.state}`,
+          )
+          .join('; '),
+      };
+    },
+  );
+  return report;
+}
