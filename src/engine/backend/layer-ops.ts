@@ -18,10 +18,14 @@ export const GROUPED_CONV_FILTER_GRAD = 'RatioGroupedConv2DBackpropFilter';
 export const ACTIVATION = 'RatioActivation';
 /** [dy, x] -> dx; attrs { fn }. */
 export const ACTIVATION_GRAD = 'RatioActivationGrad';
-/** [x (rows of [n, size]), scale, offset?] -> [y, mean, rstd]; attrs { epsilon }. */
+/** [x [rows, size], scale [size], offset? [size]] -> [y, mean [rows], variance [rows]]; attrs { epsilon }. */
 export const LAYER_NORM = 'RatioLayerNorm';
-/** [dy, x, scale, mean, rstd] -> dx (scale and offset are constants of an imported model); attrs { epsilon }. */
+/** [dy, x, scale, mean, variance] -> dx; attrs { epsilon }. */
 export const LAYER_NORM_GRAD = 'RatioLayerNormGrad';
+/** [x [rows, size]] -> the softmax of each row. */
+export const SOFTMAX = 'RatioSoftmax';
+/** [dy, y] -> dx, y the softmax. */
+export const SOFTMAX_GRAD = 'RatioSoftmaxGrad';
 
 export type ActivationFn = 'gelu' | 'swish' | 'hardswish' | 'hardsigmoid';
 
@@ -126,19 +130,50 @@ tf.registerGradient({
   outputsToSave: [false, true, true],
   gradFunc: (dys, saved, attrs) => {
     const dy = (Array.isArray(dys) ? dys[0] : dys) as tf.Tensor;
-    const [x, scale, mean, rstd] = saved;
+    const [x, scale, mean, variance] = saved;
+    const { epsilon } = attrs as unknown as { epsilon: number };
     return {
       x: () =>
         tf
           .engine()
           .runKernel(
             LAYER_NORM_GRAD,
-            { dy, x, scale, mean, rstd } as unknown as tf.NamedTensorMap,
+            { dy, x, scale, mean, variance } as unknown as tf.NamedTensorMap,
             attrs as tf.NamedAttrMap,
           ) as tf.Tensor,
       // The scale and offset of an imported model are constants: their gradients are composed.
-      scale: () => tf.sum(tf.mul(dy, tf.mul(tf.sub(x, mean), rstd)), 0),
+      scale: () => {
+        const column = (t: tf.Tensor) => tf.reshape(t, [-1, 1]);
+        const normalized = tf.mul(tf.sub(x, column(mean)), tf.rsqrt(tf.add(column(variance), epsilon)));
+        return tf.sum(tf.mul(dy, normalized), 0);
+      },
       offset: () => tf.sum(dy, 0),
+    };
+  },
+});
+
+/** The softmax of each row of `x` [rows, size]. */
+export function softmaxRows(x: tf.Tensor2D): tf.Tensor2D {
+  if (x.dtype === 'float32' && x.size > 0 && hasKernel(SOFTMAX) && hasKernel(SOFTMAX_GRAD)) {
+    return tf.engine().runKernel(SOFTMAX, { x } as unknown as tf.NamedTensorMap, {}) as tf.Tensor2D;
+  }
+  return tf.softmax(x);
+}
+
+tf.registerGradient({
+  kernelName: SOFTMAX,
+  outputsToSave: [true],
+  gradFunc: (dy, saved) => {
+    const [y] = saved;
+    return {
+      x: () =>
+        tf
+          .engine()
+          .runKernel(
+            SOFTMAX_GRAD,
+            { dy: dy as tf.Tensor, y } as unknown as tf.NamedTensorMap,
+            {},
+          ) as tf.Tensor,
     };
   },
 });

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { activation, groupedConv2d, layerNorm } from '../../backend/layer-ops.js';
+import { activation, groupedConv2d, layerNorm, softmaxRows } from '../../backend/layer-ops.js';
 import { depthwiseConv } from './depthwise.js';
 import { resolveShape } from './dims.js';
 import type { Step, UnaryFn } from './plan.js';
@@ -231,7 +231,10 @@ export function runStep(step: Step, inputs: tf.Tensor[], weights: tf.Tensor[], n
       return tf.concat(parts, step.axis);
     }
     case 'softmax':
-      return tf.softmax(x);
+      return tf.reshape(
+        softmaxRows(tf.reshape(x, [-1, x.shape[x.rank - 1] as number]) as tf.Tensor2D),
+        x.shape,
+      );
     case 'slice': {
       let y = tf.slice(x, step.begin, resolveShape(step.size, n));
       for (const { axis, indices } of step.gathers) y = gather(y, indices, axis);
