@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
  * offsets into it, checks each tensor against the heap and throws a RangeError otherwise.
  */
 export interface OnednnAddon {
-  /** Conv2D / depthwise (groups = input channels) forward, with an optional bias and activation. */
+  /** Conv2D, depthwise or grouped (geometry's groups) forward, with an optional bias and activation. */
   convForward(
     heap: ArrayBuffer,
     geometry: number[],
@@ -80,6 +80,48 @@ export interface OnednnAddon {
   ): void;
   /** An elementwise op over `count` float32 values (ELEMENTWISE_CODES); `b` -1 for unary ops. */
   elementwise(heap: ArrayBuffer, op: number, count: number, a: number, b: number, dst: number): void;
+  /**
+   * Layer normalisation of `geometry` [rows, size] rows: writes y and each row's mean and biased
+   * variance ([rows], for the gradient). `scale`/`shift` [size], -1: none.
+   */
+  layerNormForward(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    scale: number,
+    shift: number,
+    dst: number,
+    mean: number,
+    variance: number,
+    epsilon: number,
+  ): void;
+  /** Its input gradient, through the row statistics (scale -1: none). */
+  layerNormBackward(
+    heap: ArrayBuffer,
+    geometry: number[],
+    src: number,
+    diffDst: number,
+    mean: number,
+    variance: number,
+    scale: number,
+    diffSrc: number,
+    epsilon: number,
+  ): void;
+  /** The softmax of each of the [rows, size] rows. */
+  softmaxForward(heap: ArrayBuffer, geometry: number[], src: number, dst: number): void;
+  /** Its gradient from the softmax `dst` and the upstream gradient. */
+  softmaxBackward(heap: ArrayBuffer, geometry: number[], dst: number, diffDst: number, diffSrc: number): void;
+  /** GELU (0), swish (1), hard swish (2) or hard sigmoid (3) of `count` float32 values. */
+  activationForward(heap: ArrayBuffer, op: number, count: number, src: number, dst: number): void;
+  /** Its gradient: diffSrc = diffDst * f'(src). */
+  activationBackward(
+    heap: ArrayBuffer,
+    op: number,
+    count: number,
+    diffDst: number,
+    src: number,
+    diffSrc: number,
+  ): void;
   setThreads(threads: number): void;
   threads(): number;
   version(): string;

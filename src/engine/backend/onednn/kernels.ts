@@ -9,6 +9,7 @@ import {
   type WasmHeapBackend,
   withOutput,
 } from './heap.js';
+import { LAYER_KERNEL_NAMES, layerKernels } from './layer-kernels.js';
 import {
   NORMALIZATION_GRADIENT_NAMES,
   NORMALIZATION_KERNEL_NAMES,
@@ -56,6 +57,7 @@ export const ONEDNN_KERNEL_NAMES = [
   tf.BatchMatMul,
   tf._FusedMatMul,
   ...NORMALIZATION_KERNEL_NAMES,
+  ...LAYER_KERNEL_NAMES,
 ] as const;
 
 interface Installed {
@@ -430,6 +432,7 @@ export function installOnednnKernels(addon: OnednnAddon): void {
     matMulKernel(state, tf.BatchMatMul),
     matMulKernel(state, tf._FusedMatMul),
     ...normalizationKernels(addon, (kernelName, args, why) => fallback(state, kernelName, args, why)),
+    ...layerKernels(addon),
   ];
   for (const config of configs) registerWasmKernel(config);
   tf.registerGradient(conv2DGradient(state));

@@ -1,14 +1,15 @@
 import * as tf from '@tensorflow/tfjs';
 import { assertImageBatch, type Classifier, type ModelCard, probabilities } from '../classifier.js';
-import { OnnxImportError, OnnxTrialError, OnnxUnsupportedError } from './errors.js';
+import { OnnxImportError, OnnxLimitError, OnnxTrialError, OnnxUnsupportedError } from './errors.js';
 import { CONV_OPS } from './ops-conv.js';
 import { FOLD_OPS } from './ops-fold.js';
+import { MATMUL_OPS } from './ops-matmul.js';
 import { SHAPE_OPS } from './ops-shape.js';
 import { TENSOR_OPS } from './ops-tensor.js';
-import { DEFAULT_ONNX_LIMITS, type OnnxLimits, type OnnxPlan, type OpSpec } from './plan.js';
+import { DEFAULT_ONNX_LIMITS, type OnnxLimits, type OnnxPlan, type OpSpec, type Step } from './plan.js';
 import { type GraphPlan, planGraph, planModel } from './plan-model.js';
-import { decodeModel } from './proto.js';
-import { materializeWeights, runPlan } from './runtime.js';
+import { decodeModel, type ExternalData, externalLocations } from './proto.js';
+import { computeStatic, materializeWeights, runPlan } from './runtime.js';
 
 export {
   OnnxFormatError,
@@ -18,6 +19,7 @@ export {
   OnnxUnsupportedError,
 } from './errors.js';
 export { DEFAULT_ONNX_LIMITS, type OnnxLimits } from './plan.js';
+export type { ExternalData } from './proto.js';
 
 /**
  * ONNX import (PyTorch's `torch.onnx.export`, opsets 11-18): an ONNX file becomes a `Classifier`
@@ -33,6 +35,7 @@ export const ONNX_OPS: Readonly<Record<string, OpSpec>> = {
   ...CONV_OPS,
   ...TENSOR_OPS,
   ...SHAPE_OPS,
+  ...MATMUL_OPS,
   ...FOLD_OPS,
 };
 
@@ -60,20 +63,51 @@ export interface LoadOnnxOptions {
   /** Card fields (class names, temperature, name...); the input shape comes from the model. */
   card?: Partial<ModelCard>;
   limits?: Partial<OnnxLimits>;
+  /**
+   * The files of ONNX external data (weights beside model.onnx), by location; only for local model
+   * files: without them a model whose weights are external is refused.
+   */
+  externalData?: ExternalData;
 }
 
 /** Opsets of the default domain a classifier may import (the range the op handlers follow). */
 export const SUPPORTED_OPSETS = { min: 11, max: 18 } as const;
 
-function plan(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxPlan {
+function plan(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}, external?: ExternalData): OnnxPlan {
   const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
-  const model = decodeModel(bytes, full.maxBytes, full.maxNodes);
+  const externalBytes = [...(external?.values() ?? [])].reduce((sum, file) => sum + file.byteLength, 0);
+  const model = decodeModel(bytes, full.maxBytes - externalBytes, full.maxNodes);
   if (model.opset < SUPPORTED_OPSETS.min || model.opset > SUPPORTED_OPSETS.max) {
     throw new OnnxUnsupportedError(
       `the model imports opset ${model.opset} of the default operator set; supported: ${SUPPORTED_OPSETS.min}-${SUPPORTED_OPSETS.max} (re-export with torch.onnx.export(..., opset_version=17))`,
     );
   }
-  return planModel(model, ONNX_OPS, full);
+  if (externalBytes > 0 && bytes.byteLength + externalBytes > full.maxBytes) {
+    throw new OnnxLimitError(
+      'bytes',
+      bytes.byteLength + externalBytes,
+      full.maxBytes,
+      'the ONNX file and its external data',
+    );
+  }
+  return planModel({ ...model, external }, ONNX_OPS, full);
+}
+
+/**
+ * The external data files an ONNX model names (relative to its directory), so that a loader of
+ * local files can read them; empty when every weight is inside the file. Throws `OnnxFormatError`
+ * for an unreadable file, `OnnxUnsupportedError` for a location that leaves the directory.
+ */
+export function onnxExternalDataFiles(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): string[] {
+  const full = { ...DEFAULT_ONNX_LIMITS, ...limits };
+  return externalLocations(decodeModel(bytes, full.maxBytes, full.maxNodes));
+}
+
+/** Releases the weight arrays a plan holds once they are tensors (large models: half the memory). */
+function releaseWeightArrays(steps: readonly Step[]): void {
+  for (const step of steps) {
+    step.weights = step.weights.map((w) => ({ ...w, values: new Float32Array(0) }));
+  }
 }
 
 function summarize(p: OnnxPlan): OnnxSummary {
@@ -93,8 +127,12 @@ function summarize(p: OnnxPlan): OnnxSummary {
 }
 
 /** Reads and checks an ONNX file without making any tensor: what `ratio models inspect` prints. */
-export function inspectOnnx(bytes: Uint8Array, limits?: Partial<OnnxLimits>): OnnxSummary {
-  return summarize(plan(bytes, limits));
+export function inspectOnnx(
+  bytes: Uint8Array,
+  limits?: Partial<OnnxLimits>,
+  externalData?: ExternalData,
+): OnnxSummary {
+  return summarize(plan(bytes, limits, externalData));
 }
 
 /**
@@ -109,10 +147,17 @@ export class OnnxClassifier implements Classifier {
   readonly summary: OnnxSummary;
   private readonly plan: OnnxPlan;
   private weights: tf.Tensor[][];
+  private statics: Map<number, tf.Tensor>;
 
-  constructor(p: OnnxPlan, weights: tf.Tensor[][], card: Partial<ModelCard>) {
+  constructor(
+    p: OnnxPlan,
+    weights: tf.Tensor[][],
+    statics: Map<number, tf.Tensor>,
+    card: Partial<ModelCard>,
+  ) {
     this.plan = p;
     this.weights = weights;
+    this.statics = statics;
     this.numClasses = p.numClasses;
     this.summary = summarize(p);
     const classNames = card.classNames ?? Array.from({ length: p.numClasses }, (_, i) => `class_${i}`);
@@ -135,7 +180,15 @@ export class OnnxClassifier implements Classifier {
   logits(x: tf.Tensor4D): tf.Tensor2D {
     assertImageBatch(x, this.card.inputShape);
     return tf.tidy(
-      () => runPlan(this.plan.steps, this.weights, this.plan.input.id, x, this.plan.output.id) as tf.Tensor2D,
+      () =>
+        runPlan(
+          this.plan.steps,
+          this.weights,
+          this.statics,
+          this.plan.input.id,
+          x,
+          this.plan.output.id,
+        ) as tf.Tensor2D,
     );
   }
 
@@ -144,8 +197,9 @@ export class OnnxClassifier implements Classifier {
   }
 
   dispose(): void {
-    tf.dispose(this.weights.flat());
+    tf.dispose([...this.weights.flat(), ...this.statics.values()]);
     this.weights = [];
+    this.statics = new Map();
   }
 }
 
@@ -155,10 +209,13 @@ export class OnnxClassifier implements Classifier {
  * through the model, and a failure there frees them again. Throws the `OnnxImportError` kinds.
  */
 export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions = {}): OnnxClassifier {
-  const p = plan(bytes, options.limits);
+  const p = plan(bytes, options.limits, options.externalData);
   const weights = materializeWeights(p.steps);
+  let statics = new Map<number, tf.Tensor>();
   try {
-    const classifier = new OnnxClassifier(p, weights, options.card ?? {});
+    statics = computeStatic(p.steps, weights);
+    releaseWeightArrays(p.steps);
+    const classifier = new OnnxClassifier(p, weights, statics, options.card ?? {});
     const finite = tf.tidy(
       () =>
         classifier
@@ -174,7 +231,7 @@ export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions =
     }
     return classifier;
   } catch (error) {
-    tf.dispose(weights.flat());
+    tf.dispose([...weights.flat(), ...statics.values()]);
     if (error instanceof OnnxImportError) throw error;
     throw new OnnxUnsupportedError(`the planned model does not run: ${(error as Error).message}`);
   }
@@ -187,11 +244,18 @@ export function loadOnnxClassifier(bytes: Uint8Array, options: LoadOnnxOptions =
  */
 export class OnnxGraph {
   private weights: tf.Tensor[][];
+  private statics: Map<number, tf.Tensor>;
   private constructor(
     private readonly plan: GraphPlan,
     weights: tf.Tensor[][],
   ) {
     this.weights = weights;
+    try {
+      this.statics = computeStatic(plan.steps, weights);
+    } catch (error) {
+      tf.dispose(weights.flat());
+      throw error;
+    }
   }
 
   static load(bytes: Uint8Array, limits: Partial<OnnxLimits> = {}): OnnxGraph {
@@ -204,25 +268,28 @@ export class OnnxGraph {
   run(x?: tf.Tensor): tf.Tensor {
     const { input, output, steps } = this.plan;
     if (output.kind === 'constant') {
-      // A folded shape may hold the batch size (NaN at load), known now.
+      // A folded shape may hold the batch size, known now.
       const t = output.tensor;
-      const values = Float32Array.from(t.values, (v) =>
-        Number.isNaN(v) && t.type === 'int' ? (x?.shape[0] ?? v) : v,
-      );
+      const n = x?.shape[0] ?? 0;
+      const values = Float32Array.from(t.values, (v, i) => v + (t.batch?.[i] ?? 0) * n);
       return tf.tensor(values, t.shape, 'float32');
+    }
+    if (output.isStatic) {
+      return tf.tidy(() => runPlan(steps, this.weights, this.statics, -1, tf.zeros([1]), output.id).clone());
     }
     if (!input || !x) throw new Error("'x' is required: the graph has an input");
     if (x.rank !== input.shape.length || x.shape.slice(1).some((d, i) => d !== input.shape[i + 1])) {
       throw new Error(`'x' must be [n, ${input.shape.slice(1)}], got [${x.shape}]`);
     }
     return tf.tidy(() => {
-      const physical = input.layout.kind === 'nhwc' ? tf.transpose(x, [0, 2, 3, 1]) : x;
-      return runPlan(steps, this.weights, input.id, physical, output.id);
+      const physical = input.shape.length === 4 ? tf.transpose(x, [0, 2, 3, 1]) : x;
+      return runPlan(steps, this.weights, this.statics, input.id, physical, output.id);
     });
   }
 
   dispose(): void {
-    tf.dispose(this.weights.flat());
+    tf.dispose([...this.weights.flat(), ...this.statics.values()]);
     this.weights = [];
+    this.statics = new Map();
   }
 }

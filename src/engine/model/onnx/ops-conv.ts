@@ -1,6 +1,14 @@
 import { constant, sizeOf, transposeConstant } from './constants.js';
 import { OnnxFormatError, type OnnxNodeRef, OnnxUnsupportedError } from './errors.js';
-import { type Activation, Attributes, type ExplicitPad, type OpSpec, type Planner } from './plan.js';
+import {
+  type Activation,
+  Attributes,
+  type ExplicitPad,
+  nhwc,
+  type OpSpec,
+  type Planner,
+  permOf,
+} from './plan.js';
 import type { ConstTensor, OnnxNode } from './proto.js';
 
 /** Convolutions, pooling and padding: the spatial ops, planned on NHWC activations. */
@@ -124,22 +132,26 @@ const convOp: OpSpec = {
       );
     }
     const window = windowOf(node, at, x, kernel);
-    const group = new Attributes(node, at).int('group', 1);
+    const groups = new Attributes(node, at).int('group', 1);
     const inChannels = x.shape[1];
-    const depthwise = group > 1 && group === inChannels && inPerGroup === 1 && outChannels % inChannels === 0;
-    if (group !== 1 && !depthwise) {
+    if (
+      !(Number.isInteger(groups) && groups >= 1) ||
+      inChannels % groups !== 0 ||
+      outChannels % groups !== 0
+    ) {
       throw new OnnxUnsupportedError(
-        `group ${group} is not supported: only 1 and depthwise (group = input channels ${inChannels})`,
+        `group ${groups} must divide the input channels (${inChannels}) and the output channels (${outChannels})`,
         at,
         'group',
       );
     }
-    if (!depthwise && inPerGroup !== inChannels) {
+    if (inPerGroup * groups !== inChannels) {
       throw new OnnxFormatError(
-        `the weight takes ${inPerGroup} input channels, the input has ${inChannels}`,
+        `the weight takes ${inPerGroup} input channels per group, the input has ${inChannels} in ${groups} groups`,
         at.node,
       );
     }
+    const depthwise = groups > 1 && groups === inChannels;
     if (bias && bias.values.length !== outChannels) {
       throw new OnnxFormatError(
         `the bias has ${bias.values.length} values for ${outChannels} output channels`,
@@ -151,17 +163,20 @@ const convOp: OpSpec = {
     const { strides, dilations, pads } = window;
     const outH = outputSize(h, pads[0], pads[2], kh, strides[0], dilations[0], at);
     const outW = outputSize(w, pads[1], pads[3], kw, strides[1], dilations[1], at);
-    // [O, I, kh, kw] -> tfjs [kh, kw, I, O]; depthwise [C*m, 1, kh, kw] -> [kh, kw, C, m].
+    // [O, I/g, kh, kw] -> [kh, kw, I/g, O]: tfjs's HWIO for one group; for g groups the output
+    // channels run group-major, which oneDNN reads as [kh, kw, I/g, g, O/g]; for depthwise the same
+    // bytes are tfjs's [kh, kw, C, multiplier].
+    const transposed = transposeConstant(weight, [2, 3, 1, 0]);
     const filter = depthwise
-      ? transposeConstant({ ...weight, shape: [inChannels, outChannels / inChannels, kh, kw] }, [2, 3, 0, 1])
-      : transposeConstant(weight, [2, 3, 1, 0]);
+      ? { ...transposed, shape: [kh, kw, inChannels, outChannels / inChannels] }
+      : transposed;
     const weights = [filter, ...(bias ? [{ ...bias, shape: [outChannels] }] : [])];
     const out = planner.emit(
-      { op: 'conv', depthwise, strides, pad: explicitPad(pads), dilations, activation: 'linear' },
+      { op: 'conv', groups, depthwise, strides, pad: explicitPad(pads), dilations, activation: 'linear' },
       [x],
       weights,
-      [-1, outChannels, outH, outW],
-      { kind: 'nhwc' },
+      [x.shape[0], outChannels, outH, outW],
+      nhwc(),
       node.outputs[0],
       at.node,
     );
@@ -204,8 +219,8 @@ function poolOp(kind: 'max' | 'avg'): OpSpec {
           },
           [x],
           [],
-          [-1, channels, h + pads[0] + pads[2], w + pads[1] + pads[3]],
-          { kind: 'nhwc' },
+          [x.shape[0], channels, h + pads[0] + pads[2], w + pads[1] + pads[3]],
+          nhwc(),
           `${node.outputs[0]}:padded`,
           at.node,
         );
@@ -233,8 +248,8 @@ function poolOp(kind: 'max' | 'avg'): OpSpec {
         { op: 'pool', kind, size: k, strides, pad: explicitPad(padded) },
         [x],
         [],
-        [-1, channels, sizes[0], sizes[1]],
-        { kind: 'nhwc' },
+        [x.shape[0], channels, sizes[0], sizes[1]],
+        nhwc(),
         node.outputs[0],
         at.node,
       );
@@ -253,8 +268,8 @@ const globalAveragePoolOp: OpSpec = {
       { op: 'globalAverage' },
       [planner.toLayout(x, 'nhwc')],
       [],
-      [-1, x.shape[1], 1, 1],
-      { kind: 'nhwc' },
+      [x.shape[0], x.shape[1], 1, 1],
+      nhwc(),
       node.outputs[0],
       at.node,
     );
@@ -297,19 +312,19 @@ const padOp: OpSpec = {
         'pads',
       );
     }
-    if (pads[0] !== 0 || pads[rank] !== 0)
-      throw new OnnxUnsupportedError('padding the batch is not supported', at, 'pads');
-    const shape = x.shape.map((d, i) => (i === 0 ? d : d + pads![i] + pads![i + rank]));
     const logical = x.shape.map((_, i): Pair => [pads![i], pads![i + rank]]);
-    let paddings = logical;
-    if (rank === 4) {
-      x = planner.toLayout(x, 'nhwc');
-      paddings = [logical[0], logical[2], logical[3], logical[1]];
-    } else {
-      x = planner.toLayout(x, 'plain');
+    if (x.shape.some((d, i) => d < 0 && (logical[i][0] !== 0 || logical[i][1] !== 0))) {
+      throw new OnnxUnsupportedError('padding the batch is not supported', at, 'pads');
     }
+    const shape = x.shape.map((d, i) => (d < 0 ? d : d + logical[i][0] + logical[i][1]));
+    if (logical.every(([a, b]) => a === 0 && b === 0)) {
+      planner.alias(node, x);
+      return;
+    }
+    if (x.layout.kind === 'flat-hwc') x = planner.toLayout(x, 'plain');
+    const perm = permOf(x)!;
     const out = planner.emit(
-      { op: 'pad', paddings, value },
+      { op: 'pad', paddings: perm.map((axis) => logical[axis]), value },
       [x],
       [],
       shape,

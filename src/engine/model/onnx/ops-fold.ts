@@ -2,23 +2,22 @@ import {
   type BinaryOp,
   binaryConstant,
   broadcastShape,
-  concatConstants,
   constant,
-  gatherConstant,
-  normalizeAxis,
-  reshapeTarget,
+  requireStatic,
+  scatterNdConstant,
   sizeOf,
-  sliceConstant,
-  transposeConstant,
+  unaryConstant,
+  whereConstant,
 } from './constants.js';
 import { OnnxLimitError, type OnnxNodeRef, OnnxUnsupportedError } from './errors.js';
 import { Attributes, type OpSpec, type Planner } from './plan.js';
 import { type ConstTensor, DataType, FLOAT_TYPES, INT_TYPES, type OnnxNode } from './proto.js';
 
 /**
- * The ops that only ever compute shapes, pads and other constants in exported classifiers
+ * The ops that only ever compute shapes, pads, masks and indices in exported classifiers
  * (`view(x.size(0), -1)` becomes Shape/Gather/Unsqueeze/Concat, `F.pad` a Constant/ConstantOfShape/
- * Concat/Reshape/Slice/Transpose/Cast chain): folded here at load, never run.
+ * Concat/Reshape/Slice/Transpose/Cast chain, Swin's attention mask ConstantOfShape/ScatterND/Equal/
+ * Where): folded here at load, never run.
  */
 
 export function defineConstant(planner: Planner, node: OnnxNode, tensor: ConstTensor, output = 0): void {
@@ -41,19 +40,23 @@ function ints(tensor: ConstTensor): number[] {
   return Array.from(tensor.values);
 }
 
-/** Axes from the attribute (older opsets) or input `index` (newer). */
-function axesOf(planner: Planner, node: OnnxNode, at: OnnxNodeRef, index: number): number[] | undefined {
-  const fromAttribute = new Attributes(node, at).ints('axes');
-  if (fromAttribute) return fromAttribute;
-  const input = planner.constantInput(node, index, at, 'axes');
-  return input ? ints(input) : undefined;
+/** A folded constant's size, checked before its values are computed. */
+export function checkFoldedSize(planner: Planner, size: number, at: OnnxNodeRef): void {
+  if (size > planner.limits.maxTensorElements) {
+    throw new OnnxLimitError(
+      'tensorElements',
+      size,
+      planner.limits.maxTensorElements,
+      `node '${at.node}' (folded)`,
+    );
+  }
 }
 
 const constantOp: OpSpec = {
   attributes: ['value', 'value_float', 'value_floats', 'value_int', 'value_ints'],
   foldOnly: true,
   handler: (planner, node, at) => {
-    const a = new Attributes(node, at);
+    const a = new Attributes(node, at, planner.model);
     let tensor = a.tensor('value');
     if (!tensor && a.has('value_float')) tensor = constant('float', [], [a.float('value_float', 0)]);
     if (!tensor && a.has('value_int')) tensor = constant('int', [], [a.int('value_int', 0)]);
@@ -72,54 +75,33 @@ const shapeOp: OpSpec = {
   handler: (planner, node, at) => {
     const value = planner.input(node, 0);
     if (!value) throw new OnnxUnsupportedError('Shape needs an input', at);
-    const shape =
-      value.kind === 'constant' ? value.tensor.shape : value.shape.map((d) => (d < 0 ? Number.NaN : d));
+    const dims = value.kind === 'constant' ? value.tensor.shape : value.shape;
     const a = new Attributes(node, at);
-    const rank = shape.length;
+    const rank = dims.length;
     const clampAxis = (v: number) => Math.min(Math.max(v < 0 ? v + rank : v, 0), rank);
-    const part = shape.slice(clampAxis(a.int('start', 0)), clampAxis(a.int('end', rank)));
-    defineConstant(planner, node, constant('int', [part.length], part));
-  },
-};
-
-const gatherOp: OpSpec = {
-  attributes: ['axis'],
-  foldOnly: true,
-  handler: (planner, node, at) => {
-    const data = constInput(planner, node, 0, at, 'data');
-    const indices = constInput(planner, node, 1, at, 'indices');
-    const axis = normalizeAxis(new Attributes(node, at).int('axis', 0), data.shape.length);
-    checkFoldedSize(
-      planner,
-      (sizeOf(data.shape) / Math.max(1, data.shape[axis])) * sizeOf(indices.shape),
-      at,
+    const part = dims.slice(clampAxis(a.int('start', 0)), clampAxis(a.int('end', rank)));
+    // A dimension holding the batch (-k) is the element k n.
+    const tensor = constant(
+      'int',
+      [part.length],
+      part.map((d) => Math.max(d, 0)),
     );
-    defineConstant(planner, node, gatherConstant(data, indices, axis));
+    if (part.some((d) => d < 0)) tensor.batch = Float64Array.from(part, (d) => (d < 0 ? -d : 0));
+    defineConstant(planner, node, tensor);
   },
 };
 
-const unsqueezeOp: OpSpec = {
-  attributes: ['axes'],
+const sizeOp: OpSpec = {
+  attributes: [],
   foldOnly: true,
   handler: (planner, node, at) => {
-    const data = constInput(planner, node, 0, at, 'data');
-    const axes = axesOf(planner, node, at, 1) ?? [];
-    const rank = data.shape.length + axes.length;
-    const normalized = axes.map((axis) => normalizeAxis(axis, rank)).sort((x, y) => x - y);
-    const shape = [...data.shape];
-    for (const axis of normalized) shape.splice(axis, 0, 1);
-    defineConstant(planner, node, { ...data, shape });
-  },
-};
-
-const squeezeOp: OpSpec = {
-  attributes: ['axes'],
-  foldOnly: true,
-  handler: (planner, node, at) => {
-    const data = constInput(planner, node, 0, at, 'data');
-    const axes = axesOf(planner, node, at, 1)?.map((axis) => normalizeAxis(axis, data.shape.length));
-    const shape = data.shape.filter((d, i) => (axes ? !axes.includes(i) : d !== 1));
-    defineConstant(planner, node, { ...data, shape });
+    const value = planner.input(node, 0);
+    if (!value) throw new OnnxUnsupportedError('Size needs an input', at);
+    const dims = value.kind === 'constant' ? value.tensor.shape : value.shape;
+    const elements = dims.reduce((a, d) => a * Math.abs(d), 1);
+    const tensor = constant('int', [], [dims.some((d) => d < 0) ? 0 : elements]);
+    if (dims.some((d) => d < 0)) tensor.batch = Float64Array.of(elements);
+    defineConstant(planner, node, tensor);
   },
 };
 
@@ -127,7 +109,9 @@ const constantOfShapeOp: OpSpec = {
   attributes: ['value'],
   foldOnly: true,
   handler: (planner, node, at) => {
-    const shape = ints(constInput(planner, node, 0, at, 'shape'));
+    const shapeTensor = constInput(planner, node, 0, at, 'shape');
+    requireStatic(shapeTensor, 'ConstantOfShape');
+    const shape = ints(shapeTensor);
     if (shape.some((d) => !Number.isInteger(d) || d < 0)) {
       throw new OnnxUnsupportedError(`shape [${shape}] is not static`, at, 'input');
     }
@@ -150,93 +134,132 @@ const constantOfShapeOp: OpSpec = {
   },
 };
 
-const sliceOp: OpSpec = {
-  attributes: ['starts', 'ends', 'axes'],
+const rangeOp: OpSpec = {
+  attributes: [],
   foldOnly: true,
   handler: (planner, node, at) => {
-    const data = constInput(planner, node, 0, at, 'data');
-    const a = new Attributes(node, at);
-    const starts = a.ints('starts') ?? ints(constInput(planner, node, 1, at, 'starts'));
-    const ends = a.ints('ends') ?? ints(constInput(planner, node, 2, at, 'ends'));
-    const axes =
-      a.ints('axes') ??
-      (node.inputs[3] ? ints(constInput(planner, node, 3, at, 'axes')) : starts.map((_, i) => i));
-    const steps = node.inputs[4] ? ints(constInput(planner, node, 4, at, 'steps')) : starts.map(() => 1);
-    defineConstant(planner, node, sliceConstant(data, starts, ends, axes, steps));
+    const [start, limit, delta] = [0, 1, 2].map((i) => {
+      const t = constInput(planner, node, i, at, ['start', 'limit', 'delta'][i]);
+      requireStatic(t, 'Range');
+      return t;
+    });
+    const [s, l, d] = [start.values[0], limit.values[0], delta.values[0]];
+    if (d === 0) throw new OnnxUnsupportedError('Range with delta 0', at);
+    const count = Math.max(Math.ceil((l - s) / d), 0);
+    checkFoldedSize(planner, count, at);
+    defineConstant(
+      planner,
+      node,
+      constant(
+        start.type,
+        [count],
+        Array.from({ length: count }, (_, i) => s + i * d),
+      ),
+    );
   },
 };
 
 const castOp: OpSpec = {
-  attributes: ['to'],
+  attributes: ['to', 'saturate'],
+  fold: (_planner, node, at, [data]) => {
+    const to = new Attributes(node, at).int('to', 0);
+    const x = data!;
+    if (FLOAT_TYPES.has(to))
+      return [{ ...constant('float', x.shape, x.values), ...(x.batch && { batch: x.batch }) }];
+    if (INT_TYPES.has(to)) {
+      const out = constant(
+        'int',
+        x.shape,
+        x.values.map((v) => Math.trunc(v)),
+      );
+      if (x.batch) out.batch = x.batch;
+      return [out];
+    }
+    if (to === DataType.BOOL) return [unaryConstant(x, (v) => (v !== 0 ? 1 : 0), 'bool')];
+    throw new OnnxUnsupportedError(`cast to data type ${DataType[to] ?? to} is not supported`, at, 'to');
+  },
+  handler: (planner, node, at) => {
+    // A cast of float activations to a float type changes nothing here (every tensor is float32).
+    const x = planner.activationInput(node, 0, at);
+    const to = new Attributes(node, at).int('to', 0);
+    if (!FLOAT_TYPES.has(to)) {
+      throw new OnnxUnsupportedError(
+        `cast of an activation to ${DataType[to] ?? to} is not supported (float only)`,
+        at,
+        'to',
+      );
+    }
+    planner.alias(node, x);
+  },
+};
+
+function foldBinaryOnly(op: BinaryOp, attributes: string[] = []): OpSpec {
+  return {
+    attributes,
+    foldOnly: true,
+    handler: (planner, node, at) => {
+      const a = constInput(planner, node, 0, at, 'A');
+      const b = constInput(planner, node, 1, at, 'B');
+      checkFoldedSize(planner, sizeOf(broadcastShape(a.shape, b.shape)), at);
+      defineConstant(planner, node, binaryConstant(op, a, b, new Attributes(node, at).int('fmod', 0) === 1));
+    },
+  };
+}
+
+const notOp: OpSpec = {
+  attributes: [],
   foldOnly: true,
   handler: (planner, node, at) => {
-    const data = constInput(planner, node, 0, at, 'input');
-    const to = new Attributes(node, at).int('to', 0);
-    let out: ConstTensor;
-    if (FLOAT_TYPES.has(to)) out = constant('float', data.shape, data.values);
-    else if (INT_TYPES.has(to))
-      out = constant(
-        'int',
-        data.shape,
-        data.values.map((v) => (Number.isNaN(v) ? v : Math.trunc(v))),
-      );
-    else if (to === DataType.BOOL)
-      out = constant(
-        'bool',
-        data.shape,
-        data.values.map((v) => (v !== 0 ? 1 : 0)),
-      );
-    else throw new OnnxUnsupportedError(`cast to data type ${DataType[to] ?? to} is not supported`, at, 'to');
-    defineConstant(planner, node, out);
+    defineConstant(
+      planner,
+      node,
+      unaryConstant(constInput(planner, node, 0, at, 'X'), (v) => (v === 0 ? 1 : 0), 'bool'),
+    );
+  },
+};
+
+const whereOp: OpSpec = {
+  attributes: [],
+  foldOnly: true,
+  handler: (planner, node, at) => {
+    const [condition, x, y] = [0, 1, 2].map((i) =>
+      constInput(planner, node, i, at, ['condition', 'X', 'Y'][i]),
+    );
+    checkFoldedSize(planner, sizeOf(broadcastShape(broadcastShape(condition.shape, x.shape), y.shape)), at);
+    defineConstant(planner, node, whereConstant(condition, x, y));
+  },
+};
+
+const scatterNdOp: OpSpec = {
+  attributes: ['reduction'],
+  foldOnly: true,
+  handler: (planner, node, at) => {
+    if (new Attributes(node, at).string('reduction', 'none') !== 'none')
+      throw new OnnxUnsupportedError('only reduction none is supported', at, 'reduction');
+    const [data, indices, updates] = [0, 1, 2].map((i) =>
+      constInput(planner, node, i, at, ['data', 'indices', 'updates'][i]),
+    );
+    defineConstant(planner, node, scatterNdConstant(data, indices, updates));
   },
 };
 
 export const FOLD_OPS: Record<string, OpSpec> = {
   Constant: constantOp,
   Shape: shapeOp,
-  Gather: gatherOp,
-  Unsqueeze: unsqueezeOp,
-  Squeeze: squeezeOp,
+  Size: sizeOp,
   ConstantOfShape: constantOfShapeOp,
-  Slice: sliceOp,
+  Range: rangeOp,
   Cast: castOp,
+  Equal: foldBinaryOnly('Equal'),
+  Less: foldBinaryOnly('Less'),
+  Greater: foldBinaryOnly('Greater'),
+  LessOrEqual: foldBinaryOnly('LessOrEqual'),
+  GreaterOrEqual: foldBinaryOnly('GreaterOrEqual'),
+  And: foldBinaryOnly('And'),
+  Or: foldBinaryOnly('Or'),
+  Xor: foldBinaryOnly('Xor'),
+  Mod: foldBinaryOnly('Mod', ['fmod']),
+  Not: notOp,
+  Where: whereOp,
+  ScatterND: scatterNdOp,
 };
-
-/** Folding for the runtime ops whose inputs are all constant. */
-export function foldBinary(
-  planner: Planner,
-  op: BinaryOp,
-  a: ConstTensor,
-  b: ConstTensor,
-  at: OnnxNodeRef,
-): ConstTensor {
-  if (a.values.some(Number.isNaN) || b.values.some(Number.isNaN)) {
-    throw new OnnxUnsupportedError('arithmetic on the batch size is not supported', at);
-  }
-  checkFoldedSize(planner, sizeOf(broadcastShape(a.shape, b.shape)), at);
-  return binaryConstant(op, a, b);
-}
-
-/** A folded constant's size, checked before its values are computed. */
-function checkFoldedSize(planner: Planner, size: number, at: OnnxNodeRef): void {
-  if (size > planner.limits.maxTensorElements) {
-    throw new OnnxLimitError(
-      'tensorElements',
-      size,
-      planner.limits.maxTensorElements,
-      `node '${at.node}' (folded)`,
-    );
-  }
-}
-
-export function foldReshape(
-  data: ConstTensor,
-  target: number[],
-  allowZero: boolean,
-  at: OnnxNodeRef,
-): ConstTensor {
-  if (target.some(Number.isNaN)) throw new OnnxUnsupportedError('reshaping a constant by the batch size', at);
-  return { ...data, shape: reshapeTarget(data.shape, target, allowZero) };
-}
-
-export { concatConstants, transposeConstant };

@@ -1,11 +1,14 @@
 import { checkFlops } from './cost.js';
+import { formatShape } from './dims.js';
 import { OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
 import {
   type Activation,
+  nhwc,
   type OnnxLimits,
   type OnnxPlan,
   type OpSpec,
   Planner,
+  plain,
   type Step,
   type Value,
 } from './plan.js';
@@ -111,17 +114,20 @@ function planNodes(planner: Planner, ops: Record<string, OpSpec>): void {
   const { model } = planner;
   for (const [name, tensor] of model.initializers) {
     if (!planner.values.has(name))
-      planner.define(name, { kind: 'constant', tensor: decodeTensor(tensor, `initializer '${name}'`) });
+      planner.define(name, {
+        kind: 'constant',
+        tensor: decodeTensor(tensor, `initializer '${name}'`, model.external),
+      });
   }
   for (const node of model.nodes) {
     const at = { node: node.name, opType: node.opType, opset: model.opset };
     const spec = ops[node.opType];
+    const inputs = node.inputs.map((name) => (name ? planner.values.get(name) : undefined));
+    const allConstant = inputs.every((value) => value === undefined || value.kind === 'constant');
     if (spec.foldOnly) {
-      const computed = node.inputs.findIndex(
-        (name) => name && planner.values.get(name)?.kind === 'activation',
-      );
-      // Shape reads only the static shape of an activation: it folds too.
-      if (computed >= 0 && node.opType !== 'Shape') {
+      const computed = inputs.findIndex((value) => value?.kind === 'activation');
+      // Shape and Size read only the static shape of an activation: they fold too.
+      if (computed >= 0 && node.opType !== 'Shape' && node.opType !== 'Size') {
         throw new OnnxUnsupportedError(
           `${node.opType} is only supported on constants and shapes (folded at load); input ${computed} is computed at run time`,
           at,
@@ -129,7 +135,21 @@ function planNodes(planner: Planner, ops: Record<string, OpSpec>): void {
       }
     }
     try {
-      spec.handler(planner, node, at);
+      if (spec.fold && allConstant && inputs.some((value) => value !== undefined)) {
+        // Every input known at load: the outputs are constants too.
+        for (let i = 0; i < node.inputs.length; i++) planner.input(node, i);
+        const results = spec.fold(
+          planner,
+          node,
+          at,
+          inputs.map((value) => (value?.kind === 'constant' ? value.tensor : undefined)),
+        );
+        results.forEach((tensor, i) => {
+          if (node.outputs[i]) planner.define(node.outputs[i], { kind: 'constant', tensor });
+        });
+      } else {
+        spec.handler(planner, node, at);
+      }
     } catch (error) {
       if (
         error instanceof OnnxFormatError ||
@@ -171,15 +191,20 @@ export function planModel(model: OnnxModel, ops: Record<string, OpSpec>, limits:
   const planner = new Planner(model, limits);
   const [h, w, c] = inputShape;
   const inputName = model.inputs[0].name;
-  const input = planner.activation([-1, c, h, w], { kind: 'nhwc' }, inputName);
+  const input = planner.activation([-1, c, h, w], nhwc(), inputName);
   planner.define(inputName, input);
   planNodes(planner, ops);
   const outputName = model.outputs[0].name;
   const result = planner.values.get(outputName);
   if (!result) throw new OnnxFormatError(`the graph output '${outputName}' is never computed`);
-  if (result.kind !== 'activation' || result.shape.length !== 2) {
+  if (
+    result.kind !== 'activation' ||
+    result.shape.length !== 2 ||
+    result.shape[0] !== -1 ||
+    result.shape[1] < 1
+  ) {
     throw new OnnxUnsupportedError(
-      `the output '${outputName}' must be logits [n, numClasses] computed from the input, got ${result.kind === 'activation' ? `[${result.shape.map((d) => (d < 0 ? 'n' : d))}]` : 'a constant'}`,
+      `the output '${outputName}' must be logits [n, numClasses] computed from the input, got ${result.kind === 'activation' ? formatShape(result.shape) : 'a constant'}`,
     );
   }
   const output = planner.toLayout(result, 'plain');
@@ -229,7 +254,7 @@ export function planGraph(model: OnnxModel, ops: Record<string, OpSpec>, limits:
       throw new OnnxUnsupportedError(`input '${info.name}' needs a static shape but for the batch`);
     }
     const shape = [-1, ...(dims.slice(1) as number[])];
-    input = planner.activation(shape, shape.length === 4 ? { kind: 'nhwc' } : { kind: 'plain' }, info.name);
+    input = planner.activation(shape, shape.length === 4 ? nhwc() : plain(shape.length), info.name);
     planner.define(info.name, input);
   }
   planNodes(planner, ops);

@@ -20,14 +20,25 @@ export const DataType = onnx.TensorProto.DataType;
 
 /**
  * A constant, folded at load: floats in a Float32Array; integers and booleans in a Float64Array
- * (exact below 2^53, which covers every shape and index). `NaN` in an integer tensor stands for
- * the batch size, which is only known at run time (e.g. the `Shape` of an activation).
+ * (exact below 2^53, which covers every shape and index). An integer computed from the shape of an
+ * activation may depend on the batch size n, known only at run time: element i is then
+ * `values[i] + batch[i] * n` (e.g. the `Shape` of an activation [n, 3, 32, 32] is values [0, 3, 32,
+ * 32] with batch [1, 0, 0, 0]).
  */
 export interface ConstTensor {
   type: 'float' | 'int' | 'bool';
   shape: number[];
   values: Float32Array | Float64Array;
+  /** Coefficients of the batch size, where an element depends on it (absent: none does). */
+  batch?: Float64Array;
 }
+
+/**
+ * The bytes of tensors stored outside the model file (ONNX external data: PyTorch writes the weights
+ * of models over 2 GB into files beside model.onnx), by the `location` the model names. Only local
+ * files have them: an upload is one file, and a model that names external data without them is refused.
+ */
+export type ExternalData = ReadonlyMap<string, Uint8Array>;
 
 export interface OnnxNode {
   /** The node's name, or `<opType>#<index>` when the file gives none. */
@@ -49,6 +60,8 @@ export interface OnnxValueInfo {
 }
 
 export interface OnnxModel {
+  /** The files of external data, when the model was read from a local directory. */
+  external?: ExternalData;
   irVersion: number;
   /** Version of the default ('' / 'ai.onnx') operator set. */
   opset: number;
@@ -190,8 +203,9 @@ function halfToFloat(h: number): number {
 function readRaw(raw: Uint8Array, dataType: number, size: number): number[] | Float32Array {
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   if (dataType === DataType.FLOAT) {
+    // ONNX stores little-endian, as every platform Node runs on: a byte copy (aligned, fast).
     const out = new Float32Array(size);
-    for (let i = 0; i < size; i++) out[i] = view.getFloat32(4 * i, true);
+    new Uint8Array(out.buffer).set(raw.subarray(0, size * 4));
     return out;
   }
   const out = new Array<number>(size);
@@ -247,20 +261,90 @@ function readFields(tensor: TensorProto, dataType: number): Array<number | LongL
   }
 }
 
+/** Whether the tensor's payload lies in an external file. */
+export function isExternal(tensor: TensorProto): boolean {
+  return (
+    tensor.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL || (tensor.externalData?.length ?? 0) > 0
+  );
+}
+
+/** `location`, `offset` and `length` of an external tensor (ONNX's key-value entries). */
+function externalEntry(
+  tensor: TensorProto,
+  where: string,
+): { location: string; offset: number; length?: number } {
+  const entries = new Map((tensor.externalData ?? []).map((e) => [e.key ?? '', e.value ?? '']));
+  const location = entries.get('location');
+  if (!location)
+    throw new OnnxFormatError(`${where}: tensor '${tensor.name}' is external but names no location`);
+  const integer = (key: string) => {
+    const raw = entries.get(key);
+    if (raw === undefined) return undefined;
+    const value = Number(raw);
+    if (!(Number.isSafeInteger(value) && value >= 0)) {
+      throw new OnnxFormatError(
+        `${where}: tensor '${tensor.name}' external ${key} '${raw}' is not a byte count`,
+      );
+    }
+    return value;
+  };
+  return { location, offset: integer('offset') ?? 0, length: integer('length') };
+}
+
 /**
- * Decodes a TensorProto into a `ConstTensor`. Refuses external data (weights in another file:
- * an uploaded model is one file, never a path to read) and payloads whose length does not match
- * the dims.
+ * The files a model's external tensors live in (relative paths as the model names them), checked to
+ * stay inside the model's directory; empty when every weight is inside the model file.
  */
-export function decodeTensor(tensor: TensorProto, where: string): ConstTensor {
-  if (
-    tensor.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL ||
-    (tensor.externalData?.length ?? 0) > 0
-  ) {
+export function externalLocations(model: OnnxModel): string[] {
+  const locations = new Set<string>();
+  for (const [name, tensor] of model.initializers) {
+    if (!isExternal(tensor)) continue;
+    const { location } = externalEntry(tensor, `initializer '${name}'`);
+    const parts = location.split('/');
+    if (
+      location.startsWith('/') ||
+      /[\\\0:]/.test(location) ||
+      parts.some((part) => part === '..' || part === '')
+    ) {
+      throw new OnnxUnsupportedError(
+        `initializer '${name}': external data location '${location}' leaves the model's directory`,
+      );
+    }
+    locations.add(parts.filter((part) => part !== '.').join('/'));
+  }
+  return [...locations].sort();
+}
+
+/** The payload of an external tensor, from the files the loader read. */
+function externalBytes(tensor: TensorProto, where: string, external: ExternalData | undefined): Uint8Array {
+  const { location, offset, length } = externalEntry(tensor, where);
+  const key = location
+    .split('/')
+    .filter((part) => part !== '.')
+    .join('/');
+  const file = external?.get(key);
+  if (!file) {
     throw new OnnxUnsupportedError(
-      `${where}: tensor '${tensor.name}' stores its data in an external file; re-export with the weights inside model.onnx`,
+      external
+        ? `${where}: tensor '${tensor.name}' stores its data in '${location}', which is not beside the model`
+        : `${where}: tensor '${tensor.name}' stores its data in an external file ('${location}'); external data is read for local model files only: re-export with the weights inside model.onnx to upload it`,
     );
   }
+  const end = length === undefined ? file.byteLength : offset + length;
+  if (offset > file.byteLength || end > file.byteLength) {
+    throw new OnnxFormatError(
+      `${where}: tensor '${tensor.name}' reads bytes ${offset}..${end} of '${location}', which has ${file.byteLength}`,
+    );
+  }
+  return file.subarray(offset, end);
+}
+
+/**
+ * Decodes a TensorProto into a `ConstTensor`. External data is read from `external` (the files
+ * beside a local model); without them it is refused (an uploaded model is one file, never a path to
+ * read). Payloads whose length does not match the dims are refused.
+ */
+export function decodeTensor(tensor: TensorProto, where: string, external?: ExternalData): ConstTensor {
   const dataType = tensor.dataType ?? 0;
   const bytesPer = BYTES_PER_ELEMENT[dataType];
   if (bytesPer === undefined) {
@@ -270,7 +354,7 @@ export function decodeTensor(tensor: TensorProto, where: string): ConstTensor {
   }
   const { shape, size } = tensorShape(tensor, where);
   let values: number[] | Float32Array | Array<number | LongLike>;
-  const raw = tensor.rawData;
+  const raw = isExternal(tensor) ? externalBytes(tensor, where, external) : tensor.rawData;
   if (raw && raw.byteLength > 0) {
     if (raw.byteLength !== size * bytesPer) {
       throw new OnnxFormatError(

@@ -17,7 +17,7 @@ import { decodeTensor } from '../../../../src/engine/model/onnx/proto.js';
 const ROOT = process.env.ONNX_TESTDATA_DIR ?? '/usr/share/libonnx-testdata/data';
 const { onnx } = onnxProto;
 
-const LIFTABLE = new Set(['Add', 'Sub', 'Mul', 'Div', 'Concat']);
+const LIFTABLE = new Set(['Add', 'Sub', 'Mul', 'Div', 'Pow', 'Max', 'Min', 'Concat']);
 
 interface CaseResult {
   name: string;
@@ -106,7 +106,8 @@ function runCase(dir: string, name: string): CaseResult[] {
       }
       for (let i = 0; i < actual.length; i++) {
         const want = expected.values[i];
-        if (!(Math.abs(actual[i] - want) <= 1e-4 + 1e-3 * Math.abs(want))) {
+        const bothNaN = Number.isNaN(actual[i]) && Number.isNaN(want);
+        if (!bothNaN && !(Math.abs(actual[i] - want) <= 1e-4 + 1e-3 * Math.abs(want))) {
           return {
             name: label,
             ops,
@@ -158,7 +159,11 @@ describe('ONNX backend test data (libonnx-testdata)', () => {
     );
     expect(failed.map((r) => `${r.name}: ${r.reason}`)).toEqual([]);
     const opsPassing = new Set(passed.flatMap((r) => r.ops));
-    const opsWithCases = new Set(results.flatMap((r) => r.ops));
+    // Cases whose data is not float32 (Einsum's are float64) say nothing about an op.
+    const floatCases = results.filter(
+      (r) => !(r.reason?.includes('is not float') || r.reason?.includes('test data stores')),
+    );
+    const opsWithCases = new Set(floatCases.flatMap((r) => r.ops));
     expect([...opsWithCases].filter((op) => !opsPassing.has(op)).sort()).toEqual([]);
     expect(passed.length).toBeGreaterThan(50);
   });

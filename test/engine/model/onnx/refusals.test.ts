@@ -46,11 +46,11 @@ describe('ONNX import refusals', () => {
 
   it('refuses an operator outside the allow-list, naming node, op type and opset', () => {
     const spec = relu();
-    spec.nodes[0] = { op: 'Erf', name: 'erf_node', inputs: ['x'], outputs: ['r'] };
+    spec.nodes[0] = { op: 'LSTM', name: 'lstm_node', inputs: ['x'], outputs: ['r'] };
     const error = refuse(buildModel({ ...spec, opset: 13 }), OnnxUnsupportedError);
     expect(error.name).toBe('OnnxUnsupportedError');
-    expect([error.node, error.opType, error.opset]).toEqual(['erf_node', 'Erf', 13]);
-    expect(error.message).toContain("node 'erf_node' (Erf, opset 13)");
+    expect([error.node, error.opType, error.opset]).toEqual(['lstm_node', 'LSTM', 13]);
+    expect(error.message).toContain("node 'lstm_node' (LSTM, opset 13)");
   });
 
   it('refuses a node of another operator domain', () => {
@@ -125,24 +125,29 @@ describe('ONNX import refusals', () => {
       6,
     );
     grouped.initializers.push(floatTensor('w', [6, 1, 1, 1], [1, 2, 3, 4, 5, 6]));
-    // group 3 with 6 outputs is depthwise (multiplier 2): accepted; group 3 on 6 input channels is not.
+    // group 3 with 6 outputs is depthwise (multiplier 2), group 3 on 6 input channels a grouped
+    // convolution: both accepted; a group that does not divide the channels is not.
     loadOnnxClassifier(buildModel(grouped)).dispose();
-    const groupedSix = withHead(
-      [
-        {
-          op: 'Conv',
-          name: 'conv',
-          inputs: ['x', 'w'],
-          outputs: ['c'],
-          attributes: { group: 3, kernel_shape: [1, 1] },
-        },
-      ],
-      'c',
-      3,
-    );
-    groupedSix.initializers.push(floatTensor('w', [3, 2, 1, 1], [1, 2, 3, 4, 5, 6]));
+    const groupedConv = (group: number, weight: onnxProto.onnx.ITensorProto) => {
+      const spec = withHead(
+        [
+          {
+            op: 'Conv',
+            name: 'conv',
+            inputs: ['x', 'w'],
+            outputs: ['c'],
+            attributes: { group, kernel_shape: [1, 1] },
+          },
+        ],
+        'c',
+        weight.dims![0] as number,
+      );
+      spec.initializers.push(weight);
+      return buildModel({ ...spec, inputs: [{ name: 'x', dims: ['n', 6, 4, 4] }] });
+    };
+    loadOnnxClassifier(groupedConv(3, floatTensor('w', [3, 2, 1, 1], [1, 2, 3, 4, 5, 6]))).dispose();
     const groupError = refuse(
-      buildModel({ ...groupedSix, inputs: [{ name: 'x', dims: ['n', 6, 4, 4] }] }),
+      groupedConv(4, floatTensor('w', [4, 1, 1, 1], [1, 2, 3, 4])),
       OnnxUnsupportedError,
     );
     expect(groupError.attribute).toBe('group');

@@ -7,8 +7,9 @@
 // they lie (no copies); only weights are reordered into the layout the chosen oneDNN implementation
 // wants. Primitives are created once per geometry and cached (creating one JIT-compiles code).
 //
-// Layouts: activations NHWC, filters HWIO (tfjs's Conv2D) or HWIGO with I = 1 (tfjs's depthwise
-// [kh, kw, channels, multiplier]), matrices row-major with optional transposes.
+// Layouts: activations NHWC, filters HWIO (tfjs's Conv2D), HWIGO with I = 1 (tfjs's depthwise
+// [kh, kw, channels, multiplier]) or HWIGO for grouped convolutions ([kh, kw, I / groups, O] with the
+// output channels group-major), matrices row-major with optional transposes.
 
 #include <napi.h>
 #include <omp.h>
@@ -254,8 +255,8 @@ ConvGeometry convGeometryArg(const Napi::CallbackInfo& info, size_t index) {
   for (size_t i : {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17}) {
     if (v[i] < 1) throw Napi::RangeError::New(env, "geometry[" + std::to_string(i) + "] must be >= 1");
   }
-  if (g.groups != 1 && !(g.groups == g.inChannels && g.outChannels % g.groups == 0)) {
-    throw Napi::RangeError::New(env, "groups must be 1 or the input channels (depthwise) dividing the output channels");
+  if (g.inChannels % g.groups != 0 || g.outChannels % g.groups != 0) {
+    throw Napi::RangeError::New(env, "groups must divide the input and the output channels");
   }
   // The output size must be exactly what the padded input, filter, dilation and stride give.
   const int64_t spanHeight = (g.kernelHeight - 1) * g.dilationHeight + 1;
@@ -835,6 +836,305 @@ Napi::Value ElementwiseOp(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+
+// ---------------------------------------------------------------------------------------------------
+// Layer normalisation, softmax and the activations of today's classifiers (layer-kernels.ts):
+// transformers and ConvNeXt normalise rows, attention takes a softmax of each row, and GELU, swish,
+// hard swish and hard sigmoid are their activations. Each is one multi-threaded pass forward and one
+// backward.
+
+/** [rows, size]: `rows` independent rows of `size` values, row-major. */
+struct RowGeometry {
+  int64_t rows, size;
+  static constexpr size_t kCount = 2;
+
+  std::string key() const { return std::to_string(rows) + ',' + std::to_string(size); }
+  int64_t count(Napi::Env env) const { return product(env, {rows, size}); }
+  memory::desc dataDesc() const { return memory::desc({rows, size}, DataType::f32, Tag::ab); }
+  memory::desc statDesc() const { return memory::desc({rows}, DataType::f32, Tag::a); }
+  memory::desc rowDesc() const { return memory::desc({size}, DataType::f32, Tag::a); }
+};
+
+RowGeometry rowGeometryArg(const Napi::CallbackInfo& info, size_t index) {
+  auto v = integersArg(info, index, "geometry", RowGeometry::kCount, 1);
+  return {v[0], v[1]};
+}
+
+/** A tensor of `count` values at the offset in argument `index`, or nullptr for -1 (absent). */
+float* optionalTensor(const Napi::CallbackInfo& info, const Heap& heap, size_t index, const char* name, int64_t count) {
+  const int64_t offset = integerArg(info, index, name, -1, INT64_MAX / 2);
+  return offset < 0 ? nullptr : tensorAt(info.Env(), heap, offset, count, name);
+}
+
+struct LayerNormForwardEntry {
+  int threads;
+  dnnl::layer_normalization_forward primitive;
+  std::string implementation;
+};
+
+struct LayerNormBackwardEntry {
+  int threads;
+  dnnl::layer_normalization_backward primitive;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<LayerNormForwardEntry>> layerNormForwardCache;
+std::unordered_map<std::string, std::unique_ptr<LayerNormBackwardEntry>> layerNormBackwardCache;
+
+dnnl::layer_normalization_forward::primitive_desc layerNormForwardDesc(const RowGeometry& g, float epsilon,
+                                                                      dnnl::normalization_flags flags) {
+  dnnl::layer_normalization_forward::desc desc(dnnl::prop_kind::forward_training, g.dataDesc(), g.statDesc(),
+                                               epsilon, flags);
+  return dnnl::layer_normalization_forward::primitive_desc(desc, cpuEngine());
+}
+
+/**
+ * layerNormForward(heap, [rows, size], src, scale (-1: none), shift (-1: none), dst, mean, variance,
+ * epsilon): each row normalised by its mean and biased variance (written to `mean` and `variance`,
+ * [rows], for the gradient), then scaled and shifted per column.
+ */
+Napi::Value LayerNormForward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const RowGeometry g = rowGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), count, "src");
+  float* scale = optionalTensor(info, heap, 3, "scale", g.size);
+  float* shift = optionalTensor(info, heap, 4, "shift", g.size);
+  float* dst = tensorAt(env, heap, integerArg(info, 5, "dst", 0, INT64_MAX / 2), count, "dst");
+  float* mean = tensorAt(env, heap, integerArg(info, 6, "mean", 0, INT64_MAX / 2), g.rows, "mean");
+  float* variance = tensorAt(env, heap, integerArg(info, 7, "variance", 0, INT64_MAX / 2), g.rows, "variance");
+  const float epsilon = floatArg(info, 8, "epsilon");
+  if (!(epsilon >= 0)) throw Napi::RangeError::New(env, "'epsilon' must be >= 0");
+
+  wrapDnnlErrors(env, [&] {
+    const auto flags = normFlags(false, scale != nullptr, shift != nullptr);
+    std::ostringstream key;
+    key << g.key() << '|' << static_cast<unsigned>(flags) << '|' << epsilon;
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = layerNormForwardCache[key.str()];
+    if (!entry) {
+      auto pd = layerNormForwardDesc(g, epsilon, flags);
+      entry.reset(new LayerNormForwardEntry{threads, dnnl::layer_normalization_forward(pd), pd.impl_info_str()});
+    }
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(g.dataDesc(), cpuEngine(), src)},
+        {DNNL_ARG_DST, memory(g.dataDesc(), cpuEngine(), dst)},
+        {DNNL_ARG_MEAN, memory(g.statDesc(), cpuEngine(), mean)},
+        {DNNL_ARG_VARIANCE, memory(g.statDesc(), cpuEngine(), variance)},
+    };
+    if (scale) args.emplace(DNNL_ARG_SCALE, memory(g.rowDesc(), cpuEngine(), scale));
+    if (shift) args.emplace(DNNL_ARG_SHIFT, memory(g.rowDesc(), cpuEngine(), shift));
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/**
+ * layerNormBackward(heap, [rows, size], src, diffDst, mean, variance, scale (-1: none), diffSrc,
+ * epsilon): the input gradient through the row statistics, with scale and shift as constants.
+ */
+Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const RowGeometry g = rowGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), count, "src");
+  float* diffDst = tensorAt(env, heap, integerArg(info, 3, "diffDst", 0, INT64_MAX / 2), count, "diffDst");
+  float* mean = tensorAt(env, heap, integerArg(info, 4, "mean", 0, INT64_MAX / 2), g.rows, "mean");
+  float* variance = tensorAt(env, heap, integerArg(info, 5, "variance", 0, INT64_MAX / 2), g.rows, "variance");
+  float* scale = optionalTensor(info, heap, 6, "scale", g.size);
+  float* diffSrc = tensorAt(env, heap, integerArg(info, 7, "diffSrc", 0, INT64_MAX / 2), count, "diffSrc");
+  const float epsilon = floatArg(info, 8, "epsilon");
+  if (!(epsilon >= 0)) throw Napi::RangeError::New(env, "'epsilon' must be >= 0");
+
+  wrapDnnlErrors(env, [&] {
+    // oneDNN 2.6 differentiates a scaled layer normalisation only with prop_kind backward, which also
+    // computes the scale and shift gradients: they go to scratch rows, unread.
+    const auto flags = normFlags(false, scale != nullptr, scale != nullptr);
+    std::ostringstream key;
+    key << g.key() << '|' << static_cast<unsigned>(flags) << '|' << epsilon;
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = layerNormBackwardCache[key.str()];
+    if (!entry) {
+      auto hint = layerNormForwardDesc(g, epsilon, flags);
+      dnnl::layer_normalization_backward::desc desc(scale ? dnnl::prop_kind::backward : dnnl::prop_kind::backward_data,
+                                                    g.dataDesc(), g.dataDesc(), g.statDesc(), epsilon, flags);
+      dnnl::layer_normalization_backward::primitive_desc pd(desc, cpuEngine(), hint);
+      entry.reset(new LayerNormBackwardEntry{threads, dnnl::layer_normalization_backward(pd), pd.impl_info_str()});
+    }
+    std::vector<float> scratch(scale ? 2 * g.size : 0);
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, memory(g.dataDesc(), cpuEngine(), src)},
+        {DNNL_ARG_DIFF_DST, memory(g.dataDesc(), cpuEngine(), diffDst)},
+        {DNNL_ARG_MEAN, memory(g.statDesc(), cpuEngine(), mean)},
+        {DNNL_ARG_VARIANCE, memory(g.statDesc(), cpuEngine(), variance)},
+        {DNNL_ARG_DIFF_SRC, memory(g.dataDesc(), cpuEngine(), diffSrc)},
+    };
+    if (scale) {
+      args.emplace(DNNL_ARG_SCALE, memory(g.rowDesc(), cpuEngine(), scale));
+      // Required with use_shift, never read by the gradients.
+      args.emplace(DNNL_ARG_SHIFT, memory(g.rowDesc(), cpuEngine(), scale));
+      args.emplace(DNNL_ARG_DIFF_SCALE, memory(g.rowDesc(), cpuEngine(), scratch.data()));
+      args.emplace(DNNL_ARG_DIFF_SHIFT, memory(g.rowDesc(), cpuEngine(), scratch.data() + g.size));
+    }
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+struct SoftmaxEntry {
+  int threads;
+  dnnl::primitive primitive;
+  std::string implementation;
+};
+
+std::unordered_map<std::string, std::unique_ptr<SoftmaxEntry>> softmaxCache;
+
+dnnl::softmax_forward::primitive_desc softmaxForwardDesc(const RowGeometry& g) {
+  return dnnl::softmax_forward::primitive_desc(
+      dnnl::softmax_forward::desc(dnnl::prop_kind::forward_training, g.dataDesc(), 1), cpuEngine());
+}
+
+/** softmaxForward(heap, [rows, size], src, dst): the softmax of each row. */
+Napi::Value SoftmaxForward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const RowGeometry g = rowGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* src = tensorAt(env, heap, integerArg(info, 2, "src", 0, INT64_MAX / 2), count, "src");
+  float* dst = tensorAt(env, heap, integerArg(info, 3, "dst", 0, INT64_MAX / 2), count, "dst");
+  wrapDnnlErrors(env, [&] {
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = softmaxCache["forward " + g.key()];
+    if (!entry) {
+      auto pd = softmaxForwardDesc(g);
+      entry.reset(new SoftmaxEntry{threads, dnnl::softmax_forward(pd), pd.impl_info_str()});
+    }
+    entry->primitive.execute(cpuStream(), {{DNNL_ARG_SRC, memory(g.dataDesc(), cpuEngine(), src)},
+                                           {DNNL_ARG_DST, memory(g.dataDesc(), cpuEngine(), dst)}});
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/** softmaxBackward(heap, [rows, size], dst, diffDst, diffSrc): the gradient through each row's softmax. */
+Napi::Value SoftmaxBackward(const Napi::CallbackInfo& info) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const RowGeometry g = rowGeometryArg(info, 1);
+  const int64_t count = g.count(env);
+  float* dst = tensorAt(env, heap, integerArg(info, 2, "dst", 0, INT64_MAX / 2), count, "dst");
+  float* diffDst = tensorAt(env, heap, integerArg(info, 3, "diffDst", 0, INT64_MAX / 2), count, "diffDst");
+  float* diffSrc = tensorAt(env, heap, integerArg(info, 4, "diffSrc", 0, INT64_MAX / 2), count, "diffSrc");
+  wrapDnnlErrors(env, [&] {
+    const int threads = threadsForValues(count);
+    ThreadScope scope(threads);
+    auto& entry = softmaxCache["backward " + g.key()];
+    if (!entry) {
+      dnnl::softmax_backward::primitive_desc pd(dnnl::softmax_backward::desc(g.dataDesc(), g.dataDesc(), 1),
+                                                cpuEngine(), softmaxForwardDesc(g));
+      entry.reset(new SoftmaxEntry{threads, dnnl::softmax_backward(pd), pd.impl_info_str()});
+    }
+    entry->primitive.execute(cpuStream(), {{DNNL_ARG_DST, memory(g.dataDesc(), cpuEngine(), dst)},
+                                           {DNNL_ARG_DIFF_DST, memory(g.dataDesc(), cpuEngine(), diffDst)},
+                                           {DNNL_ARG_DIFF_SRC, memory(g.dataDesc(), cpuEngine(), diffSrc)}});
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+/** Activation codes shared with layer-kernels.ts (ACTIVATION_CODES). */
+enum LayerActivation { kGelu = 0, kSwish = 1, kHardSwish = 2, kHardSigmoid = 3 };
+
+std::unordered_map<std::string, std::unique_ptr<EltwiseEntry>> activationCache;
+
+/** The oneDNN algorithm and alpha of an activation code (hard sigmoid has none in oneDNN 2.6). */
+std::pair<dnnl::algorithm, float> activationAlgorithm(int64_t op) {
+  switch (op) {
+    case kGelu:
+      return {dnnl::algorithm::eltwise_gelu_erf, 0.f};
+    case kSwish:
+      return {dnnl::algorithm::eltwise_swish, 1.f};
+    default:
+      return {dnnl::algorithm::eltwise_hardswish, 0.f};
+  }
+}
+
+/** Hard sigmoid relu6(x + 3) / 6 and its gradient (1/6 inside (-3, 3)), one pass each. */
+void hardSigmoid(const float* src, const float* diffDst, float* out, int64_t count, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < count; i++) {
+    const float x = src[i];
+    if (diffDst) {
+      out[i] = (x > -3.f && x < 3.f) ? diffDst[i] / 6.f : 0.f;
+    } else {
+      out[i] = x <= -3.f ? 0.f : x >= 3.f ? 1.f : x / 6.f + 0.5f;
+    }
+  }
+}
+
+/**
+ * activationForward(heap, op, count, src, dst) and activationBackward(heap, op, count, diffDst, src,
+ * diffSrc): GELU (erf), swish (x sigmoid(x)), hard swish, hard sigmoid over `count` float32 values.
+ */
+Napi::Value ActivationOp(const Napi::CallbackInfo& info, bool backward) {
+  const Napi::Env env = info.Env();
+  const Heap heap = heapArg(info, 0);
+  const int64_t op = integerArg(info, 1, "op", kGelu, kHardSigmoid);
+  const int64_t count = integerArg(info, 2, "count", 1, kMaxDim * 4);
+  float* first = tensorAt(env, heap, integerArg(info, 3, backward ? "diffDst" : "src", 0, INT64_MAX / 2), count,
+                          backward ? "diffDst" : "src");
+  float* src = backward ? tensorAt(env, heap, integerArg(info, 4, "src", 0, INT64_MAX / 2), count, "src") : first;
+  const size_t outIndex = backward ? 5 : 4;
+  float* out = tensorAt(env, heap, integerArg(info, outIndex, backward ? "diffSrc" : "dst", 0, INT64_MAX / 2),
+                        count, backward ? "diffSrc" : "dst");
+  const int threads = threadsForValues(count);
+  if (op == kHardSigmoid) {
+    ThreadScope scope(threads);
+    hardSigmoid(src, backward ? first : nullptr, out, count, threads);
+    return env.Undefined();
+  }
+  wrapDnnlErrors(env, [&] {
+    std::ostringstream key;
+    key << (backward ? "backward " : "forward ") << op << '|' << count;
+    ThreadScope scope(threads);
+    auto& entry = activationCache[key.str()];
+    const memory::desc flat = flatDesc(count);
+    const auto [algorithm, alpha] = activationAlgorithm(op);
+    if (!entry) {
+      auto forward = dnnl::eltwise_forward::primitive_desc(
+          dnnl::eltwise_forward::desc(dnnl::prop_kind::forward_training, algorithm, flat, alpha), cpuEngine());
+      if (!backward) {
+        entry.reset(new EltwiseEntry{threads, dnnl::eltwise_forward(forward), forward.impl_info_str()});
+      } else {
+        dnnl::eltwise_backward::primitive_desc pd(dnnl::eltwise_backward::desc(algorithm, flat, flat, alpha),
+                                                  cpuEngine(), forward);
+        entry.reset(new EltwiseEntry{threads, dnnl::eltwise_backward(pd), pd.impl_info_str()});
+      }
+    }
+    std::unordered_map<int, memory> args;
+    if (!backward) {
+      args = {{DNNL_ARG_SRC, memory(flat, cpuEngine(), src)}, {DNNL_ARG_DST, memory(flat, cpuEngine(), out)}};
+    } else {
+      args = {{DNNL_ARG_DIFF_DST, memory(flat, cpuEngine(), first)},
+              {DNNL_ARG_SRC, memory(flat, cpuEngine(), src)},
+              {DNNL_ARG_DIFF_SRC, memory(flat, cpuEngine(), out)}};
+    }
+    entry->primitive.execute(cpuStream(), args);
+    cpuStream().wait();
+  });
+  return env.Undefined();
+}
+
+Napi::Value ActivationForward(const Napi::CallbackInfo& info) { return ActivationOp(info, false); }
+Napi::Value ActivationBackward(const Napi::CallbackInfo& info) { return ActivationOp(info, true); }
+
 // ---------------------------------------------------------------------------------------------------
 // Threads and introspection
 
@@ -851,6 +1151,10 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info) {
     normForwardCache.clear();
     normBackwardCache.clear();
     eltwiseCache.clear();
+    layerNormForwardCache.clear();
+    layerNormBackwardCache.clear();
+    softmaxCache.clear();
+    activationCache.clear();
   }
   configuredThreads = threads;
   return info.Env().Undefined();
@@ -881,6 +1185,10 @@ Napi::Value Implementations(const Napi::CallbackInfo& info) {
   for (auto& [key, entry] : normForwardCache) result.Set("batch norm forward " + key, describe(entry));
   for (auto& [key, entry] : normBackwardCache) result.Set("batch norm backward " + key, describe(entry));
   for (auto& [key, entry] : eltwiseCache) result.Set("elementwise " + key, describe(entry));
+  for (auto& [key, entry] : layerNormForwardCache) result.Set("layer norm forward " + key, describe(entry));
+  for (auto& [key, entry] : layerNormBackwardCache) result.Set("layer norm backward " + key, describe(entry));
+  for (auto& [key, entry] : softmaxCache) result.Set("softmax " + key, describe(entry));
+  for (auto& [key, entry] : activationCache) result.Set("activation " + key, describe(entry));
   return result;
 }
 
@@ -892,6 +1200,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("batchNormForward", Napi::Function::New(env, BatchNormForward));
   exports.Set("batchNormBackward", Napi::Function::New(env, BatchNormBackward));
   exports.Set("elementwise", Napi::Function::New(env, ElementwiseOp));
+  exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
+  exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
+  exports.Set("softmaxForward", Napi::Function::New(env, SoftmaxForward));
+  exports.Set("softmaxBackward", Napi::Function::New(env, SoftmaxBackward));
+  exports.Set("activationForward", Napi::Function::New(env, ActivationForward));
+  exports.Set("activationBackward", Napi::Function::New(env, ActivationBackward));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
   exports.Set("threads", Napi::Function::New(env, Threads));
   exports.Set("version", Napi::Function::New(env, Version));
