@@ -83,6 +83,23 @@ describe('the compiled build', { timeout: 600_000 }, () => {
     expect(withoutTimings(result.report)).toEqual(withoutTimings(single));
   });
 
+  it("starts the service's intake thread from the compiled entry", async () => {
+    const url = (file: string) => JSON.stringify(new URL(`file://${path.join(out, file)}`).href);
+    const result = await runModule<{ started: number; active: number }>(
+      out,
+      'intake-check.mjs',
+      `
+      const { WorkerIntake } = await import(${url('jobs/audit/intake-host.js')});
+      const intake = new WorkerIntake();
+      const counts = { started: intake.started, active: intake.active };
+      await intake.close();
+      console.log(JSON.stringify(counts));
+      `,
+    );
+    // One spare thread, started from dist/jobs/audit/intake-worker.js (the sources' .ts is not there).
+    expect(result).toEqual({ started: 1, active: 1 });
+  });
+
   it('imports tfjs through a facade that exports every name tfjs exports', async () => {
     const names = await runModule<{ facade: string[]; tfjs: string[] }>(
       out,

@@ -1,7 +1,8 @@
+import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { MultipartLimits } from '../../data/multipart.js';
+import { workerEntry } from '../../util/worker-entry.js';
 import { IntakeLimitError } from '../errors.js';
-import { threadEntryCode } from '../thread-entry.js';
 import {
   type AuditIntake,
   type IntakeSession,
@@ -33,7 +34,12 @@ export interface WorkerIntakeOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-const ENTRY = new URL('./intake-worker.ts', import.meta.url);
+/** The thread's entry (intake-worker), compiled or through tsx like this module. */
+function intakeThreadCode(): string {
+  const entry = workerEntry(import.meta.url, 'intake-worker');
+  if (!existsSync(entry.path)) throw new Error(`the intake worker's entry is missing: ${entry.path}`);
+  return entry.threadCode;
+}
 
 class IntakeThread {
   readonly worker: Worker;
@@ -43,7 +49,7 @@ class IntakeThread {
   ended = false;
 
   constructor(options: Required<Pick<WorkerIntakeOptions, 'heapMb'>> & { env: NodeJS.ProcessEnv }) {
-    this.worker = new Worker(threadEntryCode(ENTRY), {
+    this.worker = new Worker(intakeThreadCode(), {
       eval: true,
       name: 'ratio-intake',
       env: options.env,
