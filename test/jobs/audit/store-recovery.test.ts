@@ -24,7 +24,9 @@ beforeEach(async () => {
   dir = await mkdtemp(path.join(tmpdir(), 'ratio-recovery-'));
 });
 afterEach(async () => {
-  await rm(dir, { recursive: true, force: true });
+  // Retries: a test's first queue (left running on purpose, as a process that did not die) may still
+  // be writing its final job.json while the directory goes.
+  await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
 });
 
 const report = (n: number, seed: number): AutoAttackReport => ({
