@@ -4,11 +4,11 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ArrayDataset } from '../../../src/data/dataset.js';
-import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js';
 import { loadClassifierFromFiles, loadModelFromFiles } from '../../../src/engine/model/files.js';
 import { AuditQueue } from '../../../src/jobs/audit/registry.js';
 import { AuditStore, type QuarantinedAudit } from '../../../src/jobs/audit/store.js';
 import { buildModel, floatTensor } from '../../engine/model/onnx/onnx-builder.js';
+import { emptyReport } from '../../helpers/reports.js';
 import { tinyCifarModelFiles } from '../../helpers/uploads.js';
 
 /**
@@ -27,21 +27,6 @@ afterEach(async () => {
   // Retries: a test's first queue (left running on purpose, as a process that did not die) may still
   // be writing its final job.json while the directory goes.
   await rm(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
-});
-
-const report = (n: number, seed: number): AutoAttackReport => ({
-  n,
-  norm: 'L2',
-  eps: 0.5,
-  version: 'standard',
-  seed,
-  backend: 'test',
-  seconds: 0,
-  clean_accuracy: 1,
-  robust_accuracy: 0.5,
-  per_attack: [],
-  samples: [],
-  warnings: [],
 });
 
 const dataset = (fill: number) =>
@@ -71,7 +56,7 @@ function blockedQueue(store: AuditStore) {
     maxRunning: 4,
     run: async (_c, x, _y, o) => {
       if ((o.seed ?? 0) >= 100) await gate;
-      return report(x.shape[0], o.seed ?? 0);
+      return emptyReport(x.shape[0], o.seed ?? 0);
     },
   });
   return { queue, release };
@@ -143,7 +128,7 @@ describe('durable state that survives any one corrupt file', () => {
       const restarted = new AuditQueue({
         store: new AuditStore(dir),
         maxRunning: 4,
-        run: async (_c, x, _y, o) => report(x.shape[0], o.seed ?? 0),
+        run: async (_c, x, _y, o) => emptyReport(x.shape[0], o.seed ?? 0),
         onQuarantined: (audit) => quarantined.push(audit),
       });
       await expect(restarted.recover()).resolves.toBe(1);
@@ -206,7 +191,7 @@ describe('durable state that survives any one corrupt file', () => {
           classifier.numClasses,
           (o as { modelFiles?: Map<string, Uint8Array> }).modelFiles?.size ?? 0,
         );
-        return report(x.shape[0], o.seed ?? 0);
+        return emptyReport(x.shape[0], o.seed ?? 0);
       },
     });
     expect(await restarted.recover()).toBe(1);
@@ -219,7 +204,10 @@ describe('durable state that survives any one corrupt file', () => {
   it("an ended audit's model copy, points and shards are removed; its result stays", async () => {
     const files = await tinyCifarModelFiles();
     const store = new AuditStore(dir);
-    const queue = new AuditQueue({ store, run: async (_c, x, _y, o) => report(x.shape[0], o.seed ?? 0) });
+    const queue = new AuditQueue({
+      store,
+      run: async (_c, x, _y, o) => emptyReport(x.shape[0], o.seed ?? 0),
+    });
     const before = tf.memory().numTensors;
     const job = queue.submit({
       parameters: parameters(5),
