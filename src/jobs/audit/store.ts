@@ -206,9 +206,12 @@ export class AuditStore {
       .catch(() => {})
       .then(() => writeFileAtomically(target, text));
     this.jobWrites.set(job.id, write);
-    void write.finally(() => {
+    // Both outcomes handled here: a `finally` chain would re-reject unobserved when the write fails
+    // (the audit's directory gone), and tfjs-wasm turns any unhandled rejection into a process exit.
+    const forget = () => {
       if (this.jobWrites.get(job.id) === write) this.jobWrites.delete(job.id);
-    });
+    };
+    write.then(forget, forget);
     return write;
   }
 

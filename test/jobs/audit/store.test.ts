@@ -57,6 +57,43 @@ describe('AuditStore', () => {
     expect((await restarted.settled(ids[1]))?.result?.seed).toBe(2);
   });
 
+  it('a job write into a removed audit directory rejects to its caller only, never unhandled', async () => {
+    // tfjs-wasm makes any unhandled rejection a process exit: this killed a test worker, and would
+    // kill `ratio serve` when an audit's directory goes while its job.json is being written.
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const store = new AuditStore(path.join(dir, 'gone'));
+      const job = {
+        id: '00000000-0000-4000-8000-000000000000',
+        state: 'running' as const,
+        parameters: {
+          model: 'tiny',
+          norm: 'L2' as const,
+          eps: 0.5,
+          version: 'standard' as const,
+          n: 1,
+          seed: 0,
+        },
+        created_at: new Date(0).toISOString(),
+        started_at: null,
+        finished_at: null,
+        progress: null,
+        result: null,
+        error: null,
+      };
+      const first = store.saveJob(job);
+      const second = store.saveJob({ ...job, state: 'succeeded' });
+      await expect(first).rejects.toMatchObject({ code: 'ENOENT' });
+      await expect(second).rejects.toMatchObject({ code: 'ENOENT' });
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('defaults to RATIO_STATE_DIR, else the XDG state directory', () => {
     expect(defaultStateDir({ RATIO_STATE_DIR: '/srv/ratio' })).toBe('/srv/ratio');
     expect(defaultStateDir({ XDG_STATE_HOME: '/x' })).toBe('/x/ratio-audit');
