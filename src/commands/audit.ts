@@ -29,7 +29,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --data <path>                 labelled images: CIFAR-10/100 binary, idx(.gz), .npy, image folder, zip
   --norm L2|Linf                threat model
   --eps <number>                perturbation budget (> 0)
-  --n <int>                     audit the first n points (default ${DEFAULT_AUDIT_POINTS}, or all if fewer)
+  --n <int>                     audit the first n points (default ${DEFAULT_AUDIT_POINTS}, or all if fewer);
+                                of an image folder or zip given by path: n of one seeded permutation
   --version ${AUTOATTACK_VERSIONS.join('|')}  AutoAttack version (default ${DEFAULT_VERSION})
   --seed <int>                  seed (default ${DEFAULT_SEED}); the same seed on one backend gives the same report
   --batch-size <int>            points per attack call (default ${DEFAULT_BATCH_SIZE})

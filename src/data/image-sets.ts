@@ -69,10 +69,18 @@ export function uniformNoise(n: number, shape: [number, number, number], seed: n
 }
 
 /**
+ * The first `limit` images of one seeded permutation of `dataset`: how a class-by-class listing (an
+ * image folder) is sampled, so that every prefix mixes the classes. The same seed gives the same order.
+ */
+export function inSeededOrder(dataset: Dataset, seed: number, limit = dataset.size): Dataset {
+  return dataset.subset(new Rng(seed).permutation(dataset.size).subarray(0, Math.min(limit, dataset.size)));
+}
+
+/**
  * Loads up to `limit` images of any format the data layer reads (CIFAR-10/100 binary, IDX(.gz), .npy,
  * image folders, zip) as NHWC floats in [0,1]. Files keep their order (the first `limit` records, as
- * published); an image folder is listed class by class, so there a seeded random subset is taken
- * instead, and its images are resized to the model's input (shorter side, then centre crop).
+ * published); an image folder is listed class by class, so there its images come in a seeded random
+ * order (the first `limit` of one permutation), and they are resized to the model's input (shorter side, then centre crop).
  * Unknown labels (-1, label byte 255) make an unlabelled set.
  */
 export async function loadImageSet(
@@ -89,10 +97,13 @@ export async function loadImageSet(
         channels: inputShape[2] === 1 ? 1 : 3,
       })
     : await loadDataset(target, { limit });
-  if (dataset.size > limit) {
-    dataset = isFolder
-      ? dataset.subset(new Rng(seed).permutation(dataset.size).subarray(0, limit))
-      : dataset.take(limit);
+  // A folder is listed class by class: its images are always taken in a seeded random order, also when
+  // all of them are, so that any prefix (the reported points, the attacked ones) mixes the classes and a
+  // held-out tail is not the last classes alone.
+  if (isFolder) {
+    dataset = inSeededOrder(dataset, seed, limit);
+  } else if (dataset.size > limit) {
+    dataset = dataset.take(limit);
   }
   const images = new Float32Array(dataset.images.length);
   for (let j = 0; j < images.length; j++) images[j] = dataset.images[j] / 255;

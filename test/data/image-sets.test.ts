@@ -1,6 +1,9 @@
 import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { encodePng } from '../../src/data/image.js';
 import {
   checkImageShape,
   defaultOodSpecs,
@@ -8,6 +11,7 @@ import {
   parseOodSpec,
   uniformNoise,
 } from '../../src/data/image-sets.js';
+import { Rng } from '../../src/util/random.js';
 import { DATA_DIR } from '../helpers/data.js';
 
 const hasData = existsSync(path.join(DATA_DIR, 'svhn/train_first1000.bin'));
@@ -72,5 +76,35 @@ describe.skipIf(!hasData)('loadImageSet on the shared data', () => {
     expect(() => checkImageShape(cifar, [28, 28, 1], '--data')).toThrow(
       "--data 'c' has 32x32x3 images, the model takes 28x28x1",
     );
+  });
+});
+
+describe('loadImageSet on an image folder', () => {
+  it('takes the images in one seeded random order, all of them too, so any prefix mixes the classes', async () => {
+    const root = await mkdtemp(path.join(tmpdir(), 'ratio-image-set-'));
+    try {
+      for (let c = 0; c < 2; c++) {
+        await mkdir(path.join(root, `c${c}`));
+        for (let i = 0; i < 3; i++) {
+          const data = new Uint8Array(4 * 4 * 3).fill(10 * c + i);
+          await writeFile(
+            path.join(root, `c${c}`, `${i}.png`),
+            await encodePng({ data, height: 4, width: 4, channels: 3 }),
+          );
+        }
+      }
+      const all = await loadImageSet(root, 'f', 100, [4, 4, 3], 5);
+      const order = Array.from(new Rng(5).permutation(6));
+      expect(all.shape).toEqual([6, 4, 4, 3]);
+      expect(Array.from(all.labels!)).toEqual(order.map((j) => Math.floor(j / 3)));
+      expect(Array.from({ length: 6 }, (_, i) => Math.round(all.images[i * 48] * 255))).toEqual(
+        order.map((j) => 10 * Math.floor(j / 3) + (j % 3)),
+      );
+      // A smaller limit is a prefix of the same order (the reported points before the held-out ones).
+      const some = await loadImageSet(root, 'f', 4, [4, 4, 3], 5);
+      expect(Array.from(some.images)).toEqual(Array.from(all.images.subarray(0, 4 * 48)));
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });

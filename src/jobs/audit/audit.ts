@@ -1,4 +1,6 @@
+import { stat } from 'node:fs/promises';
 import type { Dataset } from '../../data/dataset.js';
+import { inSeededOrder } from '../../data/image-sets.js';
 import { datasetFromBytes, loadDataset } from '../../data/load.js';
 import { type ModelFiles, readModelPath } from '../../data/model-dir.js';
 import {
@@ -86,17 +88,26 @@ export function checkAuditData(dataset: Dataset, classifier: Classifier): void {
   }
 }
 
-async function loadAuditData(source: AuditDataSource, n: number): Promise<Dataset> {
-  const dataset =
-    source.kind === 'path'
-      ? await loadDataset(source.path)
-      : await datasetFromBytes(source.bytes, {
-          filename: source.filename,
-          labels: source.labels,
-          maxBytes: source.maxBytes,
-          // Only the first n images are audited: the rest of an image folder is never decoded.
-          limit: n,
-        });
+/** An image folder or a zip of one: both list their images class by class. */
+async function isListedByClass(target: string): Promise<boolean> {
+  if (/\.zip$/i.test(target)) return true;
+  return (await stat(target).catch(() => undefined))?.isDirectory() ?? false;
+}
+
+async function loadAuditData(source: AuditDataSource, n: number, seed: number): Promise<Dataset> {
+  if (source.kind === 'path') {
+    const dataset = await loadDataset(source.path);
+    // A folder (or zipped folder) lists its images class by class: its first n would be the first
+    // classes alone, so its n points are a seeded random sample, as `ratio eval` takes them.
+    return (await isListedByClass(source.path)) ? inSeededOrder(dataset, seed, n) : dataset.take(n);
+  }
+  const dataset = await datasetFromBytes(source.bytes, {
+    filename: source.filename,
+    labels: source.labels,
+    maxBytes: source.maxBytes,
+    // Only the first n images are audited: the rest of an image folder is never decoded.
+    limit: n,
+  });
   return dataset.take(n);
 }
 
@@ -118,7 +129,7 @@ async function loadAuditModel(
  * `ModelContractError` / `ModelLoadError` (the model), `InvalidInputError` (they do not fit).
  */
 export async function prepareAudit(request: AuditRequest): Promise<PreparedAudit> {
-  const dataset = await loadAuditData(request.data, request.parameters.n);
+  const dataset = await loadAuditData(request.data, request.parameters.n, request.parameters.seed ?? 0);
   const { classifier, owned, files } = await loadAuditModel(request.model);
   try {
     checkAuditData(dataset, classifier);

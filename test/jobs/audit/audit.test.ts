@@ -1,9 +1,14 @@
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
+import { encodePng } from '../../../src/data/image.js';
 import { autoAttack } from '../../../src/engine/attacks/autoattack.js';
 import { type Classifier, functionClassifier } from '../../../src/engine/model/classifier.js';
 import { type AuditRequest, prepareAudit, runAudit } from '../../../src/jobs/audit/audit.js';
 import { InvalidInputError } from '../../../src/jobs/errors.js';
+import { Rng } from '../../../src/util/random.js';
 
 /** A linear 32x32x3 classifier: logit c = w_c . x, with fixed seeded weights. */
 function linearModel(numClasses = 3): Classifier & { disposed: number } {
@@ -95,5 +100,41 @@ describe('prepareAudit / runAudit', () => {
     // Only the points audited are checked: a bad label after the first n is not read.
     expect((await prepareAudit(request(model, [0, 1, 2, 0, 9]))).dataset.size).toBe(4);
     expect(model.disposed).toBe(0);
+  });
+});
+
+describe('audit data from an image folder', () => {
+  it('audits n points of one seeded permutation (every class), not the first class alone', async () => {
+    const root = await mkdtemp(path.join(tmpdir(), 'ratio-audit-folder-'));
+    try {
+      // 3 classes x 4 images; pixel value = 10 * class + index, so each point names its source.
+      for (let c = 0; c < 3; c++) {
+        await mkdir(path.join(root, `class${c}`));
+        for (let i = 0; i < 4; i++) {
+          const data = new Uint8Array(32 * 32 * 3).fill(10 * c + i);
+          await writeFile(
+            path.join(root, `class${c}`, `${i}.png`),
+            await encodePng({ data, height: 32, width: 32, channels: 3 }),
+          );
+        }
+      }
+      const model = linearModel();
+      const folderRequest = (seed: number): AuditRequest => ({
+        model: { kind: 'served', name: 'linear', classifier: model },
+        data: { kind: 'path', path: root },
+        parameters: { ...parameters, n: 6, seed },
+      });
+      const prepared = await prepareAudit(folderRequest(2));
+      const order = new Rng(2).permutation(12).subarray(0, 6);
+      expect(Array.from(prepared.dataset.labels)).toEqual(Array.from(order, (j) => Math.floor(j / 4)));
+      expect(Array.from({ length: 6 }, (_, i) => prepared.dataset.images[i * 3072])).toEqual(
+        Array.from(order, (j) => 10 * Math.floor(j / 4) + (j % 4)),
+      );
+      expect(new Set(prepared.dataset.labels).size).toBeGreaterThan(1);
+      const again = await prepareAudit(folderRequest(2));
+      expect(Array.from(again.dataset.images)).toEqual(Array.from(prepared.dataset.images));
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
   });
 });
