@@ -15,12 +15,18 @@ import { DATA_DIR } from '../helpers/data.js';
  * claim, on the same CIFAR-10 test images: the table in docs/training.md must be reproducible from the files.
  */
 
-const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
 const modelsDir = path.resolve('models');
 
 interface Report {
+  seed: number;
   summary: { acc: number; temperature: number };
-  data: { reported_n: number; calibration_n: number };
+  data: { source: string; reported_n: number; calibration_n: number };
+}
+
+/** The report's --data, read from this checkout's data directory (RATIO_DATA_DIR or ../shared/data). */
+function dataPath(source: string): string {
+  const shared = source.match(/(?:^|\/)shared\/data\/(.+)$/);
+  return shared ? path.join(DATA_DIR, shared[1]) : path.resolve(source);
 }
 
 const shipped = (await readdir(modelsDir, { withFileTypes: true }))
@@ -49,7 +55,14 @@ describe('shipped models', () => {
         expect(card.oodThreshold).toBeLessThan(1);
 
         const { reported_n: reported, calibration_n: heldOut } = report.data;
-        const images = await loadImageSet(cifarTest, 'cifar10', reported + heldOut, [32, 32, 3]);
+        // The points eval took: the first records of a file, one seeded permutation of a folder.
+        const images = await loadImageSet(
+          dataPath(report.data.source),
+          'cifar10',
+          reported + heldOut,
+          [32, 32, 3],
+          report.seed,
+        );
         const logits = logitsOf(classifier, images, 250);
         const k = classifier.numClasses;
         // Accuracy on the reported images, as in the report (2 images of slack for float ties).
