@@ -113,14 +113,23 @@ export async function run(argv: string[]): Promise<number> {
     return undefined;
   });
   if (!server) return 3;
-  await new Promise<void>((resolve) => {
+  return new Promise<number>((resolve) => {
     const stop = () => {
       process.off('SIGTERM', stop);
       process.off('SIGINT', stop);
-      void server.close().then(resolve);
+      // A shutdown step that fails (a queue's Redis gone, a model that cannot be freed) is reported
+      // and ends with a non-zero status; left unhandled, tfjs-wasm's runtime would rethrow it.
+      server.close().then(
+        () => resolve(0),
+        (error: unknown) => {
+          console.error(
+            `ratio serve: shutdown failed: ${error instanceof Error ? error.message : String(error)}`,
+          );
+          resolve(1);
+        },
+      );
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
-  return 0;
 }

@@ -98,19 +98,29 @@ async function work(args: WorkerArguments): Promise<number> {
     { queue: args.queue, store: store?.url ?? null, backend: backend.name, pid: process.pid },
     'worker ready',
   );
-  await new Promise<void>((resolve) => {
+  const closed = await new Promise<boolean>((resolve) => {
     let stopping = false;
     const stop = () => {
       if (stopping) process.exit(130);
       stopping = true;
       logger.info('worker stopping after its shard');
-      void worker.close().then(resolve);
+      // Handled: left unhandled, a failed close would be rethrown by tfjs-wasm's runtime.
+      worker.close().then(
+        () => resolve(true),
+        (error: unknown) => {
+          logger.error(
+            { err: error instanceof Error ? error.message : String(error) },
+            'worker close failed',
+          );
+          resolve(false);
+        },
+      );
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
   });
   logger.info({ completed: worker.completed }, 'worker stopped');
-  return 0;
+  return closed ? 0 : 1;
 }
 
 const command: CommandModule = {

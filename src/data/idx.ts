@@ -42,27 +42,41 @@ export class DecompressionBudget {
   }
 }
 
+/** Gzip layers peeled from one input at most; a gzip that inflates to itself would never end. */
+export const MAX_GZIP_LAYERS = 16;
+
 /**
- * Gunzips when the bytes start with the gzip magic (whatever the file name says), charging the
- * output to `budget` (a shared budget, or a limit of this layer alone).
+ * Gunzips when the bytes start with the gzip magic (whatever the file name says), every layer of a
+ * gzip inside a gzip, each layer's output charged to `budget` (a shared budget, or a limit of this
+ * input alone): the budget, not the number of layers, bounds what is inflated.
  */
 export function maybeGunzip(
   bytes: Uint8Array,
   source = 'the data',
   budget: DecompressionBudget | number = 2 ** 31 - 1,
 ): Uint8Array {
-  if (!isGzip(bytes)) return bytes;
   const shared = typeof budget === 'number' ? new DecompressionBudget(budget) : budget;
+  let out = bytes;
+  for (let layer = 0; isGzip(out); layer++) {
+    if (layer === MAX_GZIP_LAYERS) {
+      throw new DatasetError('too-large', `'${source}' nests more than ${MAX_GZIP_LAYERS} gzip layers`);
+    }
+    out = gunzipLayer(out, source, shared);
+  }
+  return out;
+}
+
+function gunzipLayer(bytes: Uint8Array, source: string, budget: DecompressionBudget): Uint8Array {
   let out: Uint8Array;
   try {
     // zlib stops at maxOutputLength: a bomb never inflates past the budget.
-    out = gunzipSync(bytes, { maxOutputLength: Math.max(1, shared.remaining) });
+    out = gunzipSync(bytes, { maxOutputLength: Math.max(1, budget.remaining) });
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw shared.exceeded(source);
+    if ((error as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') throw budget.exceeded(source);
     const reason = error instanceof Error ? error.message : String(error);
     throw new DatasetError('bad-size', `'${source}' is not a valid gzip stream: ${reason}`);
   }
-  shared.charge(out.length, source);
+  budget.charge(out.length, source);
   return out;
 }
 

@@ -91,7 +91,8 @@ export function detectFormat(bytes: Uint8Array, filename = '', explicit?: Datase
   if (isNpy(bytes) || /\.npy$/i.test(filename)) return 'npy';
   if (isZip(bytes) || /\.zip$/i.test(filename)) return 'zip';
   if (/idx\d/i.test(filename) || looksLikeIdx(bytes)) return 'idx';
-  if (isGzip(bytes)) return 'idx'; // the only gzipped format we read; parseIdx says so if it is not IDX
+  // A gzip not unwrapped by the caller (a file read whole): IDX, the format usually gzipped.
+  if (isGzip(bytes)) return 'idx';
   const cifar = detectCifarVariant(bytes.length, filename);
   if (cifar) return cifar;
   throw new DatasetError(
@@ -165,12 +166,16 @@ export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions 
   // Every decompression of this input and its labels, at any depth, draws on one budget.
   const budget = new DecompressionBudget(options.maxBytes ?? DEFAULT_MAX_BYTES);
   if (bytes.length === 0) throw new DatasetError('empty', `'${source}' is empty (0 bytes)`);
-  const format = detectFormat(bytes, options.filename, options.format);
+  // Gzip wraps any format: its layers are peeled first, on the shared budget, and the format is told
+  // from what they wrap (a zip inside a gzip then meets the zip's own checks on the same budget).
+  const unwrapped = maybeGunzip(bytes, source, budget);
+  const innerName = unwrapped === bytes ? options.filename : options.filename?.replace(/\.gz$/i, '');
+  const format = detectFormat(unwrapped, innerName, options.format);
   let dataset: Dataset;
   switch (format) {
     case 'cifar10':
     case 'cifar100':
-      dataset = parseCifar(bytes, {
+      dataset = parseCifar(unwrapped, {
         variant: format as CifarVariant,
         labels: options.cifar100Labels,
         classNames: options.classNames,
@@ -179,18 +184,16 @@ export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions 
       });
       break;
     case 'idx': {
-      const images = parseIdx(maybeGunzip(bytes, source, budget), source, budget);
+      const images = parseIdx(unwrapped, source, budget);
       const labelsSource = `labels of ${source}`;
-      const labels = options.labels
-        ? parseIdx(maybeGunzip(options.labels, labelsSource, budget), labelsSource, budget)
-        : undefined;
+      const labels = options.labels ? parseIdx(options.labels, labelsSource, budget) : undefined;
       dataset = idxDataset(images, labels, idxClassNames(source, options.classNames), source);
       break;
     }
     case 'npy': {
       const labels = options.labels ? parseNpy(options.labels, `labels of ${source}`) : undefined;
       dataset = npyDataset(
-        parseNpy(bytes, source),
+        parseNpy(unwrapped, source),
         labels,
         options.layout ?? 'NHWC',
         options.classNames,
@@ -199,7 +202,7 @@ export async function datasetFromBytes(bytes: Uint8Array, options: BytesOptions 
       break;
     }
     case 'zip':
-      dataset = await fromZip(bytes, options, source, budget);
+      dataset = await fromZip(unwrapped, options, source, budget);
       break;
     case 'folder':
       throw new DatasetError(

@@ -54,7 +54,14 @@ export function auditAdmission(context: ServiceContext, quota: AuditQuota): Midd
       accepted = c.res.status === 202 ? c.get('auditId') : undefined;
     } finally {
       // The slot is held until the audit ends; a refused submission gives it back at once.
-      if (accepted) void context.audits.settled(accepted).then(() => quota.give(principal));
+      // The slot comes back however the wait ends, and nothing here rejects unhandled: that would end
+      // the service (tfjs-wasm's runtime rethrows unhandled rejections).
+      if (accepted)
+        context.audits
+          .settled(accepted)
+          .catch(() => undefined)
+          .then(() => quota.give(principal))
+          .catch(() => {});
       else await quota.give(principal);
     }
   };

@@ -124,12 +124,27 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
     ]);
   }
   if (error instanceof DatasetError) {
+    // Still 422 (the upload itself may be small, a bomb); its own type tells a limit from bad bytes.
+    if (error.code === 'too-large') {
+      return new ProblemError(422, 'dataset-too-large', 'Data set over the size limit', error.message, [
+        { field, message: error.message },
+      ]);
+    }
     return new ProblemError(422, 'invalid-dataset', 'Invalid data set', error.message, [
       { field, message: error.message },
     ]);
   }
   if (error instanceof ModelFileError) {
     const at = error.field ? `${error.path}:${error.field}` : error.path;
+    if (error.kind === 'over-budget') {
+      return new ProblemError(
+        422,
+        'model-over-budget',
+        'Model over the size or compute limit',
+        error.message,
+        [{ field: at, message: error.message }],
+      );
+    }
     return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [
       { field: at, message: error.message },
     ]);

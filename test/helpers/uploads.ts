@@ -62,3 +62,54 @@ export function auditForm(
   for (const [key, value] of Object.entries(fields)) form.append(key, value);
   return form;
 }
+
+/**
+ * model.json and one zero shard of a sequential CNN, written by hand (no weight is allocated): Conv2D
+ * layers ('same' padding, ReLU) on an input of `inputShape`, global average pooling, Dense(10), every
+ * weight declared as tfjs names it. For models whose size or cost is the point of a test.
+ */
+export function convModelFiles(
+  inputShape: [number, number, number],
+  convs: ReadonlyArray<{ kernel: number; filters: number }>,
+): Map<string, Uint8Array> {
+  const weights: Array<{ name: string; shape: number[]; dtype: 'float32' }> = [];
+  let channels = inputShape[2];
+  const layers: unknown[] = convs.map(({ kernel, filters }, i) => {
+    weights.push(
+      { name: `conv${i}/kernel`, shape: [kernel, kernel, channels, filters], dtype: 'float32' },
+      { name: `conv${i}/bias`, shape: [filters], dtype: 'float32' },
+    );
+    channels = filters;
+    return {
+      class_name: 'Conv2D',
+      config: {
+        name: `conv${i}`,
+        filters,
+        kernel_size: [kernel, kernel],
+        strides: [1, 1],
+        padding: 'same',
+        activation: 'relu',
+        use_bias: true,
+        ...(i === 0 ? { batch_input_shape: [null, ...inputShape] } : {}),
+      },
+    };
+  });
+  weights.push(
+    { name: 'out/kernel', shape: [channels, 10], dtype: 'float32' },
+    { name: 'out/bias', shape: [10], dtype: 'float32' },
+  );
+  layers.push(
+    { class_name: 'GlobalAveragePooling2D', config: { name: 'pool' } },
+    { class_name: 'Dense', config: { name: 'out', units: 10, use_bias: true } },
+  );
+  const elements = weights.reduce((sum, w) => sum + w.shape.reduce((a, b) => a * b, 1), 0);
+  const modelJson = {
+    format: 'layers-model',
+    modelTopology: { class_name: 'Sequential', config: { name: 'convs', layers } },
+    weightsManifest: [{ paths: ['weights.bin'], weights }],
+  };
+  return new Map([
+    ['model.json', new TextEncoder().encode(JSON.stringify(modelJson))],
+    ['weights.bin', new Uint8Array(elements * 4)],
+  ]);
+}

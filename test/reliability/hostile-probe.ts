@@ -1,6 +1,8 @@
+import { type ChildProcess, fork } from 'node:child_process';
 import { appendFile, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createGzip, gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
 import { zipSync } from 'fflate';
@@ -9,14 +11,16 @@ import { Agent, FormData, fetch, type RequestInit, type Response } from 'undici'
 import { saveModelToFiles } from '../../src/engine/model/files.js';
 import { buildModel, floatTensor } from '../engine/model/onnx/onnx-builder.js';
 import { parseLogLine, type ServiceProcess } from '../helpers/service.js';
+import { convModelFiles } from '../helpers/uploads.js';
 
 /**
  * The hostile client of issue 26, against the real server (`ratio serve` in a child process, two
  * API keys): each case sends what broke the service before (and variants), and records the
  * answers, any 5xx, whether the server died, how long /health/live took meanwhile (polled every
- * 25 ms from this process: a stall of the server's event loop shows as a slow answer), and the
- * resident memory of the server and its worker processes before and after (after a forced GC in
- * every thread). Payloads are built before a case starts, so this process stays responsive.
+ * 20 ms by a process of its own, live-poller.mjs: a stall of the server's event loop shows as a slow
+ * answer, and nothing this process does delays a poll), and the resident memory of the server and
+ * its worker processes before and after (after a forced GC in every thread). Each case builds its
+ * payload before its window opens; the window times only sending it and reading the answers.
  */
 
 const { onnx } = onnxProto;
@@ -36,10 +40,14 @@ export interface HostileCase {
   fiveXX: number;
   crashed: boolean;
   seconds: number;
+  /** /health/live polls sent during the case, and those that got no 200. */
+  livePolls: number;
+  liveFailed: number;
   liveMedianMs: number;
   liveMaxMs: number;
   /** /health/live answers slower than 100 ms (each one a stall of the event loop or worse). */
   stallsOver100: number;
+  stallsOver200: number;
   rssBeforeMb: number;
   rssAfterMb: number;
   note?: string;
@@ -73,56 +81,78 @@ export async function treeRssMb(pid: number): Promise<number> {
   return total;
 }
 
-/** Polls /health/live every 25 ms; latencies of the answers inside a window are read back. */
+/** What the poller saw during one case's window. */
+export interface LiveWindow {
+  samples: number;
+  /** Polls that got no 200 (refused, reset or timed out: during a restart, or worse). */
+  failed: number;
+  medianMs: number;
+  maxMs: number;
+  over100: number;
+  over200: number;
+}
+
+/** Epoch milliseconds, high resolution: the clock the poller process timestamps its polls on. */
+export const epochNow = () => performance.timeOrigin + performance.now();
+
+/**
+ * /health/live polled every 20 ms from a process of its own (live-poller.mjs): this process builds
+ * and sends 100-200 MB payloads, which would delay its own polls and count as the server's stall.
+ * `window(from, to)` (epoch ms, `epochNow`) returns the latencies of the polls sent in between.
+ */
 export class LiveMonitor {
-  private readonly samples: Array<{ at: number; ms: number }> = [];
-  private running = true;
-  private readonly agent = new Agent({ connections: 2 });
-  private loop: Promise<void> | undefined;
+  private child: ChildProcess | undefined;
+  private next = 0;
+  private readonly waiting = new Map<number, (window: LiveWindow) => void>();
 
   constructor(private url: string) {}
 
-  start(): void {
-    this.running = true;
-    this.loop = (async () => {
-      while (this.running) {
-        const started = performance.now();
-        try {
-          const res = await fetch(`${this.url}/health/live`, {
-            dispatcher: this.agent,
-            signal: AbortSignal.timeout(30_000),
-          });
-          await res.arrayBuffer();
-          this.samples.push({ at: started, ms: performance.now() - started });
-        } catch {
-          this.samples.push({ at: started, ms: performance.now() - started });
-        }
-        const wait = 25 - (performance.now() - started);
-        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      }
-    })();
+  async start(): Promise<void> {
+    const child = fork(fileURLToPath(new URL('./live-poller.mjs', import.meta.url)), [this.url], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: [],
+    });
+    this.child = child;
+    child.on('message', (message: { type: string; id?: number } & LiveWindow) => {
+      if (message.type !== 'window' || message.id === undefined) return;
+      const { id: _, type: __, ...window } = message;
+      this.waiting.get(message.id)?.(window);
+      this.waiting.delete(message.id);
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('message', () => resolve());
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`the /health/live poller exited (code ${code})`)));
+    });
   }
 
   retarget(url: string): void {
     this.url = url;
+    this.child?.send({ type: 'target', url });
+  }
+
+  window(from: number, to: number): Promise<LiveWindow> {
+    const child = this.child;
+    if (!child?.connected) return Promise.reject(new Error('the /health/live poller is not running'));
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, resolve);
+      child.once('exit', () => reject(new Error('the /health/live poller exited')));
+      child.send({ type: 'window', id, from, to });
+    });
   }
 
   async stop(): Promise<void> {
-    this.running = false;
-    await this.loop;
-    await this.agent.close();
-  }
-
-  window(from: number, to: number): number[] {
-    return this.samples.filter((s) => s.at >= from && s.at <= to).map((s) => s.ms);
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    if (child.connected) child.send({ type: 'stop' });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(timer);
   }
 }
-
-const median = (values: number[]) => {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
-};
 
 // ---------------------------------------------------------------- hostile payloads
 
@@ -257,39 +287,19 @@ async function denseModel(units: number, kernel?: number): Promise<Map<string, U
   }
 }
 
-/** model.json of `layers` 3x3 convolutions and one with a 3000x3000 kernel (refused by its budget). */
+/**
+ * `layers` 3x3 convolutions on 32x32x3 (the last down to 1 channel), then one with a 3000x3000
+ * kernel and 2 filters: every weight present (72 MB), 18M parameters (under the limit), but one
+ * image costs 3.7e10 FLOPs, over the 2e10 budget, at layer `layers`.
+ */
 function deepConvModel(layers: number): Map<string, Uint8Array> {
-  const conv = (i: number, kernel: number) => ({
-    class_name: 'Conv2D',
-    config: {
-      name: `conv${i}`,
-      filters: 3,
-      kernel_size: [kernel, kernel],
-      strides: [1, 1],
-      padding: 'same',
-      activation: 'relu',
-      use_bias: true,
-      ...(i === 0 ? { batch_input_shape: [null, 32, 32, 3] } : {}),
-    },
-  });
-  const topology = {
-    class_name: 'Sequential',
-    config: {
-      name: 'deep',
-      layers: [
-        ...Array.from({ length: layers }, (_, i) => conv(i, 3)),
-        conv(layers, 3000),
-        { class_name: 'Flatten', config: { name: 'flat' } },
-        { class_name: 'Dense', config: { name: 'out', units: 10 } },
-      ],
-    },
-  };
-  const modelJson = {
-    format: 'layers-model',
-    modelTopology: topology,
-    weightsManifest: [{ paths: [], weights: [] }],
-  };
-  return new Map([['model.json', new TextEncoder().encode(JSON.stringify(modelJson))]]);
+  return convModelFiles(
+    [32, 32, 3],
+    [
+      ...Array.from({ length: layers }, (_, i) => ({ kernel: 3, filters: i === layers - 1 ? 1 : 3 })),
+      { kernel: 3000, filters: 2 },
+    ],
+  );
 }
 
 /**
@@ -393,17 +403,31 @@ async function untilFinal(ctx: Ctx, id: string, timeoutMs = 300_000, key = KEY_A
   }
 }
 
+type Outcome = { answers: string; ok: boolean; fiveXX?: number; note?: string };
+/** A case's timed part; the heavy payload it sends was built before, outside the case's window. */
+type Act = () => Promise<Outcome>;
+
+/** `RATIO_HOSTILE_CASES`: a regular expression on 'family: name'; only matching cases run. */
+export const hostileCaseFilter = (): RegExp | undefined =>
+  process.env.RATIO_HOSTILE_CASES ? new RegExp(process.env.RATIO_HOSTILE_CASES, 'i') : undefined;
+
 export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<HostileReport> {
   const report: HostileReport = { cases: [], auditsLost: 0, runAfterCancel: 0, cancelSeconds: [] };
   const cifar = { bytes: ctx.cifar, name: 'test_batch.bin' };
+  const only = hostileCaseFilter();
 
-  /** Runs one case: `act` returns what was answered and whether that was what was due. */
+  /**
+   * Runs one case: `prepare` builds its payload (untimed, before the window opens) and returns the
+   * act, which sends it and says what was answered and whether that was what was due.
+   */
   async function run(
     family: string,
     name: string,
     expected: string,
-    act: () => Promise<{ answers: string; ok: boolean; fiveXX?: number; note?: string }>,
+    prepare: () => Act | Promise<Act>,
   ): Promise<void> {
+    if (only && !only.test(`${family}: ${name}`)) return;
+    const act = await prepare();
     await ctx.gc();
     const pid = ctx.service().child.pid!;
     const rssBeforeMb = await treeRssMb(pid);
@@ -415,21 +439,21 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
         failedRequests.add(String(entry.request_id));
     };
     ctx.service().lines.on('line', onLine);
-    const started = performance.now();
-    let result: Awaited<ReturnType<typeof act>>;
+    const started = epochNow();
+    let result: Outcome;
     try {
       result = await act();
     } catch (error) {
       result = { answers: `error: ${(error as Error).message}`, ok: false };
     }
-    const ended = performance.now();
+    const ended = epochNow();
     ctx.service().lines.off('line', onLine);
+    const live = await ctx.monitor.window(started, ended);
     const crashed = ctx.service().child.exitCode !== null || ctx.service().child.signalCode !== null;
     if (crashed) await ctx.restart();
     await new Promise((resolve) => setTimeout(resolve, 500));
     await ctx.gc();
     const rssAfterMb = crashed ? 0 : await treeRssMb(ctx.service().child.pid!);
-    const live = ctx.monitor.window(started, ended);
     const entry: HostileCase = {
       family,
       name,
@@ -439,9 +463,12 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
       fiveXX: Math.max(result.fiveXX ?? 0, failedRequests.size),
       crashed,
       seconds: (ended - started) / 1000,
-      liveMedianMs: median(live),
-      liveMaxMs: live.length > 0 ? Math.max(...live) : 0,
-      stallsOver100: live.filter((ms) => ms > 100).length,
+      livePolls: live.samples,
+      liveFailed: live.failed,
+      liveMedianMs: live.medianMs,
+      liveMaxMs: live.maxMs,
+      stallsOver100: live.over100,
+      stallsOver200: live.over200,
       rssBeforeMb,
       rssAfterMb,
       ...(result.note ? { note: result.note } : {}),
@@ -457,111 +484,152 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
     const text = await res.text();
     return { status: res.status, text };
   };
-  const refused = (expected: number) => async (form: () => FormData) => {
-    const { status, text } = await upload(form());
-    const detail = status >= 400 ? ((JSON.parse(text) as { detail?: string }).detail ?? '') : '';
-    return {
-      answers: `${status}${detail ? `: ${detail.slice(0, 90)}` : ''}`,
-      ok: status === expected,
-      fiveXX: status >= 500 ? 1 : 0,
+  /**
+   * Sends a prepared form and checks the refusal by its status, its problem type (the slug after
+   * /problems/) and, when given, the field of its first error: never by its message.
+   */
+  const refusedAs =
+    (status: number, type: string, field?: string) =>
+    async (form: FormData): Promise<Outcome> => {
+      const answer = await upload(form);
+      let problem: { type?: string; errors?: Array<{ field?: string }> } = {};
+      try {
+        problem = JSON.parse(answer.text) as typeof problem;
+      } catch {
+        // Not a problem document: reported as it came.
+      }
+      const slug = problem.type?.split('/problems/')[1] ?? '';
+      const at = problem.errors?.[0]?.field ?? '';
+      return {
+        answers: `${answer.status} ${slug || answer.text.slice(0, 60)}${at ? ` (${at})` : ''}`,
+        ok: answer.status === status && slug === type && (field === undefined || at === field),
+        fiveXX: answer.status >= 500 ? 1 : 0,
+      };
     };
-  };
-  const expect422 = refused(422);
+  const overBudget = refusedAs(422, 'model-over-budget', 'model.onnx');
+  const invalidModel = refusedAs(422, 'invalid-model');
+  const dataTooLarge = refusedAs(422, 'dataset-too-large', 'dataset');
+  /** Expected column: status and problem type. */
+  const as = (status: number, type: string) => `${status} ${type}`;
 
   // ---- ONNX limits enforced while reading
   const base = cifarOnnx();
-  const payloads = {
-    empty50M: withGraphPrefix(base, emptyFields(1, 50_000_000)),
-    subgraph: (() => {
+  const onnxFiles = (bytes: Uint8Array) => new Map([['model.onnx', bytes]]);
+  const onnxForm = (bytes: Uint8Array) => auditForm(onnxFiles(bytes), cifar);
+  await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', as(422, 'model-over-budget'), () => {
+    const form = onnxForm(withGraphPrefix(base, emptyFields(1, 50_000_000)));
+    return () => overBudget(form);
+  });
+  await run(
+    'onnx',
+    '5M empty nodes in a sub-graph (If branch attribute)',
+    as(422, 'model-over-budget'),
+    () => {
       const sub = emptyFields(1, 5_000_000);
       const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
-      return withGraphPrefix(base, field(1, field(5, attribute)));
-    })(),
-    functions: concat(base, field(25, emptyFields(7, 2_000_000))),
-    initializers: withGraphPrefix(base, emptyFields(5, 2_000_000)),
-    valueInfo: withGraphPrefix(base, emptyFields(13, 10_000_000)),
-    deep: (() => {
-      let type: Uint8Array = new Uint8Array(0);
-      for (let i = 0; i < 10_000; i++) type = field(4, field(1, type));
-      return withGraphPrefix(base, field(13, field(2, type)));
-    })(),
-  };
-  const onnxFiles = (bytes: Uint8Array) => new Map([['model.onnx', bytes]]);
-  await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.empty50M), cifar)),
+      const form = onnxForm(withGraphPrefix(base, field(1, field(5, attribute))));
+      return () => overBudget(form);
+    },
   );
-  payloads.empty50M = new Uint8Array(0);
-  await run('onnx', '5M empty nodes in a sub-graph (If branch attribute)', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.subgraph), cifar)),
-  );
-  await run('onnx', '2M nodes in a model-local function', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.functions), cifar)),
-  );
-  await run('onnx', '2M empty initializers', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.initializers), cifar)),
-  );
-  await run('onnx', '10M empty value_info entries (other field)', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.valueInfo), cifar)),
-  );
-  await run('onnx', 'types nested 10,000 deep', '422', () =>
-    expect422(() => auditForm(onnxFiles(payloads.deep), cifar)),
-  );
-  await run('onnx', 'opset 9 and opset 19', '422, 422', async () => {
-    const a = await expect422(() => auditForm(onnxFiles(cifarOnnx({ opset: 9 })), cifar));
-    const b = await expect422(() => auditForm(onnxFiles(cifarOnnx({ opset: 19 })), cifar));
-    return {
-      answers: `${a.answers.slice(0, 3)}, ${b.answers.slice(0, 3)}`,
-      ok: a.ok && b.ok,
-      fiveXX: (a.fiveXX ?? 0) + (b.fiveXX ?? 0),
+  await run('onnx', '2M nodes in a model-local function', as(422, 'model-over-budget'), () => {
+    const form = onnxForm(concat(base, field(25, emptyFields(7, 2_000_000))));
+    return () => overBudget(form);
+  });
+  await run('onnx', '2M empty initializers', as(422, 'model-over-budget'), () => {
+    const form = onnxForm(withGraphPrefix(base, emptyFields(5, 2_000_000)));
+    return () => overBudget(form);
+  });
+  await run('onnx', '10M empty value_info entries (other field)', as(422, 'model-over-budget'), () => {
+    const form = onnxForm(withGraphPrefix(base, emptyFields(13, 10_000_000)));
+    return () => overBudget(form);
+  });
+  await run('onnx', 'types nested 10,000 deep', as(422, 'model-over-budget'), () => {
+    let type: Uint8Array = new Uint8Array(0);
+    for (let i = 0; i < 10_000; i++) type = field(4, field(1, type));
+    const form = onnxForm(withGraphPrefix(base, field(13, field(2, type))));
+    return () => overBudget(form);
+  });
+  await run('onnx', 'opset 9 and opset 19', '422 invalid-model, 422 invalid-model', () => {
+    const forms = [onnxForm(cifarOnnx({ opset: 9 })), onnxForm(cifarOnnx({ opset: 19 }))];
+    return async () => {
+      const [a, b] = [await invalidModel(forms[0]), await invalidModel(forms[1])];
+      return {
+        answers: `${a.answers}, ${b.answers}`,
+        ok: a.ok && b.ok,
+        fiveXX: (a.fiveXX ?? 0) + (b.fiveXX ?? 0),
+      };
     };
   });
-  await run('onnx', 'NaN bias (non-finite logits at the trial)', '422', () =>
-    expect422(() => auditForm(onnxFiles(cifarOnnx({ bias: Number.NaN })), cifar)),
-  );
+  await run('onnx', 'NaN bias (non-finite logits at the trial)', as(422, 'invalid-model'), () => {
+    const form = onnxForm(cifarOnnx({ bias: Number.NaN }));
+    return () => invalidModel(form);
+  });
 
   // ---- decompression: one budget across nested layers
-  const bomb2 = gzip(await gzippedIdxZeros(2_400_000)); // 1.88 GB inside, a few kB outside
-  await run('data', 'double-gzipped IDX (1.88 GB inside)', '422', () =>
-    expect422(() => auditForm(onnxFiles(base), { bytes: bomb2, name: 'train-images-idx3-ubyte.gz' })),
+  let twice: Uint8Array | undefined;
+  const bomb2 = async () => {
+    twice ??= gzip(await gzippedIdxZeros(2_400_000)); // 1.88 GB inside, a few kB outside
+    return twice;
+  };
+  const dataForm = (bytes: Uint8Array, name: string, labels?: Uint8Array) =>
+    auditForm(onnxFiles(base), { bytes, name }, {}, labels);
+  await run('data', 'double-gzipped IDX (1.88 GB inside)', as(422, 'dataset-too-large'), async () => {
+    const form = dataForm(await bomb2(), 'train-images-idx3-ubyte.gz');
+    return () => dataTooLarge(form);
+  });
+  // The third layer (1.88 GB) is where the budget runs out: every layer is peeled on the one budget.
+  await run('data', 'triple-gzipped IDX', as(422, 'dataset-too-large'), async () => {
+    const form = dataForm(gzip(await bomb2()), 'x-idx3-ubyte.gz');
+    return () => dataTooLarge(form);
+  });
+  await run(
+    'data',
+    'gzipped images and labels, each under the budget, together over',
+    as(422, 'dataset-too-large'),
+    async () => {
+      const half = await gzippedIdxZeros(200_000); // 157 MB inflated: under 256 MiB alone
+      const labels = new Uint8Array(150 * MB);
+      labels.set([0, 0, 8, 1, 0, 3, 13, 64]);
+      const form = dataForm(half, 'x-idx3-ubyte.gz', gzip(labels));
+      return () => dataTooLarge(form);
+    },
   );
-  await run('data', 'triple-gzipped IDX', '422', () =>
-    expect422(() => auditForm(onnxFiles(base), { bytes: gzip(bomb2), name: 'x-idx3-ubyte.gz' })),
-  );
-  const half = await gzippedIdxZeros(200_000); // 157 MB inflated: under 256 MiB alone
-  const labels = new Uint8Array(150 * MB);
-  labels.set([0, 0, 8, 1, 0, 3, 13, 64]);
-  const halfLabels = gzip(labels);
-  await run('data', 'gzipped images and labels, each under the budget, together over', '422', () =>
-    expect422(() => auditForm(onnxFiles(base), { bytes: half, name: 'x-idx3-ubyte.gz' }, {}, halfLabels)),
-  );
-  const zipOver = zipSync(
-    { 'set/a/0.png': new Uint8Array(200 * MB), 'set/b/1.png': new Uint8Array(100 * MB) },
-    { level: 9 },
-  );
-  await run('data', 'zip whose entries declare 300 MB', '422', () =>
-    expect422(() => auditForm(onnxFiles(base), { bytes: zipOver, name: 'set.zip' })),
-  );
-  await run('data', 'zip inside gzip', '422', () =>
-    expect422(() => auditForm(onnxFiles(base), { bytes: gzip(zipOver), name: 'set.gz' })),
-  );
+  let zipOver: Uint8Array | undefined;
+  const zip300 = () => {
+    zipOver ??= zipSync(
+      { 'set/a/0.png': new Uint8Array(200 * MB), 'set/b/1.png': new Uint8Array(100 * MB) },
+      { level: 9 },
+    );
+    return zipOver;
+  };
+  await run('data', 'zip whose entries declare 300 MB', as(422, 'dataset-too-large'), () => {
+    const form = dataForm(zip300(), 'set.zip');
+    return () => dataTooLarge(form);
+  });
+  // Unwrapped, the gzip holds a zip, checked as one: its entries go past the budget.
+  await run('data', 'zip inside gzip', as(422, 'dataset-too-large'), () => {
+    const form = dataForm(gzip(zip300()), 'set.gz');
+    return () => dataTooLarge(form);
+  });
 
   // ---- multipart and media type
-  await run('multipart', '1.5M parts', '413', async () => {
+  await run('multipart', '1.5M parts', '413', () => {
     const boundary = 'hostileboundary';
     const part = `--${boundary}\r\nContent-Disposition: form-data; name="norm"\r\n\r\nL2\r\n`;
     const body = new TextEncoder().encode(`${part.repeat(1_500_000)}--${boundary}--\r\n`);
-    const status = await postAnsweredEarly(new URL('/v1/audits', ctx.service().url), body, {
-      ...auth(KEY_A),
-      'content-type': `multipart/form-data; boundary=${boundary}`,
-    });
-    return { answers: String(status), ok: status === 413, fiveXX: status >= 500 ? 1 : 0 };
+    return async () => {
+      const status = await postAnsweredEarly(new URL('/v1/audits', ctx.service().url), body, {
+        ...auth(KEY_A),
+        'content-type': `multipart/form-data; boundary=${boundary}`,
+      });
+      return { answers: String(status), ok: status === 413, fiveXX: status >= 500 ? 1 : 0 };
+    };
   });
-  await run('multipart', 'one 200 MB part of random bytes', '422', () =>
-    expect422(() =>
-      auditForm(onnxFiles(base), { bytes: new Uint8Array(200 * MB).fill(7), name: 'data.bin' }),
-    ),
-  );
-  await run('multipart', 'urlencoded POST /v1/audits', '415', async () => {
+  await run('multipart', 'one 200 MB part of random bytes', as(422, 'invalid-dataset'), () => {
+    const form = dataForm(new Uint8Array(200 * MB).fill(7), 'data.bin');
+    return () => refusedAs(422, 'invalid-dataset', 'dataset')(form);
+  });
+  await run('multipart', 'urlencoded POST /v1/audits', '415', () => async () => {
     const res = await send(ctx, '/v1/audits', {
       method: 'POST',
       key: KEY_A,
@@ -572,62 +640,82 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
   });
 
   // ---- models loaded and trial-run off the event loop
-  const big = await denseModel(3000); // 3072 x 3000 float32: 37 MB
   await run(
     'load',
     'TF.js model of 37 MB: loaded in the intake thread, then cancelled',
     '202, cancelled',
     async () => {
-      const { status, text } = await upload(auditForm(big, cifar));
-      if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
-      const { id } = JSON.parse(text) as { id: string };
-      await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
-      const end = await untilFinal(ctx, id);
-      if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
-      return { answers: `202, ${end.state}`, ok: end.state === 'cancelled' };
+      const form = auditForm(await denseModel(3000), cifar); // 3072 x 3000 float32: 37 MB
+      return async () => {
+        const { status, text } = await upload(form);
+        if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
+        const { id } = JSON.parse(text) as { id: string };
+        await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+        const end = await untilFinal(ctx, id);
+        if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
+        return { answers: `202, ${end.state}`, ok: end.state === 'cancelled' };
+      };
     },
   );
-  await run('load', '400 convolutions and a 3000x3000 kernel (refused by its budget)', '422', () =>
-    expect422(() => auditForm(deepConvModel(400), cifar)),
+  // Every weight present (72 MB), so nothing but its cost refuses it: the 3000x3000 kernel takes
+  // the FLOPs of one image past the budget, before tfjs builds any of the 401 layers.
+  await run(
+    'load',
+    '400 convolutions and a 3000x3000 kernel (refused by its budget)',
+    `${as(422, 'model-over-budget')} at layers[400]`,
+    () => {
+      const form = auditForm(deepConvModel(400), cifar);
+      return () =>
+        refusedAs(
+          422,
+          'model-over-budget',
+          'model.json:modelTopology.config.layers[400].config.filters',
+        )(form);
+    },
   );
   await run(
     'load',
     'valid 99,990-node ONNX chain: checked off the loop; cancelled mid-load in the pool',
     '202, cancelled',
-    async () => {
-      const { status, text } = await upload(auditForm(onnxFiles(cifarOnnx({ nodesBefore: 99_988 })), cifar));
-      if (status !== 202)
-        return { answers: `${status}: ${text.slice(0, 120)}`, ok: false, fiveXX: status >= 500 ? 1 : 0 };
-      const { id } = JSON.parse(text) as { id: string };
-      // Running: its pool worker is loading (planning) the graph, a long synchronous step.
-      const started = Date.now();
-      while ((await job(ctx, id)).body.state !== 'running' && Date.now() - started < 120_000)
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      await new Promise((resolve) => setTimeout(resolve, 1500));
-      const cancelled = performance.now();
-      await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
-      const end = await untilFinal(ctx, id);
-      const seconds = (performance.now() - cancelled) / 1000;
-      report.cancelSeconds.push(seconds);
-      if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
-      return {
-        answers: `202, ${end.state} ${seconds.toFixed(1)} s after DELETE`,
-        ok: end.state === 'cancelled',
+    () => {
+      const form = onnxForm(cifarOnnx({ nodesBefore: 99_988 }));
+      return async () => {
+        const { status, text } = await upload(form);
+        if (status !== 202)
+          return { answers: `${status}: ${text.slice(0, 120)}`, ok: false, fiveXX: status >= 500 ? 1 : 0 };
+        const { id } = JSON.parse(text) as { id: string };
+        // Running: its pool worker is loading (planning) the graph, a long synchronous step.
+        const started = Date.now();
+        while ((await job(ctx, id)).body.state !== 'running' && Date.now() - started < 120_000)
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        const cancelled = performance.now();
+        await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+        const end = await untilFinal(ctx, id);
+        const seconds = (performance.now() - cancelled) / 1000;
+        report.cancelSeconds.push(seconds);
+        if (end.state !== 'cancelled' || end.result !== null) report.runAfterCancel += 1;
+        return {
+          answers: `202, ${end.state} ${seconds.toFixed(1)} s after DELETE`,
+          ok: end.state === 'cancelled',
+        };
       };
     },
   );
-  const overflow = await denseModel(10, 1e38);
   await run(
     'model',
     'finite at the trial, infinite logits on the data',
     '202, failed (non-finite logit)',
     async () => {
-      const { status, text } = await upload(auditForm(overflow, cifar));
-      if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
-      const end = await untilFinal(ctx, (JSON.parse(text) as { id: string }).id);
-      const failedRight =
-        end.state === 'failed' && end.result === null && String(end.error).includes('non-finite logit');
-      return { answers: `202, ${end.state}: ${String(end.error).slice(0, 60)}`, ok: failedRight };
+      const form = auditForm(await denseModel(10, 1e38), cifar);
+      return async () => {
+        const { status, text } = await upload(form);
+        if (status !== 202) return { answers: String(status), ok: false, fiveXX: status >= 500 ? 1 : 0 };
+        const end = await untilFinal(ctx, (JSON.parse(text) as { id: string }).id);
+        const failedRight =
+          end.state === 'failed' && end.result === null && String(end.error).includes('non-finite logit');
+        return { answers: `202, ${end.state}: ${String(end.error).slice(0, 60)}`, ok: failedRight };
+      };
     },
   );
 
@@ -636,7 +724,7 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
     'cancel',
     'DELETE while the audit is being persisted (x3)',
     'cancelled, never started',
-    async () => {
+    () => async () => {
       const ends: string[] = [];
       let ok = true;
       for (let i = 0; i < 3; i++) {
@@ -677,17 +765,24 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
     });
     return { status: res.status, text: await res.text() };
   };
-  await run('v2', 'infer without a key (keys required for analyses)', '401', async () => {
+  await run('v2', 'infer without a key (keys required for analyses)', '401', () => async () => {
     const { status } = await v2(pixels(1));
     return { answers: String(status), ok: status === 401 };
   });
-  await run('v2', "'outputs' repeated 100k times with 64 images", '400', async () => {
+  await run('v2', "'outputs' repeated 100k times with 64 images", '400', () => {
     const body = JSON.parse(pixels(64)) as Record<string, unknown>;
     body.outputs = Array.from({ length: 100_000 }, () => ({ name: 'probabilities' }));
-    const { status, text } = await v2(JSON.stringify(body), KEY_A);
-    return { answers: `${status}: ${text.slice(0, 80)}`, ok: status === 400, fiveXX: status >= 500 ? 1 : 0 };
+    const text = JSON.stringify(body);
+    return async () => {
+      const answer = await v2(text, KEY_A);
+      return {
+        answers: `${answer.status}: ${answer.text.slice(0, 80)}`,
+        ok: answer.status === 400,
+        fiveXX: answer.status >= 500 ? 1 : 0,
+      };
+    };
   });
-  await run('v2', 'temperature 1e-300; a value 1e309', '400 (range), 400 (Infinity)', async () => {
+  await run('v2', 'temperature 1e-300; a value 1e309', '400 (range), 400 (Infinity)', () => async () => {
     const body = JSON.parse(pixels(1)) as Record<string, unknown>;
     body.parameters = { temperature: 1e-300 };
     const a = await v2(JSON.stringify(body), KEY_A);
@@ -697,63 +792,68 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
       ok: a.status === 400 && b.status === 400 && b.text.includes('Infinity'),
     };
   });
-  await run('v2', '/metrics without a key', '401', async () => {
+  await run('v2', '/metrics without a key', '401', () => async () => {
     const res = await send(ctx, '/metrics');
     await res.arrayBuffer();
     return { answers: String(res.status), ok: res.status === 401 };
   });
 
   // ---- SSE: capped per key and in total
-  await run('sse', '500 event streams from one key on its own audit', '8 x 200, 492 x 429', async () => {
-    const { status, text } = await upload(
-      // A small eps breaks no point early: every attack runs its full budget, so the audit and its
-      // streams stay open for the whole burst.
-      auditForm({ served: 'ratio-cifar10' }, cifar, {
-        n: '64',
-        eps: '0.01',
-        iterations: '20',
-        queries: '1000',
-      }),
-    );
-    if (status !== 202) return { answers: `${status}: ${text.slice(0, 90)}`, ok: false };
-    const { id } = JSON.parse(text) as { id: string };
-    const controller = new AbortController();
-    const sseAgent = new Agent({ connections: 600 });
-    const answers = await Promise.all(
-      Array.from({ length: 500 }, () =>
-        fetch(`${ctx.service().url}/v1/audits/${id}/events`, {
-          headers: auth(KEY_A),
-          signal: controller.signal,
-          dispatcher: sseAgent,
-        }).then(
-          async (res) => {
-            if (res.status !== 200) await res.arrayBuffer();
-            return res.status;
-          },
-          () => 0,
+  await run(
+    'sse',
+    '500 event streams from one key on its own audit',
+    '8 x 200, 492 x 429',
+    () => async () => {
+      const { status, text } = await upload(
+        // A small eps breaks no point early: every attack runs its full budget, so the audit and its
+        // streams stay open for the whole burst.
+        auditForm({ served: 'ratio-cifar10' }, cifar, {
+          n: '64',
+          eps: '0.01',
+          iterations: '20',
+          queries: '1000',
+        }),
+      );
+      if (status !== 202) return { answers: `${status}: ${text.slice(0, 90)}`, ok: false };
+      const { id } = JSON.parse(text) as { id: string };
+      const controller = new AbortController();
+      const sseAgent = new Agent({ connections: 600 });
+      const answers = await Promise.all(
+        Array.from({ length: 500 }, () =>
+          fetch(`${ctx.service().url}/v1/audits/${id}/events`, {
+            headers: auth(KEY_A),
+            signal: controller.signal,
+            dispatcher: sseAgent,
+          }).then(
+            async (res) => {
+              if (res.status !== 200) await res.arrayBuffer();
+              return res.status;
+            },
+            () => 0,
+          ),
         ),
-      ),
-    );
-    await new Promise((resolve) => setTimeout(resolve, 3000));
-    const stateAfterBurst = String((await job(ctx, id)).body.state);
-    controller.abort();
-    await sseAgent.close().catch(() => {});
-    await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
-    await untilFinal(ctx, id);
-    const ok200 = answers.filter((s) => s === 200).length;
-    const limited = answers.filter((s) => s === 429).length;
-    return {
-      answers: `${ok200} x 200, ${limited} x 429 (audit ${stateAfterBurst} after the burst)`,
-      ok: ok200 === 8 && limited === 492,
-    };
-  });
+      );
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      const stateAfterBurst = String((await job(ctx, id)).body.state);
+      controller.abort();
+      await sseAgent.close().catch(() => {});
+      await send(ctx, `/v1/audits/${id}`, { method: 'DELETE', key: KEY_A }).then((r) => r.arrayBuffer());
+      await untilFinal(ctx, id);
+      const ok200 = answers.filter((s) => s === 200).length;
+      const limited = answers.filter((s) => s === 429).length;
+      return {
+        answers: `${ok200} x 200, ${limited} x 429 (audit ${stateAfterBurst} after the burst)`,
+        ok: ok200 === 8 && limited === 492,
+      };
+    },
+  );
 
   // ---- durable state: one corrupt file, ONNX across kill -9, lost owner.json
   await run(
     'state',
     'kill -9 mid-audit, then job.json null and {}, a truncated shard, owner.json lost',
     'starts; 3 quarantined, others served, 0 lost',
-    async () => {
+    () => async () => {
       // Five audits: two finished, one ONNX and one served audit running or queued at the kill.
       const ids: string[] = [];
       for (const fields of [{ n: '2' }, { n: '2' }]) {

@@ -1,18 +1,22 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
+import { zipSync } from 'fflate';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { functionClassifier } from '../../src/engine/model/classifier.js';
 import { loadModelFromFiles, saveModelToFiles } from '../../src/engine/model/files.js';
+import { InProcessIntake } from '../../src/jobs/audit/intake.js';
+import { WorkerIntake } from '../../src/jobs/audit/intake-host.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { AuditStore } from '../../src/jobs/audit/store.js';
 import { sha256Hex } from '../../src/routes/auth.js';
 import { colourModel, SHAPE } from '../helpers/colour-model.js';
-import { auditForm, tinyCifarModelFiles } from '../helpers/uploads.js';
+import { auditForm, convModelFiles, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 /**
  * Issue 26, what a hostile client still broke at the HTTP layer: /v2 without keys or rate limit,
@@ -181,6 +185,61 @@ describe('audit uploads: media type and multipart limits checked while reading',
     expect(field.status).toBe(413);
     expect(((await field.json()) as { errors: Array<{ field: string }> }).errors[0].field).toBe('model');
   });
+});
+
+describe('upload refusals name the limit they met, in the intake thread as in process', () => {
+  const MB = 1024 * 1024;
+  const cifarPath = path.join(
+    process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
+    'cifar10/test_batch_first1000.bin',
+  );
+  const workerIntake = new WorkerIntake({ maxConcurrent: 1, heapMb: 512 });
+  afterAll(() => workerIntake.close());
+  type Problem = { type: string; status: number; errors: Array<{ field: string }> };
+  const post = async (intake: InProcessIntake | WorkerIntake, form: FormData): Promise<Problem> => {
+    const app = createApp({ models: new Map(), intake, limits: { auditBodyBytes: 4 * MB } });
+    const res = await app.request('/v1/audits', { method: 'POST', body: form });
+    return (await res.json()) as Problem;
+  };
+  const fields = { norm: 'L2', eps: '0.5', n: '2', iterations: '1', queries: '10' };
+
+  for (const [where, intake] of [
+    ['in process', () => new InProcessIntake()],
+    ['intake thread', () => workerIntake],
+  ] as const) {
+    it(`a model over its activation budget is model-over-budget naming the layer (${where})`, async () => {
+      const cifar = new Uint8Array(await readFile(cifarPath)).slice(0, 2 * 3073);
+      // 20,000 filters on 32x32: 20.5M elements out of one layer, over the 2^24 limit.
+      const wide = convModelFiles([32, 32, 3], [{ kernel: 1, filters: 20_000 }]);
+      const over = await post(intake(), auditForm(wide, cifar, fields));
+      expect(over.status).toBe(422);
+      expect(over.type).toBe('https://ratio-audit.dev/problems/model-over-budget');
+      expect(over.errors[0].field).toBe('model.json:modelTopology.config.layers[0].config.filters');
+      // The same model without its weights is refused as invalid, before any budget.
+      wide.delete('weights.bin');
+      const missing = await post(intake(), auditForm(wide, cifar, fields));
+      expect(missing.type).toBe('https://ratio-audit.dev/problems/invalid-model');
+    });
+
+    it(`nested gzip and a zip inside a gzip are dataset-too-large (${where})`, async () => {
+      const model = await tinyCifarModelFiles();
+      const images = new Uint8Array(16 + 20_000 * 784); // 15.7 MB inflated, over the 4 MB budget
+      new DataView(images.buffer).setUint32(0, 0x00000803);
+      new DataView(images.buffer).setUint32(4, 20_000);
+      new DataView(images.buffer).setUint32(8, 28);
+      new DataView(images.buffer).setUint32(12, 28);
+      const gz = (bytes: Uint8Array) => new Uint8Array(gzipSync(bytes));
+      const zipInGzip = gz(zipSync({ 'set/a/0.png': new Uint8Array(8 * MB) }, { level: 9 }));
+      for (const bomb of [gz(gz(gz(images))), zipInGzip]) {
+        const form = auditForm(model, undefined, fields);
+        form.append('dataset', new Blob([new Uint8Array(bomb)]), 'set.gz');
+        const refused = await post(intake(), form);
+        expect(refused.status).toBe(422);
+        expect(refused.type).toBe('https://ratio-audit.dev/problems/dataset-too-large');
+        expect(refused.errors[0].field).toBe('dataset');
+      }
+    });
+  }
 });
 
 describe('an audit whose model meets a non-finite logit', () => {

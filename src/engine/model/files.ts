@@ -11,7 +11,7 @@ import {
 } from './build.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
 import { graphModelBudget } from './graph-budget.js';
-import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError } from './onnx/index.js';
+import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError, OnnxLimitError } from './onnx/index.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './topology.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
 import './batch-norm-layer.js';
@@ -29,15 +29,20 @@ import './normalization-layer.js';
  */
 export class ModelFileError extends Error {
   override readonly name = 'ModelFileError';
+  /** 'over-budget': a valid model over a size or compute limit (parameters, FLOPs, nodes); else 'invalid'. */
+  readonly kind: ModelFileErrorKind;
   constructor(
     readonly path: string,
     readonly field: string | undefined,
     message: string,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { kind?: ModelFileErrorKind },
   ) {
     super(`${path}${field ? ` (${field})` : ''}: ${message}`, options);
+    this.kind = options?.kind ?? 'invalid';
   }
 }
+
+export type ModelFileErrorKind = 'invalid' | 'over-budget';
 
 export interface LoadModelOptions {
   /** Largest total of weight bytes accepted, declared or present (default 200 MB). */
@@ -376,9 +381,13 @@ export async function loadModelFromFiles(
       budget = modelBudget(modelJson.modelTopology, declaredShapes(manifest), options.budget);
     }
   } catch (error) {
-    if (error instanceof TopologyError || error instanceof ModelBudgetError) {
-      throw new ModelFileError('model.json', error.field, error.message);
+    if (error instanceof ModelBudgetError) {
+      throw new ModelFileError('model.json', error.field, error.message, {
+        cause: error,
+        kind: 'over-budget',
+      });
     }
+    if (error instanceof TopologyError) throw new ModelFileError('model.json', error.field, error.message);
     throw error;
   }
 
@@ -489,7 +498,10 @@ export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions):
   } catch (error) {
     if (!(error instanceof OnnxImportError)) throw error;
     const node = 'node' in error && typeof error.node === 'string' ? `node ${error.node}` : undefined;
-    throw new ModelFileError(key, node, `${error.name}: ${error.message}`, { cause: error });
+    throw new ModelFileError(key, node, `${error.name}: ${error.message}`, {
+      cause: error,
+      kind: error instanceof OnnxLimitError ? 'over-budget' : 'invalid',
+    });
   }
 }
 

@@ -297,7 +297,9 @@ export function reviveError(error: SerializedError): Error {
       revived = new ImageError(error.code as ImageError['code'], error.message);
       break;
     case 'ModelFileError':
-      revived = new ModelFileError(error.path ?? 'model', error.field, '');
+      revived = new ModelFileError(error.path ?? 'model', error.field, '', {
+        kind: error.kind === 'over-budget' ? 'over-budget' : 'invalid',
+      });
       break;
     case 'ModelContractError':
       revived = new ModelContractError((error.field ?? 'input') as ModelContractField, error.message);

@@ -255,7 +255,11 @@ export class AuditQueue {
     this.persist(entry);
     const submission = entry.submission;
     entry.submission = undefined;
-    if (submission?.ownsClassifier) submission.classifier.dispose();
+    try {
+      if (submission?.ownsClassifier) submission.classifier.dispose();
+    } catch {
+      // A model that fails to free itself must not keep its audit from ending (nor its quota slot).
+    }
     this.emit(entry, { type: 'done', job: { ...entry.job } });
     entry.listeners.clear();
     entry.finish();
@@ -272,10 +276,18 @@ export class AuditQueue {
       const entry = this.entries.get(id);
       if (entry?.job.state !== 'queued') continue;
       this.running += 1;
-      void this.execute(entry).finally(() => {
-        this.running -= 1;
-        this.pump();
-      });
+      // Nothing here may reject unhandled: tfjs-wasm's runtime rethrows unhandled rejections, which
+      // would end the service. An audit whose run broke outside its own try ends failed.
+      this.execute(entry)
+        .catch((error: unknown) => {
+          if (!isFinal(entry.job.state))
+            this.end(entry, 'failed', null, error instanceof Error ? error.message : String(error));
+        })
+        .catch(() => {})
+        .finally(() => {
+          this.running -= 1;
+          this.pump();
+        });
     }
   }
 

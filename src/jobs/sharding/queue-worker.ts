@@ -113,8 +113,14 @@ export class QueueShardWorker {
   static async start(options: QueueWorkerOptions): Promise<QueueShardWorker> {
     const worker = new QueueShardWorker(options);
     await Promise.all([worker.shardWorker.waitUntilReady(), worker.auditWorker.waitUntilReady()]);
-    void worker.shardWorker.run();
-    void worker.auditWorker.run();
+    // Their loops end only at close; one that fails is logged, never left to reject unhandled
+    // (tfjs-wasm's runtime rethrows unhandled rejections: the process would die).
+    for (const [name, loop] of [
+      ['shard', worker.shardWorker],
+      ['audit', worker.auditWorker],
+    ] as const) {
+      loop.run().catch((error: Error) => worker.log(`${name} worker loop failed`, { err: error.message }));
+    }
     return worker;
   }
 

@@ -50,11 +50,15 @@ function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promis
 async function runTask(message: ShardTaskMessage): Promise<void> {
   const controller = new AbortController();
   controllers.set(message.task, controller);
-  const x = tf.tensor4d(message.x, message.shape);
-  const probe = message.probe
-    ? { x: tf.tensor4d(message.probe.x, message.probe.shape), y: message.probe.y }
-    : undefined;
+  let x: tf.Tensor4D | undefined;
+  let probe: { x: tf.Tensor4D; y: Int32Array } | undefined;
+  // Everything inside the try: this runs on a voided promise, and an unhandled rejection would be
+  // rethrown by tfjs-wasm's runtime and end the worker with its task unanswered.
   try {
+    x = tf.tensor4d(message.x, message.shape);
+    probe = message.probe
+      ? { x: tf.tensor4d(message.probe.x, message.probe.shape), y: message.probe.y }
+      : undefined;
     const classifier = await classifierFor(message);
     const part = await runShard(classifier, { x, y: message.y, probe }, message.range, message.settings, {
       signal: controller.signal,
@@ -73,8 +77,9 @@ async function runTask(message: ShardTaskMessage): Promise<void> {
 async function runWorstCase(message: WorstCaseTaskMessage): Promise<void> {
   const controller = new AbortController();
   controllers.set(message.task, controller);
-  const x = tf.tensor4d(message.x, message.shape);
+  let x: tf.Tensor4D | undefined;
   try {
+    x = tf.tensor4d(message.x, message.shape);
     const classifier = await classifierFor(message);
     const found = await worstCaseConfidence(classifier, x, {
       ...message.options,
@@ -95,7 +100,7 @@ async function runWorstCase(message: WorstCaseTaskMessage): Promise<void> {
     send({ type: 'error', task: message.task, name: failure.name, message: failure.message });
   } finally {
     controllers.delete(message.task);
-    x.dispose();
+    x?.dispose();
   }
 }
 

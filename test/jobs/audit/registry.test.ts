@@ -64,6 +64,33 @@ describe('AuditQueue', () => {
     expect(queue.countByState()).toMatchObject({ failed: 1, cancelled: 1 });
   });
 
+  it('an audit whose model throws when freed ends as it ran, and the queue goes on', async () => {
+    // tfjs throws when a model is disposed twice; the audit had succeeded by then.
+    const fragile = {
+      ...classifier,
+      dispose: () => {
+        throw new Error('the model is already disposed');
+      },
+    };
+    const rejections: unknown[] = [];
+    const onRejection = (reason: unknown) => rejections.push(reason);
+    process.on('unhandledRejection', onRejection);
+    try {
+      const queue = new AuditQueue({ maxRunning: 1, run: async (_m, x) => emptyReport(x.shape[0]) });
+      const events: AuditEvent['type'][] = [];
+      const first = queue.submit({ parameters, classifier: fragile, ownsClassifier: true, dataset });
+      queue.subscribe(first.id, (event) => events.push(event.type));
+      const second = queue.submit({ parameters, classifier, ownsClassifier: false, dataset });
+      expect(await queue.settled(first.id)).toMatchObject({ state: 'succeeded', error: null });
+      expect(events.at(-1)).toBe('done');
+      expect((await queue.settled(second.id))?.state).toBe('succeeded');
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(rejections).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onRejection);
+    }
+  });
+
   it('forgets the oldest finished jobs beyond `retain`', async () => {
     const queue = new AuditQueue({ retain: 2, run: async (_m, x) => emptyReport(x.shape[0]) });
     const ids: string[] = [];
