@@ -177,6 +177,24 @@ class MaxPoolNet(nn.Module):
         return self.fc2(out)
 
 
+class TiesNet(nn.Module):
+    """Gradients at PyTorch's non-differentiable points, on an input quantised to quarters: max-pool
+    windows (padded, and ceil mode) holding equal maxima send the gradient to the first one in
+    row-major order, and a ReLU whose input is exactly 0 passes none."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(6, 8, 3, 1, 1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+
+    def forward(self, x):
+        padded = F.max_pool2d(x, 3, 2, 1)
+        ceil = F.max_pool2d(x, 3, 2, ceil_mode=True)
+        out = F.relu(torch.cat([padded, ceil], 1) - 0.5)
+        out = F.max_pool2d(F.relu(self.conv(out)), 2)
+        return self.fc(torch.flatten(out, 1))
+
+
 class SmallCnn(nn.Module):
     """src/training/architectures.ts smallCnn (width 0.5): the same network in PyTorch, so that an
     import can be compared with the native TF.js build holding the same weights."""
@@ -227,7 +245,8 @@ def save_npy(path, array):
     np.save(path, np.ascontiguousarray(array))
 
 
-def export(name, model, out_dir, batch=3, opset=17, seed=0):
+def export(name, model, out_dir, batch=3, opset=17, seed=0, levels=None):
+    """`levels`: round the input to multiples of 1 / levels (ties in pooling windows, zeros in ReLUs)."""
     generator = torch.Generator().manual_seed(seed)
     randomize_batchnorm(model, generator)
     model.eval()
@@ -243,7 +262,10 @@ def export(name, model, out_dir, batch=3, opset=17, seed=0):
         output_names=['logits'],
         dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}},
     )
-    x = torch.rand(batch, 3, 32, 32, generator=generator, requires_grad=True)
+    x = torch.rand(batch, 3, 32, 32, generator=generator)
+    if levels is not None:
+        x = torch.round(x * levels) / levels
+    x.requires_grad_(True)
     labels = torch.randint(0, 10, (batch,), generator=generator)
     logits = model(x)
     loss = F.cross_entropy(logits.double(), labels, reduction='sum')
@@ -265,6 +287,7 @@ def main():
     export('depthwise', DepthwiseNet(), out_dir, seed=3, opset=11)
     export('maxpool-view', MaxPoolNet(), out_dir, seed=4, opset=17)
     export('small-cnn', SmallCnn(), out_dir, seed=5, opset=17)
+    export('ties', TiesNet(), out_dir, seed=6, opset=17, levels=4)
 
 
 if __name__ == '__main__':

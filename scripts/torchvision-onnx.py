@@ -8,18 +8,26 @@ bench/torchvision.ts) and bench/onnx.ts. Needs Debian's python3-torch and python
     /usr/bin/python3 scripts/torchvision-onnx.py --list          # torchvision.models' classifiers
     /usr/bin/python3 scripts/torchvision-onnx.py --list-small    # the small configurations (tests)
 
-The model is built with random weights (torch.manual_seed(seed)), BatchNorm statistics made
-non-trivial, the last layer rescaled so that logits are of order 1, then put in eval mode and exported
+The model is built with random weights (torch.manual_seed(seed)), BatchNorm statistics measured on
+random images and then perturbed (every layer's activations of order 1, as in a trained network;
+statistics drawn independently of the activations let a deep net's signal fall below float32's
+resolution: googlenet's float32 gradient was then mostly rounding noise), the last layer rescaled so that logits are of order 1, then put in eval mode and exported
 with `torch.onnx.export(model, x, DIR/model.onnx, opset_version=17, input_names=['input'],
 dynamic_axes={'input': {0: 'batch'}})`; over 2 GB PyTorch writes the weights as external data files
 beside model.onnx. DIR also gets input.npy (NCHW float32 in [0, 1]), labels.npy (int64), logits.npy,
-probabilities.npy, input_grad.npy (d sum_i CE(logits_i, label_i) / d input) and torch.json (how the
-model was built: bench/onnx.ts rebuilds the same module from it).
+probabilities.npy, input_grad.npy (d sum_i CE(logits_i, label_i) / d input), input_grad_float64.npy
+(the same gradient computed in float64, stored as float32) and torch.json (how the model was built,
+and `reference_spread`: per image, max |float32 gradient - float64 gradient| / max |float64
+gradient|). The spread is how far PyTorch's float32 reference is from the exact gradient: where a
+ReLU input or two max-pool candidates lie within float32 rounding of each other, any float32
+implementation may take the other side (docs/onnx.md), so an importer's gradient is checked
+against both files.
 
 A size torchvision itself refuses (a model that does not run at 32x32) prints a JSON line
 {"refused_by_torchvision": "..."} and exits with status 3.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -94,16 +102,25 @@ def build(name, classes, size):
     return models.get_model(name, **kwargs)
 
 
-def randomize_batchnorm(model, generator):
-    """Running statistics and affine parameters away from (0, 1, 1, 0), so that folding them is tested."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            with torch.no_grad():
-                m.running_mean.copy_(torch.randn(c, generator=generator) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=generator) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(c, generator=generator) * 0.4 + 0.8)
-                m.bias.copy_(torch.randn(c, generator=generator) * 0.05)
+def calibrate_batchnorm(model, generator, size, images=4):
+    """Running statistics measured on random images (train-mode forward, cumulative average), then
+    moved away from them and the affine parameters away from (1, 0), so that folding them is tested."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(images, 3, size, size, generator=generator))
+    for m in norms:
+        c = m.num_features
+        with torch.no_grad():
+            m.running_mean.add_(torch.randn(c, generator=generator) * 0.1 * m.running_var.sqrt())
+            m.running_var.mul_(torch.rand(c, generator=generator) * 0.5 + 0.75)
+            m.weight.copy_(torch.rand(c, generator=generator) * 0.4 + 0.8)
+            m.bias.copy_(torch.randn(c, generator=generator) * 0.05)
 
 
 def last_layer(model):
@@ -135,6 +152,7 @@ def main():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=0)
     p.add_argument('--no-reference', action='store_true')
+    p.add_argument('--no-float64', action='store_true', help='skip the float64 gradient (large models)')
     p.add_argument('--list', action='store_true')
     p.add_argument('--list-small', action='store_true')
     a = p.parse_args()
@@ -157,7 +175,7 @@ def main():
     labels = torch.randint(0, a.classes, (a.batch,), generator=generator)
     try:
         model = build(a.model, a.classes, a.size)
-        randomize_batchnorm(model, generator)
+        calibrate_batchnorm(model, generator, a.size)
         model.eval()
         model.requires_grad_(False)
         scale_logits(model, x)
@@ -186,6 +204,7 @@ def main():
         'torch': torch.__version__,
         'torchvision': torchvision.__version__,
         'export_seconds': round(exported, 1),
+        'batchnorm': 'calibrated',
     }
     if not a.no_reference:
         x.requires_grad_(True)
@@ -199,6 +218,15 @@ def main():
         save('probabilities.npy', torch.softmax(logits.detach().double(), 1).numpy().astype(np.float32))
         save('input_grad.npy', grad.numpy().astype(np.float32))
         info['logits_std'] = round(logits.std().item(), 4)
+        if not a.no_float64:
+            exact = copy.deepcopy(model).double()
+            x64 = x.detach().double().requires_grad_(True)
+            (grad64,) = torch.autograd.grad(F.cross_entropy(exact(x64), labels, reduction='sum'), x64)
+            save('input_grad_float64.npy', grad64.numpy().astype(np.float32))
+            scale = grad64.abs().max().item()
+            info['reference_spread'] = [
+                float('%.3g' % ((grad[i].double() - grad64[i]).abs().max().item() / scale)) for i in range(a.batch)
+            ]
     with open(os.path.join(a.out, 'torch.json'), 'w') as f:
         json.dump(info, f)
     print(json.dumps(info))

@@ -39,7 +39,9 @@ export function asTensor(info: tf.TensorInfo): tf.Tensor {
 
 /**
  * The replacement kernels; `stockKernel` finds tfjs-backend-wasm's own by name, for the cases the
- * replacements leave to it.
+ * replacements leave to it. _FusedMatMul is composed of MatMul, Add and the activation: tfjs-backend-wasm
+ * 4.22's own returns wrong values with a bias and a transpose or a batch axis
+ * (test/engine/backend/gradients/fused-matmul.test.ts).
  */
 export function wasmKernelOverrides(
   stockKernel: (kernelName: string) => tf.KernelConfig | undefined,
@@ -82,7 +84,49 @@ export function wasmKernelOverrides(
       return sumLeadingAxes(x, leading, keepDims, args.backend as WasmHeapBackend);
     },
   };
-  return [identity, cast, sum];
+  const fusedMatMul: tf.KernelConfig = {
+    kernelName: tf._FusedMatMul,
+    backendName: 'wasm',
+    kernelFunc: (args: KernelArgs) => {
+      const { a, b, bias, preluActivationWeights } = args.inputs as Record<string, tf.TensorInfo | undefined>;
+      if (!a || !b) throw new Error(`${tf._FusedMatMul}: 'a' and 'b' are required`);
+      const { transposeA, transposeB, activation, leakyreluAlpha } =
+        args.attrs as unknown as tf._FusedMatMulAttrs;
+      return tf.tidy(() => {
+        const product = tf.matMul(asTensor(a), asTensor(b), transposeA, transposeB);
+        const biased = bias ? tf.add(product, asTensor(bias)) : product;
+        return applyActivation(biased, activation, preluActivationWeights, leakyreluAlpha);
+      });
+    },
+  };
+  return [identity, cast, sum, fusedMatMul];
+}
+
+/** The activations tf.fused ops take, as the separate ops they stand for. */
+function applyActivation(
+  x: tf.Tensor,
+  activation: tf.fused.Activation,
+  preluWeights: tf.TensorInfo | undefined,
+  leakyreluAlpha: number | undefined,
+): tf.Tensor {
+  switch (activation) {
+    case 'linear':
+      return x;
+    case 'relu':
+      return tf.relu(x);
+    case 'relu6':
+      return tf.relu6(x);
+    case 'elu':
+      return tf.elu(x);
+    case 'sigmoid':
+      return tf.sigmoid(x);
+    case 'leakyrelu':
+      return tf.leakyRelu(x, leakyreluAlpha);
+    case 'prelu':
+      if (!preluWeights) throw new Error(`${tf._FusedMatMul}: 'prelu' needs its weights`);
+      return tf.prelu(x, asTensor(preluWeights));
+  }
+  throw new Error(`${tf._FusedMatMul}: unknown activation '${activation}'`);
 }
 
 /**

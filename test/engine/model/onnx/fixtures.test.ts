@@ -11,7 +11,7 @@ import { loadOnnxClassifier } from '../../../../src/engine/model/onnx/index.js';
  * backend this suite runs on (default and cpu).
  */
 const FIXTURES = path.join(import.meta.dirname, '../../../fixtures/onnx');
-const NAMES = ['preact-resnet', 'wide-resnet', 'depthwise', 'maxpool-view', 'small-cnn'];
+const NAMES = ['preact-resnet', 'wide-resnet', 'depthwise', 'maxpool-view', 'small-cnn', 'ties'];
 
 function npy(name: string, file: string) {
   return parseNpy(new Uint8Array(readFileSync(path.join(FIXTURES, name, file))), file);
