@@ -76,6 +76,11 @@ async function handle(request: WorkerRequest, compute: InProcessCompute): Promis
         computeMs: performance.now() - started,
       };
       port?.postMessage(reply, [values.buffer as ArrayBuffer]);
+    } else if (request.op === 'logits') {
+      const values = await compute.logits(request.model, request.images, request.count);
+      port?.postMessage({ ok: true, id: request.id, logits: values } satisfies WorkerReply, [
+        values.buffer as ArrayBuffer,
+      ]);
     } else if (request.op === 'worstCase') {
       const rows = await compute.worstCase(
         request.model,
