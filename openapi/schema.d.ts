@@ -307,7 +307,7 @@ export interface paths {
     put?: never;
     /**
      * Open Inference Protocol: calibrated probabilities and the OOD verdict of FP32 images
-     * @description One input `input`, FP32, shape [N, H, W, C] (NHWC, as the metadata says), values in [0,1], flat or nested row-major. Outputs: `probabilities` [N, K] (softmax of logits / temperature), `max_confidence` [N], `predicted_class` [N] and `in_distribution` [N] (max_confidence >= threshold); `outputs` selects some. Request parameters `temperature` and `threshold` override the card. Requests of all clients share forward passes (dynamic batching).
+     * @description One input `input`, FP32, shape [N, H, W, C] (NHWC, as the metadata says), values in [0,1], flat or nested row-major. Outputs: `probabilities` [N, K] (softmax of logits / temperature), `max_confidence` [N], `predicted_class` [N] and `in_distribution` [N] (max_confidence >= threshold); `outputs` selects some, and may ask for `logits` [N, K] too (raw model outputs, pre-softmax, before the temperature; not among the defaults). Request parameters `temperature` and `threshold` override the card. Requests of all clients share forward passes (dynamic batching).
      */
     post: operations['oipInfer'];
     delete?: never;
@@ -868,6 +868,14 @@ export interface components {
      *           "datatype": "BOOL",
      *           "shape": [
      *             -1
+     *           ]
+     *         },
+     *         {
+     *           "name": "logits",
+     *           "datatype": "FP32",
+     *           "shape": [
+     *             -1,
+     *             10
      *           ]
      *         }
      *       ],

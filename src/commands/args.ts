@@ -78,3 +78,18 @@ export function readOptions(argv: string[], options: NonNullable<ParseArgsConfig
     },
   };
 }
+
+/**
+ * The limits of a local model: `--max-model-bytes` when given, else RATIO_MAX_MODEL_* and the
+ * machine's memory (`localModelLimits`); a malformed value is a UsageError naming the flag or variable.
+ */
+export async function localLimitsOption(raw: string | undefined) {
+  const { localModelLimits, parseModelLimit } = await import('../jobs/models/index.js');
+  try {
+    const maxBytes = raw === undefined ? undefined : parseModelLimit(raw, '--max-model-bytes');
+    return localModelLimits({ maxBytes });
+  } catch (error) {
+    if (error instanceof RangeError) throw new UsageError(error.message);
+    throw error;
+  }
+}

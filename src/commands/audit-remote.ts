@@ -6,7 +6,7 @@ import type { AuditJob, AuditReport } from '../jobs/audit/index.js';
 import type { AuditParameters } from '../jobs/audit/parameters.js';
 import { pairedLabelsName } from '../jobs/datasets/index.js';
 import { DatasetError } from '../jobs/errors.js';
-import { readModelPath } from '../jobs/models/index.js';
+import { readLocalModel } from '../jobs/models/index.js';
 import { gateExitCode, printAuditReport, writeSummaries } from './audit-output.js';
 import { PhaseProgress } from './progress.js';
 
@@ -164,7 +164,8 @@ export async function* serverSentEvents(body: AsyncIterable<Uint8Array>): AsyncG
 
 /** The model files as the upload form takes them (the file name is the key). */
 async function modelParts(form: FormData, modelPath: string): Promise<string> {
-  const files = await readModelPath(modelPath);
+  // The machine's limits here: the service answers a model over its own limits with 413.
+  const files = await readLocalModel(modelPath);
   for (const [key, bytes] of files)
     form.append('model_files', new Blob([bytes as Uint8Array<ArrayBuffer>]), key);
   const card = files.get('card.json');

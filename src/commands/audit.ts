@@ -12,7 +12,8 @@ import {
   MIN_POINTS_PER_WORKER,
   NORMS,
 } from '../jobs/audit/parameters.js';
-import { readOptions, UsageError } from './args.js';
+import type { ModelLimits } from '../jobs/models/index.js';
+import { localLimitsOption, readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -53,6 +54,8 @@ const HELP = `usage: ratio audit --model <dir> --data <path> --norm L2|Linf --ep
   --server <url>                run the audit on a running 'ratio serve' (upload, follow its progress,
                                 same report, gate and exit codes); --workers and --shard do not apply
   --api-key <key>               the service's API key (default RATIO_API_KEY), sent as a bearer token
+  --max-model-bytes <n>         largest model read (its weights, or the .onnx with its external data;
+                                e.g. 4e9; default RATIO_MAX_MODEL_BYTES, else a third of this machine's memory)
 
        ratio audit merge <shard.json>... [--report <file>] [--min-robust-accuracy <p>]
 
@@ -79,6 +82,8 @@ interface AuditArguments {
   apiKey?: string;
   queue?: string;
   store?: string;
+  /** Limits of the local model (--max-model-bytes, RATIO_MAX_MODEL_*, the machine's memory). */
+  limits: ModelLimits;
 }
 
 /** `--shard i/N`, or `--shards N` with the shard index from JOB_COMPLETION_INDEX (k8s Indexed Job). */
@@ -123,6 +128,7 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     'api-key': { type: 'string' },
     queue: { type: 'string' },
     store: { type: 'string' },
+    'max-model-bytes': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   if (options.values.help) return 'help';
@@ -179,6 +185,7 @@ async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'he
     shard,
     server,
     apiKey: options.text('api-key') ?? (process.env.RATIO_API_KEY || undefined),
+    limits: await localLimitsOption(options.text('max-model-bytes')),
     ...(await queueOptions(options.text('queue'), options.text('store'))),
   };
 }
@@ -211,7 +218,7 @@ async function audit(args: AuditArguments): Promise<number> {
   const backend = await initBackend();
 
   const prepared = await prepareAudit({
-    model: { kind: 'directory', dir: args.model },
+    model: { kind: 'directory', dir: args.model, limits: args.limits },
     data: { kind: 'path', path: args.data },
     parameters: args.parameters,
   });

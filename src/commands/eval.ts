@@ -2,7 +2,8 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageSet } from '../jobs/datasets/index.js';
 import type { EvalSettings } from '../jobs/evaluation/index.js';
-import { readOptions, UsageError } from './args.js';
+import type { ModelLimits } from '../jobs/models/index.js';
+import { localLimitsOption, readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -41,6 +42,8 @@ const HELP = `usage: ratio eval --model <dir> --data <in-dist test> [--ood <set>
                             RATIO_WORKERS, else one per core; 1 = in process); the same numbers for any count
   --write-calibration       write the fitted temperature and the OOD threshold (95% of the calibration
                             points in-distribution) into the model's card.json
+  --max-model-bytes <n>     largest model read (its weights, or the .onnx with its external data; e.g.
+                            4e9; default RATIO_MAX_MODEL_BYTES, else a third of this machine's memory)
 `;
 
 interface EvalArguments {
@@ -51,6 +54,8 @@ interface EvalArguments {
   out?: string;
   writeCalibration: boolean;
   workers: number;
+  /** Limits of the model (--max-model-bytes, RATIO_MAX_MODEL_*, the machine's memory). */
+  limits: ModelLimits;
   settings: EvalSettings;
 }
 
@@ -77,6 +82,7 @@ async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promi
     quick: { type: 'boolean' },
     'write-calibration': { type: 'boolean' },
     workers: { type: 'string' },
+    'max-model-bytes': { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   });
   const { values, text, integer } = options;
@@ -102,6 +108,7 @@ async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promi
     out: text('out'),
     writeCalibration: values['write-calibration'] === true,
     workers,
+    limits: await localLimitsOption(text('max-model-bytes')),
     settings: {
       ...defaults,
       n,
@@ -137,7 +144,7 @@ async function evaluate(args: EvalArguments): Promise<number> {
   const { PhaseProgress } = await import('./progress.js');
   const backend = await initBackend();
 
-  const classifier = await loadModelDir(args.model);
+  const classifier = await loadModelDir(args.model, {}, undefined, args.limits);
   try {
     const inputShape = classifier.card.inputShape;
     const { settings } = args;
@@ -180,7 +187,7 @@ async function evaluate(args: EvalArguments): Promise<number> {
     // AutoAttack and the worst-case OOD search on a pool of worker processes (the model travels
     // as its files); one worker runs everything in process.
     const { ShardPool, defaultShardCount } = await import('../jobs/sharding/index.js');
-    const { readModelPath } = await import('../jobs/models/index.js');
+    const { readLocalModel } = await import('../jobs/models/index.js');
     // Workers start only when a phase splits into more than one shard (quick mode's AutoAttack stays here).
     const robustShards = settings.quick
       ? 1
@@ -190,7 +197,7 @@ async function evaluate(args: EvalArguments): Promise<number> {
       args.workers > 1 && Math.max(robustShards, oodShards) > 1
         ? new ShardPool({ workers: args.workers })
         : undefined;
-    const modelFiles = pool ? await readModelPath(args.model) : undefined;
+    const modelFiles = pool ? await readLocalModel(args.model, args.limits) : undefined;
     let artifacts: Awaited<ReturnType<typeof evaluateModel>>;
     try {
       artifacts = await evaluateModel(

@@ -13,9 +13,14 @@ export async function inputErrorMessage(error: unknown, options: OptionOfField):
   const { DatasetError, ImageError, InputFieldError, InvalidInputError, ModelLoadError } = await import(
     '../jobs/errors.js'
   );
-  const { ModelContractError, ModelDirError, ModelFileError, NonFiniteLogitsError } = await import(
-    '../jobs/models/index.js'
-  );
+  const {
+    limitVariable,
+    ModelContractError,
+    ModelDirError,
+    ModelFileError,
+    ModelLimitError,
+    NonFiniteLogitsError,
+  } = await import('../jobs/models/index.js');
   // Inputs without an option here carry their option in the message already (e.g. `--ood 'x' ...`).
   const prefixed = (field: string, message: string) =>
     options[field] === undefined ? message : `${options[field]}: ${message}`;
@@ -25,6 +30,15 @@ export async function inputErrorMessage(error: unknown, options: OptionOfField):
     error instanceof ModelLoadError
   ) {
     return prefixed(error.field, error.message);
+  }
+  if (error instanceof ModelLimitError) {
+    // A local model over a limit of this machine: say how to raise it.
+    const variable = limitVariable(error.limit);
+    const how = [error.limit === 'bytes' ? '--max-model-bytes' : undefined, variable].filter(Boolean);
+    return prefixed(
+      'model',
+      how.length > 0 ? `${error.message} (raise it with ${how.join(' or ')})` : error.message,
+    );
   }
   if (error instanceof DatasetError || error instanceof ImageError) return prefixed('dataset', error.message);
   if (

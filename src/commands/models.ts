@@ -1,28 +1,38 @@
 import { parseArgs } from 'node:util';
-import { UsageError } from './args.js';
+import type { ModelLimits } from '../jobs/models/index.js';
+import { localLimitsOption, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /** `ratio models inspect <model>`: what an imported (ONNX) model is, without running it. */
 
-const HELP = `usage: ratio models inspect <file.onnx | dir with model.onnx> [--json]
+const HELP = `usage: ratio models inspect <file.onnx | dir with model.onnx> [--json] [--max-model-bytes <n>]
 
   prints the model's input (NCHW, as exported) and output, the ONNX ops it uses, its parameter
-  count, opset and producer, and warnings (e.g. a final Softmax); exit 2 when the importer refuses it
+  count, opset and producer, and warnings (e.g. a final Softmax); exit 2 when the importer refuses it.
+  External data (weights in files beside the .onnx) is read from the model's directory.
+
+  --max-model-bytes <n>  largest model read (the .onnx with its external data; e.g. 4e9); default
+                         RATIO_MAX_MODEL_BYTES, else a third of this machine's memory
 `;
 
 interface InspectArguments {
   modelPath: string;
   json: boolean;
+  limits: ModelLimits;
 }
 
-function parseInspect(argv: string[]): InspectArguments | 'help' {
+async function parseInspect(argv: string[]): Promise<InspectArguments | 'help'> {
   let parsed: ReturnType<typeof parseArgs>;
   try {
     parsed = parseArgs({
       args: argv,
       strict: true,
       allowPositionals: true,
-      options: { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+      options: {
+        json: { type: 'boolean' },
+        'max-model-bytes': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
     });
   } catch (error) {
     throw new UsageError((error as Error).message);
@@ -30,12 +40,17 @@ function parseInspect(argv: string[]): InspectArguments | 'help' {
   if (parsed.values.help) return 'help';
   const modelPath = parsed.positionals[0];
   if (!modelPath) throw new UsageError('a model path is required');
-  return { modelPath, json: parsed.values.json === true };
+  const maxBytes = parsed.values['max-model-bytes'];
+  return {
+    modelPath,
+    json: parsed.values.json === true,
+    limits: await localLimitsOption(typeof maxBytes === 'string' ? maxBytes : undefined),
+  };
 }
 
-async function inspect({ modelPath, json }: InspectArguments): Promise<number> {
+async function inspect({ modelPath, json, limits }: InspectArguments): Promise<number> {
   const { inspectModel } = await import('../jobs/models/index.js');
-  const summary = await inspectModel(modelPath);
+  const summary = await inspectModel(modelPath, limits);
   if (json) {
     console.log(JSON.stringify(summary, null, 2));
     return 0;

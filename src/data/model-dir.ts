@@ -153,6 +153,53 @@ export async function readModelPath(
 }
 
 /**
+ * Adds to `files` the side files `keys` (paths relative to the model's directory: `modelPath` itself,
+ * or the directory of a `.onnx` file), e.g. the external data an ONNX model names. A path that
+ * leaves the directory (through `..`, an absolute path or a symlink), a missing or irregular file, or
+ * more than `maxBytes` in all (`files` included) is a `ModelDirError`.
+ */
+export async function readModelSideFiles(
+  modelPath: string,
+  files: ModelFiles,
+  keys: readonly string[],
+  maxBytes: number,
+): Promise<ModelFiles> {
+  const dir = modelPath.toLowerCase().endsWith('.onnx') ? path.dirname(modelPath) : modelPath;
+  let root: string;
+  try {
+    root = await realpath(dir);
+  } catch {
+    throw new ModelDirError(dir, 'model directory does not exist');
+  }
+  let total = [...files.values()].reduce((sum, bytes) => sum + bytes.byteLength, 0);
+  const out: ModelFiles = new Map(files);
+  for (const raw of keys) {
+    const key = safeRelativePath(raw);
+    if (key === undefined || key !== raw) {
+      throw new ModelDirError(path.join(dir, String(raw)), 'leaves the model directory');
+    }
+    if (out.has(key)) throw new ModelDirError(path.join(dir, key), 'is a file the model holds already');
+    let resolved: string;
+    try {
+      resolved = await realpath(path.join(root, key));
+    } catch {
+      throw new ModelDirError(path.join(dir, key), 'file is missing');
+    }
+    if (!resolved.startsWith(`${root}${path.sep}`)) {
+      throw new ModelDirError(path.join(dir, key), 'leaves the model directory');
+    }
+    const stats = await lstat(resolved);
+    if (!stats.isFile()) throw new ModelDirError(path.join(dir, key), 'is not a regular file');
+    total += stats.size;
+    if (total > maxBytes) {
+      throw new ModelDirError(path.join(dir, key), `model files exceed the limit of ${maxBytes} bytes`);
+    }
+    out.set(key, new Uint8Array(await readFile(resolved)));
+  }
+  return out;
+}
+
+/**
  * Writes model files into `dir` (created if needed): a TF.js model (model.json and its shards) or an
  * ONNX model (model.onnx). Each file goes to a temporary name first and is renamed into place,
  * model.json (or model.onnx) last, so a reader never sees a model whose other files are not all

@@ -9,13 +9,20 @@ import { OPTIONAL_KEY, toProblemError } from './problem.js';
 /**
  * Open Inference Protocol v2 (KServe, Triton, Seldon) REST beside /v1: server health and metadata,
  * model metadata and readiness, and `infer` on FP32 NHWC tensors in [0,1] answering calibrated
- * probabilities and the OOD verdict as output tensors. Errors are `{"error": "..."}` as the protocol
- * specifies (not problem+json); health answers by status code (200 true, 400 false).
+ * probabilities and the OOD verdict as output tensors, and the raw `logits` when asked for. Errors
+ * are `{"error": "..."}` as the protocol specifies (not problem+json); health answers by status code
+ * (200 true, 400 false).
  */
 
 export const OIP_INPUT = 'input';
 export const OIP_OUTPUTS = ['probabilities', 'max_confidence', 'predicted_class', 'in_distribution'] as const;
-type OutputName = (typeof OIP_OUTPUTS)[number];
+/**
+ * Outputs answered only when a request lists them: `logits`, the model's raw outputs (pre-softmax,
+ * before the temperature), as KServe and Triton clients expect of a classifier.
+ */
+export const OIP_EXTRA_OUTPUTS = ['logits'] as const;
+const OUTPUT_NAMES: readonly string[] = [...OIP_OUTPUTS, ...OIP_EXTRA_OUTPUTS];
+type OutputName = (typeof OIP_OUTPUTS)[number] | (typeof OIP_EXTRA_OUTPUTS)[number];
 
 /** Entries of `outputs` a request may list (each name answers once, whatever the count). */
 export const MAX_REQUESTED_OUTPUTS = 16;
@@ -69,6 +76,7 @@ const ModelMetadataSchema = z
         { name: 'max_confidence', datatype: 'FP32', shape: [-1] },
         { name: 'predicted_class', datatype: 'INT32', shape: [-1] },
         { name: 'in_distribution', datatype: 'BOOL', shape: [-1] },
+        { name: 'logits', datatype: 'FP32', shape: [-1, 10] },
       ],
       parameters: { layout: 'NHWC', range: '[0,1]', temperature: 0.43, ood_threshold: 0.21 },
     },
@@ -223,7 +231,7 @@ const infer = createRoute({
   tags: ['inference-v2'],
   summary: 'Open Inference Protocol: calibrated probabilities and the OOD verdict of FP32 images',
   description:
-    'One input `input`, FP32, shape [N, H, W, C] (NHWC, as the metadata says), values in [0,1], flat or nested row-major. Outputs: `probabilities` [N, K] (softmax of logits / temperature), `max_confidence` [N], `predicted_class` [N] and `in_distribution` [N] (max_confidence >= threshold); `outputs` selects some. Request parameters `temperature` and `threshold` override the card. Requests of all clients share forward passes (dynamic batching).',
+    'One input `input`, FP32, shape [N, H, W, C] (NHWC, as the metadata says), values in [0,1], flat or nested row-major. Outputs: `probabilities` [N, K] (softmax of logits / temperature), `max_confidence` [N], `predicted_class` [N] and `in_distribution` [N] (max_confidence >= threshold); `outputs` selects some, and may ask for `logits` [N, K] too (raw model outputs, pre-softmax, before the temperature; not among the defaults). Request parameters `temperature` and `threshold` override the card. Requests of all clients share forward passes (dynamic batching).',
   request: {
     params: ModelName,
     body: { content: { 'application/json': { schema: InferRequestSchema } }, required: true },
@@ -294,6 +302,7 @@ function metadata(name: string, model: Classifier) {
       { name: 'max_confidence', datatype: 'FP32', shape: [-1] },
       { name: 'predicted_class', datatype: 'INT32', shape: [-1] },
       { name: 'in_distribution', datatype: 'BOOL', shape: [-1] },
+      { name: 'logits', datatype: 'FP32', shape: [-1, model.numClasses] },
     ],
     parameters: {
       layout: 'NHWC',
@@ -385,9 +394,9 @@ function requestedOutputs(body: InferBody): OutputName[] {
   if (!body.outputs) return [...OIP_OUTPUTS];
   const names = new Set<OutputName>();
   for (const { name } of body.outputs) {
-    if (!(OIP_OUTPUTS as readonly string[]).includes(name)) {
+    if (!OUTPUT_NAMES.includes(name)) {
       throw new InferenceRequestError(
-        `unknown output '${name}'; the model's outputs are ${OIP_OUTPUTS.join(', ')}`,
+        `unknown output '${name}'; the model's outputs are ${OUTPUT_NAMES.join(', ')}`,
       );
     }
     names.add(name as OutputName);
@@ -475,30 +484,41 @@ export function registerInferenceV2Routes(
           oodThreshold(model, undefined);
         const outputs = requestedOutputs(body);
         const { pixels, count } = readInput(body, model, context.limits.maxBatch);
-        const values = await context.inference.probabilities(name, pixels, count, {
-          temperature,
-          signal: AbortSignal.timeout(context.limits.requestTimeoutMs),
-        });
         const k = model.numClasses;
-        const verdicts = Array.from({ length: count }, (_, i) =>
-          verdictOf(values.subarray(i * k, (i + 1) * k), threshold),
-        );
-        const tensors: Record<
-          OutputName,
-          { shape: number[]; datatype: string; data: Array<number | boolean> }
-        > = {
-          probabilities: { shape: [count, k], datatype: 'FP32', data: Array.from(values) },
-          max_confidence: { shape: [count], datatype: 'FP32', data: verdicts.map((v) => v.max_confidence) },
-          predicted_class: { shape: [count], datatype: 'INT32', data: verdicts.map((v) => v.predicted) },
-          in_distribution: { shape: [count], datatype: 'BOOL', data: verdicts.map((v) => v.in_distribution) },
-        };
+        type Tensor = { shape: number[]; datatype: string; data: Array<number | boolean> };
+        const tensors: Partial<Record<OutputName, Tensor>> = {};
+        // Logits first: the compute may take the pixels' buffer, so the probabilities get a copy.
+        if (outputs.includes('logits')) {
+          const needsPixels = outputs.some((output) => output !== 'logits');
+          const logits = await context.inference.logits(name, needsPixels ? pixels.slice() : pixels, count);
+          tensors.logits = { shape: [count, k], datatype: 'FP32', data: Array.from(logits) };
+        }
+        if (outputs.some((output) => output !== 'logits')) {
+          const values = await context.inference.probabilities(name, pixels, count, {
+            temperature,
+            signal: AbortSignal.timeout(context.limits.requestTimeoutMs),
+          });
+          const verdicts = Array.from({ length: count }, (_, i) =>
+            verdictOf(values.subarray(i * k, (i + 1) * k), threshold),
+          );
+          Object.assign(tensors, {
+            probabilities: { shape: [count, k], datatype: 'FP32', data: Array.from(values) },
+            max_confidence: { shape: [count], datatype: 'FP32', data: verdicts.map((v) => v.max_confidence) },
+            predicted_class: { shape: [count], datatype: 'INT32', data: verdicts.map((v) => v.predicted) },
+            in_distribution: {
+              shape: [count],
+              datatype: 'BOOL',
+              data: verdicts.map((v) => v.in_distribution),
+            },
+          } satisfies Record<(typeof OIP_OUTPUTS)[number], Tensor>);
+        }
         return c.json(
           {
             model_name: name,
             model_version: '1',
             ...(body.id !== undefined ? { id: body.id } : {}),
             parameters: { temperature: temperature ?? model.card.temperature, threshold },
-            outputs: outputs.map((output) => ({ name: output, ...tensors[output] })),
+            outputs: outputs.map((output) => ({ name: output, ...tensors[output]! })),
           },
           200,
         );

@@ -10,7 +10,13 @@ import {
   MultipartError,
   QueueFullError,
 } from '../jobs/errors.js';
-import { ModelContractError, ModelFileError } from '../jobs/models/index.js';
+import {
+  limitVariable,
+  ModelContractError,
+  ModelFileError,
+  ModelLimitError,
+  OnnxExternalDataError,
+} from '../jobs/models/index.js';
 import { RequestCostError } from '../jobs/serving/index.js';
 
 /**
@@ -134,6 +140,15 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
       { field, message: error.message },
     ]);
   }
+  if (error instanceof ModelLimitError) {
+    // The service's own limit, which its operator sets: the variable is named so they know which.
+    const variable = limitVariable(error.limit);
+    const detail = `${error.message} (the service's model limit${variable ? ` ${variable}` : ''})`;
+    const at = error.field ? `${error.path}:${error.field}` : error.path;
+    return new ProblemError(413, 'model-too-large', 'Model over the size limit', detail, [
+      { field: at, message: detail },
+    ]);
+  }
   if (error instanceof ModelFileError) {
     const at = error.field ? `${error.path}:${error.field}` : error.path;
     if (error.kind === 'over-budget') {
@@ -145,9 +160,15 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
         [{ field: at, message: error.message }],
       );
     }
-    return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [
-      { field: at, message: error.message },
-    ]);
+    // An upload is its bytes alone: weights it keeps in files beside the .onnx are not read.
+    const external = error.cause instanceof OnnxExternalDataError;
+    return new ProblemError(
+      422,
+      external ? 'onnx-external-data' : 'invalid-model',
+      external ? 'ONNX external data not accepted' : 'Invalid model',
+      error.message,
+      [{ field: at, message: error.message }],
+    );
   }
   if (error instanceof ModelContractError) {
     return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [

@@ -71,6 +71,7 @@ export function gatedCompute(models: ReadonlyMap<string, Classifier>) {
       await new Promise<void>((resolve) => gates.push(resolve));
       return inner.probabilities(model, images, count, temperatures);
     },
+    logits: (...args) => inner.logits(...args),
     worstCase: (...args) => inner.worstCase(...args),
     counterfactuals: (...args) => inner.counterfactuals(...args),
     close: async () => {},

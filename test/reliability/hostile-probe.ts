@@ -506,7 +506,8 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
         fiveXX: answer.status >= 500 ? 1 : 0,
       };
     };
-  const overBudget = refusedAs(422, 'model-over-budget', 'model.onnx');
+  // ONNX limits are the service's model limits (RATIO_MAX_MODEL_*): 413 model-too-large.
+  const overBudget = refusedAs(413, 'model-too-large', 'model.onnx');
   const invalidModel = refusedAs(422, 'invalid-model');
   const dataTooLarge = refusedAs(422, 'dataset-too-large', 'dataset');
   /** Expected column: status and problem type. */
@@ -516,34 +517,29 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
   const base = cifarOnnx();
   const onnxFiles = (bytes: Uint8Array) => new Map([['model.onnx', bytes]]);
   const onnxForm = (bytes: Uint8Array) => auditForm(onnxFiles(bytes), cifar);
-  await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', as(422, 'model-over-budget'), () => {
+  await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', as(413, 'model-too-large'), () => {
     const form = onnxForm(withGraphPrefix(base, emptyFields(1, 50_000_000)));
     return () => overBudget(form);
   });
-  await run(
-    'onnx',
-    '5M empty nodes in a sub-graph (If branch attribute)',
-    as(422, 'model-over-budget'),
-    () => {
-      const sub = emptyFields(1, 5_000_000);
-      const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
-      const form = onnxForm(withGraphPrefix(base, field(1, field(5, attribute))));
-      return () => overBudget(form);
-    },
-  );
-  await run('onnx', '2M nodes in a model-local function', as(422, 'model-over-budget'), () => {
+  await run('onnx', '5M empty nodes in a sub-graph (If branch attribute)', as(413, 'model-too-large'), () => {
+    const sub = emptyFields(1, 5_000_000);
+    const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
+    const form = onnxForm(withGraphPrefix(base, field(1, field(5, attribute))));
+    return () => overBudget(form);
+  });
+  await run('onnx', '2M nodes in a model-local function', as(413, 'model-too-large'), () => {
     const form = onnxForm(concat(base, field(25, emptyFields(7, 2_000_000))));
     return () => overBudget(form);
   });
-  await run('onnx', '2M empty initializers', as(422, 'model-over-budget'), () => {
+  await run('onnx', '2M empty initializers', as(413, 'model-too-large'), () => {
     const form = onnxForm(withGraphPrefix(base, emptyFields(5, 2_000_000)));
     return () => overBudget(form);
   });
-  await run('onnx', '10M empty value_info entries (other field)', as(422, 'model-over-budget'), () => {
+  await run('onnx', '10M empty value_info entries (other field)', as(413, 'model-too-large'), () => {
     const form = onnxForm(withGraphPrefix(base, emptyFields(13, 10_000_000)));
     return () => overBudget(form);
   });
-  await run('onnx', 'types nested 10,000 deep', as(422, 'model-over-budget'), () => {
+  await run('onnx', 'types nested 10,000 deep', as(413, 'model-too-large'), () => {
     let type: Uint8Array = new Uint8Array(0);
     for (let i = 0; i < 10_000; i++) type = field(4, field(1, type));
     const form = onnxForm(withGraphPrefix(base, field(13, field(2, type))));

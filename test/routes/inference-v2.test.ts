@@ -1,3 +1,4 @@
+import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import {
@@ -85,6 +86,7 @@ describe('Open Inference Protocol v2: health and metadata', () => {
         { name: 'max_confidence', datatype: 'FP32', shape: [-1] },
         { name: 'predicted_class', datatype: 'INT32', shape: [-1] },
         { name: 'in_distribution', datatype: 'BOOL', shape: [-1] },
+        { name: 'logits', datatype: 'FP32', shape: [-1, 3] },
       ],
       parameters: { layout: 'NHWC', range: '[0,1]', ood_threshold: 0.6, class_names: 'red,green,blue' },
     });
@@ -103,6 +105,13 @@ describe('POST /v2/models/{model_name}/infer', () => {
     expect(body.model_name).toBe('colour');
     expect(body.id).toBe('req-7');
     expect(body.parameters).toEqual({ temperature: 1, threshold: 0.6 });
+    // Logits only when asked for: the default outputs are the four of the protocol's first version.
+    expect(body.outputs.map((o) => o.name)).toEqual([
+      'probabilities',
+      'max_confidence',
+      'predicted_class',
+      'in_distribution',
+    ]);
     const byName = Object.fromEntries(body.outputs.map((o) => [o.name, o]));
     expect(byName.probabilities.shape).toEqual([2, 3]);
     expect(byName.probabilities.datatype).toBe('FP32');
@@ -175,6 +184,40 @@ describe('POST /v2/models/{model_name}/infer', () => {
     expect(answer.parameters).toEqual({ temperature: 4, threshold: 0.9 });
   });
 
+  it("answers the classifier's own logits, pre-softmax and before the temperature, when asked", async () => {
+    const classifier = colourModel({ oodThreshold: 0.6 });
+    const app = createApp({ models: new Map([['colour', classifier]]) });
+    const images = [solid([200, 40, 10]), solid([10, 30, 250]), solid([128, 128, 128])];
+    const expected = tf.tidy(() =>
+      Array.from(classifier.logits(tf.tensor4d(images.flat(), [3, H, W, C])).dataSync()),
+    );
+    const before = tf.memory().numTensors;
+    for (const temperature of [1, 4]) {
+      const answer = (await (
+        await post(
+          app,
+          inferBody(images, {
+            parameters: { temperature },
+            outputs: [{ name: 'logits' }, { name: 'probabilities' }, { name: 'logits' }],
+          }),
+        )
+      ).json()) as InferResponse;
+      expect(answer.outputs.map((o) => o.name)).toEqual(['logits', 'probabilities']);
+      expect(answer.outputs[0]).toEqual({ name: 'logits', shape: [3, 3], datatype: 'FP32', data: expected });
+      // The probabilities beside them are the softmax of these logits at the request's temperature.
+      const probabilities = answer.outputs[1].data as number[];
+      for (let i = 0; i < 3; i++) {
+        const row = softmax(expected.slice(i * 3, i * 3 + 3), temperature);
+        for (let k = 0; k < 3; k++) expect(probabilities[i * 3 + k]).toBeCloseTo(row[k], 6);
+      }
+    }
+    const alone = (await (
+      await post(app, inferBody(images, { outputs: [{ name: 'logits' }] }))
+    ).json()) as InferResponse;
+    expect(alone.outputs).toEqual([{ name: 'logits', shape: [3, 3], datatype: 'FP32', data: expected }]);
+    expect(tf.memory().numTensors).toBe(before);
+  });
+
   it('answers a body over the limit with 413 and the protocol error object, by content-length or as it streams', async () => {
     const app = createApp({ models: new Map([['colour', colourModel()]]), limits: { bodyBytes: 1000 } });
     const body = JSON.stringify(inferBody([solid([1, 2, 3])]));
@@ -208,7 +251,7 @@ describe('POST /v2/models/{model_name}/infer', () => {
         { inputs: [{ name: 'input', shape: [1, H, W, C], datatype: 'FP32', data: [...one.slice(1), 1.5] }] },
         /element 191 must be an FP32 number in \[0,1\], got 1.5/,
       ],
-      [{ ...inferBody([one]), outputs: [{ name: 'logits' }] }, /unknown output 'logits'/],
+      [{ ...inferBody([one]), outputs: [{ name: 'scores' }] }, /unknown output 'scores'/],
       [
         { ...inferBody([one]), parameters: { temperature: 0 } },
         /parameter 'temperature' must be a number in \[0.001, 1000\]/,

@@ -11,7 +11,13 @@ import {
 } from './build.js';
 import { type ModelCard, ModelContractError, TfjsClassifier, type TfjsModel } from './classifier.js';
 import { graphModelBudget } from './graph-budget.js';
-import { loadOnnxClassifier, type OnnxClassifier, OnnxImportError, OnnxLimitError } from './onnx/index.js';
+import {
+  loadOnnxClassifier,
+  type OnnxClassifier,
+  OnnxImportError,
+  OnnxLimitError,
+  onnxExternalDataFiles,
+} from './onnx/index.js';
 import { checkGraphTopology, checkLayersTopology, TopologyError } from './topology.js';
 // Registers our custom layers with tfjs serialization, so that saved models of ours load back.
 import './batch-norm-layer.js';
@@ -28,7 +34,7 @@ import './normalization-layer.js';
  * `card.json`, a shard), `field` the JSON field or weight group when there is one; HTTP maps it to 422.
  */
 export class ModelFileError extends Error {
-  override readonly name = 'ModelFileError';
+  override readonly name: string = 'ModelFileError';
   /** 'over-budget': a valid model over a size or compute limit (parameters, FLOPs, nodes); else 'invalid'. */
   readonly kind: ModelFileErrorKind;
   constructor(
@@ -44,6 +50,27 @@ export class ModelFileError extends Error {
 
 export type ModelFileErrorKind = 'invalid' | 'over-budget';
 
+/**
+ * A model over a size limit of the place loading it: its weight bytes (`bytes`), parameters,
+ * elements of one tensor, FLOPs per image (ONNX's limits by name). A `ModelFileError`, so callers that
+ * handle those handle it; HTTP answers it 413, naming the limit.
+ */
+export class ModelLimitError extends ModelFileError {
+  override readonly name = 'ModelLimitError';
+  constructor(
+    path: string,
+    field: string | undefined,
+    /** Which limit: 'bytes', 'parameters', 'tensorElements', 'flops', 'nodes', ... */
+    readonly limit: string,
+    readonly value: number,
+    readonly maximum: number,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(path, field, message, { ...options, kind: 'over-budget' });
+  }
+}
+
 export interface LoadModelOptions {
   /** Largest total of weight bytes accepted, declared or present (default 200 MB). */
   maxWeightBytes?: number;
@@ -55,6 +82,12 @@ export interface LoadModelOptions {
   budget?: Partial<ModelBudgetLimits>;
   /** Time and memory budget of the trial forward pass of one image; `false` skips it. */
   trial?: TrialLimits | false;
+  /**
+   * Whether an ONNX model's external data (weights in files beside the .onnx, as PyTorch writes
+   * models over 2 GB) may come with it in the files: local model files only, never an upload
+   * (default false: a model that names external data is refused).
+   */
+  externalData?: boolean;
 }
 
 /** Budgets of the classifiers this module loaded (layers models), for request cost estimates. */
@@ -196,9 +229,12 @@ function checkManifest(manifest: unknown, files: ModelFiles, maxWeightBytes: num
   });
   // Before looking at any shard: a manifest that declares absurd sizes is refused outright.
   if (totalDeclared > maxWeightBytes) {
-    throw new ModelFileError(
+    throw new ModelLimitError(
       'model.json',
       'weightsManifest',
+      'bytes',
+      totalDeclared,
+      maxWeightBytes,
       `declares ${totalDeclared} weight bytes, over the limit of ${maxWeightBytes}`,
     );
   }
@@ -212,7 +248,14 @@ function checkManifest(manifest: unknown, files: ModelFiles, maxWeightBytes: num
     }
     totalPresent += present;
     if (totalPresent > maxWeightBytes) {
-      throw new ModelFileError(keys[0], field, `shards hold over ${maxWeightBytes} bytes, the limit`);
+      throw new ModelLimitError(
+        keys[0],
+        field,
+        'bytes',
+        totalPresent,
+        maxWeightBytes,
+        `shards hold over ${maxWeightBytes} bytes, the limit`,
+      );
     }
     if (present !== declared) {
       throw new ModelFileError(
@@ -465,13 +508,15 @@ export async function loadClassifierFromFiles(
 
 /**
  * An ONNX model (PyTorch's export): one `.onnx` file, named anything (`model.onnx` in a model
- * directory), plus an optional card.json. Import errors become `ModelFileError`s naming the file,
- * the node when there is one, and keep the typed ONNX error as `cause`.
+ * directory), plus an optional card.json and, where `options.externalData` allows it (local files),
+ * the external data files the model names. Import errors become `ModelFileError`s naming the file,
+ * the node when there is one, and keep the typed ONNX error as `cause`; a size over a limit is a
+ * `ModelLimitError`.
  */
 export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions): OnnxClassifier {
   const onnxKeys = [...files.keys()].filter(isOnnxFile);
   const extra = [...files.keys()].filter((key) => !isOnnxFile(key) && key !== 'card.json');
-  if (onnxKeys.length !== 1 || extra.length > 0) {
+  if (onnxKeys.length !== 1 || (extra.length > 0 && !options.externalData)) {
     throw new ModelFileError(
       onnxKeys.join(', '),
       undefined,
@@ -480,28 +525,46 @@ export function loadOnnxFromFiles(files: ModelFiles, options: LoadModelOptions):
   }
   const [key] = onnxKeys;
   const card = { ...parseCard(files), ...options.card };
+  const limits = {
+    maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES,
+    // The same budget as a TF.js model's, where the caller set one.
+    ...(options.budget?.maxParameters !== undefined && { maxParameters: options.budget.maxParameters }),
+    ...(options.budget?.maxActivationElements !== undefined && {
+      maxTensorElements: options.budget.maxActivationElements,
+    }),
+    ...(options.budget?.maxFlopsPerImage !== undefined && {
+      maxFlopsPerImage: options.budget.maxFlopsPerImage,
+    }),
+  };
   try {
-    return loadOnnxClassifier(files.get(key)!, {
-      card,
-      limits: {
-        maxBytes: options.maxWeightBytes ?? DEFAULT_MAX_WEIGHT_BYTES,
-        // The same budget as a TF.js model's, where the caller set one.
-        ...(options.budget?.maxParameters !== undefined && { maxParameters: options.budget.maxParameters }),
-        ...(options.budget?.maxActivationElements !== undefined && {
-          maxTensorElements: options.budget.maxActivationElements,
-        }),
-        ...(options.budget?.maxFlopsPerImage !== undefined && {
-          maxFlopsPerImage: options.budget.maxFlopsPerImage,
-        }),
-      },
-    });
+    const bytes = files.get(key)!;
+    let externalData: Map<string, Uint8Array> | undefined;
+    if (options.externalData) {
+      externalData = new Map();
+      for (const location of onnxExternalDataFiles(bytes, limits)) {
+        const file = files.get(location);
+        if (file) externalData.set(location, file);
+      }
+      const unused = extra.filter((name) => !externalData!.has(name));
+      if (unused.length > 0) {
+        throw new ModelFileError(
+          key,
+          undefined,
+          `${unused.join(', ')}: neither card.json nor external data the model names`,
+        );
+      }
+    }
+    return loadOnnxClassifier(bytes, { card, limits, externalData });
   } catch (error) {
     if (!(error instanceof OnnxImportError)) throw error;
     const node = 'node' in error && typeof error.node === 'string' ? `node ${error.node}` : undefined;
-    throw new ModelFileError(key, node, `${error.name}: ${error.message}`, {
-      cause: error,
-      kind: error instanceof OnnxLimitError ? 'over-budget' : 'invalid',
-    });
+    const message = `${error.name}: ${error.message}`;
+    if (error instanceof OnnxLimitError) {
+      throw new ModelLimitError(key, node, error.limit, error.value, error.maximum, message, {
+        cause: error,
+      });
+    }
+    throw new ModelFileError(key, node, message, { cause: error, kind: 'invalid' });
   }
 }
 

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import type { Dataset } from '../../data/dataset.js';
 import { inSeededOrder } from '../../data/image-sets.js';
 import { datasetFromBytes, loadDataset } from '../../data/load.js';
-import { type ModelFiles, readModelPath } from '../../data/model-dir.js';
+import type { ModelFiles } from '../../data/model-dir.js';
 import {
   type AutoAttackOptions,
   type AutoAttackReport,
@@ -11,7 +11,13 @@ import {
 import type { AttackProgress } from '../../engine/attacks/types.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { InvalidInputError } from '../errors.js';
-import { loadModelDir, loadUploadedModel } from '../models/index.js';
+import {
+  loadModelDir,
+  loadUploadedModel,
+  localModelLimits,
+  type ModelLimits,
+  readLocalModel,
+} from '../models/index.js';
 import type { ShardedRunOptions } from '../sharding/index.js';
 import { type AuditParameters, shardSettingsOf } from './parameters.js';
 
@@ -40,7 +46,8 @@ export interface PreparedAudit {
 /** Where the model comes from: a served model, a model directory, or uploaded files. */
 export type AuditModelSource =
   | { kind: 'served'; name: string; classifier: Classifier; files?: ModelFiles }
-  | { kind: 'directory'; dir: string }
+  /** A model on this machine, under `limits` (default: the machine's, `localModelLimits`). */
+  | { kind: 'directory'; dir: string; limits?: ModelLimits }
   | { kind: 'upload'; files: ModelFiles; field: string; maxBytes: number };
 
 /** Where the labelled images come from: a file or folder, or uploaded bytes. */
@@ -116,8 +123,9 @@ async function loadAuditModel(
 ): Promise<{ classifier: Classifier; owned: boolean; files?: ModelFiles }> {
   if (source.kind === 'served') return { classifier: source.classifier, owned: false, files: source.files };
   if (source.kind === 'directory') {
-    const files = await readModelPath(source.dir);
-    return { classifier: await loadModelDir(source.dir, {}, files), owned: true, files };
+    const limits = source.limits ?? localModelLimits();
+    const files = await readLocalModel(source.dir, limits);
+    return { classifier: await loadModelDir(source.dir, {}, files, limits), owned: true, files };
   }
   const classifier = await loadUploadedModel(source.files, source.field, source.maxBytes);
   return { classifier, owned: true, files: source.files };

@@ -13,7 +13,8 @@ import {
   ModelContractError,
   type ModelContractField,
 } from '../../engine/model/classifier.js';
-import { ModelFileError } from '../../engine/model/files.js';
+import { ModelFileError, ModelLimitError } from '../../engine/model/files.js';
+import { OnnxExternalDataError } from '../../engine/model/onnx/index.js';
 import { IntakeLimitError, InvalidInputError, ModelLoadError } from '../errors.js';
 import { DeferredClassifier, type ModelFacts, modelFacts } from '../models/deferred.js';
 import { type AuditParameters, type PreparedAudit, prepareAudit } from './audit.js';
@@ -270,12 +271,20 @@ export interface SerializedError {
   field?: string;
   path?: string;
   kind?: string;
+  /** A ModelLimitError's limit, value and maximum. */
+  limit?: string;
+  value?: number;
+  maximum?: number;
+  /** An ONNX external data refusal behind a ModelFileError (`cause`): its reason and location. */
+  externalData?: { message: string; reason: OnnxExternalDataError['reason']; location: string };
 }
 
 export function serializeError(error: unknown): SerializedError {
   if (!(error instanceof Error)) return { name: 'Error', message: String(error) };
   const fields = error as unknown as Record<string, unknown>;
   const text = (key: string) => (typeof fields[key] === 'string' ? (fields[key] as string) : undefined);
+  const number = (key: string) => (typeof fields[key] === 'number' ? (fields[key] as number) : undefined);
+  const { cause } = error;
   return {
     name: error.name,
     message: error.message,
@@ -283,6 +292,12 @@ export function serializeError(error: unknown): SerializedError {
     field: text('field'),
     path: text('path'),
     kind: text('kind'),
+    limit: text('limit'),
+    value: number('value'),
+    maximum: number('maximum'),
+    ...(cause instanceof OnnxExternalDataError && {
+      externalData: { message: cause.message, reason: cause.reason, location: cause.location },
+    }),
   };
 }
 
@@ -296,10 +311,25 @@ export function reviveError(error: SerializedError): Error {
     case 'ImageError':
       revived = new ImageError(error.code as ImageError['code'], error.message);
       break;
-    case 'ModelFileError':
+    case 'ModelFileError': {
+      const external = error.externalData;
       revived = new ModelFileError(error.path ?? 'model', error.field, '', {
         kind: error.kind === 'over-budget' ? 'over-budget' : 'invalid',
+        ...(external && {
+          cause: new OnnxExternalDataError(external.message, external.reason, external.location),
+        }),
       });
+      break;
+    }
+    case 'ModelLimitError':
+      revived = new ModelLimitError(
+        error.path ?? 'model',
+        error.field,
+        error.limit ?? 'bytes',
+        error.value ?? 0,
+        error.maximum ?? 0,
+        '',
+      );
       break;
     case 'ModelContractError':
       revived = new ModelContractError((error.field ?? 'input') as ModelContractField, error.message);

@@ -5,11 +5,12 @@ import { z } from 'zod';
 import { writeFileAtomically } from '../../data/atomic-file.js';
 import { defaultStateDir } from '../../data/data-root.js';
 import { ArrayDataset, type ImageShape } from '../../data/dataset.js';
-import { type ModelFiles, ONNX_FILE, readModelDir, writeModelDir } from '../../data/model-dir.js';
+import { type ModelFiles, ONNX_FILE, writeModelDir } from '../../data/model-dir.js';
 import { AUTOATTACK_VERSIONS } from '../../engine/attacks/autoattack.js';
 import { TfjsClassifier } from '../../engine/model/classifier.js';
 import { loadClassifierFromFiles, saveModelToFiles } from '../../engine/model/files.js';
 import { DeferredClassifier, type ModelFacts, modelFacts } from '../models/deferred.js';
+import { CHECKED_MODEL_LIMITS, loadOptions, readLocalModel } from '../models/index.js';
 import type { ShardResult } from '../sharding/index.js';
 import type { AuditParameters, PreparedAudit } from './audit.js';
 import type { AuditJob } from './job.js';
@@ -135,14 +136,14 @@ async function readText(dir: string, file: string): Promise<string> {
   }
 }
 
-/** The model files as stored: an ONNX upload (named anything.onnx) becomes model.onnx. */
+/**
+ * The model files as stored: an ONNX upload (named anything.onnx) becomes model.onnx; its card and
+ * any external data (a served model's) stay beside it.
+ */
 function storedModelFiles(files: ModelFiles): ModelFiles {
   const onnx = [...files.keys()].find((key) => key.toLowerCase().endsWith('.onnx'));
   if (!onnx || onnx === ONNX_FILE) return files;
-  const out: ModelFiles = new Map([[ONNX_FILE, files.get(onnx)!]]);
-  const card = files.get('card.json');
-  if (card) out.set('card.json', card);
-  return out;
+  return new Map([[ONNX_FILE, files.get(onnx)!], ...[...files].filter(([key]) => key !== onnx)]);
 }
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
@@ -346,15 +347,17 @@ export class AuditStore {
     const images = new Uint8Array(await readFile(path.join(dir, 'images.bin')));
     let files: ModelFiles;
     try {
-      files = await readModelDir(path.join(dir, 'model'));
+      files = await readLocalModel(path.join(dir, 'model'), CHECKED_MODEL_LIMITS);
     } catch (error) {
       throw new StoredFileError('model/', (error as Error).message);
     }
     const classifier = input.model
       ? new DeferredClassifier(files, input.model as ModelFacts)
-      : await loadClassifierFromFiles(files).catch((error: Error) => {
-          throw new StoredFileError('model/', error.message);
-        });
+      : await loadClassifierFromFiles(files, loadOptions(CHECKED_MODEL_LIMITS, 'local')).catch(
+          (error: Error) => {
+            throw new StoredFileError('model/', error.message);
+          },
+        );
     return {
       parameters: input.parameters as AuditParameters,
       classifier,

@@ -3,6 +3,7 @@ import type { ModelFiles } from '../../data/model-dir.js';
 import type { Classifier, ModelCard } from '../../engine/model/classifier.js';
 import { forwardFlops, recordForwardFlops } from '../../engine/model/cost.js';
 import { loadClassifierFromFiles } from '../../engine/model/files.js';
+import { CHECKED_MODEL_LIMITS, loadOptions } from './limits.js';
 
 /**
  * A model that was loaded, checked and trial-run elsewhere (a worker thread, or before a restart)
@@ -54,7 +55,11 @@ export class DeferredClassifier implements Classifier {
 
   /** Loads the model on this thread (once; it was checked and trial-run where the facts came from). */
   async load(): Promise<void> {
-    this.loading ??= loadClassifierFromFiles(this.files, { card: this.card, trial: false });
+    this.loading ??= loadClassifierFromFiles(this.files, {
+      ...loadOptions(CHECKED_MODEL_LIMITS, 'local'),
+      card: this.card,
+      trial: false,
+    });
     this.inner = await this.loading;
   }
 

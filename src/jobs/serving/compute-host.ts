@@ -254,6 +254,18 @@ export class WorkerCompute implements ModelCompute {
     return reply.probabilities;
   }
 
+  /** The images are transferred to the worker: `images` is unusable afterwards. */
+  async logits(model: string, images: Float32Array, count: number): Promise<Float32Array> {
+    const id = this.nextId++;
+    const reply = await this.call(
+      { op: 'logits', id, model, images, count },
+      transferable(images),
+      undefined,
+    );
+    if (!('logits' in reply)) throw new ComputeWorkerError('the worker answered a different request');
+    return reply.logits;
+  }
+
   async worstCase(
     model: string,
     images: Float32Array,
@@ -309,6 +321,10 @@ export class ModelRouter implements ModelCompute {
 
   probabilities(model: string, images: Float32Array, count: number, temperatures: Float32Array) {
     return this.route(model).probabilities(model, images, count, temperatures);
+  }
+
+  logits(model: string, images: Float32Array, count: number) {
+    return this.route(model).logits(model, images, count);
   }
 
   worstCase(

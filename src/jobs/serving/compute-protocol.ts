@@ -21,6 +21,7 @@ interface Addressed {
 
 export type WorkerRequest =
   | (Addressed & { op: 'probabilities'; temperatures: Float32Array })
+  | (Addressed & { op: 'logits' })
   | (Addressed & { op: 'worstCase'; request: WorstCaseRequest })
   | (Addressed & { op: 'counterfactuals'; request: CounterfactualRequest });
 
@@ -33,6 +34,7 @@ export interface RemoteError {
 export type WorkerReply =
   | { ok: true; id: number; ready: { backend: string; models: string[] } }
   | { ok: true; id: number; probabilities: Float32Array; computeMs: number }
+  | { ok: true; id: number; logits: Float32Array }
   | { ok: true; id: number; worstCase: WorstCaseRows }
   | { ok: true; id: number; counterfactuals: CounterfactualRows }
   | { ok: false; id: number; error: RemoteError };

@@ -2,6 +2,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { initBackend } from '../../engine/backend/backend.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { loadClassifierFromFiles } from '../../engine/model/files.js';
+import { CHECKED_MODEL_LIMITS, loadOptions } from '../models/index.js';
 import { InProcessCompute } from './compute.js';
 import type { WorkerInit, WorkerReply, WorkerRequest } from './compute-protocol.js';
 
@@ -37,7 +38,14 @@ async function start(): Promise<InProcessCompute> {
   const backend = await initBackend();
   const models = new Map<string, Classifier>();
   for (const model of init.models) {
-    models.set(model.name, await loadClassifierFromFiles(model.files, { card: { name: model.name } }));
+    // The main thread loaded these files under the service's limits already.
+    models.set(
+      model.name,
+      await loadClassifierFromFiles(model.files, {
+        ...loadOptions(CHECKED_MODEL_LIMITS, 'local'),
+        card: { name: model.name },
+      }),
+    );
   }
   port?.postMessage({ ok: true, id: 0, ready: { backend: backend.name, models: [...models.keys()] } });
   return new InProcessCompute(models);
@@ -68,6 +76,11 @@ async function handle(request: WorkerRequest, compute: InProcessCompute): Promis
         computeMs: performance.now() - started,
       };
       port?.postMessage(reply, [values.buffer as ArrayBuffer]);
+    } else if (request.op === 'logits') {
+      const values = await compute.logits(request.model, request.images, request.count);
+      port?.postMessage({ ok: true, id: request.id, logits: values } satisfies WorkerReply, [
+        values.buffer as ArrayBuffer,
+      ]);
     } else if (request.op === 'worstCase') {
       const rows = await compute.worstCase(
         request.model,

@@ -61,6 +61,8 @@ export interface ModelCompute {
     count: number,
     temperatures: Float32Array,
   ): Promise<Float32Array>;
+  /** The model's raw outputs (pre-softmax, before any temperature): `count * numClasses` values. */
+  logits(model: string, images: Float32Array, count: number): Promise<Float32Array>;
   worstCase(
     model: string,
     images: Float32Array,
@@ -131,6 +133,19 @@ export class InProcessCompute implements ModelCompute {
         return values;
       }
       return rowProbabilities(model, x, temperatures);
+    } finally {
+      x.dispose();
+    }
+  }
+
+  async logits(name: string, images: Float32Array, count: number): Promise<Float32Array> {
+    const model = this.model(name);
+    const x = this.tensor(model, images, count);
+    try {
+      const logits = model.logits(x);
+      const values = logits.dataSync() as Float32Array;
+      logits.dispose();
+      return values;
     } finally {
       x.dispose();
     }

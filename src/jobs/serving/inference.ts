@@ -149,4 +149,14 @@ export class InferenceService {
     this.metrics?.images.inc({ model: name }, count);
     return (await answer).rows;
   }
+
+  /**
+   * The raw outputs of `count` images of model `name` (pre-softmax, before the temperature):
+   * `count x K` values. One forward pass of these images alone, outside the batch queues: only
+   * clients that ask for logits pay for it.
+   */
+  async logits(name: string, pixels: Float32Array, count: number): Promise<Float32Array> {
+    if (!this.models.has(name)) throw new RangeError(`no model named '${name}'`);
+    return this.compute.logits(name, pixels, count);
+  }
 }

@@ -5,6 +5,7 @@ import { Redis } from 'ioredis';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { loadClassifierFromFiles } from '../../engine/model/files.js';
 import { NonFiniteLogitsError } from '../../engine/model/logits.js';
+import { loadOptions, localModelLimits } from '../models/index.js';
 import { type BlobStore, openBlobStore } from './blob-store.js';
 import {
   AUDIT_QUEUE,
@@ -141,7 +142,10 @@ export class QueueShardWorker {
         (c) => c.dispose(),
         () => {},
       );
-      const loading = fetchModel(store, data.model).then((files) => loadClassifierFromFiles(files));
+      // The submitter checked the model under its place's limits; this machine holds it under its own.
+      const loading = fetchModel(store, data.model).then((files) =>
+        loadClassifierFromFiles(files, loadOptions(localModelLimits(), 'local')),
+      );
       this.model = { key: data.model.key, classifier: loading };
       loading.catch(() => {
         if (this.model?.classifier === loading) this.model = undefined;

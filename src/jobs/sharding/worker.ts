@@ -4,6 +4,7 @@ import { initBackend } from '../../engine/backend/backend.js';
 import type { Classifier } from '../../engine/model/classifier.js';
 import { loadClassifierFromFiles } from '../../engine/model/files.js';
 import { worstCaseConfidence } from '../../engine/ood/worst-case.js';
+import { CHECKED_MODEL_LIMITS, loadOptions } from '../models/index.js';
 import type { ParentMessage, ShardTaskMessage, WorkerMessage, WorstCaseTaskMessage } from './protocol.js';
 import { runShard } from './shards.js';
 
@@ -34,7 +35,8 @@ function classifierFor(message: ShardTaskMessage | WorstCaseTaskMessage): Promis
     );
     const entry: NonNullable<typeof model> = {
       key: message.modelKey,
-      classifier: loadClassifierFromFiles(message.files),
+      // The parent loaded these files under its place's limits already.
+      classifier: loadClassifierFromFiles(message.files, loadOptions(CHECKED_MODEL_LIMITS, 'local')),
     };
     entry.classifier.then(
       (loaded) => {

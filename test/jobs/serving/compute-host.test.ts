@@ -40,6 +40,12 @@ describe('WorkerCompute (a worker thread with its own backend)', () => {
     expect(got).toEqual(expected);
   });
 
+  it('answers the raw logits bit for bit as this thread does', async () => {
+    const expected = await local.logits('ratio', images(3, 5), 3);
+    expect(expected).toHaveLength(30);
+    expect(await worker.logits('ratio', images(3, 5), 3)).toEqual(expected);
+  });
+
   it('runs worst-case OOD and counterfactuals with the same seeded results as this thread', async () => {
     const request = { eps: 0.5, iterations: 3, restarts: 1, seed: 4 };
     const expected = await local.worstCase('ratio', images(2, 2), 2, request);

@@ -30,7 +30,7 @@ export interface OnnxNodeRef {
  * type and the opset, and the attribute when one is at fault.
  */
 export class OnnxUnsupportedError extends OnnxImportError {
-  override readonly name = 'OnnxUnsupportedError';
+  override readonly name: string = 'OnnxUnsupportedError';
   readonly node: string | undefined;
   readonly opType: string | undefined;
   readonly opset: number | undefined;
@@ -48,6 +48,24 @@ export class OnnxUnsupportedError extends OnnxImportError {
     this.node = at?.node;
     this.opType = at?.opType;
     this.opset = at?.opset;
+  }
+}
+
+/**
+ * ONNX external data (weights in a file beside the .onnx) that cannot be read: the model came as an
+ * upload (`not-local`: an upload is one file, never a path to read), names a location that leaves
+ * the model's directory (`outside-directory`), a file that is not there (`missing`), or bytes past
+ * the end of its file (`out-of-range`).
+ */
+export class OnnxExternalDataError extends OnnxUnsupportedError {
+  override readonly name = 'OnnxExternalDataError';
+  constructor(
+    message: string,
+    readonly reason: 'not-local' | 'outside-directory' | 'missing' | 'out-of-range',
+    /** The location as the model names it. */
+    readonly location: string,
+  ) {
+    super(message);
   }
 }
 

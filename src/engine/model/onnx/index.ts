@@ -12,6 +12,7 @@ import { decodeModel, type ExternalData, externalLocations } from './proto.js';
 import { computeStatic, materializeWeights, runPlan } from './runtime.js';
 
 export {
+  OnnxExternalDataError,
   OnnxFormatError,
   OnnxImportError,
   OnnxLimitError,

@@ -1,5 +1,5 @@
 import onnxProto from 'onnx-proto';
-import { OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
+import { OnnxExternalDataError, OnnxFormatError, OnnxLimitError, OnnxUnsupportedError } from './errors.js';
 import { DEFAULT_WIRE_LIMITS, scanOnnxWire, type WireLimits } from './wire-scan.js';
 
 /**
@@ -292,6 +292,26 @@ function externalEntry(
 }
 
 /**
+ * The in-directory key of an external data location, or `OnnxExternalDataError` when it could leave
+ * the model's directory: absolute, `..`, empty segments, backslashes, NUL, drive letters or URLs.
+ */
+function externalKey(location: string, where: string): string {
+  const parts = location.split('/');
+  if (
+    location.startsWith('/') ||
+    /[\\\0:]/.test(location) ||
+    parts.some((part) => part === '..' || part === '')
+  ) {
+    throw new OnnxExternalDataError(
+      `${where}: external data location '${location}' leaves the model's directory`,
+      'outside-directory',
+      location,
+    );
+  }
+  return parts.filter((part) => part !== '.').join('/');
+}
+
+/**
  * The files a model's external tensors live in (relative paths as the model names them), checked to
  * stay inside the model's directory; empty when every weight is inside the model file.
  */
@@ -299,18 +319,8 @@ export function externalLocations(model: OnnxModel): string[] {
   const locations = new Set<string>();
   for (const [name, tensor] of model.initializers) {
     if (!isExternal(tensor)) continue;
-    const { location } = externalEntry(tensor, `initializer '${name}'`);
-    const parts = location.split('/');
-    if (
-      location.startsWith('/') ||
-      /[\\\0:]/.test(location) ||
-      parts.some((part) => part === '..' || part === '')
-    ) {
-      throw new OnnxUnsupportedError(
-        `initializer '${name}': external data location '${location}' leaves the model's directory`,
-      );
-    }
-    locations.add(parts.filter((part) => part !== '.').join('/'));
+    const where = `initializer '${name}'`;
+    locations.add(externalKey(externalEntry(tensor, where).location, where));
   }
   return [...locations].sort();
 }
@@ -318,22 +328,27 @@ export function externalLocations(model: OnnxModel): string[] {
 /** The payload of an external tensor, from the files the loader read. */
 function externalBytes(tensor: TensorProto, where: string, external: ExternalData | undefined): Uint8Array {
   const { location, offset, length } = externalEntry(tensor, where);
-  const key = location
-    .split('/')
-    .filter((part) => part !== '.')
-    .join('/');
-  const file = external?.get(key);
+  if (!external) {
+    throw new OnnxExternalDataError(
+      `${where}: tensor '${tensor.name}' stores its data in an external file ('${location}'); external data is read for local model files only: re-export with the weights inside model.onnx to upload it`,
+      'not-local',
+      location,
+    );
+  }
+  const file = external.get(externalKey(location, where));
   if (!file) {
-    throw new OnnxUnsupportedError(
-      external
-        ? `${where}: tensor '${tensor.name}' stores its data in '${location}', which is not beside the model`
-        : `${where}: tensor '${tensor.name}' stores its data in an external file ('${location}'); external data is read for local model files only: re-export with the weights inside model.onnx to upload it`,
+    throw new OnnxExternalDataError(
+      `${where}: tensor '${tensor.name}' stores its data in '${location}', which is not beside the model`,
+      'missing',
+      location,
     );
   }
   const end = length === undefined ? file.byteLength : offset + length;
   if (offset > file.byteLength || end > file.byteLength) {
-    throw new OnnxFormatError(
+    throw new OnnxExternalDataError(
       `${where}: tensor '${tensor.name}' reads bytes ${offset}..${end} of '${location}', which has ${file.byteLength}`,
+      'out-of-range',
+      location,
     );
   }
   return file.subarray(offset, end);
