@@ -43,6 +43,20 @@ export function requireFloat32(kernelName: string, inputs: Record<string, tf.Ten
   }
 }
 
+/** `inputs`, where each of `names` is given; throws naming the missing ones' list otherwise. */
+export function requirePresent<Name extends string>(
+  kernelName: string,
+  inputs: Record<string, tf.TensorInfo | undefined>,
+  names: readonly Name[],
+): Record<Name, tf.TensorInfo> {
+  if (names.some((name) => !inputs[name])) {
+    const quoted = names.map((name) => `'${name}'`);
+    const list = quoted.length === 1 ? quoted[0] : `${quoted.slice(0, -1).join(', ')} and ${quoted.at(-1)}`;
+    throw new Error(`${kernelName}: ${list} ${quoted.length === 1 ? 'is' : 'are'} required`);
+  }
+  return inputs as Record<Name, tf.TensorInfo>;
+}
+
 /**
  * Runs `compute` on fresh float32 outputs of `shapes` (their byte offsets, in order); the outputs are
  * released if the addon throws (a wrong offset or size is a RangeError from native code, never a write

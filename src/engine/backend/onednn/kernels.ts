@@ -342,23 +342,17 @@ function conv2DGradient(state: Installed): tf.GradConfig {
         return state.previousConv2DGradient.gradFunc(dy, saved, attrs);
       }
       const common = { strides, pad, dataFormat: 'NHWC', dimRoundingMode, dilations };
+      const backprop =
+        (kernelName: string, inputs: tf.NamedTensorMap, shape: Record<string, number[]>) => () =>
+          tf
+            .engine()
+            .runKernel(kernelName, inputs, {
+              ...common,
+              ...shape,
+            } as unknown as tf.NamedAttrMap) as tf.Tensor;
       return {
-        x: () =>
-          tf
-            .engine()
-            .runKernel(
-              tf.Conv2DBackpropInput,
-              { dy, filter } as unknown as tf.NamedTensorMap,
-              { ...common, inputShape: x.shape } as unknown as tf.NamedAttrMap,
-            ) as tf.Tensor,
-        filter: () =>
-          tf
-            .engine()
-            .runKernel(
-              tf.Conv2DBackpropFilter,
-              { x, dy } as unknown as tf.NamedTensorMap,
-              { ...common, filterShape: filter.shape } as unknown as tf.NamedAttrMap,
-            ) as tf.Tensor,
+        x: backprop(tf.Conv2DBackpropInput, { dy: dy as tf.Tensor, filter }, { inputShape: x.shape }),
+        filter: backprop(tf.Conv2DBackpropFilter, { x, dy: dy as tf.Tensor }, { filterShape: filter.shape }),
       };
     },
   };

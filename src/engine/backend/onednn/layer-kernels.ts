@@ -12,7 +12,8 @@ import {
   SOFTMAX_GRAD,
 } from '../layer-ops.js';
 import type { OnednnAddon } from './addon.js';
-import { heapKernel, requireFloat32, sizeOf, withOutput, withOutputs } from './heap.js';
+import { heapKernel, requireFloat32, requirePresent, sizeOf, withOutput, withOutputs } from './heap.js';
+import { backwardOperands } from './normalization-kernels.js';
 
 /**
  * The layer ops of ../layer-ops.ts on the oneDNN addon (wasm backend): grouped convolution and its two
@@ -120,19 +121,17 @@ type Inputs = Record<string, tf.TensorInfo | undefined>;
 type Required = Record<string, tf.TensorInfo>;
 
 function groupedConvKernel(addon: OnednnAddon): tf.KernelConfig {
-  return heapKernel<Inputs, GroupedConvAttrs>(
-    GROUPED_CONV,
-    ({ inputs: { x, filter, bias }, attrs, backend, at }) => {
-      if (!x || !filter) throw new Error(`${GROUPED_CONV}: 'x' and 'filter' are required`);
-      requireFloat32(GROUPED_CONV, { x, filter, bias });
-      const { geometry, outShape } = groupedGeometry(GROUPED_CONV, x.shape, filter.shape, attrs);
-      if (bias && sizeOf(bias) !== outShape[3])
-        throw new Error(`${GROUPED_CONV}: 'bias' must hold ${outShape[3]} values`);
-      return withOutput(backend, outShape, (heap, out) =>
-        addon.convForward(heap, geometry, at(x), at(filter), at(bias), out, 0, 0),
-      );
-    },
-  );
+  return heapKernel<Inputs, GroupedConvAttrs>(GROUPED_CONV, ({ inputs, attrs, backend, at }) => {
+    const { x, filter } = requirePresent(GROUPED_CONV, inputs, ['x', 'filter']);
+    const { bias } = inputs;
+    requireFloat32(GROUPED_CONV, { x, filter, bias });
+    const { geometry, outShape } = groupedGeometry(GROUPED_CONV, x.shape, filter.shape, attrs);
+    if (bias && sizeOf(bias) !== outShape[3])
+      throw new Error(`${GROUPED_CONV}: 'bias' must hold ${outShape[3]} values`);
+    return withOutput(backend, outShape, (heap, out) =>
+      addon.convForward(heap, geometry, at(x), at(filter), at(bias), out, 0, 0),
+    );
+  });
 }
 
 /**
@@ -212,8 +211,8 @@ function requireVector(
 
 function layerNormKernel(addon: OnednnAddon): tf.KernelConfig {
   return heapKernel<Inputs, EpsilonAttrs>(LAYER_NORM, ({ inputs, attrs, backend, at }) => {
-    const { x, scale, offset } = inputs;
-    if (!x) throw new Error(`${LAYER_NORM}: 'x' is required`);
+    const { x } = requirePresent(LAYER_NORM, inputs, ['x']);
+    const { scale, offset } = inputs;
     requireFloat32(LAYER_NORM, { x, scale, offset });
     const geometry = rows(LAYER_NORM, x);
     requireVector(LAYER_NORM, 'scale', scale, geometry[1]);
@@ -228,9 +227,13 @@ function layerNormKernel(addon: OnednnAddon): tf.KernelConfig {
 
 function layerNormGradKernel(addon: OnednnAddon): tf.KernelConfig {
   return heapKernel<Inputs, EpsilonAttrs>(LAYER_NORM_GRAD, ({ inputs, attrs, backend, at }) => {
-    const { dy, x, scale, mean, variance } = inputs;
-    if (!dy || !x || !mean || !variance)
-      throw new Error(`${LAYER_NORM_GRAD}: 'dy', 'x', 'mean' and 'variance' are required`);
+    const { dy, x, mean, variance } = requirePresent(LAYER_NORM_GRAD, inputs, [
+      'dy',
+      'x',
+      'mean',
+      'variance',
+    ]);
+    const { scale } = inputs;
     requireFloat32(LAYER_NORM_GRAD, { dy, x, scale, mean, variance });
     const geometry = rows(LAYER_NORM_GRAD, x);
     if (dy.shape.join() !== x.shape.join())
@@ -239,10 +242,9 @@ function layerNormGradKernel(addon: OnednnAddon): tf.KernelConfig {
     requireVector(LAYER_NORM_GRAD, 'mean', mean, geometry[0]);
     requireVector(LAYER_NORM_GRAD, 'variance', variance, geometry[0]);
     const { epsilon } = attrs;
-    return withOutput(backend, [...x.shape], (heap, dx) => {
-      const statistics = [at(mean), at(variance), at(scale)] as const;
-      addon.layerNormBackward(heap, geometry, at(x), at(dy), ...statistics, dx, epsilon);
-    });
+    return withOutput(backend, [...x.shape], (heap, dx) =>
+      addon.layerNormBackward(heap, geometry, ...backwardOperands(at, inputs), dx, epsilon),
+    );
   });
 }
 

@@ -5,12 +5,13 @@ import {
   BATCH_NORM_TRAINING_GRAD,
   RELU_GRAD,
 } from '../batch-norm.js';
-import type { OnednnAddon } from './addon.js';
+import type { NormalizationBackwardOperands, OnednnAddon } from './addon.js';
 import {
   allFloat32,
   heapKernel,
   type KernelArgs,
   requireFloat32,
+  requirePresent,
   sizeOf,
   withOutput,
   withOutputs,
@@ -95,11 +96,11 @@ function requireSameShape(
   }
 }
 
-/** The offsets of `x`, `dy` and the statistics, in the order the addon's backward pass takes them. */
-function backwardOperands(
+/** The offsets of `x`, `dy` and the statistics, in the order the addon's backward passes take them. */
+export function backwardOperands(
   at: (info: tf.TensorInfo | undefined) => number,
   { x, dy, mean, variance, scale }: Inputs,
-): [number, number, number, number, number] {
+): NormalizationBackwardOperands {
   return [at(x), at(dy), at(mean), at(variance), at(scale)];
 }
 
@@ -144,9 +145,9 @@ function batchNormTrainingGradKernel(addon: OnednnAddon): tf.KernelConfig {
 
 function batchNormInputGradKernel(addon: OnednnAddon): tf.KernelConfig {
   return heapKernel<Inputs, EpsilonAttrs>(BATCH_NORM_INPUT_GRAD, ({ inputs, attrs, backend, at }) => {
-    const { dy, x, mean, variance, scale } = inputs;
-    if (!dy || !x || !mean || !variance)
-      throw new Error(`${BATCH_NORM_INPUT_GRAD}: 'dy', 'x', 'mean' and 'variance' are required`);
+    const required = ['dy', 'x', 'mean', 'variance'] as const;
+    const { dy, x, mean, variance } = requirePresent(BATCH_NORM_INPUT_GRAD, inputs, required);
+    const { scale } = inputs;
     requireFloat32(BATCH_NORM_INPUT_GRAD, { dy, x, mean, variance, scale });
     requireSameShape(BATCH_NORM_INPUT_GRAD, dy, x, ['dy', 'x']);
     requireChannels(BATCH_NORM_INPUT_GRAD, channelsOf(x), { mean, variance, scale });
