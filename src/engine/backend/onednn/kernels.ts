@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
+import { convSizes } from '../conv-sizes.js';
+import { runKernel } from '../run-kernel.js';
 import type { OnednnAddon } from './addon.js';
 import {
   allFloat32,
@@ -82,15 +84,7 @@ function isUnit(value: Pair | undefined): boolean {
  */
 function convGeometry(info: tf.backend_util.Conv2DInfo, depthwise: boolean): number[] | null {
   const { top, left, bottom, right } = info.padInfo;
-  const sizes = [
-    info.batchSize,
-    info.inHeight,
-    info.inWidth,
-    info.inChannels,
-    info.outHeight,
-    info.outWidth,
-    info.outChannels,
-  ];
+  const sizes = convSizes(info);
   if (sizes.some((size) => size < 1) || [top, left, bottom, right].some((pad) => pad < 0)) return null;
   const spanHeight = (info.filterHeight - 1) * info.dilationHeight + 1;
   const spanWidth = (info.filterWidth - 1) * info.dilationWidth + 1;
@@ -344,12 +338,7 @@ function conv2DGradient(state: Installed): tf.GradConfig {
       const common = { strides, pad, dataFormat: 'NHWC', dimRoundingMode, dilations };
       const backprop =
         (kernelName: string, inputs: tf.NamedTensorMap, shape: Record<string, number[]>) => () =>
-          tf
-            .engine()
-            .runKernel(kernelName, inputs, {
-              ...common,
-              ...shape,
-            } as unknown as tf.NamedAttrMap) as tf.Tensor;
+          runKernel(kernelName, inputs, { ...common, ...shape });
       return {
         x: backprop(tf.Conv2DBackpropInput, { dy: dy as tf.Tensor, filter }, { inputShape: x.shape }),
         filter: backprop(tf.Conv2DBackpropFilter, { x, dy: dy as tf.Tensor }, { filterShape: filter.shape }),

@@ -5,6 +5,7 @@ import {
   BATCH_NORM_TRAINING_GRAD,
   RELU_GRAD,
 } from '../batch-norm.js';
+import { runKernel } from '../run-kernel.js';
 import type { NormalizationBackwardOperands, OnednnAddon } from './addon.js';
 import {
   allFloat32,
@@ -246,7 +247,7 @@ export function normalizationGradients(
       const inputs: tf.NamedTensorMap = { dy: upstream, x, mean, variance };
       if (scale) inputs.scale = scale;
       return {
-        x: () => tf.engine().runKernel(BATCH_NORM_INPUT_GRAD, inputs, attrs as tf.NamedAttrMap) as tf.Tensor,
+        x: () => runKernel(BATCH_NORM_INPUT_GRAD, inputs, attrs),
         mean: other('mean'),
         variance: other('variance'),
         scale: other('scale'),
@@ -264,10 +265,7 @@ export function normalizationGradients(
         return previous(tf.Relu).gradFunc(dy, saved, attrs);
       }
       return {
-        x: () =>
-          tf
-            .engine()
-            .runKernel(RELU_GRAD, { dy: upstream, x } as unknown as tf.NamedTensorMap, {}) as tf.Tensor,
+        x: () => runKernel(RELU_GRAD, { dy: upstream, x }),
       };
     },
   };
