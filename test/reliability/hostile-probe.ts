@@ -4,10 +4,11 @@ import path from 'node:path';
 import { createGzip, gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
 import { zipSync } from 'fflate';
-import onnxProto from 'onnx-proto';
 import { Agent, FormData, fetch, type RequestInit, type Response } from 'undici';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
 import { buildModel, floatTensor } from '../engine/model/onnx/onnx-builder.js';
+import { idxImages } from '../helpers/idx.js';
+import { concat, lengthField as field, repeatedField, withGraphPrefix } from '../helpers/protobuf-wire.js';
 import { parseLogLine, type ServiceProcess } from '../helpers/service.js';
 
 /**
@@ -18,8 +19,6 @@ import { parseLogLine, type ServiceProcess } from '../helpers/service.js';
  * resident memory of the server and its worker processes before and after (after a forced GC in
  * every thread). Payloads are built before a case starts, so this process stays responsive.
  */
-
-const { onnx } = onnxProto;
 
 export const KEY_A = 'hostile-key-a';
 export const KEY_B = 'hostile-key-b';
@@ -126,37 +125,6 @@ const median = (values: number[]) => {
 
 // ---------------------------------------------------------------- hostile payloads
 
-function varint(value: number): number[] {
-  const out: number[] = [];
-  while (value >= 0x80) {
-    out.push((value & 0x7f) | 0x80);
-    value = Math.floor(value / 128);
-  }
-  out.push(value);
-  return out;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-const field = (number: number, payload: Uint8Array) =>
-  concat(new Uint8Array([...varint((number << 3) | 2), ...varint(payload.length)]), payload);
-
-/** `count` copies of an empty length-delimited field `number`. */
-function emptyFields(number: number, count: number): Uint8Array {
-  const tag = varint((number << 3) | 2);
-  const out = new Uint8Array((tag.length + 1) * count);
-  for (let i = 0; i < count; i++) out.set(tag, i * (tag.length + 1));
-  return out;
-}
-
 /** A CIFAR-10 classifier as ONNX: x [n,3,32,32] -> Flatten -> Gemm(10). */
 function cifarOnnx(options: { bias?: number; opset?: number; nodesBefore?: number } = {}): Uint8Array {
   const chain = Array.from({ length: options.nodesBefore ?? 0 }, (_, i) => ({
@@ -185,24 +153,6 @@ function cifarOnnx(options: { bias?: number; opset?: number; nodesBefore?: numbe
     ],
     opset: options.opset ?? 17,
   });
-}
-
-/** A valid model with `prefix` (raw GraphProto fields) before its graph's own fields. */
-function withGraphPrefix(model: Uint8Array, prefix: Uint8Array): Uint8Array {
-  const decoded = onnx.ModelProto.decode(model);
-  const graph = onnx.GraphProto.encode(decoded.graph!).finish();
-  decoded.graph = null;
-  return concat(onnx.ModelProto.encode(decoded).finish(), field(7, concat(prefix, graph)));
-}
-
-function idxImages(count: number): Uint8Array {
-  const bytes = new Uint8Array(16 + count * 784);
-  const view = new DataView(bytes.buffer);
-  view.setUint32(0, 0x00000803);
-  view.setUint32(4, count);
-  view.setUint32(8, 28);
-  view.setUint32(12, 28);
-  return bytes;
 }
 
 const gzip = (bytes: Uint8Array) => new Uint8Array(gzipSync(bytes, { level: 9 }));
@@ -471,15 +421,15 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
   // ---- ONNX limits enforced while reading
   const base = cifarOnnx();
   const payloads = {
-    empty50M: withGraphPrefix(base, emptyFields(1, 50_000_000)),
+    empty50M: withGraphPrefix(base, repeatedField(1, [], 50_000_000)),
     subgraph: (() => {
-      const sub = emptyFields(1, 5_000_000);
+      const sub = repeatedField(1, [], 5_000_000);
       const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
       return withGraphPrefix(base, field(1, field(5, attribute)));
     })(),
-    functions: concat(base, field(25, emptyFields(7, 2_000_000))),
-    initializers: withGraphPrefix(base, emptyFields(5, 2_000_000)),
-    valueInfo: withGraphPrefix(base, emptyFields(13, 10_000_000)),
+    functions: concat(base, field(25, repeatedField(7, [], 2_000_000))),
+    initializers: withGraphPrefix(base, repeatedField(5, [], 2_000_000)),
+    valueInfo: withGraphPrefix(base, repeatedField(13, [], 10_000_000)),
     deep: (() => {
       let type: Uint8Array = new Uint8Array(0);
       for (let i = 0; i < 10_000; i++) type = field(4, field(1, type));
