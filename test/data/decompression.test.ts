@@ -4,6 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { DatasetError } from '../../src/data/errors.js';
 import { DecompressionBudget, MAX_GZIP_LAYERS, maybeGunzip } from '../../src/data/idx.js';
 import { datasetFromBytes } from '../../src/data/load.js';
+import { idxImages, idxLabels } from '../helpers/idx.js';
+import { rejectionOf } from '../helpers/rejection.js';
 
 /**
  * Issue 26: `parseIdx` gunzipped a second time with a 2^31-1 byte cap of its own, so a 3 kB
@@ -13,35 +15,9 @@ import { datasetFromBytes } from '../../src/data/load.js';
 
 const MB = 1024 * 1024;
 
-/** A valid uint8 IDX file of `count` 28x28 images, all zero. */
-function idxImages(count: number): Uint8Array {
-  const bytes = new Uint8Array(16 + count * 28 * 28);
-  const view = new DataView(bytes.buffer);
-  view.setUint32(0, 0x00000803);
-  view.setUint32(4, count);
-  view.setUint32(8, 28);
-  view.setUint32(12, 28);
-  return bytes;
-}
-
-function idxLabels(count: number): Uint8Array {
-  const bytes = new Uint8Array(8 + count);
-  const view = new DataView(bytes.buffer);
-  view.setUint32(0, 0x00000801);
-  view.setUint32(4, count);
-  return bytes;
-}
-
 const gzip = (bytes: Uint8Array) => new Uint8Array(gzipSync(bytes, { level: 9 }));
 
-async function refusal(promise: Promise<unknown>): Promise<DatasetError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(DatasetError);
-  return error as DatasetError;
-}
+const refusal = (promise: Promise<unknown>) => rejectionOf(promise, DatasetError);
 
 describe('one decompression budget across nested layers', () => {
   // 20,000 images: 15.7 MB inflated, a few kB twice gzipped; the limit here is 4 MB.

@@ -11,6 +11,7 @@ import { encodePng } from '../../src/data/image.js';
 import { loadImageFolder } from '../../src/data/image-folder.js';
 import { datasetFromBytes, detectFormat, loadDataset, pairedLabelsName } from '../../src/data/load.js';
 import { parseNpy } from '../../src/data/npy.js';
+import { rejectionOf } from '../helpers/rejection.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -20,14 +21,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function rejection(promise: Promise<unknown>): Promise<Error> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(Error);
-  return error as Error;
-}
+const rejection = (promise: Promise<unknown>) => rejectionOf(promise, Error);
 
 /** CIFAR-10 records: label i % 10 (or 255), pixel bytes R plane = i, G = 100 + i, B = 200. */
 function cifarRecords(n: number, label?: number): Uint8Array {

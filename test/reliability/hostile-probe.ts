@@ -6,10 +6,11 @@ import { fileURLToPath } from 'node:url';
 import { createGzip, gzipSync } from 'node:zlib';
 import * as tf from '@tensorflow/tfjs';
 import { zipSync } from 'fflate';
-import onnxProto from 'onnx-proto';
 import { Agent, FormData, fetch, type RequestInit, type Response } from 'undici';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
 import { buildModel, floatTensor } from '../engine/model/onnx/onnx-builder.js';
+import { idxImages } from '../helpers/idx.js';
+import { concat, lengthField as field, repeatedField, withGraphPrefix } from '../helpers/protobuf-wire.js';
 import { parseLogLine, type ServiceProcess } from '../helpers/service.js';
 import { convModelFiles } from '../helpers/uploads.js';
 
@@ -22,8 +23,6 @@ import { convModelFiles } from '../helpers/uploads.js';
  * its worker processes before and after (after a forced GC in every thread). Each case builds its
  * payload before its window opens; the window times only sending it and reading the answers.
  */
-
-const { onnx } = onnxProto;
 
 export const KEY_A = 'hostile-key-a';
 export const KEY_B = 'hostile-key-b';
@@ -156,37 +155,6 @@ export class LiveMonitor {
 
 // ---------------------------------------------------------------- hostile payloads
 
-function varint(value: number): number[] {
-  const out: number[] = [];
-  while (value >= 0x80) {
-    out.push((value & 0x7f) | 0x80);
-    value = Math.floor(value / 128);
-  }
-  out.push(value);
-  return out;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-const field = (number: number, payload: Uint8Array) =>
-  concat(new Uint8Array([...varint((number << 3) | 2), ...varint(payload.length)]), payload);
-
-/** `count` copies of an empty length-delimited field `number`. */
-function emptyFields(number: number, count: number): Uint8Array {
-  const tag = varint((number << 3) | 2);
-  const out = new Uint8Array((tag.length + 1) * count);
-  for (let i = 0; i < count; i++) out.set(tag, i * (tag.length + 1));
-  return out;
-}
-
 /** A CIFAR-10 classifier as ONNX: x [n,3,32,32] -> Flatten -> Gemm(10). */
 function cifarOnnx(options: { bias?: number; opset?: number; nodesBefore?: number } = {}): Uint8Array {
   const chain = Array.from({ length: options.nodesBefore ?? 0 }, (_, i) => ({
@@ -215,24 +183,6 @@ function cifarOnnx(options: { bias?: number; opset?: number; nodesBefore?: numbe
     ],
     opset: options.opset ?? 17,
   });
-}
-
-/** A valid model with `prefix` (raw GraphProto fields) before its graph's own fields. */
-function withGraphPrefix(model: Uint8Array, prefix: Uint8Array): Uint8Array {
-  const decoded = onnx.ModelProto.decode(model);
-  const graph = onnx.GraphProto.encode(decoded.graph!).finish();
-  decoded.graph = null;
-  return concat(onnx.ModelProto.encode(decoded).finish(), field(7, concat(prefix, graph)));
-}
-
-function idxImages(count: number): Uint8Array {
-  const bytes = new Uint8Array(16 + count * 784);
-  const view = new DataView(bytes.buffer);
-  view.setUint32(0, 0x00000803);
-  view.setUint32(4, count);
-  view.setUint32(8, 28);
-  view.setUint32(12, 28);
-  return bytes;
 }
 
 const gzip = (bytes: Uint8Array) => new Uint8Array(gzipSync(bytes, { level: 9 }));
@@ -518,25 +468,25 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
   const onnxFiles = (bytes: Uint8Array) => new Map([['model.onnx', bytes]]);
   const onnxForm = (bytes: Uint8Array) => auditForm(onnxFiles(bytes), cifar);
   await run('onnx', '50M empty NodeProto before a valid graph (100 MB)', as(413, 'model-too-large'), () => {
-    const form = onnxForm(withGraphPrefix(base, emptyFields(1, 50_000_000)));
+    const form = onnxForm(withGraphPrefix(base, repeatedField(1, [], 50_000_000)));
     return () => overBudget(form);
   });
   await run('onnx', '5M empty nodes in a sub-graph (If branch attribute)', as(413, 'model-too-large'), () => {
-    const sub = emptyFields(1, 5_000_000);
+    const sub = repeatedField(1, [], 5_000_000);
     const attribute = concat(field(1, new TextEncoder().encode('then_branch')), field(6, sub));
     const form = onnxForm(withGraphPrefix(base, field(1, field(5, attribute))));
     return () => overBudget(form);
   });
   await run('onnx', '2M nodes in a model-local function', as(413, 'model-too-large'), () => {
-    const form = onnxForm(concat(base, field(25, emptyFields(7, 2_000_000))));
+    const form = onnxForm(concat(base, field(25, repeatedField(7, [], 2_000_000))));
     return () => overBudget(form);
   });
   await run('onnx', '2M empty initializers', as(413, 'model-too-large'), () => {
-    const form = onnxForm(withGraphPrefix(base, emptyFields(5, 2_000_000)));
+    const form = onnxForm(withGraphPrefix(base, repeatedField(5, [], 2_000_000)));
     return () => overBudget(form);
   });
   await run('onnx', '10M empty value_info entries (other field)', as(413, 'model-too-large'), () => {
-    const form = onnxForm(withGraphPrefix(base, emptyFields(13, 10_000_000)));
+    const form = onnxForm(withGraphPrefix(base, repeatedField(13, [], 10_000_000)));
     return () => overBudget(form);
   });
   await run('onnx', 'types nested 10,000 deep', as(413, 'model-too-large'), () => {

@@ -78,14 +78,18 @@ export interface SampleReport {
   seconds: number;
 }
 
-export interface AutoAttackReport {
-  n: number;
+/** What a whole report and each of its parts say of the run. */
+interface RunHeader {
   norm: Norm;
   eps: number;
   version: AutoAttackVersion;
   seed: number;
   backend: string;
   seconds: number;
+}
+
+export interface AutoAttackReport extends RunHeader {
+  n: number;
   clean_accuracy: number;
   robust_accuracy: number;
   per_attack: AttackSummary[];
@@ -111,13 +115,7 @@ export interface AttackPartStats {
  * point depends only on (seed, global index, attack, restart), the merge of any split equals the
  * report of one run on all points (timings aside).
  */
-export interface AutoAttackPart {
-  norm: Norm;
-  eps: number;
-  version: AutoAttackVersion;
-  seed: number;
-  backend: string;
-  seconds: number;
+export interface AutoAttackPart extends RunHeader {
   attacks: AttackPartStats[];
   samples: SampleReport[];
   /** The model sanity checks' warnings, from the part that ran them (null: not run here). */

@@ -6,7 +6,7 @@ import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { DEFAULT_ITERATIONS } from './defaults.js';
 import { hyperplaneBoxStep } from './fab-projections.js';
 import { dualNorm, vectorNorm } from './projections.js';
-import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
+import type { Attack, AttackArgs, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {
   assertAttackBatch,
   assertNonNegativeNumbers,
@@ -280,12 +280,7 @@ function randomStartRows(norm: Norm, clean: Float32Array, radii: Float64Array, r
  * @example
  * const { norms, success } = await fab(model, x, y, { norm: 'L2', eps: 0.5, seed: 0 });
  */
-export async function fab(
-  classifier: Classifier,
-  x: tf.Tensor4D,
-  y: Int32Array,
-  options: FabOptions,
-): Promise<FabResult> {
+export async function fab(...[classifier, x, y, options]: AttackArgs<FabOptions>): Promise<FabResult> {
   validate(classifier, x, y, options);
   const { norm, eps } = options;
   const targeted = options.targeted ?? true;

@@ -4,7 +4,7 @@ import type { Classifier } from '../model/classifier.js';
 import { assertFinite } from '../model/logits.js';
 import { type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 import { DEFAULT_QUERIES } from './defaults.js';
-import type { Attack, AttackOptions, AttackProgress, PerturbResult } from './types.js';
+import type { Attack, AttackArgs, AttackOptions, AttackProgress, PerturbResult } from './types.js';
 import {
   assertAttackBatch,
   assertPositiveIntegers,
@@ -240,8 +240,11 @@ function windowSide(p: number, g: Geometry, norm: Norm): number {
   return Math.min(s, g.height, g.width);
 }
 
-/** Linf query: one window of the best point set to x +- eps (sign per example and channel). */
-function proposeLinf(
+/**
+ * A query's arguments: the clean inputs, the best points so far, the geometry, the window size,
+ * the budget, one generator per example and the buffers the proposal is written into.
+ */
+type ProposalArgs = [
   clean: Float32Array,
   best: Float32Array,
   g: Geometry,
@@ -249,7 +252,10 @@ function proposeLinf(
   eps: number,
   rngs: Rng[],
   buffers: ProposalBuffers,
-): Float32Array {
+];
+
+/** Linf query: one window of the best point set to x +- eps (sign per example and channel). */
+function proposeLinf(...[clean, best, g, s, eps, rngs, buffers]: ProposalArgs): Float32Array {
   const m = best.length / g.rowSize;
   const out = buffers.out.subarray(0, best.length);
   out.set(best);
@@ -276,15 +282,7 @@ function proposeLinf(
  * budget left unused are moved into window 1 as a fresh eta window plus the old content of window 1,
  * per channel; the whole perturbation is then rescaled to norm eps.
  */
-function proposeL2(
-  clean: Float32Array,
-  best: Float32Array,
-  g: Geometry,
-  s: number,
-  eps: number,
-  rngs: Rng[],
-  buffers: ProposalBuffers,
-): Float32Array {
+function proposeL2(...[clean, best, g, s, eps, rngs, buffers]: ProposalArgs): Float32Array {
   const m = best.length / g.rowSize;
   const { width, channels, rowSize } = g;
   const inWindow = (r: number, c: number, top: number, left: number) =>
@@ -376,10 +374,7 @@ function rowsOf(values: Float32Array, rowSize: number, indices: ArrayLike<number
  * const { adversarial, success } = await squareAttack(model, x, y, { norm: 'L2', eps: 0.5, queries: 1000, seed: 0 });
  */
 export async function squareAttack(
-  classifier: Classifier,
-  x: tf.Tensor4D,
-  y: Int32Array,
-  options: SquareOptions,
+  ...[classifier, x, y, options]: AttackArgs<SquareOptions>
 ): Promise<SquareResult> {
   validate(classifier, x, y, options);
   const { norm, eps } = options;

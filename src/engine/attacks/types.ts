@@ -41,10 +41,8 @@ export interface PerturbResult {
 /** Every attack shares this contract (as in fra31/auto-attack); compositions only sequence them. */
 export interface Attack {
   readonly name: string;
-  perturb(
-    classifier: Classifier,
-    x: tf.Tensor4D,
-    y: Int32Array,
-    options: AttackOptions,
-  ): Promise<PerturbResult>;
+  perturb(...args: AttackArgs<AttackOptions>): Promise<PerturbResult>;
 }
+
+/** An attack's arguments: the model, a batch of inputs [n, h, w, c] in [0, 1], labels, options. */
+export type AttackArgs<Options> = [classifier: Classifier, x: tf.Tensor4D, y: Int32Array, options: Options];

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { runKernel } from './run-kernel.js';
 
 /**
  * Batch normalisation in training mode as one op: y = gamma (x - mean) / sqrt(variance + epsilon) + beta
@@ -59,13 +60,11 @@ export function batchNormInTraining(
   checkChannels('beta', beta, channels);
   if (!(Number.isFinite(epsilon) && epsilon >= 0)) throw new Error(`'epsilon' must be >= 0, got ${epsilon}`);
   if (batchNormTrainingIsNative() && x.dtype === 'float32') {
-    const [y, mean, variance] = tf
-      .engine()
-      .runKernel(
-        BATCH_NORM_TRAINING,
-        { x, scale: gamma, offset: beta } as unknown as tf.NamedTensorMap,
-        { varianceEpsilon: epsilon } as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor[];
+    const [y, mean, variance] = runKernel<tf.Tensor[]>(
+      BATCH_NORM_TRAINING,
+      { x, scale: gamma, offset: beta },
+      { varianceEpsilon: epsilon },
+    );
     return { y, mean: mean as tf.Tensor1D, variance: variance as tf.Tensor1D };
   }
   return tf.tidy(() => {
@@ -85,13 +84,11 @@ tf.registerGradient({
     const [x, scale, mean, variance] = saved;
     // One kernel gives all three; each closure runs in its own tidy, so they are computed here, where
     // the backward pass's scope frees whichever is not asked for.
-    const [dx, dScale, dOffset] = tf
-      .engine()
-      .runKernel(
-        BATCH_NORM_TRAINING_GRAD,
-        { dy, x, scale, mean, variance } as unknown as tf.NamedTensorMap,
-        attrs as tf.NamedAttrMap,
-      ) as tf.Tensor[];
+    const [dx, dScale, dOffset] = runKernel<tf.Tensor[]>(
+      BATCH_NORM_TRAINING_GRAD,
+      { dy, x, scale, mean, variance },
+      attrs,
+    );
     return { x: () => dx, scale: () => dScale, offset: () => dOffset };
   },
 });

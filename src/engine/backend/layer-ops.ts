@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { runKernel } from './run-kernel.js';
 
 /**
  * The layers of today's classifiers that tfjs has no single op for: grouped convolution (ResNeXt,
@@ -69,13 +70,7 @@ function composedActivation(x: tf.Tensor, fn: ActivationFn): tf.Tensor {
  */
 export function activation(x: tf.Tensor, fn: ActivationFn): tf.Tensor {
   if (x.dtype === 'float32' && hasKernel(ACTIVATION) && hasKernel(ACTIVATION_GRAD)) {
-    return tf
-      .engine()
-      .runKernel(
-        ACTIVATION,
-        { x } as unknown as tf.NamedTensorMap,
-        { fn } as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor;
+    return runKernel(ACTIVATION, { x }, { fn });
   }
   return composedActivation(x, fn);
 }
@@ -86,14 +81,7 @@ tf.registerGradient({
   gradFunc: (dy, saved, attrs) => {
     const [x] = saved;
     return {
-      x: () =>
-        tf
-          .engine()
-          .runKernel(
-            ACTIVATION_GRAD,
-            { dy: dy as tf.Tensor, x } as unknown as tf.NamedTensorMap,
-            attrs as tf.NamedAttrMap,
-          ) as tf.Tensor,
+      x: () => runKernel(ACTIVATION_GRAD, { dy: dy as tf.Tensor, x }, attrs),
     };
   },
 });
@@ -111,9 +99,7 @@ export function layerNorm(
   if (x.dtype === 'float32' && hasKernel(LAYER_NORM) && hasKernel(LAYER_NORM_GRAD)) {
     const inputs: tf.NamedTensorMap = { x, scale };
     if (offset) inputs.offset = offset;
-    const [y] = tf
-      .engine()
-      .runKernel(LAYER_NORM, inputs, { epsilon } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    const [y] = runKernel<tf.Tensor[]>(LAYER_NORM, inputs, { epsilon });
     return y as tf.Tensor2D;
   }
   return tf.tidy(() => {
@@ -133,14 +119,7 @@ tf.registerGradient({
     const [x, scale, mean, variance] = saved;
     const { epsilon } = attrs as unknown as { epsilon: number };
     return {
-      x: () =>
-        tf
-          .engine()
-          .runKernel(
-            LAYER_NORM_GRAD,
-            { dy, x, scale, mean, variance } as unknown as tf.NamedTensorMap,
-            attrs as tf.NamedAttrMap,
-          ) as tf.Tensor,
+      x: () => runKernel(LAYER_NORM_GRAD, { dy, x, scale, mean, variance }, attrs),
       // The scale and offset of an imported model are constants: their gradients are composed.
       scale: () => {
         const column = (t: tf.Tensor) => tf.reshape(t, [-1, 1]);
@@ -155,7 +134,7 @@ tf.registerGradient({
 /** The softmax of each row of `x` [rows, size]. */
 export function softmaxRows(x: tf.Tensor2D): tf.Tensor2D {
   if (x.dtype === 'float32' && x.size > 0 && hasKernel(SOFTMAX) && hasKernel(SOFTMAX_GRAD)) {
-    return tf.engine().runKernel(SOFTMAX, { x } as unknown as tf.NamedTensorMap, {}) as tf.Tensor2D;
+    return runKernel<tf.Tensor2D>(SOFTMAX, { x });
   }
   return tf.softmax(x);
 }
@@ -166,14 +145,7 @@ tf.registerGradient({
   gradFunc: (dy, saved) => {
     const [y] = saved;
     return {
-      x: () =>
-        tf
-          .engine()
-          .runKernel(
-            SOFTMAX_GRAD,
-            { dy: dy as tf.Tensor, y } as unknown as tf.NamedTensorMap,
-            {},
-          ) as tf.Tensor,
+      x: () => runKernel(SOFTMAX_GRAD, { dy: dy as tf.Tensor, y }),
     };
   },
 });
@@ -199,12 +171,7 @@ export function groupedConv2d(
   if (x.dtype === 'float32' && hasKernel(GROUPED_CONV) && hasKernel(GROUPED_CONV_INPUT_GRAD)) {
     const inputs: tf.NamedTensorMap = { x, filter };
     if (bias) inputs.bias = bias;
-    return tf.engine().runKernel(GROUPED_CONV, inputs, {
-      groups,
-      strides,
-      pad,
-      dilations,
-    } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+    return runKernel<tf.Tensor4D>(GROUPED_CONV, inputs, { groups, strides, pad, dilations });
   }
   return tf.tidy(() => {
     const xs = tf.split(x, groups, 3);
@@ -225,21 +192,17 @@ tf.registerGradient({
     const upstream = dy as tf.Tensor4D;
     return {
       x: () =>
-        tf
-          .engine()
-          .runKernel(
-            GROUPED_CONV_INPUT_GRAD,
-            { dy: upstream, filter } as unknown as tf.NamedTensorMap,
-            { ...(attrs as object), inputShape: x.shape } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor,
+        runKernel(
+          GROUPED_CONV_INPUT_GRAD,
+          { dy: upstream, filter },
+          { ...(attrs as object), inputShape: x.shape },
+        ),
       filter: () =>
-        tf
-          .engine()
-          .runKernel(
-            GROUPED_CONV_FILTER_GRAD,
-            { x, dy: upstream } as unknown as tf.NamedTensorMap,
-            { ...(attrs as object), filterShape: filter.shape } as unknown as tf.NamedAttrMap,
-          ) as tf.Tensor,
+        runKernel(
+          GROUPED_CONV_FILTER_GRAD,
+          { x, dy: upstream },
+          { ...(attrs as object), filterShape: filter.shape },
+        ),
       bias: () => tf.sum(upstream, [0, 1, 2]),
     };
   },

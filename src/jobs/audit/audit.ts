@@ -154,16 +154,19 @@ export async function prepareAudit(request: AuditRequest): Promise<PreparedAudit
   };
 }
 
+/** What runs an audit's attacks: the engine's AutoAttack, a shard pool, the queue, or a test double. */
+export type AttackRunner = (
+  classifier: Classifier,
+  x: Parameters<typeof autoAttack>[1],
+  y: Int32Array,
+  options: AutoAttackOptions & ShardedRunOptions,
+) => Promise<AutoAttackReport>;
+
 export interface RunAuditOptions {
   signal?: AbortSignal;
   onProgress?: (progress: AttackProgress) => void;
   /** Runs the attacks: the engine's AutoAttack unless given a pool, the queue, or a test double. */
-  run?: (
-    classifier: Classifier,
-    x: Parameters<typeof autoAttack>[1],
-    y: Int32Array,
-    options: AutoAttackOptions & ShardedRunOptions,
-  ) => Promise<AutoAttackReport>;
+  run?: AttackRunner;
 }
 
 /** Runs AutoAttack on the first n points of a prepared audit; leaves no tensor behind. */

@@ -1,6 +1,5 @@
 import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
-import type { MultipartLimits } from '../../data/multipart.js';
 import { workerEntry } from '../../util/worker-entry.js';
 import { IntakeLimitError } from '../errors.js';
 import {
@@ -8,6 +7,7 @@ import {
   type IntakeSession,
   partRequest,
   preparedFromParts,
+  type ReceiveArgs,
   reviveError,
 } from './intake.js';
 import type { IntakeMessage, IntakeReply } from './intake-worker.js';
@@ -181,12 +181,7 @@ export class WorkerIntake implements AuditIntake {
     else this.running -= 1;
   }
 
-  async receive(
-    body: AsyncIterable<Uint8Array>,
-    contentType: string,
-    limits: MultipartLimits,
-    signal?: AbortSignal,
-  ): Promise<IntakeSession> {
+  async receive(...[body, contentType, limits, signal]: ReceiveArgs): Promise<IntakeSession> {
     if (this.closed) throw new IntakeLimitError('busy', 'the service is shutting down', 30);
     await this.turn();
     const thread = this.takeThread();

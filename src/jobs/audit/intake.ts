@@ -51,14 +51,17 @@ export interface AuditIntake {
    * Reads a multipart body chunk by chunk with `limits`; rejects with `MultipartError` at the first
    * limit crossed, or with `IntakeLimitError` when the intake is busy or out of resources.
    */
-  receive(
-    body: AsyncIterable<Uint8Array>,
-    contentType: string,
-    limits: MultipartLimits,
-    signal?: AbortSignal,
-  ): Promise<IntakeSession>;
+  receive(...args: ReceiveArgs): Promise<IntakeSession>;
   close(): Promise<void>;
 }
+
+/** `AuditIntake.receive`'s arguments: the body, its content type, the limits and an abort signal. */
+export type ReceiveArgs = [
+  body: AsyncIterable<Uint8Array>,
+  contentType: string,
+  limits: MultipartLimits,
+  signal?: AbortSignal,
+];
 
 /** The file name a part is keyed by among the model files (its last path segment). */
 export const partKey = (filename: string): string => filename.split(/[\\/]/).pop() ?? '';
@@ -239,12 +242,7 @@ export function partRequest(request: IntakeRequest, parts: ReadonlyMap<File, num
 
 /** The intake on the calling thread (tests, single-process use): same checks, same answers. */
 export class InProcessIntake implements AuditIntake {
-  async receive(
-    body: AsyncIterable<Uint8Array>,
-    contentType: string,
-    limits: MultipartLimits,
-    signal?: AbortSignal,
-  ): Promise<IntakeSession> {
+  async receive(...[body, contentType, limits, signal]: ReceiveArgs): Promise<IntakeSession> {
     const parsed = await parseBody(body, contentType, limits, signal);
     const { form, parts } = standInForm(parsed);
     return {

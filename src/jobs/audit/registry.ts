@@ -1,15 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import {
-  type AutoAttackOptions,
-  type AutoAttackReport,
-  autoAttack,
-} from '../../engine/attacks/autoattack.js';
+import { autoAttack } from '../../engine/attacks/autoattack.js';
 import type { AttackProgress } from '../../engine/attacks/types.js';
-import type { Classifier } from '../../engine/model/classifier.js';
 import { QueueFullError } from '../errors.js';
 import { DeferredClassifier } from '../models/deferred.js';
-import type { ShardedRunOptions, ShardResult } from '../sharding/index.js';
-import { type AuditReport, type PreparedAudit, runAudit } from './audit.js';
+import type { ShardResult } from '../sharding/index.js';
+import { type AttackRunner, type AuditReport, type PreparedAudit, runAudit } from './audit.js';
 import type { AuditJob, AuditState } from './job.js';
 import { type AuditStore, type QuarantinedAudit, StoredFileError } from './store.js';
 
@@ -41,12 +36,7 @@ export interface AuditQueueOptions {
    * Runs the attacks; the default is the engine's AutoAttack (tests may inject a slower or failing
    * one, the service its shard pool, which also takes the audit id, finished shards and a callback).
    */
-  run?: (
-    classifier: Classifier,
-    x: Parameters<typeof autoAttack>[1],
-    y: Int32Array,
-    options: AutoAttackOptions & ShardedRunOptions,
-  ) => Promise<AutoAttackReport>;
+  run?: AttackRunner;
   /** Durable state (embedded mode): jobs, inputs and finished shards survive a restart. */
   store?: AuditStore;
   /** Called once when a job reaches a final state (the service logs failures and cancellations). */

@@ -5,6 +5,7 @@ import { fab } from '../../../src/engine/attacks/fab.js';
 import { squareAttack } from '../../../src/engine/attacks/square.js';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
 import { NonFiniteLogitsError } from '../../../src/engine/model/logits.js';
+import { rejectionOf } from '../../helpers/rejection.js';
 
 /**
  * Issue 26: a model that outputs NaN passed an audit ("succeeded", accuracy 0.25, every prediction
@@ -34,14 +35,7 @@ const points = (values: number[]) =>
     [values.length, ...SHAPE],
   );
 
-async function refusal(promise: Promise<unknown>): Promise<NonFiniteLogitsError> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(NonFiniteLogitsError);
-  return error as NonFiniteLogitsError;
-}
+const refusal = (promise: Promise<unknown>) => rejectionOf(promise, NonFiniteLogitsError);
 
 describe('audits that meet non-finite logits', () => {
   it('a NaN logit on a clean point: refused naming the point, no tensor left', async () => {

@@ -8,6 +8,7 @@ import type { AutoAttackReport } from '../../../src/engine/attacks/autoattack.js
 import { loadModelFromFiles } from '../../../src/engine/model/files.js';
 import { AuditQueue } from '../../../src/jobs/audit/registry.js';
 import { AuditStore } from '../../../src/jobs/audit/store.js';
+import { emptyReport } from '../../helpers/reports.js';
 import { tinyCifarModelFiles } from '../../helpers/uploads.js';
 
 /**
@@ -24,20 +25,7 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const report = (n: number): AutoAttackReport => ({
-  n,
-  norm: 'L2',
-  eps: 0.5,
-  version: 'standard',
-  seed: 0,
-  backend: 'test',
-  seconds: 0,
-  clean_accuracy: 1,
-  robust_accuracy: 0.5,
-  per_attack: [],
-  samples: [],
-  warnings: [],
-});
+const report = (n: number): AutoAttackReport => emptyReport(n);
 
 /** A store whose writes of new audits wait until `release` is called. */
 class SlowStore extends AuditStore {

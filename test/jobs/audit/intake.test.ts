@@ -9,6 +9,8 @@ import { IntakeLimitError } from '../../../src/jobs/errors.js';
 import { DeferredClassifier } from '../../../src/jobs/models/deferred.js';
 import { ModelFileError } from '../../../src/jobs/models/index.js';
 import { buildModel, floatTensor, withHead } from '../../engine/model/onnx/onnx-builder.js';
+import { varint } from '../../helpers/protobuf-wire.js';
+import { rejectionOf } from '../../helpers/rejection.js';
 import { cifarFileLabelledBy, tinyCifarModelFiles } from '../../helpers/uploads.js';
 
 /**
@@ -67,14 +69,7 @@ async function prepare(intake: AuditIntake, form: FormData) {
   }
 }
 
-async function refusal(promise: Promise<unknown>): Promise<Error> {
-  const error = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(Error);
-  return error as Error;
-}
+const refusal = (promise: Promise<unknown>) => rejectionOf(promise, Error);
 
 let intake: WorkerIntake;
 let files: Map<string, Uint8Array>;
@@ -188,13 +183,3 @@ describe('the worker intake (a thread per upload)', { timeout: 180_000 }, () => 
     await vi.waitFor(() => expect(intake.active).toBe(1), { timeout: 30_000, interval: 100 });
   });
 });
-
-function varint(value: number): number[] {
-  const out: number[] = [];
-  while (value >= 0x80) {
-    out.push((value & 0x7f) | 0x80);
-    value = Math.floor(value / 128);
-  }
-  out.push(value);
-  return out;
-}

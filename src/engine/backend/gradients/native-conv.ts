@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import * as tf from '@tensorflow/tfjs';
+import { type ConvSizes, convSizes } from '../conv-sizes.js';
 import type { ConvPad } from './conv-pad.js';
 
 /**
@@ -23,42 +24,34 @@ interface WasmHeapBackend {
 }
 
 type FilterGradientExport = (
-  x: number,
-  dy: number,
-  dw: number,
-  batch: number,
-  inHeight: number,
-  inWidth: number,
-  inChannels: number,
-  outHeight: number,
-  outWidth: number,
-  outChannels: number,
-  kernelHeight: number,
-  kernelWidth: number,
-  strideHeight: number,
-  strideWidth: number,
-  padTop: number,
-  padLeft: number,
+  ...args: [
+    x: number,
+    dy: number,
+    dw: number,
+    ...ConvSizes,
+    kernelHeight: number,
+    kernelWidth: number,
+    strideHeight: number,
+    strideWidth: number,
+    padTop: number,
+    padLeft: number,
+  ]
 ) => void;
 
 type CorrelateExport = (
-  input: number,
-  filter: number,
-  bias: number,
-  out: number,
-  batch: number,
-  inHeight: number,
-  inWidth: number,
-  inChannels: number,
-  outHeight: number,
-  outWidth: number,
-  outChannels: number,
-  filterChannels: number,
-  kernelHeight: number,
-  kernelWidth: number,
-  strideHeight: number,
-  strideWidth: number,
-  relu: number,
+  ...args: [
+    input: number,
+    filter: number,
+    bias: number,
+    out: number,
+    ...ConvSizes,
+    filterChannels: number,
+    kernelHeight: number,
+    kernelWidth: number,
+    strideHeight: number,
+    strideWidth: number,
+    relu: number,
+  ]
 ) => void;
 
 interface NativeKernels {
@@ -152,13 +145,7 @@ function filterGradientKernel(args: KernelArgs): tf.TensorInfo {
     heapAddress(backend, x),
     heapAddress(backend, dy),
     heapAddress(backend, out),
-    info.batchSize,
-    info.inHeight,
-    info.inWidth,
-    info.inChannels,
-    info.outHeight,
-    info.outWidth,
-    info.outChannels,
+    ...convSizes(info),
     info.filterHeight,
     info.filterWidth,
     info.strideHeight,
@@ -179,13 +166,7 @@ function correlationKernel(args: KernelArgs): tf.TensorInfo {
   const attrs = args.attrs as unknown as CorrelationAttrs;
   const [batch, height, width, inChannels] = input.shape;
   const [kh, kw, , filterChannels] = filter.shape;
-  const out = backend.makeOutput([batch, attrs.outHeight, attrs.outWidth, attrs.outChannels], 'float32');
-  kernels.correlate(
-    heapAddress(backend, input),
-    heapAddress(backend, filter),
-    // The Emscripten heap never places a tensor at address 0: 0 means no bias.
-    bias ? heapAddress(backend, bias) : 0,
-    heapAddress(backend, out),
+  const sizes: ConvSizes = [
     batch,
     height,
     width,
@@ -193,6 +174,15 @@ function correlationKernel(args: KernelArgs): tf.TensorInfo {
     attrs.outHeight,
     attrs.outWidth,
     attrs.outChannels,
+  ];
+  const out = backend.makeOutput([batch, attrs.outHeight, attrs.outWidth, attrs.outChannels], 'float32');
+  kernels.correlate(
+    heapAddress(backend, input),
+    heapAddress(backend, filter),
+    // The Emscripten heap never places a tensor at address 0: 0 means no bias.
+    bias ? heapAddress(backend, bias) : 0,
+    heapAddress(backend, out),
+    ...sizes,
     filterChannels,
     kh,
     kw,

@@ -45,19 +45,8 @@ function hasUnitDilations(dilations: number | [number, number] | undefined): boo
  * The filter gradient: on wasm the native kernel (native-conv.ts), elsewhere and while an
  * outer tape records (second derivatives need differentiable ops) the forward-convolution one.
  */
-function filterGradient(
-  x: tf.Tensor4D,
-  dy: tf.Tensor4D,
-  filterShape: readonly number[],
-  strides: number | [number, number],
-  pad: ConvPad,
-  dimRoundingMode?: 'floor' | 'round' | 'ceil',
-): tf.Tensor4D {
-  return (
-    nativeFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode) ??
-    conv2dFilterGradient(x, dy, filterShape, strides, pad, dimRoundingMode)
-  );
-}
+const filterGradient: typeof conv2dFilterGradient = (...args) =>
+  nativeFilterGradient(...args) ?? conv2dFilterGradient(...args);
 
 export const fastConv2DGradConfig: tf.GradConfig = {
   kernelName: tf.Conv2D,

@@ -2,6 +2,15 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 
+/** The offsets a normalisation's backward pass reads, in the addon's order (scale -1: none). */
+export type NormalizationBackwardOperands = [
+  src: number,
+  diffDst: number,
+  mean: number,
+  variance: number,
+  scale: number,
+];
+
 /**
  * The oneDNN Node-API addon (addon/onednn.cc), built by `npm ci` where a C++ compiler and
  * libdnnl-dev are present (addon/build.mjs). Every function takes tfjs-backend-wasm's heap and byte
@@ -67,16 +76,14 @@ export interface OnednnAddon {
   batchNormBackward(
     heap: ArrayBuffer,
     geometry: number[],
-    src: number,
-    diffDst: number,
-    mean: number,
-    variance: number,
-    scale: number,
-    diffSrc: number,
-    diffScale: number,
-    diffShift: number,
-    epsilon: number,
-    training: 0 | 1,
+    ...operands: [
+      ...NormalizationBackwardOperands,
+      diffSrc: number,
+      diffScale: number,
+      diffShift: number,
+      epsilon: number,
+      training: 0 | 1,
+    ]
   ): void;
   /** An elementwise op over `count` float32 values (ELEMENTWISE_CODES); `b` -1 for unary ops. */
   elementwise(heap: ArrayBuffer, op: number, count: number, a: number, b: number, dst: number): void;
@@ -99,13 +106,7 @@ export interface OnednnAddon {
   layerNormBackward(
     heap: ArrayBuffer,
     geometry: number[],
-    src: number,
-    diffDst: number,
-    mean: number,
-    variance: number,
-    scale: number,
-    diffSrc: number,
-    epsilon: number,
+    ...operands: [...NormalizationBackwardOperands, diffSrc: number, epsilon: number]
   ): void;
   /** The softmax of each of the [rows, size] rows. */
   softmaxForward(heap: ArrayBuffer, geometry: number[], src: number, dst: number): void;

@@ -26,8 +26,35 @@ export function offsetOf(backend: WasmHeapBackend, info: tf.TensorInfo): number 
   return backend.typedArrayFromHeap(info).byteOffset;
 }
 
+export function sizeOf(info: tf.TensorInfo): number {
+  return tf.util.sizeFromShape(info.shape);
+}
+
 export function allFloat32(...infos: (tf.TensorInfo | undefined)[]): boolean {
   return infos.every((info) => info === undefined || info.dtype === 'float32');
+}
+
+/** Throws, naming the kernel and the input, where a given input is not float32. */
+export function requireFloat32(kernelName: string, inputs: Record<string, tf.TensorInfo | undefined>): void {
+  for (const [name, info] of Object.entries(inputs)) {
+    if (info && info.dtype !== 'float32') {
+      throw new Error(`${kernelName}: '${name}' must be float32, got ${info.dtype}`);
+    }
+  }
+}
+
+/** `inputs`, where each of `names` is given; throws naming the missing ones' list otherwise. */
+export function requirePresent<Name extends string>(
+  kernelName: string,
+  inputs: Record<string, tf.TensorInfo | undefined>,
+  names: readonly Name[],
+): Record<Name, tf.TensorInfo> {
+  if (names.some((name) => !inputs[name])) {
+    const quoted = names.map((name) => `'${name}'`);
+    const list = quoted.length === 1 ? quoted[0] : `${quoted.slice(0, -1).join(', ')} and ${quoted.at(-1)}`;
+    throw new Error(`${kernelName}: ${list} ${quoted.length === 1 ? 'is' : 'are'} required`);
+  }
+  return inputs as Record<Name, tf.TensorInfo>;
 }
 
 /**
@@ -73,4 +100,39 @@ export function registerWasmKernel(config: tf.KernelConfig): void {
   // registerKernel warns when it overwrites; unregistering first keeps the log quiet.
   if (findWasmKernel(config.kernelName)) tf.unregisterKernel(config.kernelName, 'wasm');
   tf.registerKernel(config);
+}
+
+/** What a heap kernel's body is handed: the kernel's arguments, typed as it reads them. */
+export interface HeapKernelCall<Inputs, Attrs> {
+  inputs: Inputs;
+  attrs: Attrs;
+  backend: WasmHeapBackend;
+  /** A tensor's byte offset in the heap; -1 for an absent (optional) input, as the addon expects. */
+  at: (info: tf.TensorInfo | undefined) => number;
+  /** The arguments as tfjs passed them (for a fallback kernel). */
+  args: KernelArgs;
+}
+
+/** A wasm kernel whose body reads and writes tensors where they lie in the heap. */
+export function heapKernel<
+  Inputs = Record<string, tf.TensorInfo | undefined>,
+  Attrs = Record<string, unknown>,
+>(
+  kernelName: string,
+  body: (call: HeapKernelCall<Inputs, Attrs>) => tf.TensorInfo | tf.TensorInfo[],
+): tf.KernelConfig {
+  return {
+    kernelName,
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const backend = args.backend as WasmHeapBackend;
+      return body({
+        inputs: args.inputs as unknown as Inputs,
+        attrs: args.attrs as unknown as Attrs,
+        backend,
+        at: (info) => (info ? offsetOf(backend, info) : -1),
+        args,
+      });
+    },
+  };
 }

@@ -1,12 +1,13 @@
 import * as tf from '@tensorflow/tfjs';
+import { convSizes } from '../conv-sizes.js';
+import { runKernel } from '../run-kernel.js';
 import type { OnednnAddon } from './addon.js';
 import {
   allFloat32,
   findWasmKernel,
+  heapKernel,
   type KernelArgs,
-  offsetOf,
   registerWasmKernel,
-  type WasmHeapBackend,
   withOutput,
 } from './heap.js';
 import { LAYER_KERNEL_NAMES, layerKernels } from './layer-kernels.js';
@@ -83,15 +84,7 @@ function isUnit(value: Pair | undefined): boolean {
  */
 function convGeometry(info: tf.backend_util.Conv2DInfo, depthwise: boolean): number[] | null {
   const { top, left, bottom, right } = info.padInfo;
-  const sizes = [
-    info.batchSize,
-    info.inHeight,
-    info.inWidth,
-    info.inChannels,
-    info.outHeight,
-    info.outWidth,
-    info.outChannels,
-  ];
+  const sizes = convSizes(info);
   if (sizes.some((size) => size < 1) || [top, left, bottom, right].some((pad) => pad < 0)) return null;
   const spanHeight = (info.filterHeight - 1) * info.dilationHeight + 1;
   const spanWidth = (info.filterWidth - 1) * info.dilationWidth + 1;
@@ -147,59 +140,36 @@ interface ConvAttrs {
 }
 
 function forwardConvKernel(state: Installed, kernelName: string, depthwise: boolean): tf.KernelConfig {
-  return {
-    kernelName,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const attrs = args.attrs as unknown as ConvAttrs;
-      const { x, filter, bias, preluActivationWeights } = args.inputs as Record<
-        string,
-        tf.TensorInfo | undefined
-      >;
-      const activation = ACTIVATION_CODES[attrs.activation ?? 'linear'];
-      if (attrs.dataFormat === 'NCHW' || activation === undefined || preluActivationWeights) {
-        return fallback(state, kernelName, args, 'NCHW or PReLU');
-      }
-      if (
-        !x ||
-        !filter ||
-        !allFloat32(x, filter, bias) ||
-        x.shape.length !== 4 ||
-        filter.shape.length !== 4
-      ) {
-        return fallback(state, kernelName, args, 'not float32 NHWC');
-      }
-      const info = tf.backend_util.computeConv2DInfo(
-        x.shape as [number, number, number, number],
-        filter.shape as [number, number, number, number],
-        attrs.strides,
-        attrs.dilations ?? 1,
-        attrs.pad,
-        attrs.dimRoundingMode,
-        depthwise,
-      );
-      const geometry = convGeometry(info, depthwise);
-      const biasFits = !bias || tf.util.sizeFromShape(bias.shape) === info.outChannels;
-      if (!geometry || !biasFits)
-        return fallback(state, kernelName, args, 'geometry oneDNN does not express');
-      const backend = args.backend as WasmHeapBackend;
-      return withOutput(
-        backend,
-        [info.batchSize, info.outHeight, info.outWidth, info.outChannels],
-        (heap, out) =>
-          state.addon.convForward(
-            heap,
-            geometry,
-            offsetOf(backend, x),
-            offsetOf(backend, filter),
-            bias ? offsetOf(backend, bias) : -1,
-            out,
-            activation,
-            attrs.leakyreluAlpha ?? DEFAULT_LEAKY_RELU_ALPHA,
-          ),
-      );
-    },
-  };
+  return heapKernel<Record<string, tf.TensorInfo | undefined>, ConvAttrs>(kernelName, (call) => {
+    const { inputs, attrs, backend, at, args } = call;
+    const { x, filter, bias, preluActivationWeights } = inputs;
+    const activation = ACTIVATION_CODES[attrs.activation ?? 'linear'];
+    if (attrs.dataFormat === 'NCHW' || activation === undefined || preluActivationWeights) {
+      return fallback(state, kernelName, args, 'NCHW or PReLU');
+    }
+    if (!x || !filter || !allFloat32(x, filter, bias) || x.shape.length !== 4 || filter.shape.length !== 4) {
+      return fallback(state, kernelName, args, 'not float32 NHWC');
+    }
+    const info = tf.backend_util.computeConv2DInfo(
+      x.shape as [number, number, number, number],
+      filter.shape as [number, number, number, number],
+      attrs.strides,
+      attrs.dilations ?? 1,
+      attrs.pad,
+      attrs.dimRoundingMode,
+      depthwise,
+    );
+    const geometry = convGeometry(info, depthwise);
+    const biasFits = !bias || tf.util.sizeFromShape(bias.shape) === info.outChannels;
+    if (!geometry || !biasFits) return fallback(state, kernelName, args, 'geometry oneDNN does not express');
+    const alpha = attrs.leakyreluAlpha ?? DEFAULT_LEAKY_RELU_ALPHA;
+    return withOutput(
+      backend,
+      [info.batchSize, info.outHeight, info.outWidth, info.outChannels],
+      (heap, out) =>
+        state.addon.convForward(heap, geometry, at(x), at(filter), at(bias), out, activation, alpha),
+    );
+  });
 }
 
 interface BackpropAttrs extends ConvAttrs {
@@ -246,53 +216,48 @@ function backpropGeometry(
   return { info, geometry };
 }
 
-function backpropInputKernel(state: Installed, kernelName: string, depthwise: boolean): tf.KernelConfig {
-  return {
+/**
+ * A convolution backprop kernel: `compute` gets the offsets of `operands` (in order) and writes a
+ * tensor of `attrs[shapeName]`'s shape (the input's or the filter's).
+ */
+function backpropKernel(
+  state: Installed,
+  kernelName: string,
+  depthwise: boolean,
+  operands: ['dy', 'filter'] | ['x', 'dy'],
+  shapeName: 'inputShape' | 'filterShape',
+  compute: (heap: ArrayBuffer, geometry: number[], a: number, b: number, out: number) => void,
+): tf.KernelConfig {
+  return heapKernel<Record<string, tf.TensorInfo>, BackpropAttrs>(
     kernelName,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const attrs = args.attrs as unknown as BackpropAttrs;
-      const { dy, filter } = args.inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
-      if (!allFloat32(dy, filter) || !attrs.inputShape)
-        return fallback(state, kernelName, args, 'not float32');
-      const found = backpropGeometry(kernelName, attrs, attrs.inputShape, filter.shape, dy, depthwise);
-      if (!found) return fallback(state, kernelName, args, 'geometry oneDNN does not express');
-      const backend = args.backend as WasmHeapBackend;
-      return withOutput(backend, [...attrs.inputShape], (heap, out) =>
-        state.addon.convBackwardData(
-          heap,
-          found.geometry,
-          offsetOf(backend, dy),
-          offsetOf(backend, filter),
-          out,
-        ),
+    ({ inputs, attrs, backend, at, args }) => {
+      const [a, b] = operands.map((name) => inputs[name]);
+      const shape = attrs[shapeName];
+      if (!allFloat32(a, b) || !shape) return fallback(state, kernelName, args, 'not float32');
+      const found = backpropGeometry(
+        kernelName,
+        attrs,
+        shapeName === 'inputShape' ? shape : inputs.x.shape,
+        shapeName === 'filterShape' ? shape : inputs.filter.shape,
+        inputs.dy,
+        depthwise,
       );
+      if (!found) return fallback(state, kernelName, args, 'geometry oneDNN does not express');
+      return withOutput(backend, [...shape], (heap, out) => compute(heap, found.geometry, at(a), at(b), out));
     },
-  };
+  );
+}
+
+function backpropInputKernel(state: Installed, kernelName: string, depthwise: boolean): tf.KernelConfig {
+  return backpropKernel(state, kernelName, depthwise, ['dy', 'filter'], 'inputShape', (...call) =>
+    state.addon.convBackwardData(...call),
+  );
 }
 
 function backpropFilterKernel(state: Installed, kernelName: string, depthwise: boolean): tf.KernelConfig {
-  return {
-    kernelName,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const attrs = args.attrs as unknown as BackpropAttrs;
-      const { x, dy } = args.inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
-      if (!allFloat32(x, dy) || !attrs.filterShape) return fallback(state, kernelName, args, 'not float32');
-      const found = backpropGeometry(kernelName, attrs, x.shape, attrs.filterShape, dy, depthwise);
-      if (!found) return fallback(state, kernelName, args, 'geometry oneDNN does not express');
-      const backend = args.backend as WasmHeapBackend;
-      return withOutput(backend, [...attrs.filterShape], (heap, out) =>
-        state.addon.convBackwardWeights(
-          heap,
-          found.geometry,
-          offsetOf(backend, x),
-          offsetOf(backend, dy),
-          out,
-        ),
-      );
-    },
-  };
+  return backpropKernel(state, kernelName, depthwise, ['x', 'dy'], 'filterShape', (...call) =>
+    state.addon.convBackwardWeights(...call),
+  );
 }
 
 interface MatMulAttrs {
@@ -303,59 +268,45 @@ interface MatMulAttrs {
 }
 
 function matMulKernel(state: Installed, kernelName: string): tf.KernelConfig {
-  return {
-    kernelName,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const attrs = args.attrs as unknown as MatMulAttrs;
-      const { a, b, bias, preluActivationWeights } = args.inputs as Record<string, tf.TensorInfo | undefined>;
-      const activation = ACTIVATION_CODES[attrs.activation ?? 'linear'];
-      if (!a || !b || activation === undefined || preluActivationWeights || !allFloat32(a, b, bias)) {
-        return fallback(state, kernelName, args, 'PReLU or not float32');
-      }
-      const rankA = a.shape.length;
-      const rankB = b.shape.length;
-      if (rankA < 2 || rankB < 2) return fallback(state, kernelName, args, 'rank below 2');
-      const [m, k] = attrs.transposeA
-        ? [a.shape[rankA - 1], a.shape[rankA - 2]]
-        : [a.shape[rankA - 2], a.shape[rankA - 1]];
-      const [kB, n] = attrs.transposeB
-        ? [b.shape[rankB - 1], b.shape[rankB - 2]]
-        : [b.shape[rankB - 2], b.shape[rankB - 1]];
-      const outerA = a.shape.slice(0, -2);
-      const outerB = b.shape.slice(0, -2);
-      const batchA = tf.util.sizeFromShape(outerA);
-      const batchB = tf.util.sizeFromShape(outerB);
-      // Equal batches, or one operand shared by every matrix of the other: what oneDNN broadcasts.
-      const expressible =
-        k === kB &&
-        m > 0 &&
-        n > 0 &&
-        k > 0 &&
-        batchA > 0 &&
-        batchB > 0 &&
-        (sameShape(outerA, outerB) || batchA === 1 || batchB === 1);
-      const biasFits =
-        !bias || (tf.util.sizeFromShape(bias.shape) === n && bias.shape[bias.shape.length - 1] === n);
-      if (!expressible || !biasFits)
-        return fallback(state, kernelName, args, 'shapes oneDNN does not express');
-      const outer = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
-      const backend = args.backend as WasmHeapBackend;
-      const geometry = [batchA, batchB, m, k, n, attrs.transposeA ? 1 : 0, attrs.transposeB ? 1 : 0];
-      return withOutput(backend, [...outer, m, n], (heap, out) =>
-        state.addon.matMul(
-          heap,
-          geometry,
-          offsetOf(backend, a),
-          offsetOf(backend, b),
-          bias ? offsetOf(backend, bias) : -1,
-          out,
-          activation,
-          attrs.leakyreluAlpha ?? DEFAULT_LEAKY_RELU_ALPHA,
-        ),
-      );
-    },
-  };
+  return heapKernel<Record<string, tf.TensorInfo | undefined>, MatMulAttrs>(kernelName, (call) => {
+    const { inputs, attrs, backend, at, args } = call;
+    const { a, b, bias, preluActivationWeights } = inputs;
+    const activation = ACTIVATION_CODES[attrs.activation ?? 'linear'];
+    if (!a || !b || activation === undefined || preluActivationWeights || !allFloat32(a, b, bias)) {
+      return fallback(state, kernelName, args, 'PReLU or not float32');
+    }
+    const rankA = a.shape.length;
+    const rankB = b.shape.length;
+    if (rankA < 2 || rankB < 2) return fallback(state, kernelName, args, 'rank below 2');
+    const [m, k] = attrs.transposeA
+      ? [a.shape[rankA - 1], a.shape[rankA - 2]]
+      : [a.shape[rankA - 2], a.shape[rankA - 1]];
+    const [kB, n] = attrs.transposeB
+      ? [b.shape[rankB - 1], b.shape[rankB - 2]]
+      : [b.shape[rankB - 2], b.shape[rankB - 1]];
+    const outerA = a.shape.slice(0, -2);
+    const outerB = b.shape.slice(0, -2);
+    const batchA = tf.util.sizeFromShape(outerA);
+    const batchB = tf.util.sizeFromShape(outerB);
+    // Equal batches, or one operand shared by every matrix of the other: what oneDNN broadcasts.
+    const expressible =
+      k === kB &&
+      m > 0 &&
+      n > 0 &&
+      k > 0 &&
+      batchA > 0 &&
+      batchB > 0 &&
+      (sameShape(outerA, outerB) || batchA === 1 || batchB === 1);
+    const biasFits =
+      !bias || (tf.util.sizeFromShape(bias.shape) === n && bias.shape[bias.shape.length - 1] === n);
+    if (!expressible || !biasFits) return fallback(state, kernelName, args, 'shapes oneDNN does not express');
+    const outer = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
+    const geometry = [batchA, batchB, m, k, n, attrs.transposeA ? 1 : 0, attrs.transposeB ? 1 : 0];
+    const alpha = attrs.leakyreluAlpha ?? DEFAULT_LEAKY_RELU_ALPHA;
+    return withOutput(backend, [...outer, m, n], (heap, out) =>
+      state.addon.matMul(heap, geometry, at(a), at(b), at(bias), out, activation, alpha),
+    );
+  });
 }
 
 /** Whether a gradient is being computed while an outer tape records (second derivatives). */
@@ -385,23 +336,12 @@ function conv2DGradient(state: Installed): tf.GradConfig {
         return state.previousConv2DGradient.gradFunc(dy, saved, attrs);
       }
       const common = { strides, pad, dataFormat: 'NHWC', dimRoundingMode, dilations };
+      const backprop =
+        (kernelName: string, inputs: tf.NamedTensorMap, shape: Record<string, number[]>) => () =>
+          runKernel(kernelName, inputs, { ...common, ...shape });
       return {
-        x: () =>
-          tf
-            .engine()
-            .runKernel(
-              tf.Conv2DBackpropInput,
-              { dy, filter } as unknown as tf.NamedTensorMap,
-              { ...common, inputShape: x.shape } as unknown as tf.NamedAttrMap,
-            ) as tf.Tensor,
-        filter: () =>
-          tf
-            .engine()
-            .runKernel(
-              tf.Conv2DBackpropFilter,
-              { x, dy } as unknown as tf.NamedTensorMap,
-              { ...common, filterShape: filter.shape } as unknown as tf.NamedAttrMap,
-            ) as tf.Tensor,
+        x: backprop(tf.Conv2DBackpropInput, { dy: dy as tf.Tensor, filter }, { inputShape: x.shape }),
+        filter: backprop(tf.Conv2DBackpropFilter, { x, dy: dy as tf.Tensor }, { filterShape: filter.shape }),
       };
     },
   };

@@ -1,4 +1,4 @@
-import * as tf from '@tensorflow/tfjs';
+import type * as tf from '@tensorflow/tfjs';
 import {
   ACTIVATION,
   ACTIVATION_GRAD,
@@ -12,7 +12,8 @@ import {
   SOFTMAX_GRAD,
 } from '../layer-ops.js';
 import type { OnednnAddon } from './addon.js';
-import { offsetOf, type WasmHeapBackend, withOutput, withOutputs } from './heap.js';
+import { heapKernel, requireFloat32, requirePresent, sizeOf, withOutput, withOutputs } from './heap.js';
+import { backwardOperands } from './normalization-kernels.js';
 
 /**
  * The layer ops of ../layer-ops.ts on the oneDNN addon (wasm backend): grouped convolution and its two
@@ -54,13 +55,8 @@ interface GroupedConvAttrs {
   filterShape?: number[];
 }
 
-const size = (info: tf.TensorInfo) => tf.util.sizeFromShape(info.shape);
-
-function requireFloat32(kernelName: string, inputs: Record<string, tf.TensorInfo | undefined>): void {
-  for (const [name, info] of Object.entries(inputs)) {
-    if (info && info.dtype !== 'float32')
-      throw new Error(`${kernelName}: '${name}' must be float32, got ${info.dtype}`);
-  }
+interface EpsilonAttrs {
+  epsilon: number;
 }
 
 /**
@@ -121,89 +117,51 @@ function groupedGeometry(
   };
 }
 
+type Inputs = Record<string, tf.TensorInfo | undefined>;
+type Required = Record<string, tf.TensorInfo>;
+
 function groupedConvKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: GROUPED_CONV,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { x, filter, bias } = inputs as Record<string, tf.TensorInfo | undefined>;
-      if (!x || !filter) throw new Error(`${GROUPED_CONV}: 'x' and 'filter' are required`);
-      requireFloat32(GROUPED_CONV, { x, filter, bias });
-      const { geometry, outShape } = groupedGeometry(
-        GROUPED_CONV,
-        x.shape,
-        filter.shape,
-        attrs as unknown as GroupedConvAttrs,
-      );
-      if (bias && size(bias) !== outShape[3])
-        throw new Error(`${GROUPED_CONV}: 'bias' must hold ${outShape[3]} values`);
-      const heapBackend = backend as WasmHeapBackend;
-      return withOutput(heapBackend, outShape, (heap, out) =>
-        addon.convForward(
-          heap,
-          geometry,
-          offsetOf(heapBackend, x),
-          offsetOf(heapBackend, filter),
-          bias ? offsetOf(heapBackend, bias) : -1,
-          out,
-          0,
-          0,
-        ),
-      );
-    },
-  };
+  return heapKernel<Inputs, GroupedConvAttrs>(GROUPED_CONV, ({ inputs, attrs, backend, at }) => {
+    const { x, filter } = requirePresent(GROUPED_CONV, inputs, ['x', 'filter']);
+    const { bias } = inputs;
+    requireFloat32(GROUPED_CONV, { x, filter, bias });
+    const { geometry, outShape } = groupedGeometry(GROUPED_CONV, x.shape, filter.shape, attrs);
+    if (bias && sizeOf(bias) !== outShape[3])
+      throw new Error(`${GROUPED_CONV}: 'bias' must hold ${outShape[3]} values`);
+    return withOutput(backend, outShape, (heap, out) =>
+      addon.convForward(heap, geometry, at(x), at(filter), at(bias), out, 0, 0),
+    );
+  });
 }
 
-function groupedConvInputGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: GROUPED_CONV_INPUT_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { dy, filter } = inputs as Record<string, tf.TensorInfo>;
-      const convAttrs = attrs as unknown as GroupedConvAttrs;
-      requireFloat32(GROUPED_CONV_INPUT_GRAD, { dy, filter });
-      if (!convAttrs.inputShape) throw new Error(`${GROUPED_CONV_INPUT_GRAD}: 'inputShape' is required`);
-      const { geometry, outShape } = groupedGeometry(
-        GROUPED_CONV_INPUT_GRAD,
-        convAttrs.inputShape,
-        filter.shape,
-        convAttrs,
-      );
-      if (dy.shape.join() !== outShape.join()) {
-        throw new Error(`${GROUPED_CONV_INPUT_GRAD}: 'dy' must be [${outShape}], got [${dy.shape}]`);
-      }
-      const heapBackend = backend as WasmHeapBackend;
-      return withOutput(heapBackend, [...convAttrs.inputShape], (heap, out) =>
-        addon.convBackwardData(heap, geometry, offsetOf(heapBackend, dy), offsetOf(heapBackend, filter), out),
-      );
-    },
-  };
-}
-
-function groupedConvFilterGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: GROUPED_CONV_FILTER_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { x, dy } = inputs as Record<string, tf.TensorInfo>;
-      const convAttrs = attrs as unknown as GroupedConvAttrs;
-      requireFloat32(GROUPED_CONV_FILTER_GRAD, { x, dy });
-      if (!convAttrs.filterShape) throw new Error(`${GROUPED_CONV_FILTER_GRAD}: 'filterShape' is required`);
-      const { geometry, outShape } = groupedGeometry(
-        GROUPED_CONV_FILTER_GRAD,
-        x.shape,
-        convAttrs.filterShape,
-        convAttrs,
-      );
-      if (dy.shape.join() !== outShape.join()) {
-        throw new Error(`${GROUPED_CONV_FILTER_GRAD}: 'dy' must be [${outShape}], got [${dy.shape}]`);
-      }
-      const heapBackend = backend as WasmHeapBackend;
-      return withOutput(heapBackend, [...convAttrs.filterShape], (heap, out) =>
-        addon.convBackwardWeights(heap, geometry, offsetOf(heapBackend, x), offsetOf(heapBackend, dy), out),
-      );
-    },
-  };
+/**
+ * A gradient of the grouped convolution: `compute` gets the offsets of `operands` (in order) and
+ * writes a tensor of `attrs[shapeName]`'s shape (the input's or the filter's); `dy` must have the
+ * convolution's output shape.
+ */
+function groupedConvGradKernel(
+  kernelName: string,
+  operands: [string, string],
+  shapeName: 'inputShape' | 'filterShape',
+  compute: (heap: ArrayBuffer, geometry: number[], a: number, b: number, out: number) => void,
+): tf.KernelConfig {
+  return heapKernel<Required, GroupedConvAttrs>(kernelName, ({ inputs, attrs, backend, at }) => {
+    const [a, b] = operands.map((name) => inputs[name]);
+    requireFloat32(kernelName, { [operands[0]]: a, [operands[1]]: b });
+    const shape = attrs[shapeName];
+    if (!shape) throw new Error(`${kernelName}: '${shapeName}' is required`);
+    const { geometry, outShape } = groupedGeometry(
+      kernelName,
+      shapeName === 'inputShape' ? shape : inputs.x.shape,
+      shapeName === 'filterShape' ? shape : inputs.filter.shape,
+      attrs,
+    );
+    const { dy } = inputs;
+    if (dy.shape.join() !== outShape.join()) {
+      throw new Error(`${kernelName}: 'dy' must be [${outShape}], got [${dy.shape}]`);
+    }
+    return withOutput(backend, [...shape], (heap, out) => compute(heap, geometry, at(a), at(b), out));
+  });
 }
 
 function activationCode(kernelName: string, fn: unknown): number {
@@ -212,45 +170,30 @@ function activationCode(kernelName: string, fn: unknown): number {
   return code;
 }
 
-function activationKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: ACTIVATION,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { x } = inputs as Record<string, tf.TensorInfo>;
-      requireFloat32(ACTIVATION, { x });
-      const op = activationCode(ACTIVATION, (attrs as { fn?: unknown }).fn);
-      const heapBackend = backend as WasmHeapBackend;
-      if (size(x) === 0) return heapBackend.makeOutput([...x.shape], 'float32');
-      return withOutput(heapBackend, [...x.shape], (heap, out) =>
-        addon.activationForward(heap, op, size(x), offsetOf(heapBackend, x), out),
-      );
-    },
-  };
-}
-
-function activationGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: ACTIVATION_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { dy, x } = inputs as Record<string, tf.TensorInfo>;
-      requireFloat32(ACTIVATION_GRAD, { dy, x });
-      if (dy.shape.join() !== x.shape.join())
-        throw new Error(`${ACTIVATION_GRAD}: 'dy' and 'x' must have one shape`);
-      const op = activationCode(ACTIVATION_GRAD, (attrs as { fn?: unknown }).fn);
-      const heapBackend = backend as WasmHeapBackend;
-      if (size(x) === 0) return heapBackend.makeOutput([...x.shape], 'float32');
-      return withOutput(heapBackend, [...x.shape], (heap, out) =>
-        addon.activationBackward(heap, op, size(x), offsetOf(heapBackend, dy), offsetOf(heapBackend, x), out),
-      );
-    },
-  };
+/** An activation (`operands` ['x']) or its gradient (['dy', 'x']), elementwise over `x`. */
+function activationKernel(
+  kernelName: string,
+  operands: ['x'] | ['dy', 'x'],
+  compute: (heap: ArrayBuffer, op: number, length: number, offsets: number[], out: number) => void,
+): tf.KernelConfig {
+  return heapKernel<Required, { fn?: unknown }>(kernelName, ({ inputs, attrs, backend, at }) => {
+    const tensors = operands.map((name) => inputs[name]);
+    requireFloat32(kernelName, Object.fromEntries(operands.map((name, i) => [name, tensors[i]])));
+    const { x } = inputs;
+    const dy = operands.length === 2 ? inputs.dy : undefined;
+    if (dy && dy.shape.join() !== x.shape.join())
+      throw new Error(`${kernelName}: 'dy' and 'x' must have one shape`);
+    const op = activationCode(kernelName, attrs.fn);
+    if (sizeOf(x) === 0) return backend.makeOutput([...x.shape], 'float32');
+    return withOutput(backend, [...x.shape], (heap, out) =>
+      compute(heap, op, sizeOf(x), tensors.map(at), out),
+    );
+  });
 }
 
 /** [rows, size] of a rank-2 tensor, checked. */
 function rows(kernelName: string, x: tf.TensorInfo): [number, number] {
-  if (x.shape.length !== 2 || size(x) === 0)
+  if (x.shape.length !== 2 || sizeOf(x) === 0)
     throw new Error(`${kernelName}: 'x' must be non-empty [rows, size], got [${x.shape}]`);
   return [x.shape[0], x.shape[1]];
 }
@@ -267,106 +210,80 @@ function requireVector(
 }
 
 function layerNormKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: LAYER_NORM,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { x, scale, offset } = inputs as Record<string, tf.TensorInfo | undefined>;
-      if (!x) throw new Error(`${LAYER_NORM}: 'x' is required`);
-      requireFloat32(LAYER_NORM, { x, scale, offset });
-      const geometry = rows(LAYER_NORM, x);
-      requireVector(LAYER_NORM, 'scale', scale, geometry[1]);
-      requireVector(LAYER_NORM, 'offset', offset, geometry[1]);
-      const { epsilon } = attrs as unknown as { epsilon: number };
-      const heapBackend = backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo | undefined) => (info ? offsetOf(heapBackend, info) : -1);
-      return withOutputs(
-        heapBackend,
-        [[...x.shape], [geometry[0]], [geometry[0]]],
-        (heap, [y, mean, variance]) =>
-          addon.layerNormForward(heap, geometry, at(x), at(scale), at(offset), y, mean, variance, epsilon),
-      );
-    },
-  };
+  return heapKernel<Inputs, EpsilonAttrs>(LAYER_NORM, ({ inputs, attrs, backend, at }) => {
+    const { x } = requirePresent(LAYER_NORM, inputs, ['x']);
+    const { scale, offset } = inputs;
+    requireFloat32(LAYER_NORM, { x, scale, offset });
+    const geometry = rows(LAYER_NORM, x);
+    requireVector(LAYER_NORM, 'scale', scale, geometry[1]);
+    requireVector(LAYER_NORM, 'offset', offset, geometry[1]);
+    const { epsilon } = attrs;
+    return withOutputs(backend, [[...x.shape], [geometry[0]], [geometry[0]]], (heap, outs) => {
+      const [y, mean, variance] = outs;
+      addon.layerNormForward(heap, geometry, at(x), at(scale), at(offset), y, mean, variance, epsilon);
+    });
+  });
 }
 
 function layerNormGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: LAYER_NORM_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { dy, x, scale, mean, variance } = inputs as Record<string, tf.TensorInfo | undefined>;
-      if (!dy || !x || !mean || !variance)
-        throw new Error(`${LAYER_NORM_GRAD}: 'dy', 'x', 'mean' and 'variance' are required`);
-      requireFloat32(LAYER_NORM_GRAD, { dy, x, scale, mean, variance });
-      const geometry = rows(LAYER_NORM_GRAD, x);
-      if (dy.shape.join() !== x.shape.join())
-        throw new Error(`${LAYER_NORM_GRAD}: 'dy' and 'x' must have one shape`);
-      requireVector(LAYER_NORM_GRAD, 'scale', scale, geometry[1]);
-      requireVector(LAYER_NORM_GRAD, 'mean', mean, geometry[0]);
-      requireVector(LAYER_NORM_GRAD, 'variance', variance, geometry[0]);
-      const { epsilon } = attrs as unknown as { epsilon: number };
-      const heapBackend = backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo | undefined) => (info ? offsetOf(heapBackend, info) : -1);
-      return withOutput(heapBackend, [...x.shape], (heap, dx) =>
-        addon.layerNormBackward(
-          heap,
-          geometry,
-          at(x),
-          at(dy),
-          at(mean),
-          at(variance),
-          at(scale),
-          dx,
-          epsilon,
-        ),
-      );
-    },
-  };
+  return heapKernel<Inputs, EpsilonAttrs>(LAYER_NORM_GRAD, ({ inputs, attrs, backend, at }) => {
+    const { dy, x, mean, variance } = requirePresent(LAYER_NORM_GRAD, inputs, [
+      'dy',
+      'x',
+      'mean',
+      'variance',
+    ]);
+    const { scale } = inputs;
+    requireFloat32(LAYER_NORM_GRAD, { dy, x, scale, mean, variance });
+    const geometry = rows(LAYER_NORM_GRAD, x);
+    if (dy.shape.join() !== x.shape.join())
+      throw new Error(`${LAYER_NORM_GRAD}: 'dy' and 'x' must have one shape`);
+    requireVector(LAYER_NORM_GRAD, 'scale', scale, geometry[1]);
+    requireVector(LAYER_NORM_GRAD, 'mean', mean, geometry[0]);
+    requireVector(LAYER_NORM_GRAD, 'variance', variance, geometry[0]);
+    const { epsilon } = attrs;
+    return withOutput(backend, [...x.shape], (heap, dx) =>
+      addon.layerNormBackward(heap, geometry, ...backwardOperands(at, inputs), dx, epsilon),
+    );
+  });
 }
 
 function softmaxKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: SOFTMAX,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend }) => {
-      const { x } = inputs as Record<string, tf.TensorInfo>;
-      requireFloat32(SOFTMAX, { x });
-      const geometry = rows(SOFTMAX, x);
-      const heapBackend = backend as WasmHeapBackend;
-      return withOutput(heapBackend, [...x.shape], (heap, y) =>
-        addon.softmaxForward(heap, geometry, offsetOf(heapBackend, x), y),
-      );
-    },
-  };
+  return heapKernel<Required>(SOFTMAX, ({ inputs: { x }, backend, at }) => {
+    requireFloat32(SOFTMAX, { x });
+    const geometry = rows(SOFTMAX, x);
+    return withOutput(backend, [...x.shape], (heap, y) => addon.softmaxForward(heap, geometry, at(x), y));
+  });
 }
 
 function softmaxGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: SOFTMAX_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, backend }) => {
-      const { dy, y } = inputs as Record<string, tf.TensorInfo>;
-      requireFloat32(SOFTMAX_GRAD, { dy, y });
-      const geometry = rows(SOFTMAX_GRAD, y);
-      if (dy.shape.join() !== y.shape.join())
-        throw new Error(`${SOFTMAX_GRAD}: 'dy' and 'y' must have one shape`);
-      const heapBackend = backend as WasmHeapBackend;
-      return withOutput(heapBackend, [...y.shape], (heap, dx) =>
-        addon.softmaxBackward(heap, geometry, offsetOf(heapBackend, y), offsetOf(heapBackend, dy), dx),
-      );
-    },
-  };
+  return heapKernel<Required>(SOFTMAX_GRAD, ({ inputs: { dy, y }, backend, at }) => {
+    requireFloat32(SOFTMAX_GRAD, { dy, y });
+    const geometry = rows(SOFTMAX_GRAD, y);
+    if (dy.shape.join() !== y.shape.join())
+      throw new Error(`${SOFTMAX_GRAD}: 'dy' and 'y' must have one shape`);
+    return withOutput(backend, [...y.shape], (heap, dx) =>
+      addon.softmaxBackward(heap, geometry, at(y), at(dy), dx),
+    );
+  });
 }
 
 /** The kernels of this file. */
 export function layerKernels(addon: OnednnAddon): tf.KernelConfig[] {
   return [
     groupedConvKernel(addon),
-    groupedConvInputGradKernel(addon),
-    groupedConvFilterGradKernel(addon),
-    activationKernel(addon),
-    activationGradKernel(addon),
+    groupedConvGradKernel(GROUPED_CONV_INPUT_GRAD, ['dy', 'filter'], 'inputShape', (...call) =>
+      addon.convBackwardData(...call),
+    ),
+    groupedConvGradKernel(GROUPED_CONV_FILTER_GRAD, ['x', 'dy'], 'filterShape', (...call) =>
+      addon.convBackwardWeights(...call),
+    ),
+    activationKernel(ACTIVATION, ['x'], (heap, op, length, [x], out) =>
+      addon.activationForward(heap, op, length, x, out),
+    ),
+    activationKernel(ACTIVATION_GRAD, ['dy', 'x'], (heap, op, length, [dy, x], out) =>
+      addon.activationBackward(heap, op, length, dy, x, out),
+    ),
     layerNormKernel(addon),
     layerNormGradKernel(addon),
     softmaxKernel(addon),

@@ -5,12 +5,15 @@ import {
   BATCH_NORM_TRAINING_GRAD,
   RELU_GRAD,
 } from '../batch-norm.js';
-import type { OnednnAddon } from './addon.js';
+import { runKernel } from '../run-kernel.js';
+import type { NormalizationBackwardOperands, OnednnAddon } from './addon.js';
 import {
   allFloat32,
+  heapKernel,
   type KernelArgs,
-  offsetOf,
-  type WasmHeapBackend,
+  requireFloat32,
+  requirePresent,
+  sizeOf,
   withOutput,
   withOutputs,
 } from './heap.js';
@@ -44,9 +47,8 @@ interface EpsilonAttrs {
   varianceEpsilon: number;
 }
 
-function size(info: tf.TensorInfo): number {
-  return tf.util.sizeFromShape(info.shape);
-}
+type Inputs = Record<string, tf.TensorInfo | undefined>;
+type Required = Record<string, tf.TensorInfo>;
 
 /** Channels of a channels-last tensor, or 0 where it has no elements. */
 function channelsOf(x: tf.TensorInfo): number {
@@ -65,15 +67,7 @@ function perChannel(info: tf.TensorInfo | undefined, channels: number): boolean 
 /** The addon's geometry: every axis but the channels' folded into rows. */
 function normGeometry(x: tf.TensorInfo): number[] {
   const channels = channelsOf(x);
-  return [size(x) / channels, 1, 1, channels];
-}
-
-function requireFloat32(kernelName: string, inputs: Record<string, tf.TensorInfo | undefined>): void {
-  for (const [name, info] of Object.entries(inputs)) {
-    if (info && info.dtype !== 'float32') {
-      throw new Error(`${kernelName}: '${name}' must be float32, got ${info.dtype}`);
-    }
-  }
+  return [sizeOf(x) / channels, 1, 1, channels];
 }
 
 function requireChannels(
@@ -103,138 +97,87 @@ function requireSameShape(
   }
 }
 
+/** The offsets of `x`, `dy` and the statistics, in the order the addon's backward passes take them. */
+export function backwardOperands(
+  at: (info: tf.TensorInfo | undefined) => number,
+  { x, dy, mean, variance, scale }: Inputs,
+): NormalizationBackwardOperands {
+  return [at(x), at(dy), at(mean), at(variance), at(scale)];
+}
+
 function batchNormTrainingKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: BATCH_NORM_TRAINING,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { x, scale, offset } = inputs as Record<string, tf.TensorInfo>;
-      const { varianceEpsilon } = attrs as unknown as EpsilonAttrs;
-      requireFloat32(BATCH_NORM_TRAINING, { x, scale, offset });
-      const channels = channelsOf(x);
-      requireChannels(BATCH_NORM_TRAINING, channels, { scale, offset });
-      const heapBackend = backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo) => offsetOf(heapBackend, info);
-      return withOutputs(heapBackend, [[...x.shape], [channels], [channels]], (heap, [y, mean, variance]) =>
-        addon.batchNormForward(
-          heap,
-          normGeometry(x),
-          at(x),
-          mean,
-          variance,
-          at(scale),
-          at(offset),
-          y,
-          varianceEpsilon,
-          1,
-        ),
-      );
-    },
-  };
+  return heapKernel<Required, EpsilonAttrs>(BATCH_NORM_TRAINING, ({ inputs, attrs, backend, at }) => {
+    const { x, scale, offset } = inputs;
+    requireFloat32(BATCH_NORM_TRAINING, { x, scale, offset });
+    const channels = channelsOf(x);
+    requireChannels(BATCH_NORM_TRAINING, channels, { scale, offset });
+    const epsilon = attrs.varianceEpsilon;
+    return withOutputs(backend, [[...x.shape], [channels], [channels]], (heap, [y, mean, variance]) =>
+      addon.batchNormForward(
+        heap,
+        normGeometry(x),
+        at(x),
+        mean,
+        variance,
+        at(scale),
+        at(offset),
+        y,
+        epsilon,
+        1,
+      ),
+    );
+  });
 }
 
 function batchNormTrainingGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: BATCH_NORM_TRAINING_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { dy, x, scale, mean, variance } = inputs as Record<string, tf.TensorInfo>;
-      const { varianceEpsilon } = attrs as unknown as EpsilonAttrs;
-      requireFloat32(BATCH_NORM_TRAINING_GRAD, { dy, x, scale, mean, variance });
-      requireSameShape(BATCH_NORM_TRAINING_GRAD, dy, x, ['dy', 'x']);
-      const channels = channelsOf(x);
-      requireChannels(BATCH_NORM_TRAINING_GRAD, channels, { scale, mean, variance });
-      const heapBackend = backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo) => offsetOf(heapBackend, info);
-      return withOutputs(heapBackend, [[...x.shape], [channels], [channels]], (heap, [dx, dScale, dOffset]) =>
-        addon.batchNormBackward(
-          heap,
-          normGeometry(x),
-          at(x),
-          at(dy),
-          at(mean),
-          at(variance),
-          at(scale),
-          dx,
-          dScale,
-          dOffset,
-          varianceEpsilon,
-          1,
-        ),
-      );
-    },
-  };
+  return heapKernel<Required, EpsilonAttrs>(BATCH_NORM_TRAINING_GRAD, ({ inputs, attrs, backend, at }) => {
+    const { dy, x, scale, mean, variance } = inputs;
+    requireFloat32(BATCH_NORM_TRAINING_GRAD, { dy, x, scale, mean, variance });
+    requireSameShape(BATCH_NORM_TRAINING_GRAD, dy, x, ['dy', 'x']);
+    const channels = channelsOf(x);
+    requireChannels(BATCH_NORM_TRAINING_GRAD, channels, { scale, mean, variance });
+    const epsilon = attrs.varianceEpsilon;
+    return withOutputs(backend, [[...x.shape], [channels], [channels]], (heap, [dx, dScale, dOffset]) => {
+      const operands = backwardOperands(at, inputs);
+      addon.batchNormBackward(heap, normGeometry(x), ...operands, dx, dScale, dOffset, epsilon, 1);
+    });
+  });
 }
 
 function batchNormInputGradKernel(addon: OnednnAddon): tf.KernelConfig {
-  return {
-    kernelName: BATCH_NORM_INPUT_GRAD,
-    backendName: 'wasm',
-    kernelFunc: ({ inputs, attrs, backend }) => {
-      const { dy, x, mean, variance, scale } = inputs as Record<string, tf.TensorInfo | undefined>;
-      if (!dy || !x || !mean || !variance)
-        throw new Error(`${BATCH_NORM_INPUT_GRAD}: 'dy', 'x', 'mean' and 'variance' are required`);
-      const { varianceEpsilon } = attrs as unknown as EpsilonAttrs;
-      requireFloat32(BATCH_NORM_INPUT_GRAD, { dy, x, mean, variance, scale });
-      requireSameShape(BATCH_NORM_INPUT_GRAD, dy, x, ['dy', 'x']);
-      requireChannels(BATCH_NORM_INPUT_GRAD, channelsOf(x), { mean, variance, scale });
-      const heapBackend = backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo) => offsetOf(heapBackend, info);
-      return withOutput(heapBackend, [...x.shape], (heap, dx) =>
-        addon.batchNormBackward(
-          heap,
-          normGeometry(x),
-          at(x),
-          at(dy),
-          at(mean),
-          at(variance),
-          scale ? at(scale) : -1,
-          dx,
-          -1,
-          -1,
-          varianceEpsilon,
-          0,
-        ),
-      );
-    },
-  };
+  return heapKernel<Inputs, EpsilonAttrs>(BATCH_NORM_INPUT_GRAD, ({ inputs, attrs, backend, at }) => {
+    const required = ['dy', 'x', 'mean', 'variance'] as const;
+    const { dy, x, mean, variance } = requirePresent(BATCH_NORM_INPUT_GRAD, inputs, required);
+    const { scale } = inputs;
+    requireFloat32(BATCH_NORM_INPUT_GRAD, { dy, x, mean, variance, scale });
+    requireSameShape(BATCH_NORM_INPUT_GRAD, dy, x, ['dy', 'x']);
+    requireChannels(BATCH_NORM_INPUT_GRAD, channelsOf(x), { mean, variance, scale });
+    const epsilon = attrs.varianceEpsilon;
+    // No scale and offset gradients (-1): inference statistics are constants.
+    return withOutput(backend, [...x.shape], (heap, dx) => {
+      addon.batchNormBackward(heap, normGeometry(x), ...backwardOperands(at, inputs), dx, -1, -1, epsilon, 0);
+    });
+  });
 }
 
 /** Inference batch normalisation (running statistics) where every parameter is one value per channel. */
 function fusedBatchNormKernel(addon: OnednnAddon, fallback: Fallback): tf.KernelConfig {
-  return {
-    kernelName: tf.FusedBatchNorm,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const { x, mean, variance, offset, scale } = args.inputs as Record<string, tf.TensorInfo | undefined>;
-      const { varianceEpsilon } = args.attrs as unknown as EpsilonAttrs;
-      if (!x || !mean || !variance || x.shape.length < 1 || size(x) === 0) {
-        return fallback(tf.FusedBatchNorm, args, 'no input');
-      }
-      const channels = channelsOf(x);
-      const fits =
-        allFloat32(x, mean, variance, offset, scale) &&
-        [mean, variance, offset, scale].every((info) => perChannel(info, channels));
-      if (!fits || !(varianceEpsilon >= 0))
-        return fallback(tf.FusedBatchNorm, args, 'not per-channel float32');
-      const backend = args.backend as WasmHeapBackend;
-      const at = (info: tf.TensorInfo | undefined) => (info ? offsetOf(backend, info) : -1);
-      return withOutput(backend, [...x.shape], (heap, y) =>
-        addon.batchNormForward(
-          heap,
-          normGeometry(x),
-          at(x),
-          at(mean),
-          at(variance),
-          at(scale),
-          at(offset),
-          y,
-          varianceEpsilon,
-          0,
-        ),
-      );
-    },
-  };
+  return heapKernel<Inputs, EpsilonAttrs>(tf.FusedBatchNorm, ({ inputs, attrs, backend, at, args }) => {
+    const { x, mean, variance, offset, scale } = inputs;
+    const epsilon = attrs.varianceEpsilon;
+    if (!x || !mean || !variance || x.shape.length < 1 || sizeOf(x) === 0) {
+      return fallback(tf.FusedBatchNorm, args, 'no input');
+    }
+    const channels = channelsOf(x);
+    const fits =
+      allFloat32(x, mean, variance, offset, scale) &&
+      [mean, variance, offset, scale].every((info) => perChannel(info, channels));
+    if (!fits || !(epsilon >= 0)) return fallback(tf.FusedBatchNorm, args, 'not per-channel float32');
+    return withOutput(backend, [...x.shape], (heap, y) => {
+      const statistics = [at(mean), at(variance), at(scale), at(offset)] as const;
+      addon.batchNormForward(heap, normGeometry(x), at(x), ...statistics, y, epsilon, 0);
+    });
+  });
 }
 
 function elementwiseKernel(
@@ -244,25 +187,18 @@ function elementwiseKernel(
   op: number,
   operands: [string] | [string, string],
 ): tf.KernelConfig {
-  return {
-    kernelName,
-    backendName: 'wasm',
-    kernelFunc: (args) => {
-      const [a, b] = operands.map((name) => (args.inputs as Record<string, tf.TensorInfo | undefined>)[name]);
-      const sameShape =
-        b === undefined ||
-        (a !== undefined &&
-          a.shape.length === b.shape.length &&
-          a.shape.every((dim, i) => dim === b.shape[i]));
-      if (!a || (operands.length === 2 && !b) || !sameShape || !allFloat32(a, b) || size(a) === 0) {
-        return fallback(kernelName, args, 'not same-shape float32');
-      }
-      const backend = args.backend as WasmHeapBackend;
-      return withOutput(backend, [...a.shape], (heap, out) =>
-        addon.elementwise(heap, op, size(a), offsetOf(backend, a), b ? offsetOf(backend, b) : -1, out),
-      );
-    },
-  };
+  return heapKernel<Inputs>(kernelName, ({ inputs, backend, at, args }) => {
+    const [a, b] = operands.map((name) => inputs[name]);
+    const sameShape =
+      b === undefined ||
+      (a !== undefined && a.shape.length === b.shape.length && a.shape.every((dim, i) => dim === b.shape[i]));
+    if (!a || (operands.length === 2 && !b) || !sameShape || !allFloat32(a, b) || sizeOf(a) === 0) {
+      return fallback(kernelName, args, 'not same-shape float32');
+    }
+    return withOutput(backend, [...a.shape], (heap, out) =>
+      addon.elementwise(heap, op, sizeOf(a), at(a), at(b), out),
+    );
+  });
 }
 
 /** The kernels of this file; `fallback` runs the kernel registered before for cases they do not cover. */
@@ -311,7 +247,7 @@ export function normalizationGradients(
       const inputs: tf.NamedTensorMap = { dy: upstream, x, mean, variance };
       if (scale) inputs.scale = scale;
       return {
-        x: () => tf.engine().runKernel(BATCH_NORM_INPUT_GRAD, inputs, attrs as tf.NamedAttrMap) as tf.Tensor,
+        x: () => runKernel(BATCH_NORM_INPUT_GRAD, inputs, attrs),
         mean: other('mean'),
         variance: other('variance'),
         scale: other('scale'),
@@ -329,10 +265,7 @@ export function normalizationGradients(
         return previous(tf.Relu).gradFunc(dy, saved, attrs);
       }
       return {
-        x: () =>
-          tf
-            .engine()
-            .runKernel(RELU_GRAD, { dy: upstream, x } as unknown as tf.NamedTensorMap, {}) as tf.Tensor,
+        x: () => runKernel(RELU_GRAD, { dy: upstream, x }),
       };
     },
   };

@@ -43,18 +43,15 @@ export const ONNX_OPS: Readonly<Record<string, OpSpec>> = {
 /** Op types that may appear in a model (for documentation and `models inspect`). */
 export const SUPPORTED_ONNX_OPS: readonly string[] = Object.keys(ONNX_OPS).sort();
 
-export interface OnnxSummary {
+/** What `models inspect` shows of an ONNX model; the counts and versions are its plan's. */
+export interface OnnxSummary
+  extends Pick<
+    OnnxPlan,
+    'opsUsed' | 'parameterCount' | 'flopsPerImage' | 'opset' | 'irVersion' | 'producer'
+  > {
   /** The model's input as ONNX declares it: NCHW, batch written 'n'. */
   input: { name: string; shape: Array<number | 'n'>; layout: 'NCHW' };
   output: { name: string; shape: Array<number | 'n'> };
-  /** ONNX op type -> node count. */
-  opsUsed: Record<string, number>;
-  parameterCount: number;
-  /** FLOPs of one image's forward pass (a multiply-add counts 2). */
-  flopsPerImage: number;
-  opset: number;
-  irVersion: number;
-  producer: string;
   /** Planned tfjs operations per call, after folding and fusion. */
   runtimeSteps: number;
   warnings: string[];

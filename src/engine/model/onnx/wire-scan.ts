@@ -124,16 +124,28 @@ export function scanOnnxWire(bytes: Uint8Array, limits: WireLimits): WireCounts 
   return counts;
 }
 
-function countElements(counts: WireCounts, n: number, limits: WireLimits): void {
-  counts.elements += n;
-  if (counts.elements > limits.maxElements) {
-    throw new OnnxLimitError(
-      'protoElements',
-      counts.elements,
-      limits.maxElements,
-      'the ONNX file (fields and packed values to decode)',
-    );
-  }
+/** Which limit each count answers to, and how an error names it. */
+const COUNTED: Readonly<
+  Record<keyof WireCounts, { limit: keyof WireLimits; name: OnnxLimitError['limit']; what: string }>
+> = {
+  nodes: { limit: 'maxNodes', name: 'nodes', what: 'the ONNX file (nodes in all its graphs)' },
+  initializers: {
+    limit: 'maxInitializers',
+    name: 'initializers',
+    what: 'the ONNX file (initializers in all its graphs)',
+  },
+  elements: {
+    limit: 'maxElements',
+    name: 'protoElements',
+    what: 'the ONNX file (fields and packed values to decode)',
+  },
+};
+
+/** Adds `n` to one count; throws `OnnxLimitError` once it crosses its limit. */
+function count(counts: WireCounts, key: keyof WireCounts, n: number, limits: WireLimits): void {
+  counts[key] += n;
+  const { limit, name, what } = COUNTED[key];
+  if (counts[key] > limits[limit]) throw new OnnxLimitError(name, counts[key], limits[limit], what);
 }
 
 function scanMessage(
@@ -154,7 +166,7 @@ function scanMessage(
     const field = tag >>> 3;
     const wire = tag & 7;
     if (field === 0) throw new OnnxFormatError('the file is not a readable ONNX protobuf: field number 0');
-    countElements(counts, 1, limits);
+    count(counts, 'elements', 1, limits);
     const nested = fields[field];
     if (wire === WIRE_LENGTH) {
       const length = reader.uint32();
@@ -166,9 +178,9 @@ function scanMessage(
       }
       if (nested !== undefined) {
         if ((type === 'Graph' && field === 1) || (type === 'Function' && field === 7)) {
-          countNode(counts, limits);
+          count(counts, 'nodes', 1, limits);
         }
-        if (type === 'Graph' && (field === 5 || field === 15)) countInitializer(counts, limits);
+        if (type === 'Graph' && (field === 5 || field === 15)) count(counts, 'initializers', 1, limits);
         scanMessage(reader, start + length, nested, depth + 1, counts, limits);
         if (reader.pos !== start + length) {
           throw new OnnxFormatError(
@@ -179,7 +191,7 @@ function scanMessage(
         // One decoded value per varint: count the bytes that end one (high bit clear).
         let values = 0;
         for (let at = start; at < start + length; at++) if (reader.buf[at] < 0x80) values += 1;
-        countElements(counts, values, limits);
+        count(counts, 'elements', values, limits);
         reader.skip(length);
       } else {
         reader.skip(length);
@@ -194,29 +206,5 @@ function scanMessage(
     if (reader.pos > end) {
       throw new OnnxFormatError('the file is not a readable ONNX protobuf: a field runs past its message');
     }
-  }
-}
-
-function countNode(counts: WireCounts, limits: WireLimits): void {
-  counts.nodes += 1;
-  if (counts.nodes > limits.maxNodes) {
-    throw new OnnxLimitError(
-      'nodes',
-      counts.nodes,
-      limits.maxNodes,
-      'the ONNX file (nodes in all its graphs)',
-    );
-  }
-}
-
-function countInitializer(counts: WireCounts, limits: WireLimits): void {
-  counts.initializers += 1;
-  if (counts.initializers > limits.maxInitializers) {
-    throw new OnnxLimitError(
-      'initializers',
-      counts.initializers,
-      limits.maxInitializers,
-      'the ONNX file (initializers in all its graphs)',
-    );
   }
 }

@@ -1,5 +1,4 @@
 import * as tf from '@tensorflow/tfjs';
-import onnxProto from 'onnx-proto';
 import { describe, expect, it } from 'vitest';
 import {
   loadOnnxClassifier,
@@ -8,6 +7,7 @@ import {
   OnnxTrialError,
   OnnxUnsupportedError,
 } from '../../../../src/engine/model/onnx/index.js';
+import { concat, repeatedField, varint, withGraphPrefix } from '../../../helpers/protobuf-wire.js';
 import { buildModel, floatTensor, type ModelSpec, withHead } from './onnx-builder.js';
 
 /**
@@ -17,51 +17,10 @@ import { buildModel, floatTensor, type ModelSpec, withHead } from './onnx-builde
  * graph (main, sub-graphs, functions), initializers, decoded values of any field, nesting.
  */
 
-const { onnx } = onnxProto;
-
 const relu = (extra: Partial<ModelSpec> = {}): ModelSpec => ({
   ...withHead([{ op: 'Relu', inputs: ['x'], outputs: ['r'] }], 'r'),
   ...extra,
 });
-
-/** A varint as protobuf writes it. */
-function varint(value: number): number[] {
-  const out: number[] = [];
-  while (value >= 0x80) {
-    out.push((value & 0x7f) | 0x80);
-    value = Math.floor(value / 128);
-  }
-  out.push(value);
-  return out;
-}
-
-/** `count` copies of one field (number `field`, length-delimited, holding `payload`). */
-function repeatedField(field: number, payload: number[], count: number): Uint8Array {
-  const one = [...varint((field << 3) | 2), ...varint(payload.length), ...payload];
-  const out = new Uint8Array(one.length * count);
-  for (let i = 0; i < count; i++) out.set(one, i * one.length);
-  return out;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, p) => sum + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-/** The model with `prefix` (raw fields of GraphProto) put before its graph's own fields. */
-function withGraphPrefix(model: Uint8Array, prefix: Uint8Array): Uint8Array {
-  const decoded = onnx.ModelProto.decode(model);
-  const graph = onnx.GraphProto.encode(decoded.graph!).finish();
-  decoded.graph = null;
-  const rest = onnx.ModelProto.encode(decoded).finish();
-  const body = concat(prefix, graph);
-  return concat(rest, new Uint8Array([...varint((7 << 3) | 2), ...varint(body.length)]), body);
-}
 
 /** Loads and expects a refusal of `type`, with no tensor left behind. */
 function refuse<T extends Error>(bytes: Uint8Array, type: new (...args: never[]) => T): T {
