@@ -1,9 +1,8 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { encodePng } from '../../src/data/image.js';
 import {
   checkImageShape,
   defaultOodSpecs,
@@ -13,6 +12,7 @@ import {
 } from '../../src/data/image-sets.js';
 import { Rng } from '../../src/util/random.js';
 import { DATA_DIR } from '../helpers/data.js';
+import { writeClassFolder } from '../helpers/image-folder.js';
 
 const hasData = existsSync(path.join(DATA_DIR, 'svhn/train_first1000.bin'));
 
@@ -83,16 +83,7 @@ describe('loadImageSet on an image folder', () => {
   it('takes the images in one seeded random order, all of them too, so any prefix mixes the classes', async () => {
     const root = await mkdtemp(path.join(tmpdir(), 'ratio-image-set-'));
     try {
-      for (let c = 0; c < 2; c++) {
-        await mkdir(path.join(root, `c${c}`));
-        for (let i = 0; i < 3; i++) {
-          const data = new Uint8Array(4 * 4 * 3).fill(10 * c + i);
-          await writeFile(
-            path.join(root, `c${c}`, `${i}.png`),
-            await encodePng({ data, height: 4, width: 4, channels: 3 }),
-          );
-        }
-      }
+      await writeClassFolder(root, { classes: 2, perClass: 3, size: 4, prefix: 'c' });
       const all = await loadImageSet(root, 'f', 100, [4, 4, 3], 5);
       const order = Array.from(new Rng(5).permutation(6));
       expect(all.shape).toEqual([6, 4, 4, 3]);

@@ -1,14 +1,14 @@
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
-import { encodePng } from '../../../src/data/image.js';
 import { autoAttack } from '../../../src/engine/attacks/autoattack.js';
 import { type Classifier, functionClassifier } from '../../../src/engine/model/classifier.js';
 import { type AuditRequest, prepareAudit, runAudit } from '../../../src/jobs/audit/audit.js';
 import { InvalidInputError } from '../../../src/jobs/errors.js';
 import { Rng } from '../../../src/util/random.js';
+import { writeClassFolder } from '../../helpers/image-folder.js';
 
 /** A linear 32x32x3 classifier: logit c = w_c . x, with fixed seeded weights. */
 function linearModel(numClasses = 3): Classifier & { disposed: number } {
@@ -108,16 +108,7 @@ describe('audit data from an image folder', () => {
     const root = await mkdtemp(path.join(tmpdir(), 'ratio-audit-folder-'));
     try {
       // 3 classes x 4 images; pixel value = 10 * class + index, so each point names its source.
-      for (let c = 0; c < 3; c++) {
-        await mkdir(path.join(root, `class${c}`));
-        for (let i = 0; i < 4; i++) {
-          const data = new Uint8Array(32 * 32 * 3).fill(10 * c + i);
-          await writeFile(
-            path.join(root, `class${c}`, `${i}.png`),
-            await encodePng({ data, height: 32, width: 32, channels: 3 }),
-          );
-        }
-      }
+      await writeClassFolder(root, { classes: 3, perClass: 4, size: 32 });
       const model = linearModel();
       const folderRequest = (seed: number): AuditRequest => ({
         model: { kind: 'served', name: 'linear', classifier: model },
