@@ -217,7 +217,12 @@ export async function benchAgainstTorch(options: TorchOptions, backend: BackendI
     const ms = (v: number) => Math.round(v * 10) / 10;
     const maxLogits = Math.max(...logitsDifference);
     const sameModel = maxLogits <= SAME_MODEL_LOGITS;
-    if (!sameModel) process.exitCode = 1;
+    if (!sameModel) {
+      log(
+        `the logits differ by ${significant(maxLogits)} of their largest: the ONNX file is not PyTorch's model (exported with other --seed, --size or --classes?)`,
+      );
+      process.exitCode = 1;
+    }
     const summary = model instanceof OnnxClassifier ? model.summary : undefined;
     return {
       bench: 'onnx-torch',

@@ -80,7 +80,8 @@ def main():
             model = torch.jit.load(a.torchscript).eval()
         except Exception as error:
             fail(f"cannot load the TorchScript model '{a.torchscript}': {str(error).splitlines()[0]}")
-        model.requires_grad_(False)
+        for parameter in model.parameters():  # a ScriptModule has no requires_grad_()
+            parameter.requires_grad_(False)
         torch.manual_seed(a.seed)
         generator = torch.Generator().manual_seed(a.seed + 1)
         x = torch.rand(a.batch, 3, a.size, a.size, generator=generator)
