@@ -13,12 +13,14 @@ rounds between the import and PyTorch. Needs Debian's python3-torch (and python3
 and, with --export, writes DIR/model.onnx as that script does. --torchscript loads a model saved with
 torch.jit.save (any PyTorch model; the ONNX file is then the user's export of it). DIR gets input.npy
 (NCHW float32 in [0, 1]), labels.npy (int32), logits.npy and input_grad.npy (d sum_i CE(logits_i,
-label_i) / d input, float32 as timed). Then one JSON line {"ready": true, ...} on stdout, and for each
+label_i) / d input, float32 as timed), and logits_float64.npy and input_grad_float64.npy (the same in
+float64: how far float32 rounding moves PyTorch's own values). Then one JSON line {"ready": true, ...} on stdout, and for each
 line read from stdin, `forward` (logits without autograd) or `gradient` (the input gradient above),
 one line {"ms": milliseconds}; end of input ends it. Errors go to stderr, with exit status 2 (3 for
 a size torchvision refuses).
 """
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -105,6 +107,17 @@ def main():
     save('labels.npy', labels.numpy().astype(np.int32))
     save('logits.npy', logits.numpy().astype(np.float32))
     save('input_grad.npy', gradient().numpy().astype(np.float32))
+    try:
+        # The same model in float64 (the exact values): how far float32 rounding alone moves PyTorch's.
+        exact = copy.deepcopy(model).double()
+        inputs = x.double().requires_grad_(True)
+        logits64 = exact(inputs)
+        (grad64,) = torch.autograd.grad(F.cross_entropy(logits64, labels, reduction='sum'), inputs)
+        save('logits_float64.npy', logits64.detach().numpy())
+        save('input_grad_float64.npy', grad64.numpy())
+        del exact, inputs, logits64, grad64
+    except Exception as error:  # a TorchScript model may not convert; the float32 comparison stands
+        print(f'no float64 reference: {str(error).splitlines()[0]}', file=sys.stderr)
     ready = {
         'ready': True,
         'torch': torch.__version__,
