@@ -167,15 +167,24 @@ def prepare(name, classes, size, batch, seed):
 
 def export(model, x, path):
     """The export a user would write: opset 17, the batch dimension dynamic."""
-    torch.onnx.export(
-        model,
-        x[:1],
-        path,
-        opset_version=17,
-        input_names=['input'],
-        output_names=['logits'],
-        dynamic_axes={'input': {0: 'batch'}},
-    )
+    # nn.MultiheadAttention (the vision transformers) takes its inference fast path, which torch 1.13
+    # cannot export, when no weight requires grad: the weights require it while the export traces.
+    frozen = [t for t in model.parameters() if not t.requires_grad]
+    for t in frozen:
+        t.requires_grad_(True)
+    try:
+        torch.onnx.export(
+            model,
+            x[:1],
+            path,
+            opset_version=17,
+            input_names=['input'],
+            output_names=['logits'],
+            dynamic_axes={'input': {0: 'batch'}},
+        )
+    finally:
+        for t in frozen:
+            t.requires_grad_(False)
 
 
 def main():
