@@ -13,11 +13,11 @@ rounds between the import and PyTorch. Needs Debian's python3-torch (and python3
 and, with --export, writes DIR/model.onnx as that script does. --torchscript loads a model saved with
 torch.jit.save (any PyTorch model; the ONNX file is then the user's export of it). DIR gets input.npy
 (NCHW float32 in [0, 1]), labels.npy (int32), logits.npy and input_grad.npy (d sum_i CE(logits_i,
-label_i) / d input, float32 as timed), and logits_float64.npy and input_grad_float64.npy (the same in
-float64: how far float32 rounding moves PyTorch's own values). Then one JSON line {"ready": true, ...} on stdout, and for each
-line read from stdin, `forward` (logits without autograd) or `gradient` (the input gradient above),
-one line {"ms": milliseconds}; end of input ends it. Errors go to stderr, with exit status 2 (3 for
-a size torchvision refuses).
+label_i) / d input, float32 as timed), and logits_float64.npy and input_grad_float64.npy (the same
+in float64: how far float32 rounding moves PyTorch's own values). Then one JSON line
+{"ready": true, ...} on stdout, and for each line read from stdin, `forward` (logits without
+autograd) or `gradient` (the input gradient above), one line {"ms": milliseconds}; end of input
+ends it. Errors go to stderr, with exit status 2 (3 for a size torchvision refuses).
 """
 import argparse
 import copy
@@ -35,6 +35,8 @@ import torch.nn.functional as F
 def torchvision_onnx():
     """scripts/torchvision-onnx.py as a module (its file name is not an identifier)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'torchvision-onnx.py')
+    # No __pycache__ left in the working tree by a bench run.
+    sys.dont_write_bytecode = True
     spec = importlib.util.spec_from_file_location('torchvision_onnx', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
