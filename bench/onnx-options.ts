@@ -21,7 +21,8 @@ export interface TorchOptions {
   torchscript?: string;
   /** The ONNX file to import; absent: the torchvision model exported by the peer in this run. */
   model?: string;
-  size: number;
+  /** Image side; absent: the model file's, else 224. */
+  size?: number;
   batch: number;
   classes: number;
   seed: number;
@@ -40,7 +41,8 @@ function integer(raw: string, name: string, min: number): number {
 
 /**
  * `npm run bench:onnx -- [options]` into what to run. Without --torchvision, --torchscript or --model:
- * the smallCnn comparison (batch 64). With them: an ONNX model against PyTorch (batch 8, 224x224).
+ * the smallCnn comparison (batch 64). With them: an ONNX model against PyTorch (batch 8; the size of
+ * the model file, else 224x224).
  */
 export function parseOnnxBenchArgs(argv: readonly string[]): OnnxBenchOptions {
   let values: Record<string, string | undefined>;
@@ -101,7 +103,7 @@ export function parseOnnxBenchArgs(argv: readonly string[]): OnnxBenchOptions {
     ...(torchvision !== undefined && { torchvision }),
     ...(torchscript !== undefined && { torchscript }),
     ...(model !== undefined && { model }),
-    size: integer(values.size ?? '224', 'size', 1),
+    ...(values.size !== undefined && { size: integer(values.size, 'size', 1) }),
     batch: integer(values.batch ?? '8', 'batch', 1),
     classes: integer(values.classes ?? '1000', 'classes', 2),
     seed: integer(values.seed ?? '0', 'seed', 0),

@@ -141,46 +141,72 @@ function timed(run: () => void): number {
   return performance.now() - start;
 }
 
+/** The side of the square RGB images `classifier` takes; TorchPeerError when not that or not `size`. */
+function imageSize(modelPath: string, classifier: Classifier, size: number | undefined): number {
+  const [h, w, c] = classifier.card.inputShape;
+  if (h !== w || c !== 3) {
+    throw new TorchPeerError(
+      `${modelPath} takes ${c}x${h}x${w} images; the comparison makes batches of square RGB images`,
+    );
+  }
+  if (size !== undefined && size !== h) {
+    throw new TorchPeerError(
+      `${modelPath} takes 3x${h}x${w} images, not the 3x${size}x${size} of --size ${size}`,
+    );
+  }
+  return h;
+}
+
+async function load(modelPath: string): Promise<{ classifier: Classifier; seconds: number }> {
+  log(`importing ${modelPath}...`);
+  const start = performance.now();
+  const classifier = await loadModelDir(modelPath);
+  return { classifier, seconds: (performance.now() - start) / 1000 };
+}
+
 /** Runs the comparison and returns the bench's JSON; sets process.exitCode = 1 when the models differ. */
 export async function benchAgainstTorch(options: TorchOptions, backend: BackendInfo): Promise<object> {
   checkPython(options);
   const dir = mkdtempSync(path.join(tmpdir(), 'ratio-onnx-bench-'));
   const waitPolicy = process.env.OMP_WAIT_POLICY ?? 'PASSIVE';
-  const peerArgs = [
-    PEER_SCRIPT,
-    ...(options.torchvision !== undefined
-      ? ['--torchvision', options.torchvision, '--classes', String(options.classes)]
-      : ['--torchscript', options.torchscript ?? '']),
-    ...(options.model === undefined ? ['--export'] : []),
-    ...['--dir', dir, '--size', String(options.size), '--batch', String(options.batch)],
-    ...['--seed', String(options.seed), '--threads', String(backend.threads)],
-  ];
-  log(
-    `PyTorch peer: ${options.torchvision ?? options.torchscript}, ${options.size}x${options.size}, batch ${options.batch}, ${backend.threads} threads${options.model === undefined ? ', exporting to ONNX' : ''}...`,
-  );
-  // The wait policy ours runs with (onednn/addon.ts): spinning OpenMP threads would take the cores
-  // from the other side between its rounds.
-  const peer = new TorchPeer(
-    spawn(PYTHON, peerArgs, {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, OMP_WAIT_POLICY: waitPolicy },
-    }),
-  );
   const tensors: tf.Tensor[] = [];
-  let classifier: Classifier | undefined;
+  let loaded: { classifier: Classifier; seconds: number } | undefined;
+  let peer: TorchPeer | undefined;
   try {
+    // A file given: its input sets the size PyTorch runs at.
+    if (options.model !== undefined) loaded = await load(options.model);
+    const size =
+      loaded && options.model
+        ? imageSize(options.model, loaded.classifier, options.size)
+        : (options.size ?? 224);
+    const peerArgs = [
+      PEER_SCRIPT,
+      ...(options.torchvision !== undefined
+        ? ['--torchvision', options.torchvision, '--classes', String(options.classes)]
+        : ['--torchscript', options.torchscript ?? '']),
+      ...(options.model === undefined ? ['--export'] : []),
+      ...['--dir', dir, '--size', String(size), '--batch', String(options.batch)],
+      ...['--seed', String(options.seed), '--threads', String(backend.threads)],
+    ];
+    log(
+      `PyTorch peer: ${options.torchvision ?? options.torchscript}, ${size}x${size}, batch ${options.batch}, ${backend.threads} threads${options.model === undefined ? ', exporting to ONNX' : ''}...`,
+    );
+    // The wait policy ours runs with (onednn/addon.ts): spinning OpenMP threads would take the cores
+    // from the other side between its rounds.
+    peer = new TorchPeer(
+      spawn(PYTHON, peerArgs, {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, OMP_WAIT_POLICY: waitPolicy },
+      }),
+    );
     const ready = await peer.ready();
-    const modelPath = options.model ?? path.join(dir, 'model.onnx');
-    log(`importing ${modelPath}...`);
-    const loadStart = performance.now();
-    classifier = await loadModelDir(modelPath);
-    const loadSeconds = (performance.now() - loadStart) / 1000;
-    const [h, w, c] = classifier.card.inputShape;
-    if (h !== options.size || w !== options.size || c !== 3) {
-      throw new TorchPeerError(
-        `${modelPath} takes ${c}x${h}x${w} images; PyTorch gets 3x${options.size}x${options.size} ('--size ${h}' if it is square RGB)`,
-      );
+    if (!loaded) {
+      const exported = path.join(dir, 'model.onnx');
+      loaded = await load(exported);
+      imageSize(exported, loaded.classifier, size);
     }
+    const model = loaded.classifier;
+    const loadSeconds = loaded.seconds;
 
     const input = readNpy(dir, 'input.npy');
     const labels = readNpy(dir, 'labels.npy');
@@ -191,8 +217,6 @@ export async function benchAgainstTorch(options: TorchOptions, backend: BackendI
     ) as tf.Tensor4D;
     const y = tf.tensor1d(Int32Array.from(labels.data), 'int32');
     tensors.push(x, y);
-    const model = classifier;
-
     // Warm-up (kernels compiled, weights uploaded), and what both compute, compared.
     const logits = ourForward(model, x);
     const gradient = tf.tidy(
@@ -257,7 +281,7 @@ export async function benchAgainstTorch(options: TorchOptions, backend: BackendI
       bench: 'onnx-torch',
       model: options.model ?? `${options.torchvision} exported by scripts/torch-onnx-peer.py (opset 17)`,
       pytorch: options.torchvision ?? options.torchscript,
-      size: options.size,
+      size,
       batch: options.batch,
       classes: ready.classes,
       seed: options.seed,
@@ -299,9 +323,9 @@ export async function benchAgainstTorch(options: TorchOptions, backend: BackendI
       sameModel,
     };
   } finally {
-    await peer.close();
+    await peer?.close();
     tf.dispose(tensors);
-    classifier?.dispose();
+    loaded?.classifier.dispose();
     rmSync(dir, { recursive: true, force: true });
   }
 }

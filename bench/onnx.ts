@@ -8,7 +8,7 @@
  *
  *   npm run bench:onnx -- --torchvision resnet50 [--size 224] [--batch 8] [--repeats 7] [--seed 0]
  *   npm run bench:onnx -- --torchvision resnet50 --model FILE.onnx   (scripts/torchvision-onnx.py's export)
- *   npm run bench:onnx -- --model FILE.onnx --torchscript FILE.pt [--size 224]
+ *   npm run bench:onnx -- --model FILE.onnx --torchscript FILE.pt   (the file sets the size)
  *
  * Without those options: the PyTorch-exported twin of smallCnn (width 0.5, test/fixtures/onnx/
  * small-cnn, made by scripts/onnx-fixtures.py) imported from ONNX, against the native tf.layers

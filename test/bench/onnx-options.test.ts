@@ -18,11 +18,10 @@ describe('bench:onnx options', () => {
     });
   });
 
-  it('compares with PyTorch at 224x224, batch 8, for a torchvision name', () => {
+  it('compares with PyTorch at batch 8 for a torchvision name, the size left to the model', () => {
     expect(parseOnnxBenchArgs(['--torchvision', 'resnet50'])).toEqual({
       mode: 'torch',
       torchvision: 'resnet50',
-      size: 224,
       batch: 8,
       classes: 1000,
       seed: 0,
