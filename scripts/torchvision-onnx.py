@@ -142,6 +142,51 @@ def scale_logits(model, x, target_std=2.0):
                 last.bias.mul_(target_std / std)
 
 
+class RefusedByTorchvision(Exception):
+    """torchvision's own refusal of a configuration (a model that does not run at this size)."""
+
+
+def prepare(name, classes, size, batch, seed):
+    """The model (eval mode, weights frozen), a batch of images in [0, 1] and labels, all from `seed`:
+    the same call gives the same model and batch in any process (bench/onnx.ts's PyTorch peer rebuilds
+    what this script exported)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(batch, 3, size, size, generator=generator)
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    try:
+        model = build(name, classes, size)
+        calibrate_batchnorm(model, generator, size)
+        model.eval()
+        model.requires_grad_(False)
+        scale_logits(model, x)
+    except Exception as error:
+        raise RefusedByTorchvision(str(error).split('\n')[0]) from error
+    return model, x, labels
+
+
+def export(model, x, path):
+    """The export a user would write: opset 17, the batch dimension dynamic."""
+    # nn.MultiheadAttention (the vision transformers) takes its inference fast path, which torch 1.13
+    # cannot export, when no weight requires grad: the weights require it while the export traces.
+    frozen = [t for t in model.parameters() if not t.requires_grad]
+    for t in frozen:
+        t.requires_grad_(True)
+    try:
+        torch.onnx.export(
+            model,
+            x[:1],
+            path,
+            opset_version=17,
+            input_names=['input'],
+            output_names=['logits'],
+            dynamic_axes={'input': {0: 'batch'}},
+        )
+    finally:
+        for t in frozen:
+            t.requires_grad_(False)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument('--model')
@@ -168,31 +213,14 @@ def main():
         p.error(f"unknown model '{a.model}'")
     if a.threads > 0:
         torch.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
-    generator = torch.Generator().manual_seed(a.seed + 1)
     started = time.time()
-    x = torch.rand(a.batch, 3, a.size, a.size, generator=generator)
-    labels = torch.randint(0, a.classes, (a.batch,), generator=generator)
     try:
-        model = build(a.model, a.classes, a.size)
-        calibrate_batchnorm(model, generator, a.size)
-        model.eval()
-        model.requires_grad_(False)
-        scale_logits(model, x)
-    except Exception as error:  # torchvision's own refusal of this size
-        print(json.dumps({'model': a.model, 'size': a.size, 'refused_by_torchvision': str(error).split('\n')[0]}))
+        model, x, labels = prepare(a.model, a.classes, a.size, a.batch, a.seed)
+    except RefusedByTorchvision as error:
+        print(json.dumps({'model': a.model, 'size': a.size, 'refused_by_torchvision': str(error)}))
         sys.exit(3)
     os.makedirs(a.out, exist_ok=True)
-    path = os.path.join(a.out, 'model.onnx')
-    torch.onnx.export(
-        model,
-        x[:1],
-        path,
-        opset_version=17,
-        input_names=['input'],
-        output_names=['logits'],
-        dynamic_axes={'input': {0: 'batch'}},
-    )
+    export(model, x, os.path.join(a.out, 'model.onnx'))
     exported = time.time() - started
     info = {
         'model': a.model,
