@@ -20,6 +20,19 @@ export function expectSameOutputs(
   }
 }
 
+/** The same for two Layers models' predictions on `x`. */
+export function expectSamePredictions(
+  x: tf.Tensor,
+  reference: tf.LayersModel,
+  candidate: tf.LayersModel,
+): void {
+  expectSameOutputs(
+    x,
+    () => reference.predict(x) as tf.Tensor,
+    () => candidate.predict(x) as tf.Tensor,
+  );
+}
+
 /** The same for two classifiers' logits on the images `x`. */
 export function expectSameLogits(x: tf.Tensor4D, reference: Classifier, candidate: Classifier): void {
   expectSameOutputs(

@@ -8,7 +8,7 @@ import {
   trainableParameterCount,
   wideResNet,
 } from '../../src/training/architectures.js';
-import { expectSameOutputs } from '../helpers/outputs.js';
+import { expectSamePredictions } from '../helpers/outputs.js';
 
 const cifar = { numClasses: 10, inputShape: [32, 32, 3] as [number, number, number] };
 
@@ -128,11 +128,7 @@ describe('InputNormalization', () => {
     expect(layer).toBeInstanceOf(InputNormalization);
     expect(layer.mean).toEqual([0.1, 0.2, 0.3]);
     expect(layer.std).toEqual([0.5, 0.25, 2]);
-    expectSameOutputs(
-      tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 7),
-      (x) => model.predict(x) as tf.Tensor,
-      (x) => loaded.predict(x) as tf.Tensor,
-    );
+    expectSamePredictions(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 7), model, loaded);
     model.dispose();
     loaded.dispose();
   });
@@ -144,11 +140,7 @@ describe('InputNormalization', () => {
     const [gamma, beta, mean, variance] = bn.getWeights();
     bn.setWeights([gamma, beta, tf.fill(mean.shape, 0.3), tf.fill(variance.shape, 2)]);
     const loaded = await roundTrip(model);
-    expectSameOutputs(
-      tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 3),
-      (x) => model.predict(x) as tf.Tensor,
-      (x) => loaded.predict(x) as tf.Tensor,
-    );
+    expectSamePredictions(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 3), model, loaded);
     model.dispose();
     loaded.dispose();
   });
