@@ -1,15 +1,13 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/eval.js';
-import { writeModelDir } from '../../src/data/model-dir.js';
-import { saveModelToFiles } from '../../src/engine/model/files.js';
 import type { EvalReport } from '../../src/jobs/evaluation/report.js';
 import { ShardPool } from '../../src/jobs/sharding/pool.js';
-import { smallCnn } from '../../src/training/architectures.js';
-import { DATA_DIR } from '../helpers/data.js';
+import { quiet } from '../helpers/console.js';
+import { CIFAR_TEST_FILE } from '../helpers/data.js';
+import { tinyModelWorkDir } from '../helpers/model-dir.js';
 import { withoutWallClock } from '../helpers/reports.js';
 
 /**
@@ -17,47 +15,27 @@ import { withoutWallClock } from '../helpers/reports.js';
  * reports exactly the numbers of the single-process run (`--workers 1`), timings aside.
  */
 
-const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
-
-let workDir: string;
-let modelDir: string;
-
-beforeAll(async () => {
-  workDir = await mkdtemp(path.join(os.tmpdir(), 'ratio-eval-workers-'));
-  modelDir = path.join(workDir, 'model');
-  const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
-  const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
-  model.dispose();
-  await writeModelDir(modelDir, files);
-});
-
-afterAll(async () => {
-  await rm(workDir, { recursive: true, force: true });
-});
+const work = tinyModelWorkDir('ratio-eval-workers-');
 
 async function evaluate(workers: number): Promise<EvalReport> {
-  const out = path.join(workDir, `out-${workers}`);
-  const quiet = [
-    vi.spyOn(console, 'log').mockImplementation(() => {}),
-    vi.spyOn(console, 'error').mockImplementation(() => {}),
-    vi.spyOn(process.stderr, 'write').mockImplementation(() => true),
-  ];
+  const out = path.join(work.root, `out-${workers}`);
+  const output = quiet();
   try {
     const code = await run([
-      ...['--model', modelDir, '--data', cifarTest, '--ood', 'noise', '--ood', 'svhn'],
+      ...['--model', work.model, '--data', CIFAR_TEST_FILE, '--ood', 'noise', '--ood', 'svhn'],
       ...['--n', '64', '--calibration-n', '32', '--ood-n', '64', '--robust-n', '64'],
       ...['--eps', '0.1', '--eps-ood', '0.5', '--iterations', '3', '--cf-iterations', '2'],
       ...['--cf-rows', '1', '--curve-n', '4', '--seed', '3', '--workers', String(workers), '--out', out],
     ]);
     expect(code).toBe(0);
   } finally {
-    for (const spy of quiet) spy.mockRestore();
+    output.restore();
   }
   return JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as EvalReport;
 }
 
 describe('ratio eval --workers', () => {
-  it.skipIf(!existsSync(cifarTest))(
+  it.skipIf(!existsSync(CIFAR_TEST_FILE))(
     'gives exactly the single-process numbers with 2 workers',
     { timeout: 400_000 },
     async () => {
@@ -84,7 +62,7 @@ describe('ratio eval --workers', () => {
   it('refuses a bad worker count (exit 2)', async () => {
     const error = vi.spyOn(console, 'error').mockImplementation(() => {});
     try {
-      expect(await run(['--model', modelDir, '--data', cifarTest, '--workers', '0'])).toBe(2);
+      expect(await run(['--model', work.model, '--data', CIFAR_TEST_FILE, '--workers', '0'])).toBe(2);
       expect(String(error.mock.calls.at(-1)?.[0])).toContain('--workers (or RATIO_WORKERS)');
     } finally {
       error.mockRestore();

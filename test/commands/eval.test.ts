@@ -1,43 +1,25 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { run } from '../../src/commands/eval.js';
-import { writeModelDir } from '../../src/data/model-dir.js';
-import { saveModelToFiles } from '../../src/engine/model/files.js';
 import type { EvalReport } from '../../src/jobs/evaluation/report.js';
-import { smallCnn } from '../../src/training/architectures.js';
-import { DATA_DIR } from '../helpers/data.js';
+import { quiet } from '../helpers/console.js';
+import { CIFAR_TEST_FILE, DATA_DIR } from '../helpers/data.js';
+import { tinyModelWorkDir } from '../helpers/model-dir.js';
 
-const cifarTest = path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin');
-const hasData = existsSync(cifarTest);
+const hasData = existsSync(CIFAR_TEST_FILE);
 
-let workDir: string;
-let modelDir: string;
-
-beforeAll(async () => {
-  workDir = await mkdtemp(path.join(os.tmpdir(), 'ratio-eval-'));
-  modelDir = path.join(workDir, 'model');
-  // A tiny untrained CNN: the point is the plumbing end to end, not the numbers.
-  const model = smallCnn({ numClasses: 10, inputShape: [32, 32, 3], width: 0.125 });
-  const files = await saveModelToFiles(model, { name: 'tiny-untrained', temperature: 1 });
-  model.dispose();
-  await writeModelDir(modelDir, files);
-});
-
-afterAll(async () => {
-  await rm(workDir, { recursive: true, force: true });
-});
+const work = tinyModelWorkDir('ratio-eval-');
 
 describe('ratio eval', () => {
   it.skipIf(!hasData)(
     'writes report.json, report.md, counterfactuals.png and confidence-curves.svg on real data',
     async () => {
-      const out = path.join(workDir, 'out');
+      const out = path.join(work.root, 'out');
       // An unlabelled image folder of 40x40 PNGs: resized (shorter side, centre crop) to the model's 32x32.
-      const folder = path.join(workDir, 'pictures');
+      const folder = path.join(work.root, 'pictures');
       await mkdir(folder, { recursive: true });
       for (let i = 0; i < 5; i++) {
         const pixels = Buffer.alloc(40 * 40 * 3, 40 * i);
@@ -45,16 +27,14 @@ describe('ratio eval', () => {
           .png()
           .toFile(path.join(folder, `${i}.png`));
       }
-      const log = vi.spyOn(console, 'log').mockImplementation(() => {});
-      const error = vi.spyOn(console, 'error').mockImplementation(() => {});
-      const stderr = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+      const output = quiet();
       let code: number;
       try {
         code = await run([
           '--model',
-          modelDir,
+          work.model,
           '--data',
-          cifarTest,
+          CIFAR_TEST_FILE,
           '--ood',
           'svhn',
           '--ood',
@@ -83,9 +63,7 @@ describe('ratio eval', () => {
           out,
         ]);
       } finally {
-        log.mockRestore();
-        error.mockRestore();
-        stderr.mockRestore();
+        output.restore();
       }
       expect(code).toBe(0);
       const report = JSON.parse(await readFile(path.join(out, 'report.json'), 'utf8')) as EvalReport;
@@ -108,7 +86,7 @@ describe('ratio eval', () => {
       expect(png.height).toBe(22 + 2 * (96 + 30 + 6) + 6);
       const svg = await readFile(path.join(out, 'confidence-curves.svg'), 'utf8');
       expect(svg).toContain('<polyline');
-      const card = JSON.parse(await readFile(path.join(modelDir, 'card.json'), 'utf8')) as {
+      const card = JSON.parse(await readFile(path.join(work.model, 'card.json'), 'utf8')) as {
         temperature: number;
         oodThreshold: number;
         calibration: { source: string; n: number; oodThresholdTruePositiveRate: number };
@@ -127,20 +105,20 @@ describe('ratio eval', () => {
   it('exits 2 with a message on bad input, without crashing', async () => {
     const error = vi.spyOn(console, 'error').mockImplementation(() => {});
     try {
-      expect(await run(['--data', cifarTest])).toBe(2);
+      expect(await run(['--data', CIFAR_TEST_FILE])).toBe(2);
       expect(error.mock.calls[0][0]).toContain('--model is required');
-      expect(await run(['--model', modelDir, '--data', cifarTest, '--eps', '-1'])).toBe(2);
-      expect(await run(['--model', modelDir, '--data', cifarTest, '--ood', 'imagenet'])).toBe(2);
+      expect(await run(['--model', work.model, '--data', CIFAR_TEST_FILE, '--eps', '-1'])).toBe(2);
+      expect(await run(['--model', work.model, '--data', CIFAR_TEST_FILE, '--ood', 'imagenet'])).toBe(2);
       expect(String(error.mock.calls.at(-1)?.[0])).toContain("--ood 'imagenet' is not a built-in set");
-      expect(await run(['--model', path.join(workDir, 'missing'), '--data', cifarTest])).toBe(2);
-      const notCifar = path.join(workDir, 'odd.bin');
+      expect(await run(['--model', path.join(work.root, 'missing'), '--data', CIFAR_TEST_FILE])).toBe(2);
+      const notCifar = path.join(work.root, 'odd.bin');
       await writeFile(notCifar, new Uint8Array(100));
-      expect(await run(['--model', modelDir, '--data', notCifar])).toBe(2);
+      expect(await run(['--model', work.model, '--data', notCifar])).toBe(2);
       expect(String(error.mock.calls.at(-1)?.[0])).toContain('cannot tell the format');
       if (hasData) {
         // SVHN has no labels: accuracy cannot be measured on it.
         const svhn = path.join(DATA_DIR, 'svhn/train_first1000.bin');
-        expect(await run(['--model', modelDir, '--data', svhn, '--ood', 'noise', '--quick'])).toBe(2);
+        expect(await run(['--model', work.model, '--data', svhn, '--ood', 'noise', '--quick'])).toBe(2);
         expect(String(error.mock.calls.at(-1)?.[0])).toContain('has no labels');
       }
     } finally {

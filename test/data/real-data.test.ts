@@ -18,6 +18,20 @@ async function sha256(relative: string): Promise<string> {
     .digest('hex');
 }
 
+/** The SHA-256 of the files whose figures these tests check, as the data README gives them. */
+const README_SHA256: Record<string, string> = {
+  'cifar10/test_batch_first1000.bin': '8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5',
+  'cifar100/test_first900.bin': '261cd5f2ca3de2ee04b5431f2b3e38a7a6ebdc84b3a7d7a2b9b232d81e15b8fe',
+  'svhn/train_first1000.bin': '54629c2d7419fc6e0f6c95719db56a8d96b74371d7ca7995a647887f464aaba6',
+  'mnist/t10k-images-idx3-ubyte.gz': '8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6',
+};
+
+/** Loads a data file once its SHA-256 is checked to be the one of the data README. */
+async function loadChecked(relative: string): ReturnType<typeof loadDataset> {
+  expect(await sha256(relative)).toBe(README_SHA256[relative]);
+  return loadDataset(file(relative));
+}
+
 const CIFAR10_CLASSES = [
   'airplane',
   'automobile',
@@ -34,7 +48,7 @@ const CIFAR10_CLASSES = [
 describe('CIFAR-10 binary (test_batch_first1000.bin)', () => {
   it('has the checksum of the data README', async () => {
     expect(await sha256('cifar10/test_batch_first1000.bin')).toBe(
-      '8314c96d7cd65618193bab23acdd5d4c4af15bf6dd00a1781d55beedf3be1ef5',
+      README_SHA256['cifar10/test_batch_first1000.bin'],
     );
   });
 
@@ -67,10 +81,7 @@ describe('CIFAR-10 binary (test_batch_first1000.bin)', () => {
 
 describe('CIFAR-100 binary (test_first900.bin)', () => {
   it('gives 900 records with fine labels by default and coarse labels on request', async () => {
-    expect(await sha256('cifar100/test_first900.bin')).toBe(
-      '261cd5f2ca3de2ee04b5431f2b3e38a7a6ebdc84b3a7d7a2b9b232d81e15b8fe',
-    );
-    const fine = await loadDataset(file('cifar100/test_first900.bin'));
+    const fine = await loadChecked('cifar100/test_first900.bin');
     expect(fine.size).toBe(900);
     expect(fine.classNames).toHaveLength(100);
     expect(Array.from(fine.labels.subarray(0, 5))).toEqual([49, 33, 72, 51, 71]);
@@ -100,10 +111,7 @@ describe('CIFAR-100 binary (test_first900.bin)', () => {
 
 describe('unlabelled CIFAR-format sets', () => {
   it('reads SVHN (label byte 255) as unlabelled, with no class names', async () => {
-    expect(await sha256('svhn/train_first1000.bin')).toBe(
-      '54629c2d7419fc6e0f6c95719db56a8d96b74371d7ca7995a647887f464aaba6',
-    );
-    const set = await loadDataset(file('svhn/train_first1000.bin'));
+    const set = await loadChecked('svhn/train_first1000.bin');
     expect(set.size).toBe(1000);
     expect(set.unlabelled).toBe(true);
     expect(set.classNames).toEqual([]);
@@ -124,10 +132,7 @@ describe('unlabelled CIFAR-format sets', () => {
 
 describe('IDX files', () => {
   it('gives the 10,000 MNIST test digits with labels (gzip detected by magic bytes)', async () => {
-    expect(await sha256('mnist/t10k-images-idx3-ubyte.gz')).toBe(
-      '8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6',
-    );
-    const set = await loadDataset(file('mnist/t10k-images-idx3-ubyte.gz'));
+    const set = await loadChecked('mnist/t10k-images-idx3-ubyte.gz');
     expect(set.size).toBe(10_000);
     expect(set.shape).toEqual([28, 28, 1]);
     // The well-known first test labels: 7 2 1 0 4 1 4 9 5 9.

@@ -172,6 +172,10 @@ function parseDockerfile(file: string): ParsedDockerfile {
 const keywordOf = (stage: ParsedDockerfile['stages'][number], keyword: string) =>
   stage.instructions.filter((i) => i.getKeyword() === keyword);
 
+/** The shell commands of a stage's RUN instructions. */
+const runsOf = (stage: ParsedDockerfile['stages'][number]) =>
+  keywordOf(stage, 'RUN').map((i) => i.getArgumentsContent()!);
+
 function envOf(stage: ParsedDockerfile['stages'][number]): Map<string, string> {
   const env = new Map<string, string>();
   for (const instruction of keywordOf(stage, 'ENV')) {
@@ -228,7 +232,7 @@ function checkDockerfileCommon(file: string, parsed: ParsedDockerfile) {
 function checkCompiled(file: string, parsed: ParsedDockerfile) {
   const build = parsed.stages.find((stage) => stage.name === 'build');
   expect(build, `${file}: no 'build' stage`).toBeDefined();
-  expect(keywordOf(build!, 'RUN').map((i) => i.getArgumentsContent())).toContain('npm run build');
+  expect(runsOf(build!)).toContain('npm run build');
   // The whole line: the arguments alone leave out the flags (--from).
   const copies = keywordOf(parsed.stages.at(-1)!, 'COPY').map((i) =>
     i.getTextContent().replace(/^COPY\s+/, ''),
@@ -237,9 +241,7 @@ function checkCompiled(file: string, parsed: ParsedDockerfile) {
   const sources = copies.map((args) => args.split(/\s+/).at(-2) ?? '');
   expect(sources.filter((source) => /^(\.\/)?src(\/|$)/.test(source))).toEqual([]);
   // Every stage that runs npm ci (and with it `prepare`) has the build script it calls.
-  for (const stage of parsed.stages.filter((s) =>
-    keywordOf(s, 'RUN').some((i) => /npm ci/.test(i.getArgumentsContent()!)),
-  )) {
+  for (const stage of parsed.stages.filter((s) => runsOf(s).some((run) => /npm ci/.test(run)))) {
     expect(keywordOf(stage, 'COPY').map((i) => i.getArgumentsContent())).toContain(
       'scripts/build.mjs ./scripts/build.mjs',
     );
@@ -247,12 +249,14 @@ function checkCompiled(file: string, parsed: ParsedDockerfile) {
   expect(read('bin/ratio.js')).toContain("'../dist/cli.js'");
 }
 
+describe.each(['Dockerfile', 'Dockerfile.cpu'])('%s', (file) => {
+  it('lints clean, exposes PORT, probes a routed path, runs `ratio serve` as a non-root user', () => {
+    checkDockerfileCommon(file, parseDockerfile(file));
+  });
+});
+
 describe('Dockerfile (GPU)', () => {
   const parsed = parseDockerfile('Dockerfile');
-
-  it('lints clean, exposes PORT, probes a routed path, runs `ratio serve` as a non-root user', () => {
-    checkDockerfileCommon('Dockerfile', parsed);
-  });
 
   it('runs on the CUDA 11.2 / cuDNN 8 runtime that tfjs-node-gpu 4.x links against, with Node 20 checked', () => {
     const first = parsed.stages[0];
@@ -261,9 +265,7 @@ describe('Dockerfile (GPU)', () => {
     // Every later stage builds on that one (named `node`): the final image has CUDA and Node.
     expect(parsed.stages.slice(1).map((s) => s.image.split(':')[0])).toEqual(['node', 'node', 'node']);
     expect(first.name).toBe('node');
-    const install = keywordOf(first, 'RUN')
-      .map((i) => i.getArgumentsContent()!)
-      .find((text) => text.includes('nodejs.org/dist'))!;
+    const install = runsOf(first).find((text) => text.includes('nodejs.org/dist'))!;
     expect(install).toBeDefined();
     expect(parsed.args.get('NODE_VERSION')).toMatch(/^20\.\d+\.\d+$/);
     // The tarball's checksum comes from SHASUMS256.txt, whose signature gpg verifies.
@@ -273,9 +275,7 @@ describe('Dockerfile (GPU)', () => {
     // The GPU binding is the one package.json pins (an optional dependency), and its install is checked.
     expect(PACKAGE.optionalDependencies['@tensorflow/tfjs-node-gpu']).toMatch(/^\^4\./);
     const deps = parsed.stages.find((s) => s.name === 'deps')!;
-    const npm = keywordOf(deps, 'RUN')
-      .map((i) => i.getArgumentsContent()!)
-      .join('\n');
+    const npm = runsOf(deps).join('\n');
     expect(npm).toContain('npm ci --omit=dev --include=optional');
     expect(npm).toContain('@tensorflow/tfjs-node-gpu/deps/lib');
     const { env } = checkDockerfileCommon('Dockerfile', parsed);
@@ -287,17 +287,11 @@ describe('Dockerfile (GPU)', () => {
 describe('Dockerfile.cpu', () => {
   const parsed = parseDockerfile('Dockerfile.cpu');
 
-  it('lints clean, exposes PORT, probes a routed path, runs `ratio serve` as a non-root user', () => {
-    checkDockerfileCommon('Dockerfile.cpu', parsed);
-  });
-
   it('installs @tensorflow/tfjs-node at the tfjs version package.json pins, on Node 20', () => {
     for (const stage of parsed.stages) expect(stage.image).toMatch(/^node:20-/);
     const tfjs = PACKAGE.dependencies['@tensorflow/tfjs'].replace(/^\^/, '');
     const deps = parsed.stages.find((s) => s.name === 'deps')!;
-    const npm = keywordOf(deps, 'RUN')
-      .map((i) => i.getArgumentsContent()!)
-      .join('\n');
+    const npm = runsOf(deps).join('\n');
     expect(npm).toContain(`@tensorflow/tfjs-node@${tfjs}`);
     expect(npm).toContain('--omit=optional');
     expect(npm).toContain('@tensorflow/tfjs-node/deps/lib');

@@ -72,8 +72,16 @@ function workers(count: number, store: string, options?: { lockMs?: number; stal
   return started;
 }
 
-/** `ratio audit --queue` on the first N CIFAR-10 test points; resolves with its exit code. */
-function queueAudit(model: string, store: string, report: string, n = N): { done: Promise<number> } {
+/**
+ * `ratio audit --queue` on the first N CIFAR-10 test points: `done` resolves with its exit code,
+ * `report()` reads the engine's report from the file it wrote.
+ */
+function queueAudit(
+  model: string,
+  store: string,
+  report: string,
+  n = N,
+): { done: Promise<number>; report: () => Promise<AutoAttackReport> } {
   const child = spawn(
     process.execPath,
     [
@@ -107,12 +115,30 @@ function queueAudit(model: string, store: string, report: string, n = N): { done
   processes.push(child);
   return {
     done: new Promise((resolve) => child.once('exit', (code) => resolve(code ?? -1))),
+    report: async () => engineReport(JSON.parse(await readFile(report, 'utf8'))),
   };
 }
 
 const startedLine = (line: { msg?: string }) => line.msg === 'shard started';
 const finishedLines = (worker: LoggedProcess, job: string) =>
   worker.lines.filter((line) => line.msg === 'shard finished' && line.job === job);
+
+/**
+ * Redis, three workers on the store `store-<name>` (ready), and `ratio audit --queue` writing
+ * `<name>.json`; resolves 300 ms after the first worker started a shard, with that worker, the
+ * shard's job id and the other workers.
+ */
+async function auditUntilFirstShard(name: string, options?: { stalledMs?: number }) {
+  redis = await startRedis();
+  const store = path.join(workDir, `store-${name}`);
+  const pool = workers(3, store, options);
+  await Promise.all(pool.map((w) => w.line((line) => line.msg === 'worker ready')));
+  const audit = queueAudit(MODEL_DIR, store, path.join(workDir, `${name}.json`));
+  const worker = await Promise.race(pool.map((w) => w.line(startedLine).then(() => w)));
+  const shard = (await worker.line(startedLine)).job!;
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  return { audit, worker, shard, others: pool.filter((w) => w !== worker) };
+}
 
 async function shardCounts(): Promise<Record<string, number>> {
   const queue = new Queue(SHARD_QUEUE, {
@@ -128,46 +154,32 @@ async function shardCounts(): Promise<Record<string, number>> {
 
 describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_000 }, () => {
   it('a worker SIGKILLed mid-shard: the audit ends with the single-process report', async () => {
-    redis = await startRedis();
-    const store = path.join(workDir, 'store-kill');
-    const pool = workers(3, store);
-    await Promise.all(pool.map((w) => w.line((line) => line.msg === 'worker ready')));
-    const reportFile = path.join(workDir, 'kill.json');
-    const audit = queueAudit(MODEL_DIR, store, reportFile);
-    const victim = await Promise.race(pool.map((w) => w.line(startedLine).then(() => w)));
-    const killed = (await victim.line(startedLine)).job!;
+    const { audit, worker: victim, shard: killed, others: survivors } = await auditUntilFirstShard('kill');
     // The shard is active and locked (its model loads, then it computes): kill the worker now.
-    await new Promise((resolve) => setTimeout(resolve, 300));
     expect(finishedLines(victim, killed)).toHaveLength(0);
     await stopChild(victim.child, 'SIGKILL');
 
     expect(await audit.done).toBe(0);
-    const report = engineReport(JSON.parse(await readFile(reportFile, 'utf8')));
-    expect(withoutTimings(report)).toEqual(withoutTimings(reference));
+    expect(withoutTimings(await audit.report())).toEqual(withoutTimings(reference));
     // Another worker ran the killed shard again, to its end.
-    const survivors = pool.filter((w) => w !== victim);
     expect(survivors.flatMap((w) => finishedLines(w, killed))).toHaveLength(1);
   });
 
   it('a stalled shard that runs twice (worker paused past its lock) is counted once', async () => {
-    redis = await startRedis();
-    const store = path.join(workDir, 'store-stall');
-    const pool = workers(3, store, { stalledMs: 500 });
-    await Promise.all(pool.map((w) => w.line((line) => line.msg === 'worker ready')));
-    const reportFile = path.join(workDir, 'stall.json');
-    const audit = queueAudit(MODEL_DIR, store, reportFile);
-    const paused = await Promise.race(pool.map((w) => w.line(startedLine).then(() => w)));
-    const stalled = (await paused.line(startedLine)).job!;
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    const {
+      audit,
+      worker: paused,
+      shard: stalled,
+      others,
+    } = await auditUntilFirstShard('stall', { stalledMs: 500 });
     paused.child.kill('SIGSTOP');
     // Its lock expires; another worker takes the shard over. Then the paused one wakes up and
     // finishes the same shard too: two completions of one (audit, shard).
-    const others = pool.filter((w) => w !== paused);
     await Promise.race(others.map((w) => w.line((line) => startedLine(line) && line.job === stalled)));
     paused.child.kill('SIGCONT');
 
     expect(await audit.done).toBe(0);
-    const report = engineReport(JSON.parse(await readFile(reportFile, 'utf8')));
+    const report = await audit.report();
     expect(report.samples).toHaveLength(N);
     expect(withoutTimings(report)).toEqual(withoutTimings(reference));
     // The paused worker did finish the shard as well (its completion is refused: lock lost) ...
@@ -257,7 +269,8 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     workers(2, store);
     const onnx = path.resolve('test/fixtures/onnx/small-cnn/model.onnx');
     const reportFile = path.join(workDir, 'onnx.json');
-    expect(await queueAudit(onnx, store, reportFile, 64).done).toBe(0);
+    const audit = queueAudit(onnx, store, reportFile, 64);
+    expect(await audit.done).toBe(0);
     const document = JSON.parse(await readFile(reportFile, 'utf8')) as { workers: string };
     expect(document.workers).toBe('queue');
     const { loadModelDir } = await import('../../src/jobs/models/load.js');
@@ -267,9 +280,7 @@ describe.skipIf(!REDIS_SERVER)('audits on BullMQ/Redis workers', { timeout: 120_
     const single = await autoAttack(classifier, x, data.labels, SETTINGS);
     x.dispose();
     classifier.dispose();
-    expect(withoutTimings(engineReport(JSON.parse(await readFile(reportFile, 'utf8'))))).toEqual(
-      withoutTimings(single),
-    );
+    expect(withoutTimings(await audit.report())).toEqual(withoutTimings(single));
   });
 });
 

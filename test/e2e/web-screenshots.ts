@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import sharp from 'sharp';
+import { CIFAR_TEST_FILE } from '../helpers/data.js';
 import { startServiceProcess, stopServiceProcess } from '../helpers/service.js';
 import { launchChromium } from './chromium.js';
 
@@ -10,10 +11,6 @@ import { launchChromium } from './chromium.js';
  */
 
 const OUT = path.resolve('docs');
-const DATA_FILE = path.join(
-  process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
-  'cifar10/test_batch_first1000.bin',
-);
 
 /** Palette PNG: screenshots of flat UI compress to a fraction of the RGBA size. */
 async function save(bytes: Buffer, name: string): Promise<void> {
@@ -45,7 +42,7 @@ try {
   await page.goto(`${service.url}/#audit`);
   await page.waitForSelector('#audit-model option', { state: 'attached' });
   await page.selectOption('#audit-model', 'ratio-cifar10');
-  await page.setInputFiles('#audit-dataset', DATA_FILE);
+  await page.setInputFiles('#audit-dataset', CIFAR_TEST_FILE);
   await page.fill('#audit-n', '8');
   await page.fill('#audit-eps', '0.5');
   await page.click('form.audit details summary');

@@ -66,6 +66,25 @@ export function cnn(): { nodes: Node[]; weights: Weight[] } {
   };
 }
 
+/**
+ * Puts a resize (`op`) to `size` between the relu and the pool of a `cnn()` graph (relu -> resize ->
+ * pool), its size a constant the loader reads from the shards.
+ */
+export function insertResize(
+  graph: { nodes: Node[]; weights: Weight[] },
+  op: 'ResizeNearestNeighbor' | 'ResizeBilinear',
+  size: [number, number],
+): void {
+  graph.nodes.push(constNode('resize/size', 'DT_INT32', [2]), {
+    name: 'resize',
+    op,
+    input: ['relu', 'resize/size'],
+    attr: float,
+  });
+  graph.weights.push({ name: 'resize/size', shape: [2], dtype: 'int32', values: size });
+  graph.nodes[graph.nodes.findIndex((node) => node.name === 'pool')].input = ['resize'];
+}
+
 /** model.json + one shard per weight (so a constant may sit in any shard) + card.json. */
 export function graphFiles({ nodes, weights }: { nodes: Node[]; weights: Weight[] }): ModelFiles {
   const encode = (value: unknown) => new TextEncoder().encode(JSON.stringify(value));

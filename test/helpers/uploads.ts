@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import * as tf from '@tensorflow/tfjs';
 import type { TfjsClassifier } from '../../src/engine/model/classifier.js';
 import { saveModelToFiles } from '../../src/engine/model/files.js';
+import { base64, solidPng } from './colour-model.js';
 import { CIFAR_TEST_FILE } from './data.js';
 
 const RECORD = 3073;
@@ -47,6 +48,32 @@ export async function cifarFileLabelledBy(files: Map<string, Uint8Array>, n: num
     classifier.dispose();
   }
   return bytes;
+}
+
+/**
+ * Files of a flatten + dense model on 32x32x3 images (`classes` outputs) whose every weight is 1e38:
+ * its logits are finite on the loader's zero probe image (bias only), infinite on any real image.
+ */
+export async function overflowingModelFiles(classes: number): Promise<Map<string, Uint8Array>> {
+  const model = tf.sequential({
+    layers: [
+      tf.layers.flatten({ inputShape: [32, 32, 3] }),
+      tf.layers.dense({ units: classes, kernelInitializer: tf.initializers.constant({ value: 1e38 }) }),
+    ],
+  });
+  try {
+    return await saveModelToFiles(model);
+  } finally {
+    model.dispose();
+  }
+}
+
+/** What the route tests send: the tiny model's files, `n` CIFAR-10 images labelled by it, a red PNG (base64). */
+export async function routeUploads(
+  n: number,
+): Promise<{ files: Map<string, Uint8Array>; data: Uint8Array; png: string }> {
+  const files = await tinyCifarModelFiles();
+  return { files, data: await cifarFileLabelledBy(files, n), png: base64(await solidPng([255, 0, 0])) };
 }
 
 /** A multipart audit form: model files, data set and parameters. */

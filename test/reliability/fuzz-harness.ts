@@ -1,5 +1,4 @@
 import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import fc from 'fast-check';
 import { zipSync } from 'fflate';
@@ -11,6 +10,7 @@ import { backendInfo } from '../../src/engine/backend/backend.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import type { ServiceApp } from '../../src/routes/context.js';
+import { CIFAR_TEST_FILE } from '../helpers/data.js';
 
 /**
  * Property-based fuzzing of every route of the in-process app (fast-check): random and mutated
@@ -20,7 +20,6 @@ import type { ServiceApp } from '../../src/routes/context.js';
  * healthy, the tensor count back where it was and RSS bounded (checked by the callers).
  */
 
-const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const RECORD = 3073;
 const MODEL = 'ratio-cifar10';
 
@@ -42,7 +41,7 @@ export async function loadFuzzFixtures(): Promise<FuzzFixtures> {
   const modelFiles = new Map<string, Map<string, Uint8Array>>();
   for (const name of ['ratio-cifar10', 'plain-cifar10'])
     modelFiles.set(name, await readModelDir(`models/${name}`));
-  const cifarAll = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')));
+  const cifarAll = new Uint8Array(await readFile(CIFAR_TEST_FILE));
   const cifar = cifarAll.slice(0, 8 * RECORD);
   const pixels = Buffer.alloc(32 * 32 * 3);
   for (let p = 0; p < 1024; p++) for (let c = 0; c < 3; c++) pixels[p * 3 + c] = cifar[1 + c * 1024 + p];

@@ -354,6 +354,18 @@ async function untilFinal(ctx: Ctx, id: string, timeoutMs = 300_000, key = KEY_A
 }
 
 type Outcome = { answers: string; ok: boolean; fiveXX?: number; note?: string };
+
+/** Sends one request, drops its body, and is ok when it answered `expected`. */
+async function answersStatus(
+  ctx: Ctx,
+  expected: number,
+  pathname: string,
+  init?: Parameters<typeof send>[2],
+): Promise<Outcome> {
+  const res = await send(ctx, pathname, init);
+  await res.arrayBuffer();
+  return { answers: String(res.status), ok: res.status === expected };
+}
 /** A case's timed part; the heavy payload it sends was built before, outside the case's window. */
 type Act = () => Promise<Outcome>;
 
@@ -575,15 +587,17 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
     const form = dataForm(new Uint8Array(200 * MB).fill(7), 'data.bin');
     return () => refusedAs(422, 'invalid-dataset', 'dataset')(form);
   });
-  await run('multipart', 'urlencoded POST /v1/audits', '415', () => async () => {
-    const res = await send(ctx, '/v1/audits', {
-      method: 'POST',
-      key: KEY_A,
-      body: new URLSearchParams({ model: 'ratio-cifar10', norm: 'L2', eps: '0.5' }),
-    });
-    await res.arrayBuffer();
-    return { answers: String(res.status), ok: res.status === 415 };
-  });
+  await run(
+    'multipart',
+    'urlencoded POST /v1/audits',
+    '415',
+    () => () =>
+      answersStatus(ctx, 415, '/v1/audits', {
+        method: 'POST',
+        key: KEY_A,
+        body: new URLSearchParams({ model: 'ratio-cifar10', norm: 'L2', eps: '0.5' }),
+      }),
+  );
 
   // ---- models loaded and trial-run off the event loop
   await run(
@@ -738,11 +752,7 @@ export async function runHostileProbe(ctx: Ctx, stateDir: string): Promise<Hosti
       ok: a.status === 400 && b.status === 400 && b.text.includes('Infinity'),
     };
   });
-  await run('v2', '/metrics without a key', '401', () => async () => {
-    const res = await send(ctx, '/metrics');
-    await res.arrayBuffer();
-    return { answers: String(res.status), ok: res.status === 401 };
-  });
+  await run('v2', '/metrics without a key', '401', () => () => answersStatus(ctx, 401, '/metrics'));
 
   // ---- SSE: capped per key and in total
   await run(

@@ -10,6 +10,7 @@ import { readModelDir } from '../../src/data/model-dir.js';
 import { autoAttack } from '../../src/engine/attacks/autoattack.js';
 import { backendInfo } from '../../src/engine/backend/backend.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
+import { CIFAR_TEST_FILE } from '../helpers/data.js';
 import { withoutTimings } from '../helpers/reports.js';
 import {
   parseLogLine,
@@ -51,7 +52,6 @@ const FUZZ_SEED = Number(process.env.RATIO_FUZZ_SEED ?? 2026);
 const LOAD_SECONDS = Number(process.env.RATIO_LOAD_SECONDS ?? 60);
 const MODEL = 'ratio-cifar10';
 const MB = 1024 * 1024;
-const DATA_DIR = process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data');
 const CIFAR_RECORD = 3073;
 
 interface Report {
@@ -460,6 +460,14 @@ const CHAOS_AUDITS = [
 /** Quick attacks (1 APGD/FAB iteration, 60 Square queries) that still break points at eps 1. */
 const CHAOS_ATTACK = { eps: 1, iterations: 1, queries: 60 };
 
+/** A fresh folder: `state/` for the service's state, `models/` with a copy of the shipped model. */
+async function serviceFolder(prefix: string): Promise<{ root: string; stateDir: string; modelsDir: string }> {
+  const root = await mkdtemp(path.join(tmpdir(), prefix));
+  const modelsDir = path.join(root, 'models');
+  await cp(`models/${MODEL}`, path.join(modelsDir, MODEL), { recursive: true });
+  return { root, stateDir: path.join(root, 'state'), modelsDir };
+}
+
 describe('kill -9 of the API mid-audit', () => {
   let workDir = '';
   let service: ServiceProcess | undefined;
@@ -470,11 +478,9 @@ describe('kill -9 of the API mid-audit', () => {
   });
 
   it('two kills while two audits run or wait: both still listed, resumed from finished shards, equal to uninterrupted runs', async () => {
-    workDir = await mkdtemp(path.join(tmpdir(), 'ratio-chaos-'));
-    const stateDir = path.join(workDir, 'state');
-    const modelsDir = path.join(workDir, 'models');
-    await cp(`models/${MODEL}`, path.join(modelsDir, MODEL), { recursive: true });
-    const cifar = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')));
+    const { root, stateDir, modelsDir } = await serviceFolder('ratio-chaos-');
+    workDir = root;
+    const cifar = new Uint8Array(await readFile(CIFAR_TEST_FILE));
     const args = ['--models', modelsDir, '--workers', '1'];
     service = await startProbedService(stateDir, args);
 
@@ -581,10 +587,8 @@ describe('a hostile client against the real server', () => {
   });
 
   it('every hostile case answered as documented: no 5xx, no crash, no stall over 200 ms on uploads, no audit lost or run after cancel', async () => {
-    workDir = await mkdtemp(path.join(tmpdir(), 'ratio-hostile-'));
-    const stateDir = path.join(workDir, 'state');
-    const modelsDir = path.join(workDir, 'models');
-    await cp(`models/${MODEL}`, path.join(modelsDir, MODEL), { recursive: true });
+    const { root, stateDir, modelsDir } = await serviceFolder('ratio-hostile-');
+    workDir = root;
     const start = () =>
       startServiceProcess({
         nodeArgs: ['--expose-gc', '--require', GC_PROBE],
@@ -604,7 +608,7 @@ describe('a hostile client against the real server', () => {
       bodyTimeout: 600_000,
       headersTimeout: 600_000,
     });
-    const cifar = new Uint8Array(await readFile(path.join(DATA_DIR, 'cifar10/test_batch_first1000.bin')));
+    const cifar = new Uint8Array(await readFile(CIFAR_TEST_FILE));
     const hostile = await runHostileProbe(
       {
         service: () => service!,

@@ -16,8 +16,11 @@ beforeAll(async () => {
 
 const QUICK = { norm: 'L2', eps: '0.5', n: '6', iterations: '5', seed: '1' };
 
+/** The app with the colour model served, its queue, and a POST of an audit form to /v1/audits. */
 function setup(queue = new AuditQueue()) {
-  return { app: createApp({ models: new Map([['colour', colourModel()]]), audits: queue }), queue };
+  const app = createApp({ models: new Map([['colour', colourModel()]]), audits: queue });
+  const post = (form: FormData) => app.request('/v1/audits', { method: 'POST', body: form });
+  return { app, queue, post };
 }
 
 async function problemField(res: Response, status: number): Promise<string | undefined> {
@@ -41,9 +44,9 @@ async function readEvents(res: Response): Promise<Array<[string, AuditJob]>> {
 
 describe('audits', () => {
   it('runs an uploaded model from 202 + Location to a result on GET and over SSE', async () => {
-    const { app, queue } = setup();
+    const { app, queue, post } = setup();
     const before = tf.memory().numTensors;
-    const res = await app.request('/v1/audits', { method: 'POST', body: auditForm(files, data, QUICK) });
+    const res = await post(auditForm(files, data, QUICK));
     expect(res.status).toBe(202);
     const job = (await res.json()) as AuditJob;
     expect(res.headers.get('location')).toBe(`/v1/audits/${job.id}`);
@@ -80,11 +83,8 @@ describe('audits', () => {
   });
 
   it('cancels a running audit with DELETE', async () => {
-    const { app, queue } = setup();
-    const res = await app.request('/v1/audits', {
-      method: 'POST',
-      body: auditForm(files, data, { ...QUICK, n: '64', iterations: '5000' }),
-    });
+    const { app, queue, post } = setup();
+    const res = await post(auditForm(files, data, { ...QUICK, n: '64', iterations: '5000' }));
     const job = (await res.json()) as AuditJob;
     await new Promise<void>((resolve) => {
       const stop = queue.subscribe(job.id, (event) => {
@@ -102,32 +102,19 @@ describe('audits', () => {
   });
 
   it('audits a served model by name', async () => {
-    const { app, queue } = setup();
+    const { queue, post } = setup();
     // The colour model takes 8x8 images: a CIFAR data set does not fit it.
     expect(
-      await problemField(
-        await app.request('/v1/audits', {
-          method: 'POST',
-          body: auditForm(undefined, data, { ...QUICK, model: 'colour' }),
-        }),
-        422,
-      ),
+      await problemField(await post(auditForm(undefined, data, { ...QUICK, model: 'colour' })), 422),
     ).toBe('dataset');
-    expect(
-      await problemField(
-        await app.request('/v1/audits', {
-          method: 'POST',
-          body: auditForm(undefined, data, { ...QUICK, model: 'nope' }),
-        }),
-        404,
-      ),
-    ).toBe('model');
+    expect(await problemField(await post(auditForm(undefined, data, { ...QUICK, model: 'nope' })), 404)).toBe(
+      'model',
+    );
     expect(queue.depth).toEqual({ running: 0, queued: 0 });
   });
 
   it('refuses bad parameters and hostile uploads with 4xx naming the field, never crashing', async () => {
-    const { app } = setup();
-    const post = (form: FormData) => app.request('/v1/audits', { method: 'POST', body: form });
+    const { app, post } = setup();
     expect(await problemField(await post(auditForm(files, data, { ...QUICK, norm: 'L1' })), 422)).toBe(
       'norm',
     );
@@ -173,8 +160,7 @@ describe('audits', () => {
   });
 
   it('parses the multipart form with its schema: each refusal names its part, nothing is queued', async () => {
-    const { app, queue } = setup();
-    const post = (form: FormData) => app.request('/v1/audits', { method: 'POST', body: form });
+    const { queue, post } = setup();
     const fields = async (form: FormData) => {
       const res = await post(form);
       expect(res.status).toBe(422);
@@ -203,19 +189,16 @@ describe('audits', () => {
 
   it('answers 429 with Retry-After when the audit queue is full and 503 while draining', async () => {
     const queue = new AuditQueue({ maxRunning: 1, maxQueued: 0 });
-    const { app } = setup(queue);
-    const long = await app.request('/v1/audits', {
-      method: 'POST',
-      body: auditForm(files, data, { ...QUICK, n: '64', iterations: '5000' }),
-    });
+    const { post } = setup(queue);
+    const long = await post(auditForm(files, data, { ...QUICK, n: '64', iterations: '5000' }));
     expect(long.status).toBe(202);
     const { id } = (await long.json()) as AuditJob;
     await new Promise((resolve) => setTimeout(resolve, 20)); // let it start
-    const refused = await app.request('/v1/audits', { method: 'POST', body: auditForm(files, data, QUICK) });
+    const refused = await post(auditForm(files, data, QUICK));
     expect(refused.status).toBe(429);
     expect(Number(refused.headers.get('retry-after'))).toBeGreaterThan(0);
     const draining = queue.drain({ abortRunning: true, timeoutMs: 30_000 });
-    const late = await app.request('/v1/audits', { method: 'POST', body: auditForm(files, data, QUICK) });
+    const late = await post(auditForm(files, data, QUICK));
     expect(late.status).toBe(503);
     expect(late.headers.get('retry-after')).not.toBeNull();
     await draining;

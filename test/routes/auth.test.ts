@@ -8,8 +8,8 @@ import { createApp } from '../../src/app.js';
 import { type AuditJob, AuditQueue } from '../../src/jobs/audit/registry.js';
 import { ApiKeys, AuthConfigError, authConfigFromEnv, sha256Hex } from '../../src/routes/auth.js';
 import { startServer } from '../../src/server.js';
-import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
+import { colourModel } from '../helpers/colour-model.js';
+import { auditForm, routeUploads } from '../helpers/uploads.js';
 
 let files: Map<string, Uint8Array>;
 let data: Uint8Array;
@@ -17,9 +17,7 @@ let png: string;
 let dir: string;
 
 beforeAll(async () => {
-  files = await tinyCifarModelFiles();
-  data = await cifarFileLabelledBy(files, 8);
-  png = base64(await solidPng([255, 0, 0]));
+  ({ files, data, png } = await routeUploads(8));
   dir = await mkdtemp(path.join(tmpdir(), 'ratio-auth-'));
 });
 afterAll(async () => {

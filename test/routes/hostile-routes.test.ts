@@ -2,21 +2,22 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
-import * as tf from '@tensorflow/tfjs';
 import { zipSync } from 'fflate';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createApp } from '../../src/app.js';
 import { ArrayDataset } from '../../src/data/dataset.js';
 import { functionClassifier } from '../../src/engine/model/classifier.js';
-import { loadModelFromFiles, saveModelToFiles } from '../../src/engine/model/files.js';
+import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { InProcessIntake } from '../../src/jobs/audit/intake.js';
 import { WorkerIntake } from '../../src/jobs/audit/intake-host.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
 import { AuditStore } from '../../src/jobs/audit/store.js';
 import { sha256Hex } from '../../src/routes/auth.js';
 import { colourModel, SHAPE } from '../helpers/colour-model.js';
-import { auditForm, convModelFiles, tinyCifarModelFiles } from '../helpers/uploads.js';
+import { CIFAR_TEST_FILE } from '../helpers/data.js';
+import { emptyReport } from '../helpers/reports.js';
+import { auditForm, convModelFiles, overflowingModelFiles, tinyCifarModelFiles } from '../helpers/uploads.js';
 
 /**
  * Issue 26, what a hostile client still broke at the HTTP layer: /v2 without keys or rate limit,
@@ -189,10 +190,6 @@ describe('audit uploads: media type and multipart limits checked while reading',
 
 describe('upload refusals name the limit they met, in the intake thread as in process', () => {
   const MB = 1024 * 1024;
-  const cifarPath = path.join(
-    process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
-    'cifar10/test_batch_first1000.bin',
-  );
   const workerIntake = new WorkerIntake({ maxConcurrent: 1, heapMb: 512 });
   afterAll(() => workerIntake.close());
   type Problem = { type: string; status: number; errors: Array<{ field: string }> };
@@ -208,7 +205,7 @@ describe('upload refusals name the limit they met, in the intake thread as in pr
     ['intake thread', () => workerIntake],
   ] as const) {
     it(`a model over its activation budget is model-over-budget naming the layer (${where})`, async () => {
-      const cifar = new Uint8Array(await readFile(cifarPath)).slice(0, 2 * 3073);
+      const cifar = new Uint8Array(await readFile(CIFAR_TEST_FILE)).slice(0, 2 * 3073);
       // 20,000 filters on 32x32: 20.5M elements out of one layer, over the 2^24 limit.
       const wide = convModelFiles([32, 32, 3], [{ kernel: 1, filters: 20_000 }]);
       const over = await post(intake(), auditForm(wide, cifar, fields));
@@ -244,20 +241,8 @@ describe('upload refusals name the limit they met, in the intake thread as in pr
 
 describe('an audit whose model meets a non-finite logit', () => {
   it('fails with a clear error instead of a verdict', async () => {
-    // Finite on the load's zero image (bias only), infinite on any real image.
-    const model = tf.sequential({
-      layers: [
-        tf.layers.flatten({ inputShape: [32, 32, 3] }),
-        tf.layers.dense({ units: 10, kernelInitializer: tf.initializers.constant({ value: 1e38 }) }),
-      ],
-    });
-    const files = await saveModelToFiles(model);
-    model.dispose();
-    const data = path.join(
-      process.env.RATIO_DATA_DIR ?? path.resolve('../shared/data'),
-      'cifar10/test_batch_first1000.bin',
-    );
-    const cifar = new Uint8Array(await readFile(data)).slice(0, 4 * 3073);
+    const files = await overflowingModelFiles(10);
+    const cifar = new Uint8Array(await readFile(CIFAR_TEST_FILE)).slice(0, 4 * 3073);
     const audits = new AuditQueue();
     const app = createApp({ models: new Map(), audits });
     const res = await app.request('/v1/audits', {
@@ -290,20 +275,7 @@ describe('audit event streams are capped per key and in total', () => {
     const audits = new AuditQueue({
       run: async (_c, x) => {
         await gate;
-        return {
-          n: x.shape[0],
-          norm: 'L2',
-          eps: 1,
-          version: 'standard',
-          seed: 0,
-          backend: 'test',
-          seconds: 0,
-          clean_accuracy: 1,
-          robust_accuracy: 1,
-          per_attack: [],
-          samples: [],
-          warnings: [],
-        };
+        return emptyReport(x.shape[0]);
       },
     });
     const app = keyedApp({}, { audits, limits: { sseStreamsPerKey: 2, sseStreams: 3 } });
@@ -321,20 +293,16 @@ describe('audit event streams are capped per key and in total', () => {
       n: 1,
       seed: 0,
     };
-    const jobA = audits.submit({
-      parameters,
-      classifier: model,
-      ownsClassifier: false,
-      dataset,
-      owner: sha256Hex(KEY_A).slice(0, 16),
-    });
-    const jobB = audits.submit({
-      parameters,
-      classifier: model,
-      ownsClassifier: false,
-      dataset,
-      owner: sha256Hex(KEY_B).slice(0, 16),
-    });
+    const submitAs = (key: string) =>
+      audits.submit({
+        parameters,
+        classifier: model,
+        ownsClassifier: false,
+        dataset,
+        owner: sha256Hex(key).slice(0, 16),
+      });
+    const jobA = submitAs(KEY_A);
+    const jobB = submitAs(KEY_B);
     const open = (id: string, key: string) =>
       app.request(`/v1/audits/${id}/events`, { headers: bearer(key) });
     const first = await open(jobA.id, KEY_A);
@@ -361,20 +329,7 @@ describe('audit event streams are capped per key and in total', () => {
     const store = new AuditStore(dir);
     const audits = new AuditQueue({
       store,
-      run: async (_c, x) => ({
-        n: x.shape[0],
-        norm: 'L2',
-        eps: 1,
-        version: 'standard',
-        seed: 0,
-        backend: 'test',
-        seconds: 0,
-        clean_accuracy: 1,
-        robust_accuracy: 1,
-        per_attack: [],
-        samples: [],
-        warnings: [],
-      }),
+      run: async (_c, x) => emptyReport(x.shape[0]),
     });
     const files = await tinyCifarModelFiles();
     const job = audits.submit({

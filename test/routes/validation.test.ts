@@ -5,18 +5,16 @@ import { functionClassifier } from '../../src/engine/model/classifier.js';
 import { forwardFlops } from '../../src/engine/model/cost.js';
 import { loadModelFromFiles } from '../../src/engine/model/files.js';
 import { AuditQueue } from '../../src/jobs/audit/registry.js';
-import { base64, colourModel, solidPng } from '../helpers/colour-model.js';
-import { cnn, constNode, float, graphFiles } from '../helpers/graph-models.js';
-import { auditForm, cifarFileLabelledBy, tinyCifarModelFiles } from '../helpers/uploads.js';
+import { colourModel } from '../helpers/colour-model.js';
+import { cnn, graphFiles, insertResize } from '../helpers/graph-models.js';
+import { auditForm, routeUploads } from '../helpers/uploads.js';
 
 let files: Map<string, Uint8Array>;
 let data: Uint8Array;
 let png: string;
 
 beforeAll(async () => {
-  files = await tinyCifarModelFiles();
-  data = await cifarFileLabelledBy(files, 8);
-  png = base64(await solidPng([255, 0, 0]));
+  ({ files, data, png } = await routeUploads(8));
 });
 
 interface Problem {
@@ -158,14 +156,8 @@ describe('request cost estimates', () => {
 describe('graph model uploads sized before allocation', () => {
   it('an upsampling to 40000 x 40000 in an uploaded graph model is 422 naming the node, before tfjs', async () => {
     const graph = cnn();
-    graph.nodes.push(constNode('resize/size', 'DT_INT32', [2]), {
-      name: 'resize',
-      op: 'ResizeBilinear',
-      input: ['relu', 'resize/size'],
-      attr: float,
-    });
-    graph.weights.push({ name: 'resize/size', shape: [2], dtype: 'int32', values: [40_000, 40_000] });
-    graph.nodes[graph.nodes.findIndex((node) => node.name === 'pool')].input = ['resize'];
+    // relu -> ResizeBilinear to 40000 x 40000 (6.4e9 elements) -> pool.
+    insertResize(graph, 'ResizeBilinear', [40_000, 40_000]);
     const uploaded = graphFiles(graph);
     uploaded.set('card.json', new TextEncoder().encode(JSON.stringify({ classNames: ['a', 'b', 'c'] })));
     const service = app({ models: new Map() });

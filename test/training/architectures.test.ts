@@ -8,6 +8,7 @@ import {
   trainableParameterCount,
   wideResNet,
 } from '../../src/training/architectures.js';
+import { expectSamePredictions } from '../helpers/outputs.js';
 
 const cifar = { numClasses: 10, inputShape: [32, 32, 3] as [number, number, number] };
 
@@ -127,11 +128,7 @@ describe('InputNormalization', () => {
     expect(layer).toBeInstanceOf(InputNormalization);
     expect(layer.mean).toEqual([0.1, 0.2, 0.3]);
     expect(layer.std).toEqual([0.5, 0.25, 2]);
-    const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 7);
-    const a = model.predict(x) as tf.Tensor;
-    const b = loaded.predict(x) as tf.Tensor;
-    expect(Array.from(b.dataSync())).toEqual(Array.from(a.dataSync()));
-    tf.dispose([x, a, b]);
+    expectSamePredictions(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 7), model, loaded);
     model.dispose();
     loaded.dispose();
   });
@@ -143,11 +140,7 @@ describe('InputNormalization', () => {
     const [gamma, beta, mean, variance] = bn.getWeights();
     bn.setWeights([gamma, beta, tf.fill(mean.shape, 0.3), tf.fill(variance.shape, 2)]);
     const loaded = await roundTrip(model);
-    const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 3);
-    const a = model.predict(x) as tf.Tensor;
-    const b = loaded.predict(x) as tf.Tensor;
-    expect(Array.from(b.dataSync())).toEqual(Array.from(a.dataSync()));
-    tf.dispose([x, a, b]);
+    expectSamePredictions(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 3), model, loaded);
     model.dispose();
     loaded.dispose();
   });

@@ -19,41 +19,43 @@ import {
 import { Rng } from '../../../src/util/random.js';
 
 describe('projections', () => {
+  /** The projection of the rows of `u` around those of `x` within `eps`, as numbers; no tensor kept. */
+  const projected = (
+    projection: (x: tf.Tensor2D, u: tf.Tensor2D, eps: number) => tf.Tensor2D,
+    x: number[][],
+    u: number[][],
+    eps: number,
+  ) => tf.tidy(() => Array.from(projection(tf.tensor2d(x), tf.tensor2d(u), eps).dataSync()));
+
   it('projects radially onto the L2 ball, then clips to the box', () => {
     const before = tf.memory().numTensors;
-    const x = tf.tensor2d([
-      [0.5, 0.5],
-      [0.5, 0.5],
-    ]);
     // Row 0: d = (0.3, 0.4), ||d|| = 0.5 > eps = 0.25 -> d * 0.5. Row 1: inside, unchanged.
-    const u = tf.tensor2d([
-      [0.8, 0.9],
-      [0.6, 0.5],
-    ]);
-    const p = projectL2(x, u, 0.25);
-    const values = Array.from(p.dataSync());
+    const values = projected(
+      projectL2,
+      [
+        [0.5, 0.5],
+        [0.5, 0.5],
+      ],
+      [
+        [0.8, 0.9],
+        [0.6, 0.5],
+      ],
+      0.25,
+    );
     expect(values[0]).toBeCloseTo(0.65, 6);
     expect(values[1]).toBeCloseTo(0.7, 6);
     expect(values[2]).toBeCloseTo(0.6, 6);
     expect(values[3]).toBeCloseTo(0.5, 6);
     // The box is applied after the radial step.
-    const clipped = tf.tidy(() =>
-      Array.from(projectL2(tf.tensor2d([[0.9, 0.1]]), tf.tensor2d([[1.9, 0.1]]), 0.5).dataSync()),
-    );
-    expect(clipped).toEqual([1, Math.fround(0.1)]);
-    tf.dispose([x, u, p]);
+    expect(projected(projectL2, [[0.9, 0.1]], [[1.9, 0.1]], 0.5)).toEqual([1, Math.fround(0.1)]);
     expect(tf.memory().numTensors).toBe(before);
   });
 
   it('projects onto the Linf ball and the box coordinate-wise', () => {
-    const x = tf.tensor2d([[0.5, 0.05, 0.5]]);
-    const u = tf.tensor2d([[0.9, -0.3, 0.45]]);
-    const p = projectLinf(x, u, 0.1);
-    const values = Array.from(p.dataSync());
+    const values = projected(projectLinf, [[0.5, 0.05, 0.5]], [[0.9, -0.3, 0.45]], 0.1);
     expect(values[0]).toBeCloseTo(0.6, 6);
     expect(values[1]).toBeCloseTo(0, 6);
     expect(values[2]).toBeCloseTo(0.45, 6);
-    tf.dispose([x, u, p]);
   });
 
   it('gives unit steps: L2-normalised for L2, sign for Linf', () => {

@@ -8,16 +8,12 @@ import type { Norm } from '../../../src/engine/types.js';
 import { epsInGap, exactRobustAccuracy, linearProblem } from '../../helpers/linear-problems.js';
 import { withoutTimings } from '../../helpers/reports.js';
 
+/** The image shape of every test model here: 16 inputs keep the attacks fast. */
+const shape: [number, number, number] = [4, 4, 1];
+
 describe.each(['L2', 'Linf'] as Norm[])('autoAttack on a linear model (%s)', (norm) => {
   it('returns exactly the closed-form robust accuracy, with verified points and flat memory', async () => {
-    const problem = linearProblem({
-      n: 200,
-      shape: [4, 4, 1],
-      numClasses: 10,
-      norm,
-      seed: 11,
-      wrongShare: 0.1,
-    });
+    const problem = linearProblem({ n: 200, shape, numClasses: 10, norm, seed: 11, wrongShare: 0.1 });
     const eps = epsInGap(problem);
     expect(eps).toBeLessThan(0.3);
     const exact = exactRobustAccuracy(problem, eps);
@@ -78,7 +74,6 @@ function recordingAttack(name: string, claim: (x: tf.Tensor4D) => tf.Tensor4D, c
 }
 
 describe('autoAttack composition', () => {
-  const shape: [number, number, number] = [4, 4, 1];
   const x = () => tf.randomUniform([20, 4, 4, 1], 0.2, 0.8, 'float32', 1) as tf.Tensor4D;
 
   it('never breaks a constant model and warns about its zero gradients', async () => {

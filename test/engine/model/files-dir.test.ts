@@ -14,6 +14,7 @@ import {
 import { TfjsClassifier } from '../../../src/engine/model/classifier.js';
 import { loadModelFromFiles, ModelFileError, saveModelToFiles } from '../../../src/engine/model/files.js';
 import { smallCnn } from '../../../src/training/architectures.js';
+import { expectSameLogits } from '../../helpers/outputs.js';
 
 let root: string;
 
@@ -53,11 +54,7 @@ describe('writeModelDir / readModelDir', () => {
     const loaded = await loadModelFromFiles(await readModelDir(dir));
     expect(loaded.card).toMatchObject({ name: 'small', temperature: 1.25, inputShape: [32, 32, 3] });
     const original = new TfjsClassifier(model);
-    const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 5) as tf.Tensor4D;
-    const a = original.logits(x);
-    const b = loaded.logits(x);
-    expect(Array.from(b.dataSync())).toEqual(Array.from(a.dataSync()));
-    tf.dispose([x, a, b]);
+    expectSameLogits(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 5) as tf.Tensor4D, original, loaded);
     original.dispose();
     loaded.dispose();
     expect(tf.memory().numTensors).toBe(before);

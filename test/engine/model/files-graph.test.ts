@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import type { ModelFiles } from '../../../src/data/model-dir.js';
 import { loadModelFromFiles, ModelFileError, saveModelToFiles } from '../../../src/engine/model/files.js';
+import { expectSameLogits } from '../../helpers/outputs.js';
 
 /** logits = reshape(x, [-1, 4]) W + b: a converter-format graph model written by hand. */
 const W = [0.5, -1, 0.25, 1, 0, -0.5, -0.75, 2, 1, 0.1, 0.2, 0.3];
@@ -111,11 +112,7 @@ describe('graph models (tfjs converter format)', () => {
     const reloaded = await loadModelFromFiles(files);
     expect(reloaded.format).toBe('graph-model');
     expect(reloaded.card.classNames).toEqual(['a', 'b', 'c']);
-    const x = tf.tensor4d([1, 0, 0, 1], [1, 2, 2, 1]);
-    const a = classifier.logits(x);
-    const b = reloaded.logits(x);
-    expect(Array.from(b.dataSync())).toEqual(Array.from(a.dataSync()));
-    tf.dispose([x, a, b]);
+    expectSameLogits(tf.tensor4d([1, 0, 0, 1], [1, 2, 2, 1]), classifier, reloaded);
     classifier.dispose();
     reloaded.dispose();
   });

@@ -9,6 +9,7 @@ import {
   weightPathKey,
 } from '../../../src/engine/model/files.js';
 import { InputNormalization } from '../../../src/engine/model/normalization-layer.js';
+import { expectSameLogits } from '../../helpers/outputs.js';
 
 const SHAPE: [number, number, number] = [8, 8, 3];
 
@@ -80,12 +81,8 @@ describe('saveModelToFiles / loadModelFromFiles', () => {
     const loaded = await loadModelFromFiles(files);
     expect(loaded.card).toMatchObject({ ...CARD, inputShape: SHAPE });
     expect(loaded.numClasses).toBe(3);
-    const x = tf.randomUniform([4, ...SHAPE], 0, 1, 'float32', 11) as tf.Tensor4D;
     const original = new TfjsClassifier(model, CARD);
-    const a = original.logits(x);
-    const b = loaded.logits(x);
-    expect(Array.from(b.dataSync())).toEqual(Array.from(a.dataSync()));
-    tf.dispose([x, a, b]);
+    expectSameLogits(tf.randomUniform([4, ...SHAPE], 0, 1, 'float32', 11) as tf.Tensor4D, original, loaded);
     original.dispose();
     loaded.dispose();
     expect(tf.memory().numTensors).toBe(before);

@@ -8,7 +8,15 @@ import {
   loadModelFromFiles,
   ModelFileError,
 } from '../../../src/engine/model/files.js';
-import { cnn, constNode, float, graphFiles, ints, type Node, str } from '../../helpers/graph-models.js';
+import {
+  cnn,
+  constNode,
+  graphFiles,
+  insertResize,
+  ints,
+  type Node,
+  str,
+} from '../../helpers/graph-models.js';
 
 async function refusal(files: ModelFiles, options?: LoadModelOptions): Promise<ModelFileError> {
   const error = await loadModelFromFiles(files, options).catch((e: unknown) => e);
@@ -103,14 +111,7 @@ describe('graph model budgets before allocation', () => {
   it('refuses an upsampling whose size constant (read from the shards) would make a huge activation', async () => {
     const graph = cnn();
     // relu -> ResizeNearestNeighbor to 40000 x 40000 (6.4e9 elements) -> pool.
-    graph.nodes.push(constNode('resize/size', 'DT_INT32', [2]), {
-      name: 'resize',
-      op: 'ResizeNearestNeighbor',
-      input: ['relu', 'resize/size'],
-      attr: float,
-    });
-    graph.weights.push({ name: 'resize/size', shape: [2], dtype: 'int32', values: [40_000, 40_000] });
-    graph.nodes[index(graph.nodes, 'pool')].input = ['resize'];
+    insertResize(graph, 'ResizeNearestNeighbor', [40_000, 40_000]);
     const before = tf.memory().numTensors;
     const error = await refusal(graphFiles(graph));
     expect(error.field).toBe(`modelTopology.node[${index(graph.nodes, 'resize')}]`);

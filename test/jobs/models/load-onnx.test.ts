@@ -5,6 +5,7 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ModelFileError, saveModelToFiles } from '../../../src/engine/model/files.js';
 import { inspectModel, loadModelDir, loadModelsFolder } from '../../../src/jobs/models/load.js';
+import { expectSameLogits } from '../../helpers/outputs.js';
 
 /** ONNX models through the model use cases: a .onnx path, a model directory, a models folder. */
 const FIXTURE = path.resolve('test/fixtures/onnx/maxpool-view/model.onnx');
@@ -40,10 +41,7 @@ describe('ONNX models in the model use cases', () => {
     const fromDir = await loadModelDir(path.join(root, 'torchnet'));
     expect(fromDir.card).toMatchObject({ temperature: 2, inputLayout: 'NCHW' });
     expect(fromDir.card.classNames[9]).toBe('c9');
-    const x = tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 4) as tf.Tensor4D;
-    const [a, b] = [fromFile.logits(x), fromDir.logits(x)];
-    expect(Array.from(a.dataSync())).toEqual(Array.from(b.dataSync()));
-    tf.dispose([a, b, x]);
+    expectSameLogits(tf.randomUniform([2, 32, 32, 3], 0, 1, 'float32', 4) as tf.Tensor4D, fromFile, fromDir);
     fromFile.dispose();
     fromDir.dispose();
     expect(tf.memory().numTensors).toBe(before);

@@ -59,6 +59,30 @@ function gatedForward(numClasses = 2) {
   return { calls, forward };
 }
 
+/** Images of one value and two classes: with gatedForward, each answer row traces its request. */
+const ONE_VALUE = { imageValues: 1, numClasses: 2 };
+
+/** Submits one image of the single value `v` at temperature 1. */
+const submitValue = (batcher: DynamicBatcher, v: number) =>
+  batcher.submit(Float32Array.of(v), 1, { temperature: 1 });
+
+/**
+ * Submits a lone request of value `v` to a batcher whose maxWaitMs is 5, after `passes` passes: it is
+ * not dispatched at once, but on its own once the wait runs out (queueMs >= 4).
+ */
+async function expectHeldForMaxWait(
+  batcher: DynamicBatcher,
+  calls: ReturnType<typeof gatedForward>['calls'],
+  passes: number,
+  v: number,
+): Promise<void> {
+  const lone = submitValue(batcher, v);
+  expect(calls.length).toBe(passes);
+  while (calls.length === passes) await new Promise((resolve) => setTimeout(resolve, 1));
+  calls[passes].release();
+  expect((await lone).queueMs).toBeGreaterThanOrEqual(4);
+}
+
 const tick = () => new Promise((resolve) => setTimeout(resolve, 0));
 
 describe('DynamicBatcher', () => {
@@ -116,7 +140,7 @@ describe('DynamicBatcher', () => {
 
   it('gathers requests while a pass runs, never splits a request, and hands each its own rows', async () => {
     const { calls, forward } = gatedForward();
-    const batcher = new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { maxBatchImages: 4 });
+    const batcher = new DynamicBatcher(forward, ONE_VALUE, { maxBatchImages: 4 });
     const submit = (first: number, count: number, temperature: number) =>
       batcher.submit(
         Float32Array.from({ length: count }, (_, i) => first + i),
@@ -150,36 +174,28 @@ describe('DynamicBatcher', () => {
 
   it("waitFor 'full': waits up to maxWaitMs for company when idle, and leaves at once when a pass is full", async () => {
     const { calls, forward } = gatedForward();
-    const batcher = new DynamicBatcher(
-      forward,
-      { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 3, maxWaitMs: 60_000, waitFor: 'full' },
-    );
-    const answers = [1, 2, 3].map((v) => batcher.submit(Float32Array.of(v), 1, { temperature: 1 }));
+    const batcher = new DynamicBatcher(forward, ONE_VALUE, {
+      maxBatchImages: 3,
+      maxWaitMs: 60_000,
+      waitFor: 'full',
+    });
+    const answers = [1, 2, 3].map((v) => submitValue(batcher, v));
     expect(calls.map((call) => call.count)).toEqual([3]);
     calls[0].release();
     await Promise.all(answers);
-    const quick = new DynamicBatcher(
-      forward,
-      { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 3, maxWaitMs: 5, waitFor: 'full' },
-    );
-    const lone = quick.submit(Float32Array.of(7), 1, { temperature: 1 });
-    expect(calls.length).toBe(1);
-    while (calls.length === 1) await new Promise((resolve) => setTimeout(resolve, 2));
-    calls[1].release();
-    expect((await lone).queueMs).toBeGreaterThanOrEqual(4);
+    const quick = new DynamicBatcher(forward, ONE_VALUE, {
+      maxBatchImages: 3,
+      maxWaitMs: 5,
+      waitFor: 'full',
+    });
+    await expectHeldForMaxWait(quick, calls, 1, 7);
   });
 
   it("waitFor 'last-pass' (default): a lone client leaves at once; after a pass of n requests the queue waits for n", async () => {
     const { calls, forward } = gatedForward();
-    const batcher = new DynamicBatcher(
-      forward,
-      { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 8, maxWaitMs: 60_000 },
-    );
+    const batcher = new DynamicBatcher(forward, ONE_VALUE, { maxBatchImages: 8, maxWaitMs: 60_000 });
     expect(batcher.settings.waitFor).toBe('last-pass');
-    const submit = (v: number) => batcher.submit(Float32Array.of(v), 1, { temperature: 1 });
+    const submit = (v: number) => submitValue(batcher, v);
     // Nothing before it: no company to expect, dispatched without waiting.
     const first = submit(1);
     expect(calls.map((call) => call.count)).toEqual([1]);
@@ -198,12 +214,8 @@ describe('DynamicBatcher', () => {
     calls[2].release();
     expect((await Promise.all(next)).map((answer) => answer.rows[0])).toEqual([5, 6, 7]);
     // Fewer come back than last time: the queue leaves after maxWaitMs, not never.
-    const hurried = new DynamicBatcher(
-      forward,
-      { imageValues: 1, numClasses: 2 },
-      { maxBatchImages: 8, maxWaitMs: 5 },
-    );
-    const hurry = (v: number) => hurried.submit(Float32Array.of(v), 1, { temperature: 1 });
+    const hurried = new DynamicBatcher(forward, ONE_VALUE, { maxBatchImages: 8, maxWaitMs: 5 });
+    const hurry = (v: number) => submitValue(hurried, v);
     const alone = hurry(1);
     const three = [hurry(2), hurry(3), hurry(4)];
     calls[3].release();
@@ -211,11 +223,7 @@ describe('DynamicBatcher', () => {
     calls[4].release();
     await Promise.all(three);
     expect([calls[3].count, calls[4].count]).toEqual([1, 3]);
-    const straggler = hurry(5);
-    expect(calls.length).toBe(5);
-    while (calls.length === 5) await new Promise((resolve) => setTimeout(resolve, 1));
-    calls[5].release();
-    expect((await straggler).queueMs).toBeGreaterThanOrEqual(4);
+    await expectHeldForMaxWait(hurried, calls, 5, 5);
   });
 
   it('refuses by images, not requests, when the queue is full, and counts the refusals', async () => {
@@ -223,11 +231,11 @@ describe('DynamicBatcher', () => {
     const rejected: number[] = [];
     const batcher = new DynamicBatcher(
       forward,
-      { imageValues: 1, numClasses: 2 },
+      ONE_VALUE,
       { maxBatchImages: 8, maxQueuedImages: 4, retryAfterSeconds: 3 },
       { rejected: (info) => rejected.push(info.images) },
     );
-    const running = batcher.submit(Float32Array.of(1), 1, { temperature: 1 });
+    const running = submitValue(batcher, 1);
     const queued = batcher.submit(new Float32Array(2), 2, { temperature: 1 });
     let refusal: unknown;
     try {
@@ -249,11 +257,11 @@ describe('DynamicBatcher', () => {
 
   it('drops a request whose signal aborts while queued, and fails only the requests of a failed pass', async () => {
     const { calls, forward } = gatedForward();
-    const batcher = new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 });
-    const first = batcher.submit(Float32Array.of(1), 1, { temperature: 1 });
+    const batcher = new DynamicBatcher(forward, ONE_VALUE);
+    const first = submitValue(batcher, 1);
     const controller = new AbortController();
     const cancelled = batcher.submit(Float32Array.of(2), 1, { temperature: 1, signal: controller.signal });
-    const kept = batcher.submit(Float32Array.of(3), 1, { temperature: 1 });
+    const kept = submitValue(batcher, 3);
     controller.abort(new DOMException('gone', 'TimeoutError'));
     await expect(cancelled).rejects.toThrow('gone');
     expect(batcher.depth.queuedImages).toBe(1);
@@ -267,15 +275,11 @@ describe('DynamicBatcher', () => {
 
   it('rejects bad arguments and options by name', () => {
     const { forward } = gatedForward();
-    expect(
-      () => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { maxBatchImages: 0 }),
-    ).toThrow(/'maxBatchImages' must be an integer >= 1/);
-    expect(
-      () => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { waitFor: 'never' as 'full' }),
-    ).toThrow(/'waitFor'/);
-    expect(() => new DynamicBatcher(forward, { imageValues: 1, numClasses: 2 }, { maxWaitMs: -1 })).toThrow(
-      /'maxWaitMs'/,
+    expect(() => new DynamicBatcher(forward, ONE_VALUE, { maxBatchImages: 0 })).toThrow(
+      /'maxBatchImages' must be an integer >= 1/,
     );
+    expect(() => new DynamicBatcher(forward, ONE_VALUE, { waitFor: 'never' as 'full' })).toThrow(/'waitFor'/);
+    expect(() => new DynamicBatcher(forward, ONE_VALUE, { maxWaitMs: -1 })).toThrow(/'maxWaitMs'/);
     const batcher = new DynamicBatcher(forward, { imageValues: 2, numClasses: 2 });
     expect(() => batcher.submit(new Float32Array(3), 1, { temperature: 1 })).toThrow(/expected 2 values/);
     expect(() => batcher.submit(new Float32Array(2), 1, { temperature: 0 })).toThrow(/'temperature'/);

@@ -6,9 +6,11 @@ import {
   RequestCostError,
 } from '../../../src/jobs/serving/request-cost.js';
 
+/** One CIFAR-10 image at AutoAttack's defaults: 100 iterations, the version's restarts, 5000 queries. */
+const defaults = { images: 1, numClasses: 10, iterations: 100, restarts: undefined, queries: 5000 };
+
 describe('audit cost', () => {
   it("counts each version's attacks as AutoAttack plans them, Square at one forward pass a query", () => {
-    const defaults = { images: 1, numClasses: 10, iterations: 100, restarts: undefined, queries: 5000 };
     // APGD-CE + 9 targets x (APGD-T + FAB-T), one gradient step (3 passes) per iteration each.
     expect(auditForwardPasses({ ...defaults, version: 'standard' })).toEqual({
       whiteBox: 100 * 19 * 3,

@@ -1,11 +1,12 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { functionClassifier } from '../../../src/engine/model/classifier.js';
-import { saveModelToFiles } from '../../../src/engine/model/files.js';
 import { NonFiniteLogitsError } from '../../../src/engine/model/logits.js';
 import { ShardPool } from '../../../src/jobs/sharding/pool.js';
 import { buildModel, withHead } from '../../engine/model/onnx/onnx-builder.js';
 import { QUICK } from '../../helpers/cifar-audit.js';
+import { rejectionOf } from '../../helpers/rejection.js';
+import { overflowingModelFiles } from '../../helpers/uploads.js';
 
 /**
  * Issue 26: a cancel reaches a pool worker between engine iterations; a worker stuck in a long
@@ -73,27 +74,14 @@ describe('ShardPool cancellation', { timeout: 180_000 }, () => {
   });
 
   it("a model whose logits overflow on the data fails the audit with the engine's error, not a shard failure", async () => {
-    // Finite on the load's zero image (bias only), infinite on any real image.
-    const model = tf.sequential({
-      layers: [
-        tf.layers.flatten({ inputShape: [32, 32, 3] }),
-        tf.layers.dense({ units: 2, kernelInitializer: tf.initializers.constant({ value: 1e38 }) }),
-      ],
-    });
-    const files = await saveModelToFiles(model);
-    model.dispose();
     const x = tf.fill([2, 32, 32, 3], 0.5) as tf.Tensor4D;
     const audit = pool.autoAttack(stub, x, Int32Array.from([0, 1]), {
       ...QUICK,
       shards: 1,
-      modelFiles: files,
+      modelFiles: await overflowingModelFiles(2),
     });
-    const error = await audit.then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const error = await rejectionOf(audit, NonFiniteLogitsError);
     x.dispose();
-    expect(error).toBeInstanceOf(NonFiniteLogitsError);
-    expect((error as Error).message).toContain('non-finite logit');
+    expect(error.message).toContain('non-finite logit');
   });
 });

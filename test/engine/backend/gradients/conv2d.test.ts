@@ -114,18 +114,24 @@ function grid(): Case[] {
 const name = (c: Case) =>
   `k${c.kernel} s${c.stride} ${c.pad} ${c.height}x${c.width} batch ${c.batch} (${c.inChannels}->${c.outChannels})`;
 
+/** Expects the fast dx and dW of `conv` on case `c` within 1e-4 relative error of the cpu reference. */
+async function expectReferenceGradients(
+  c: Case,
+  conv: (x: tf.Tensor4D, filter: tf.Tensor4D) => tf.Tensor4D,
+): Promise<void> {
+  const inputs = makeInputs(c);
+  const expected = await referenceGradients(c, inputs, conv);
+  const actual = gradients(c, inputs, conv);
+  expect(relativeError(actual.dx, expected.dx), `dx ${name(c)}`).toBeLessThanOrEqual(1e-4);
+  expect(relativeError(actual.dFilter, expected.dFilter), `dW ${name(c)}`).toBeLessThanOrEqual(1e-4);
+}
+
 describe('fast Conv2D gradients match tfjs cpu reference', () => {
   beforeAll(() => useFastConvGradients(testBackend()));
 
   it.each(grid())(
     'Conv2D gradient, $kernel x $kernel, stride $stride, $pad, $height x $width, batch $batch',
-    async (c) => {
-      const inputs = makeInputs(c);
-      const expected = await referenceGradients(c, inputs, plainConv(c));
-      const actual = gradients(c, inputs, plainConv(c));
-      expect(relativeError(actual.dx, expected.dx), `dx ${name(c)}`).toBeLessThanOrEqual(1e-4);
-      expect(relativeError(actual.dFilter, expected.dFilter), `dW ${name(c)}`).toBeLessThanOrEqual(1e-4);
-    },
+    (c) => expectReferenceGradients(c, plainConv(c)),
   );
 
   const extra: Case[] = [
@@ -141,25 +147,13 @@ describe('fast Conv2D gradients match tfjs cpu reference', () => {
 
   it.each(extra)(
     'Conv2D gradient, $kernel x $kernel, stride $stride, $pad, $height x $width, $inChannels->$outChannels',
-    async (c) => {
-      const inputs = makeInputs(c);
-      const expected = await referenceGradients(c, inputs, plainConv(c));
-      const actual = gradients(c, inputs, plainConv(c));
-      expect(relativeError(actual.dx, expected.dx), `dx ${name(c)}`).toBeLessThanOrEqual(1e-4);
-      expect(relativeError(actual.dFilter, expected.dFilter), `dW ${name(c)}`).toBeLessThanOrEqual(1e-4);
-    },
+    (c) => expectReferenceGradients(c, plainConv(c)),
   );
 
   const fusedCases = grid().filter((c) => c.batch === 3 && c.kernel !== 1);
   it.each(fusedCases)(
     'fused linear conv (backprop kernels), $kernel x $kernel, stride $stride, $pad, $height x $width',
-    async (c) => {
-      const inputs = makeInputs(c);
-      const expected = await referenceGradients(c, inputs, fusedLinearConv(c));
-      const actual = gradients(c, inputs, fusedLinearConv(c));
-      expect(relativeError(actual.dx, expected.dx), `dx ${name(c)}`).toBeLessThanOrEqual(1e-4);
-      expect(relativeError(actual.dFilter, expected.dFilter), `dW ${name(c)}`).toBeLessThanOrEqual(1e-4);
-    },
+    (c) => expectReferenceGradients(c, fusedLinearConv(c)),
   );
 
   it('conv2dTranspose (the Conv2DBackpropInput kernel forward) matches the cpu reference', async () => {

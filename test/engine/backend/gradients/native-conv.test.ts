@@ -226,54 +226,36 @@ interface CorrelationCase {
   pads: [[number, number], [number, number]];
 }
 
+/** A case whose pads are [top, bottom] rows and [left, right] columns. */
+const correlation = (
+  input: CorrelationCase['input'],
+  filter: CorrelationCase['filter'],
+  [top, bottom, left, right]: [number, number, number, number],
+): CorrelationCase => ({
+  input,
+  filter,
+  pads: [
+    [top, bottom],
+    [left, right],
+  ],
+});
+
 const correlationCases: CorrelationCase[] = [];
 // Output channels 1-13 (vector blocks of 8 and 4, partial stores of 1-3 lanes) against input
 // channels 1-9; widths 7 and 9 leave pixel tails after the tiles of 4.
 for (const inChannels of [1, 3, 4, 9]) {
   for (const outChannels of [1, 2, 3, 4, 5, 8, 13]) {
-    correlationCases.push({
-      input: [2, 6, inChannels % 2 === 0 ? 7 : 9, inChannels],
-      filter: [3, 3, inChannels, outChannels],
-      pads: [
-        [1, 1],
-        [1, 1],
-      ],
-    });
+    const width = inChannels % 2 === 0 ? 7 : 9;
+    correlationCases.push(
+      correlation([2, 6, width, inChannels], [3, 3, inChannels, outChannels], [1, 1, 1, 1]),
+    );
   }
 }
 correlationCases.push(
-  {
-    input: [1, 9, 9, 5],
-    filter: [5, 2, 5, 6],
-    pads: [
-      [2, 0],
-      [0, 3],
-    ],
-  },
-  {
-    input: [3, 4, 5, 8],
-    filter: [1, 1, 8, 16],
-    pads: [
-      [0, 0],
-      [0, 0],
-    ],
-  },
-  {
-    input: [2, 5, 5, 6],
-    filter: [5, 5, 6, 4],
-    pads: [
-      [0, 0],
-      [0, 0],
-    ],
-  },
-  {
-    input: [4, 16, 16, 64],
-    filter: [3, 3, 64, 32],
-    pads: [
-      [1, 1],
-      [1, 1],
-    ],
-  },
+  correlation([1, 9, 9, 5], [5, 2, 5, 6], [2, 0, 0, 3]),
+  correlation([3, 4, 5, 8], [1, 1, 8, 16], [0, 0, 0, 0]),
+  correlation([2, 5, 5, 6], [5, 5, 6, 4], [0, 0, 0, 0]),
+  correlation([4, 16, 16, 64], [3, 3, 64, 32], [1, 1, 1, 1]),
 );
 
 const correlationLabel = (c: CorrelationCase) =>
