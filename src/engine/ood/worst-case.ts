@@ -4,6 +4,7 @@ import { type ApgdOptions, apgd } from '../attacks/apgd.js';
 import { DEFAULT_ITERATIONS } from '../attacks/defaults.js';
 import { enforceBudget } from '../counterfactuals.js';
 import { type Classifier, probabilities } from '../model/classifier.js';
+import { argmaxOfRow } from '../model/logits.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 
 /**
@@ -54,8 +55,7 @@ function maxConfidence(classifier: Classifier, x: tf.Tensor4D, temperature: numb
   const confidence = new Float32Array(n);
   const predicted = new Int32Array(n);
   for (let i = 0; i < n; i++) {
-    let best = 0;
-    for (let c = 1; c < k; c++) if (values[i * k + c] > values[i * k + best]) best = c;
+    const best = argmaxOfRow(values, k, i);
     confidence[i] = values[i * k + best];
     predicted[i] = best;
   }
