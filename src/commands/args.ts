@@ -25,6 +25,29 @@ export interface OptionReader {
   choice<T extends string>(name: string, choices: readonly T[], fallback: T): T;
 }
 
+interface StringFlag {
+  type: 'string';
+}
+
+interface Switch {
+  type: 'boolean';
+}
+
+/**
+ * A command's parseArgs options: a flag taking a value for each of `strings`, a switch for each of
+ * `switches`, and --help (-h). The literal names keep parseArgs' values typed.
+ */
+export function commandOptions<S extends string, B extends string = never>(
+  strings: readonly S[],
+  switches: readonly B[] = [],
+): Record<S, StringFlag> & Record<B, Switch> & { help: { type: 'boolean'; short: 'h' } } {
+  return {
+    ...(Object.fromEntries(strings.map((name) => [name, { type: 'string' }])) as Record<S, StringFlag>),
+    ...(Object.fromEntries(switches.map((name) => [name, { type: 'boolean' }])) as Record<B, Switch>),
+    help: { type: 'boolean', short: 'h' } as const,
+  };
+}
+
 /** Parses `argv` against `options` (strict: unknown flags are usage errors). */
 export function readOptions(argv: string[], options: NonNullable<ParseArgsConfig['options']>): OptionReader {
   let values: OptionValues;

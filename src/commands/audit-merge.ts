@@ -1,6 +1,6 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
-import { UsageError } from './args.js';
+import { commandOptions, UsageError } from './args.js';
 
 /**
  * `ratio audit merge <shard.json>...`: the report of an audit from the shard files that
@@ -24,13 +24,7 @@ function parseMergeArguments(argv: string[]) {
     args: argv,
     strict: true,
     allowPositionals: true,
-    options: {
-      report: { type: 'string' },
-      'min-robust-accuracy': { type: 'string' },
-      junit: { type: 'string' },
-      markdown: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
+    options: commandOptions(['report', 'min-robust-accuracy', 'junit', 'markdown']),
   });
 }
 

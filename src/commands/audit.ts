@@ -13,7 +13,7 @@ import {
   NORMS,
 } from '../jobs/audit/parameters.js';
 import type { ModelLimits } from '../jobs/models/index.js';
-import { localLimitsOption, readOptions, UsageError } from './args.js';
+import { commandOptions, localLimitsOption, readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -105,32 +105,34 @@ async function shardOption(shard: string | undefined, shards: string | undefined
 }
 
 async function parseAuditArguments(argv: string[]): Promise<AuditArguments | 'help'> {
-  const options = readOptions(argv, {
-    model: { type: 'string' },
-    data: { type: 'string' },
-    norm: { type: 'string' },
-    eps: { type: 'string' },
-    n: { type: 'string' },
-    version: { type: 'string' },
-    seed: { type: 'string' },
-    'batch-size': { type: 'string' },
-    restarts: { type: 'string' },
-    report: { type: 'string' },
-    'min-robust-accuracy': { type: 'string' },
-    workers: { type: 'string' },
-    junit: { type: 'string' },
-    markdown: { type: 'string' },
-    shard: { type: 'string' },
-    shards: { type: 'string' },
-    iterations: { type: 'string' },
-    queries: { type: 'string' },
-    server: { type: 'string' },
-    'api-key': { type: 'string' },
-    queue: { type: 'string' },
-    store: { type: 'string' },
-    'max-model-bytes': { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  });
+  const options = readOptions(
+    argv,
+    commandOptions([
+      'model',
+      'data',
+      'norm',
+      'eps',
+      'n',
+      'version',
+      'seed',
+      'batch-size',
+      'restarts',
+      'report',
+      'min-robust-accuracy',
+      'workers',
+      'junit',
+      'markdown',
+      'shard',
+      'shards',
+      'iterations',
+      'queries',
+      'server',
+      'api-key',
+      'queue',
+      'store',
+      'max-model-bytes',
+    ]),
+  );
   if (options.values.help) return 'help';
   options.require('model', 'data', 'norm', 'eps');
   const shard = await shardOption(options.text('shard'), options.text('shards'));

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { ImageSet } from '../jobs/datasets/index.js';
 import type { EvalSettings } from '../jobs/evaluation/index.js';
 import type { ModelLimits } from '../jobs/models/index.js';
-import { localLimitsOption, readOptions, UsageError } from './args.js';
+import { commandOptions, localLimitsOption, readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -61,29 +61,31 @@ interface EvalArguments {
 
 async function parseEvalArguments(argv: string[], defaults: EvalSettings): Promise<EvalArguments | 'help'> {
   const options = readOptions(argv, {
-    model: { type: 'string' },
-    data: { type: 'string' },
+    ...commandOptions(
+      [
+        'model',
+        'data',
+        'n',
+        'calibration-data',
+        'calibration-n',
+        'ood-n',
+        'eps',
+        'eps-ood',
+        'robust-n',
+        'out',
+        'seed',
+        'batch-size',
+        'cf-rows',
+        'cf-target',
+        'curve-n',
+        'iterations',
+        'cf-iterations',
+        'workers',
+        'max-model-bytes',
+      ],
+      ['quick', 'write-calibration'],
+    ),
     ood: { type: 'string', multiple: true },
-    n: { type: 'string' },
-    'calibration-data': { type: 'string' },
-    'calibration-n': { type: 'string' },
-    'ood-n': { type: 'string' },
-    eps: { type: 'string' },
-    'eps-ood': { type: 'string' },
-    'robust-n': { type: 'string' },
-    out: { type: 'string' },
-    seed: { type: 'string' },
-    'batch-size': { type: 'string' },
-    'cf-rows': { type: 'string' },
-    'cf-target': { type: 'string' },
-    'curve-n': { type: 'string' },
-    iterations: { type: 'string' },
-    'cf-iterations': { type: 'string' },
-    quick: { type: 'boolean' },
-    'write-calibration': { type: 'boolean' },
-    workers: { type: 'string' },
-    'max-model-bytes': { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
   });
   const { values, text, integer } = options;
   if (values.help) return 'help';

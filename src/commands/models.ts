@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import type { ModelLimits } from '../jobs/models/index.js';
-import { localLimitsOption, UsageError } from './args.js';
+import { commandOptions, localLimitsOption, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /** `ratio models inspect <model>`: what an imported (ONNX) model is, without running it. */
@@ -28,11 +28,7 @@ async function parseInspect(argv: string[]): Promise<InspectArguments | 'help'> 
       args: argv,
       strict: true,
       allowPositionals: true,
-      options: {
-        json: { type: 'boolean' },
-        'max-model-bytes': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
+      options: commandOptions(['max-model-bytes'], ['json']),
     });
   } catch (error) {
     throw new UsageError((error as Error).message);

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import type { BlobStore } from '../jobs/sharding/index.js';
+import { commandOptions } from './args.js';
 
 /** `ratio serve`: the HTTP service on PORT (default 8080) with the models in RATIO_MODELS_DIR. */
 
@@ -27,34 +28,18 @@ SIGTERM / SIGINT: refuse new audits, let running ones finish for up to 25 s, the
 
 export const summary = 'serve the HTTP API (predict, counterfactuals, OOD, audits)';
 
+function parseServeArguments(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    strict: true,
+    options: commandOptions(['port', 'host', 'models', 'workers', 'state-dir', 'queue', 'store'], ['dev']),
+  });
+}
+
 export async function run(argv: string[]): Promise<number> {
-  let values: {
-    port?: string;
-    host?: string;
-    models?: string;
-    workers?: string;
-    'state-dir'?: string;
-    queue?: string;
-    store?: string;
-    dev?: boolean;
-    help?: boolean;
-  };
+  let values: ReturnType<typeof parseServeArguments>['values'];
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
-        port: { type: 'string' },
-        host: { type: 'string' },
-        models: { type: 'string' },
-        workers: { type: 'string' },
-        'state-dir': { type: 'string' },
-        queue: { type: 'string' },
-        store: { type: 'string' },
-        dev: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
+    ({ values } = parseServeArguments(argv));
   } catch (error) {
     console.error(`ratio serve: ${(error as Error).message}\n\n${HELP}`);
     return 2;

@@ -1,4 +1,4 @@
-import { readOptions, UsageError } from './args.js';
+import { commandOptions, readOptions, UsageError } from './args.js';
 import { type CommandModule, runCommand } from './command.js';
 
 /**
@@ -31,14 +31,10 @@ interface WorkerArguments {
 }
 
 async function parseWorkerArguments(argv: string[]): Promise<WorkerArguments | 'help'> {
-  const options = readOptions(argv, {
-    queue: { type: 'string' },
-    store: { type: 'string' },
-    'lock-duration': { type: 'string' },
-    'stalled-interval': { type: 'string' },
-    'max-stalled': { type: 'string' },
-    help: { type: 'boolean', short: 'h' },
-  });
+  const options = readOptions(
+    argv,
+    commandOptions(['queue', 'store', 'lock-duration', 'stalled-interval', 'max-stalled']),
+  );
   if (options.values.help) return 'help';
   const { parseLockDuration, parseQueueUrl, QueueUnavailableError } = await import(
     '../jobs/sharding/index.js'

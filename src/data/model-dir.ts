@@ -68,6 +68,32 @@ function manifestPaths(modelJson: Uint8Array): string[] {
   });
 }
 
+/** The real path of a model directory; `ModelDirError` when there is none. */
+async function modelRoot(dir: string): Promise<string> {
+  try {
+    return await realpath(dir);
+  } catch {
+    throw new ModelDirError(dir, 'model directory does not exist');
+  }
+}
+
+/**
+ * Reads the files of the model directory `dir` (each found at its resolved path), refusing any
+ * that is not a regular file and any that takes the total past `maxBytes`, counted from `held`.
+ */
+function budgetedReader(dir: string, maxBytes: number, held: number) {
+  let total = held;
+  return async (key: string, resolved: string): Promise<Uint8Array> => {
+    const stats = await lstat(resolved);
+    if (!stats.isFile()) throw new ModelDirError(path.join(dir, key), 'is not a regular file');
+    total += stats.size;
+    if (total > maxBytes) {
+      throw new ModelDirError(path.join(dir, key), `model files exceed the limit of ${maxBytes} bytes`);
+    }
+    return new Uint8Array(await readFile(resolved));
+  };
+}
+
 /**
  * Reads `model.json`, `card.json` (when present) and every weight shard its manifest names from
  * `dir`; a directory with `model.onnx` and no `model.json` gives `model.onnx` and `card.json`. Shard paths that would leave the directory, or resolve (through symlinks) outside it, are
@@ -76,14 +102,9 @@ function manifestPaths(modelJson: Uint8Array): string[] {
  */
 export async function readModelDir(dir: string, options: ReadModelDirOptions = {}): Promise<ModelFiles> {
   const maxBytes = options.maxBytes ?? DEFAULT_MAX_BYTES;
-  let root: string;
-  try {
-    root = await realpath(dir);
-  } catch {
-    throw new ModelDirError(dir, 'model directory does not exist');
-  }
+  const root = await modelRoot(dir);
   const files: ModelFiles = new Map();
-  let total = 0;
+  const readBudgeted = budgetedReader(dir, maxBytes, 0);
   const read = async (key: string, required: boolean): Promise<void> => {
     if (files.has(key)) return;
     const full = path.join(root, key);
@@ -95,13 +116,7 @@ export async function readModelDir(dir: string, options: ReadModelDirOptions = {
       return;
     }
     if (resolved !== root && !resolved.startsWith(`${root}${path.sep}`)) return;
-    const stats = await lstat(resolved);
-    if (!stats.isFile()) throw new ModelDirError(path.join(dir, key), 'is not a regular file');
-    total += stats.size;
-    if (total > maxBytes) {
-      throw new ModelDirError(path.join(dir, key), `model files exceed the limit of ${maxBytes} bytes`);
-    }
-    files.set(key, new Uint8Array(await readFile(resolved)));
+    files.set(key, await readBudgeted(key, resolved));
   };
   // An ONNX model (PyTorch's export) is one file: model.onnx, beside its card.
   if (!(await exists(path.join(root, 'model.json'))) && (await exists(path.join(root, ONNX_FILE)))) {
@@ -165,13 +180,9 @@ export async function readModelSideFiles(
   maxBytes: number,
 ): Promise<ModelFiles> {
   const dir = modelPath.toLowerCase().endsWith('.onnx') ? path.dirname(modelPath) : modelPath;
-  let root: string;
-  try {
-    root = await realpath(dir);
-  } catch {
-    throw new ModelDirError(dir, 'model directory does not exist');
-  }
-  let total = [...files.values()].reduce((sum, bytes) => sum + bytes.byteLength, 0);
+  const root = await modelRoot(dir);
+  const held = [...files.values()].reduce((sum, bytes) => sum + bytes.byteLength, 0);
+  const readBudgeted = budgetedReader(dir, maxBytes, held);
   const out: ModelFiles = new Map(files);
   for (const raw of keys) {
     const key = safeRelativePath(raw);
@@ -188,13 +199,7 @@ export async function readModelSideFiles(
     if (!resolved.startsWith(`${root}${path.sep}`)) {
       throw new ModelDirError(path.join(dir, key), 'leaves the model directory');
     }
-    const stats = await lstat(resolved);
-    if (!stats.isFile()) throw new ModelDirError(path.join(dir, key), 'is not a regular file');
-    total += stats.size;
-    if (total > maxBytes) {
-      throw new ModelDirError(path.join(dir, key), `model files exceed the limit of ${maxBytes} bytes`);
-    }
-    out.set(key, new Uint8Array(await readFile(resolved)));
+    out.set(key, await readBudgeted(key, resolved));
   }
   return out;
 }

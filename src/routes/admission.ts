@@ -2,7 +2,7 @@ import type { MiddlewareHandler } from 'hono';
 import type { AuditQuota } from './auth.js';
 import type { ServiceContext, ServiceEnv } from './context.js';
 import { requestOrigin } from './origin.js';
-import { ProblemError, problemResponse } from './problem.js';
+import { ProblemError, problemResponse, queueFull, refusal, shuttingDown } from './problem.js';
 
 /**
  * Admission before parsing: a request that will be refused for capacity is refused before its body
@@ -15,35 +15,24 @@ export function auditAdmission(context: ServiceContext, quota: AuditQuota): Midd
   return async (c, next) => {
     if (c.req.method !== 'POST') return next();
     if (context.audits.isDraining) {
-      return problemResponse(
-        c,
-        new ProblemError(503, 'shutting-down', 'Shutting down', 'the service accepts no new audits', [], 30),
-      );
+      return problemResponse(c, shuttingDown());
     }
     if (context.audits.isFull) {
       const { running, queued } = context.audits.depth;
       return problemResponse(
         c,
-        new ProblemError(
-          429,
-          'queue-full',
-          'Audit queue full',
-          `the audit queue is full (${running} running, ${queued} queued)`,
-          [],
-          30,
-        ),
+        queueFull('audit', `the audit queue is full (${running} running, ${queued} queued)`, 30),
       );
     }
     const principal = c.get('principal');
     if (!(await quota.take(principal))) {
       return problemResponse(
         c,
-        new ProblemError(
+        refusal(
           429,
           'audit-quota',
           'Audit quota used up',
           `this key already has ${quota.perPrincipal} audits running or queued; wait for one to finish`,
-          [],
           30,
         ),
       );
@@ -79,14 +68,7 @@ export function computeAdmission(context: ServiceContext): MiddlewareHandler<Ser
       const { running, waiting } = context.compute.depth;
       return problemResponse(
         c,
-        new ProblemError(
-          429,
-          'queue-full',
-          'Compute queue full',
-          `the compute queue is full (${running} running, ${waiting} waiting)`,
-          [],
-          1,
-        ),
+        queueFull('compute', `the compute queue is full (${running} running, ${waiting} waiting)`, 1),
       );
     }
     return next();

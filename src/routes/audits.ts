@@ -17,7 +17,7 @@ import {
 import { checkAuditCost } from '../jobs/serving/index.js';
 import { MAX_L2_RADIUS } from './analysis.js';
 import type { ServiceApp, ServiceContext } from './context.js';
-import { notFound, ProblemError, problemResponses, toProblemError } from './problem.js';
+import { notFound, problemResponses, shuttingDown, toProblemError } from './problem.js';
 import { StreamSlots } from './streams.js';
 
 /** Audits: POST /v1/audits (202 + Location), GET, GET events (SSE), DELETE (cancel). */
@@ -287,14 +287,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
   const streams = new StreamSlots(context.limits.sseStreamsPerKey, context.limits.sseStreams);
   app.openapi(createAudit, async (c) => {
     if (context.audits.isDraining) {
-      throw new ProblemError(
-        503,
-        'shutting-down',
-        'Shutting down',
-        'the service accepts no new audits',
-        [],
-        30,
-      );
+      throw shuttingDown();
     }
     // Parsed by the intake (multipart.ts) and checked by AuditFormSchema before this handler runs;
     // the intake decodes and checks the uploads where it keeps them (a worker thread in the server).
@@ -333,7 +326,7 @@ export function registerAuditRoutes(app: ServiceApp, context: ServiceContext): v
     } catch (error) {
       if (prepared.ownsClassifier) prepared.classifier.dispose();
       if (error instanceof ShuttingDownError) {
-        throw new ProblemError(503, 'shutting-down', 'Shutting down', error.message, [], 30);
+        throw shuttingDown(error.message);
       }
       throw error;
     }

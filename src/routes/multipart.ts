@@ -2,7 +2,7 @@ import type { MiddlewareHandler } from 'hono';
 import { DEFAULT_MULTIPART_LIMITS, type MultipartLimits } from '../jobs/audit/index.js';
 import type { ServiceContext, ServiceEnv } from './context.js';
 import { mediaType, unsupportedMediaType } from './images.js';
-import { ProblemError, problemResponse, toProblemError } from './problem.js';
+import { fieldProblem, type ProblemError, problemResponse, toProblemError } from './problem.js';
 
 /**
  * POST /v1/audits bodies: multipart only (any other type is a 415 before a byte is read), parsed by
@@ -58,11 +58,9 @@ export function multipartIntake(
 }
 
 function tooLarge(detail: string, field: string): ProblemError {
-  return new ProblemError(413, 'body-too-large', 'Body too large', detail, [{ field, message: detail }]);
+  return fieldProblem(413, 'body-too-large', 'Body too large', field, detail);
 }
 
 function malformed(detail: string): ProblemError {
-  return new ProblemError(400, 'malformed-body', 'Malformed body', detail, [
-    { field: 'body', message: detail },
-  ]);
+  return fieldProblem(400, 'malformed-body', 'Malformed body', 'body', detail);
 }

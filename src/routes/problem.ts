@@ -62,6 +62,43 @@ export class ProblemError extends Error {
   }
 }
 
+/** A problem with one field at fault, whose message is the detail. */
+export function fieldProblem(
+  status: number,
+  slug: string,
+  title: string,
+  field: string,
+  message: string,
+): ProblemError {
+  return new ProblemError(status, slug, title, message, [{ field, message }]);
+}
+
+/** A refusal for the service's state or capacity (nothing in the request at fault): retry later. */
+export function refusal(
+  status: 429 | 503,
+  slug: string,
+  title: string,
+  detail: string,
+  retryAfterSeconds?: number,
+): ProblemError {
+  return new ProblemError(status, slug, title, detail, [], retryAfterSeconds);
+}
+
+/** The 429 of a full queue: synchronous compute (predict, OOD, counterfactuals) or audits. */
+export function queueFull(
+  queue: 'compute' | 'audit',
+  detail: string,
+  retryAfterSeconds: number,
+): ProblemError {
+  const title = queue === 'audit' ? 'Audit queue full' : 'Compute queue full';
+  return refusal(429, 'queue-full', title, detail, retryAfterSeconds);
+}
+
+/** The 503 of a draining service, which takes no new audits. */
+export function shuttingDown(detail = 'the service accepts no new audits'): ProblemError {
+  return refusal(503, 'shutting-down', 'Shutting down', detail, 30);
+}
+
 /** A 422 for failed schema validation, one entry per issue, the field as its dotted path. */
 export function validationProblem(
   issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>,
@@ -78,11 +115,11 @@ export function validationProblem(
 
 /** A 422 naming one field. */
 export function invalidField(field: string, message: string, slug = 'invalid-parameter'): ProblemError {
-  return new ProblemError(422, slug, 'Invalid parameter', message, [{ field, message }]);
+  return fieldProblem(422, slug, 'Invalid parameter', field, message);
 }
 
 export function notFound(what: string, field: string, detail: string): ProblemError {
-  return new ProblemError(404, `unknown-${what}`, `Unknown ${what}`, detail, [{ field, message: detail }]);
+  return fieldProblem(404, `unknown-${what}`, `Unknown ${what}`, field, detail);
 }
 
 /**
@@ -94,86 +131,63 @@ export function toProblemError(error: unknown, field = 'body'): ProblemError {
   if (error instanceof InputFieldError) return toProblemError(error.cause, error.field);
   if (error instanceof InvalidInputError) return invalidField(error.field, error.message);
   if (error instanceof ModelLoadError) return invalidField(error.field, error.message, 'invalid-model');
-  if (error instanceof QueueFullError) {
-    const title = error.queue === 'audit' ? 'Audit queue full' : 'Compute queue full';
-    return new ProblemError(429, 'queue-full', title, error.message, [], error.retryAfter);
-  }
+  if (error instanceof QueueFullError) return queueFull(error.queue, error.message, error.retryAfter);
   if (error instanceof MultipartError) {
     return error.kind === 'too-large'
-      ? new ProblemError(413, 'body-too-large', 'Body too large', error.message, [
-          { field: error.field, message: error.message },
-        ])
-      : new ProblemError(400, 'malformed-body', 'Malformed body', error.message, [
-          { field: 'body', message: error.message },
-        ]);
+      ? fieldProblem(413, 'body-too-large', 'Body too large', error.field, error.message)
+      : fieldProblem(400, 'malformed-body', 'Malformed body', 'body', error.message);
   }
   if (error instanceof IntakeLimitError) {
     return error.kind === 'busy'
-      ? new ProblemError(429, 'intake-busy', 'Uploads busy', error.message, [], error.retryAfter)
-      : new ProblemError(413, 'upload-too-costly', 'Upload too costly to check', error.message, [
-          { field: 'body', message: error.message },
-        ]);
+      ? refusal(429, 'intake-busy', 'Uploads busy', error.message, error.retryAfter)
+      : fieldProblem(413, 'upload-too-costly', 'Upload too costly to check', 'body', error.message);
   }
   if (error instanceof RequestCostError) {
-    return new ProblemError(422, 'request-too-costly', 'Request over the cost limit', error.message, [
-      { field: error.field, message: error.message },
-    ]);
+    return fieldProblem(422, 'request-too-costly', 'Request over the cost limit', error.field, error.message);
   }
   if (error instanceof ImageError) {
     if (error.code === 'too-large') {
-      return new ProblemError(413, 'image-too-large', 'Image too large', error.message, [
-        { field, message: error.message },
-      ]);
+      return fieldProblem(413, 'image-too-large', 'Image too large', field, error.message);
     }
-    return new ProblemError(422, 'invalid-image', 'Invalid image', error.message, [
-      { field, message: error.message },
-    ]);
+    return fieldProblem(422, 'invalid-image', 'Invalid image', field, error.message);
   }
   if (error instanceof DatasetError) {
     // Still 422 (the upload itself may be small, a bomb); its own type tells a limit from bad bytes.
     if (error.code === 'too-large') {
-      return new ProblemError(422, 'dataset-too-large', 'Data set over the size limit', error.message, [
-        { field, message: error.message },
-      ]);
+      return fieldProblem(422, 'dataset-too-large', 'Data set over the size limit', field, error.message);
     }
-    return new ProblemError(422, 'invalid-dataset', 'Invalid data set', error.message, [
-      { field, message: error.message },
-    ]);
+    return fieldProblem(422, 'invalid-dataset', 'Invalid data set', field, error.message);
   }
   if (error instanceof ModelLimitError) {
     // The service's own limit, which its operator sets: the variable is named so they know which.
     const variable = limitVariable(error.limit);
     const detail = `${error.message} (the service's model limit${variable ? ` ${variable}` : ''})`;
     const at = error.field ? `${error.path}:${error.field}` : error.path;
-    return new ProblemError(413, 'model-too-large', 'Model over the size limit', detail, [
-      { field: at, message: detail },
-    ]);
+    return fieldProblem(413, 'model-too-large', 'Model over the size limit', at, detail);
   }
   if (error instanceof ModelFileError) {
     const at = error.field ? `${error.path}:${error.field}` : error.path;
     if (error.kind === 'over-budget') {
-      return new ProblemError(
+      return fieldProblem(
         422,
         'model-over-budget',
         'Model over the size or compute limit',
+        at,
         error.message,
-        [{ field: at, message: error.message }],
       );
     }
     // An upload is its bytes alone: weights it keeps in files beside the .onnx are not read.
     const external = error.cause instanceof OnnxExternalDataError;
-    return new ProblemError(
+    return fieldProblem(
       422,
       external ? 'onnx-external-data' : 'invalid-model',
       external ? 'ONNX external data not accepted' : 'Invalid model',
+      at,
       error.message,
-      [{ field: at, message: error.message }],
     );
   }
   if (error instanceof ModelContractError) {
-    return new ProblemError(422, 'invalid-model', 'Invalid model', error.message, [
-      { field: error.field, message: error.message },
-    ]);
+    return fieldProblem(422, 'invalid-model', 'Invalid model', error.field, error.message);
   }
   if (error instanceof Error && (error.name === 'AbortError' || error.name === 'TimeoutError')) {
     return new ProblemError(

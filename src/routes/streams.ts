@@ -1,4 +1,4 @@
-import { ProblemError } from './problem.js';
+import { refusal } from './problem.js';
 
 /**
  * Open event streams (SSE) per key and in total. Each open stream holds a connection and a
@@ -26,7 +26,7 @@ export class StreamSlots {
         held >= this.perKey
           ? `this key already has ${held} event streams open (the limit is ${this.perKey}); close one first`
           : `the service has ${this.total} event streams open (the limit is ${this.overall})`;
-      throw new ProblemError(429, 'too-many-streams', 'Too many event streams', detail, [], 5);
+      throw refusal(429, 'too-many-streams', 'Too many event streams', detail, 5);
     }
     this.byKey.set(key, held + 1);
     this.total += 1;

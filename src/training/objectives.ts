@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { apgd } from '../engine/attacks/apgd.js';
+import type { ApgdLoss } from '../engine/attacks/losses.js';
 import { normalizePerExample, projectL2, randomStart, selectRows } from '../engine/attacks/projections.js';
 import { functionClassifier } from '../engine/model/classifier.js';
 import type { Rng } from '../util/random.js';
@@ -145,16 +146,8 @@ export async function attackInDistribution(
   settings: InnerAttackSettings,
 ): Promise<tf.Tensor4D> {
   if (settings.attack === 'apgd') {
-    const labelArray = labels.dataSync() as Int32Array;
-    const result = await apgd(classifierFor(logits, x, numClasses), x, Int32Array.from(labelArray), {
-      norm: 'L2',
-      eps: settings.eps,
-      iterations: settings.steps,
-      loss: 'ce',
-      seed: settings.rng.seed(),
-    });
-    result.adversarial.dispose();
-    return result.best;
+    const labelArray = Int32Array.from(labels.dataSync() as Int32Array);
+    return apgdBestPoints(logits, x, numClasses, labelArray, 'ce', settings);
   }
   return pgdL2BestIterate((z) => tf.tidy(() => crossEntropyPerExample(logits(z), labels)), x, settings);
 }
@@ -168,17 +161,29 @@ export async function attackOutDistribution(
 ): Promise<tf.Tensor4D> {
   if (settings.attack === 'apgd') {
     // APGD's confidence loss (max log-probability) pushes towards the same confident points.
-    const result = await apgd(classifierFor(logits, x, numClasses), x, undefined, {
-      norm: 'L2',
-      eps: settings.eps,
-      iterations: settings.steps,
-      loss: 'max-log-confidence',
-      seed: settings.rng.seed(),
-    });
-    result.adversarial.dispose();
-    return result.best;
+    return apgdBestPoints(logits, x, numClasses, undefined, 'max-log-confidence', settings);
   }
   return pgdL2BestIterate((z) => tf.tidy(() => uniformCrossEntropyPerExample(logits(z))), x, settings);
+}
+
+/** The highest-loss points APGD finds in the L2 ball of radius `settings.eps`. */
+async function apgdBestPoints(
+  logits: (x: tf.Tensor4D) => tf.Tensor2D,
+  x: tf.Tensor4D,
+  numClasses: number,
+  labels: Int32Array | undefined,
+  loss: ApgdLoss,
+  settings: InnerAttackSettings,
+): Promise<tf.Tensor4D> {
+  const result = await apgd(classifierFor(logits, x, numClasses), x, labels, {
+    norm: 'L2',
+    eps: settings.eps,
+    iterations: settings.steps,
+    loss,
+    seed: settings.rng.seed(),
+  });
+  result.adversarial.dispose();
+  return result.best;
 }
 
 function classifierFor(logits: (x: tf.Tensor4D) => tf.Tensor2D, x: tf.Tensor4D, numClasses: number) {

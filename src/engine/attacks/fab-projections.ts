@@ -182,6 +182,17 @@ function scratchFor(size: number): Scratch {
 }
 
 /**
+ * The median of the first, middle and last of values[lo..hi], the quickselect pivot: sorted or
+ * constant runs do not degrade to quadratic time.
+ */
+function medianOfThree(values: Float64Array, lo: number, hi: number): number {
+  const a = values[lo];
+  const b = values[(lo + hi) >> 1];
+  const c = values[hi];
+  return Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
+}
+
+/**
  * Puts the k-th smallest of values[left..right] at index k, with nothing larger before it and nothing
  * smaller after it inside [left, right] (Hoare's FIND). The indices [left, right] must hold exactly
  * the ranks left..right of the whole array; [left, k] and [k, right] then do too.
@@ -190,11 +201,7 @@ function selectRank(values: Float64Array, left: number, right: number, k: number
   let l = left;
   let r = right;
   while (l < r) {
-    // Median of three as the pivot: sorted or constant runs do not degrade to quadratic time.
-    const a = values[l];
-    const b = values[(l + r) >> 1];
-    const c = values[r];
-    const pivot = Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
+    const pivot = medianOfThree(values, l, r);
     let i = l;
     let j = r;
     while (i <= j) {
@@ -227,10 +234,7 @@ function guessFirstRank(values: Float64Array, weights: Float64Array, count: numb
   let gainBelow = 0;
   let weightAbove = 0;
   while (lo <= hi) {
-    const a = values[lo];
-    const b = values[(lo + hi) >> 1];
-    const c = values[hi];
-    const pivot = Math.max(Math.min(a, b), Math.min(Math.max(a, b), c));
+    const pivot = medianOfThree(values, lo, hi);
     // [lo, lt) < pivot, [lt, i) == pivot, (gt, hi] > pivot.
     let lt = lo;
     let i = lo;

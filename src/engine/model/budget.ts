@@ -20,6 +20,22 @@ export class ModelBudgetError extends Error {
   }
 }
 
+/**
+ * The error for `attribute` (or the whole element when undefined) of the layer or node at `field`,
+ * which `subject` names in the message.
+ */
+export function attributeError(
+  field: string,
+  subject: string,
+  attribute: string | undefined,
+  message: string,
+): ModelBudgetError {
+  return new ModelBudgetError(
+    attribute ? `${field}.${attribute}` : field,
+    `${subject}${attribute ? ` ${attribute}` : ''}: ${message}`,
+  );
+}
+
 export interface ModelBudgetLimits {
   /** Most parameters (weight elements) in the model. */
   maxParameters: number;
@@ -102,10 +118,7 @@ class Sizer {
 
   fail(attribute: string | undefined, message: string): ModelBudgetError {
     const { name, className, field } = this.site;
-    return new ModelBudgetError(
-      attribute ? `${field}.${attribute}` : field,
-      `layer '${name}' (${className})${attribute ? ` ${attribute}` : ''}: ${message}`,
-    );
+    return attributeError(field, `layer '${name}' (${className})`, attribute, message);
   }
 
   /** A positive integer attribute (or its default). */

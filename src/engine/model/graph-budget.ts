@@ -1,4 +1,5 @@
 import {
+  attributeError,
   DEFAULT_BUDGET_LIMITS,
   type LayerBudget,
   type ModelBudget,
@@ -121,10 +122,7 @@ class NodeSizer {
 
   fail(attribute: string | undefined, message: string): ModelBudgetError {
     const { name, op, field } = this.node;
-    return new ModelBudgetError(
-      attribute ? `${field}.${attribute}` : field,
-      `node '${name}' (${op})${attribute ? ` ${attribute}` : ''}: ${message}`,
-    );
+    return attributeError(field, `node '${name}' (${op})`, attribute, message);
   }
 
   input(index: number, rank?: number): Shape {

@@ -105,6 +105,13 @@ export function logitsOf(
   return out;
 }
 
+/** The index of the largest value in row `i` of row-major `values` [n, k]; the first one on ties. */
+export function argmaxOfRow(values: ArrayLike<number>, k: number, i: number): number {
+  let best = 0;
+  for (let c = 1; c < k; c++) if (values[i * k + c] > values[i * k + best]) best = c;
+  return best;
+}
+
 /**
  * The class ranked `rank` (1 = top) in each row of row-major `logits` [n, k], ties broken by the
  * lower index.

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { argmaxOfRow } from '../model/logits.js';
 import { OOD_GATE_TPR, thresholdAtTpr } from './metrics.js';
 
 /**
@@ -104,8 +105,7 @@ export function expectedCalibrationError(probs: Matrix2D, labels: ArrayLike<numb
   const confidences = new Float64Array(rows);
   const correct = new Uint8Array(rows);
   for (let i = 0; i < rows; i++) {
-    let best = 0;
-    for (let k = 1; k < cols; k++) if (values[i * cols + k] > values[i * cols + best]) best = k;
+    const best = argmaxOfRow(values, cols, i);
     confidences[i] = values[i * cols + best];
     correct[i] = best === labels[i] ? 1 : 0;
   }
@@ -142,8 +142,7 @@ export function temperatureByEce(
   const shifted = new Float64Array(rows * cols);
   const correct = new Uint8Array(rows);
   for (let i = 0; i < rows; i++) {
-    let best = 0;
-    for (let k = 1; k < cols; k++) if (values[i * cols + k] > values[i * cols + best]) best = k;
+    const best = argmaxOfRow(values, cols, i);
     const top = values[i * cols + best];
     if (!Number.isFinite(top)) throw new Error(`'logits' row ${i} is not finite`);
     for (let k = 0; k < cols; k++) shifted[i * cols + k] = values[i * cols + k] - top;

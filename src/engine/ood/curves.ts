@@ -1,10 +1,7 @@
-import * as tf from '@tensorflow/tfjs';
-import { apgd } from '../attacks/apgd.js';
-import { DEFAULT_ITERATIONS } from '../attacks/defaults.js';
-import { enforceBudget } from '../counterfactuals.js';
+import type * as tf from '@tensorflow/tfjs';
 import { type Classifier, probabilities } from '../model/classifier.js';
-import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
-import { type WorstCaseOptions, worstCaseConfidence } from './worst-case.js';
+import type { EngineProgress, LongRunOptions, Norm } from '../types.js';
+import { searchBall, type WorstCaseOptions, worstCaseConfidence } from './worst-case.js';
 
 /**
  * Confidence-versus-radius curves (RATIO paper, Figure 5): how fast the true-class confidence on
@@ -64,48 +61,18 @@ export async function worstCaseTrueClassConfidence(
   if (x.rank !== 4) throw new Error(`'x' must be rank 4 (NHWC), got [${x.shape}]`);
   if (y.length !== x.shape[0]) throw new Error(`'y' must have ${x.shape[0]} labels, got ${y.length}`);
   const temperature = options.temperature ?? classifier.card.temperature ?? 1;
-  const batchSize = options.batchSize ?? 128;
-  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
-  const restarts = options.restarts ?? 1;
-  const norm = options.norm ?? 'L2';
-  const n = x.shape[0];
-  const rowSize = x.size / Math.max(n, 1);
   const clean = x.dataSync() as Float32Array;
   const lowest = trueClassProbability(classifier, x, y, temperature);
-  const batches = Math.ceil(n / batchSize);
-  for (let b = 0; b < batches && options.eps > 0; b++) {
-    throwIfAborted(options.signal);
-    const start = b * batchSize;
-    const end = Math.min(n, start + batchSize);
-    const batch = x.slice([start, 0, 0, 0], [end - start, -1, -1, -1]);
-    const labels = y.subarray(start, end);
-    try {
-      const found = await apgd(classifier, batch, labels, {
-        norm,
-        eps: options.eps,
-        iterations,
-        restarts,
-        loss: 'ce',
-        seed: (options.seed ?? 0) + b,
-        signal: options.signal,
-        onProgress: (p) =>
-          options.onProgress?.({
-            phase: 'worst-case true-class confidence',
-            done: b * iterations * restarts + p.done,
-            total: batches * iterations * restarts,
-          }),
-      });
-      const rows = found.best.dataSync() as Float32Array;
-      tf.dispose([found.best, found.adversarial]);
-      enforceBudget(norm, clean.subarray(start * rowSize, end * rowSize), rows, rowSize, options.eps);
-      const candidate = tf.tensor4d(rows, batch.shape);
+  await searchBall(classifier, x, clean, options, {
+    phase: 'worst-case true-class confidence',
+    labels: y,
+    objective: (b) => ({ loss: 'ce', seed: (options.seed ?? 0) + b }),
+    keep: (candidate, _, start) => {
+      const labels = y.subarray(start, start + candidate.shape[0]);
       const scored = trueClassProbability(classifier, candidate, labels, temperature);
-      candidate.dispose();
-      for (let i = 0; i < end - start; i++) lowest[start + i] = Math.min(lowest[start + i], scored[i]);
-    } finally {
-      batch.dispose();
-    }
-  }
+      for (let i = 0; i < scored.length; i++) lowest[start + i] = Math.min(lowest[start + i], scored[i]);
+    },
+  });
   return lowest;
 }
 

@@ -1,9 +1,10 @@
 import * as tf from '@tensorflow/tfjs';
 import { hashName, mixSeed } from '../../util/random.js';
-import { apgd } from '../attacks/apgd.js';
+import { type ApgdOptions, apgd } from '../attacks/apgd.js';
 import { DEFAULT_ITERATIONS } from '../attacks/defaults.js';
 import { enforceBudget } from '../counterfactuals.js';
 import { type Classifier, probabilities } from '../model/classifier.js';
+import { argmaxOfRow } from '../model/logits.js';
 import { type EngineProgress, type LongRunOptions, type Norm, throwIfAborted } from '../types.js';
 
 /**
@@ -54,12 +55,81 @@ function maxConfidence(classifier: Classifier, x: tf.Tensor4D, temperature: numb
   const confidence = new Float32Array(n);
   const predicted = new Int32Array(n);
   for (let i = 0; i < n; i++) {
-    let best = 0;
-    for (let c = 1; c < k; c++) if (values[i * k + c] > values[i * k + best]) best = c;
+    const best = argmaxOfRow(values, k, i);
     confidence[i] = values[i * k + best];
     predicted[i] = best;
   }
   return { confidence, predicted };
+}
+
+/** One search of `searchBall`: its APGD objective, and what becomes of the points it finds. */
+export interface BallSearch {
+  /** The progress phase. */
+  phase: string;
+  /** Labels of all of `x` (each batch gets its rows), for an objective that needs them. */
+  labels?: Int32Array;
+  /** The objective and seeds for batch `b`, rows `start` to `end` of `x`. */
+  objective: (
+    b: number,
+    start: number,
+    end: number,
+  ) => Pick<ApgdOptions, 'loss' | 'temperature' | 'seed' | 'sampleSeeds'>;
+  /** The points found for rows from `start` on, within the budget: as a tensor (freed after) and as rows. */
+  keep: (candidate: tf.Tensor4D, rows: Float32Array, start: number) => void;
+}
+
+/**
+ * APGD over `x` in batches of `options.batchSize` within the eps-ball and [0,1], each found point
+ * held to the budget exactly (enforceBudget against `clean`, the pixels of `x`). The signal is
+ * checked before each batch; at eps 0 nothing is searched.
+ */
+export async function searchBall(
+  classifier: Classifier,
+  x: tf.Tensor4D,
+  clean: Float32Array,
+  options: Omit<WorstCaseOptions, 'firstIndex'>,
+  search: BallSearch,
+): Promise<void> {
+  const batchSize = options.batchSize ?? 128;
+  const norm = options.norm ?? 'L2';
+  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
+  const restarts = options.restarts ?? 1;
+  const n = x.shape[0];
+  const rowSize = x.size / Math.max(n, 1);
+  const batches = Math.ceil(n / batchSize);
+  for (let b = 0; b < batches && options.eps > 0; b++) {
+    throwIfAborted(options.signal);
+    const start = b * batchSize;
+    const end = Math.min(n, start + batchSize);
+    const batch = x.slice([start, 0, 0, 0], [end - start, -1, -1, -1]);
+    try {
+      const found = await apgd(classifier, batch, search.labels?.subarray(start, end), {
+        norm,
+        eps: options.eps,
+        iterations,
+        restarts,
+        ...search.objective(b, start, end),
+        signal: options.signal,
+        onProgress: (p) =>
+          options.onProgress?.({
+            phase: search.phase,
+            done: b * iterations * restarts + p.done,
+            total: batches * iterations * restarts,
+          }),
+      });
+      const rows = found.best.dataSync() as Float32Array;
+      tf.dispose([found.best, found.adversarial]);
+      enforceBudget(norm, clean.subarray(start * rowSize, end * rowSize), rows, rowSize, options.eps);
+      const candidate = tf.tensor4d(rows, batch.shape);
+      try {
+        search.keep(candidate, rows, start);
+      } finally {
+        candidate.dispose();
+      }
+    } finally {
+      batch.dispose();
+    }
+  }
 }
 
 /**
@@ -86,12 +156,8 @@ export async function worstCaseConfidence(
   if (!(Number.isInteger(batchSize) && batchSize >= 1)) {
     throw new Error(`'batchSize' must be an integer >= 1, got ${batchSize}`);
   }
-  const norm = options.norm ?? 'L2';
-  const iterations = options.iterations ?? DEFAULT_ITERATIONS;
-  const restarts = options.restarts ?? 1;
   const temperature = options.temperature ?? classifier.card.temperature ?? 1;
-  const n = x.shape[0];
-  const rowSize = x.size / Math.max(n, 1);
+  const rowSize = x.size / Math.max(x.shape[0], 1);
   const clean = x.dataSync() as Float32Array;
   const { confidence: cleanConfidence, predicted: cleanPredicted } = maxConfidence(
     classifier,
@@ -101,61 +167,32 @@ export async function worstCaseConfidence(
   const confidence = cleanConfidence.slice();
   const predicted = cleanPredicted.slice();
   const rows = clean.slice();
-  const batches = Math.ceil(n / batchSize);
-  const total = batches * iterations * restarts;
   const seed = options.seed ?? 0;
   const firstIndex = options.firstIndex ?? 0;
   if (!(Number.isInteger(firstIndex) && firstIndex >= 0)) {
     throw new Error(`'firstIndex' must be an integer >= 0, got ${firstIndex}`);
   }
 
-  for (let b = 0; b < batches && options.eps > 0; b++) {
-    throwIfAborted(options.signal);
-    const start = b * batchSize;
-    const end = Math.min(n, start + batchSize);
-    const batch = x.slice([start, 0, 0, 0], [end - start, -1, -1, -1]);
-    try {
-      const found = await apgd(classifier, batch, undefined, {
-        norm,
-        eps: options.eps,
-        iterations,
-        restarts,
-        loss: 'max-log-confidence',
-        temperature,
-        seed,
-        sampleSeeds: Uint32Array.from({ length: end - start }, (_, i) =>
-          mixSeed(seed, WORST_CASE_SEED, firstIndex + start + i),
-        ),
-        signal: options.signal,
-        onProgress: (p) =>
-          options.onProgress?.({
-            phase: 'worst-case confidence',
-            done: b * iterations * restarts + p.done,
-            total,
-          }),
-      });
-      const candidateRows = found.best.dataSync() as Float32Array;
-      tf.dispose([found.best, found.adversarial]);
-      enforceBudget(
-        norm,
-        clean.subarray(start * rowSize, end * rowSize),
-        candidateRows,
-        rowSize,
-        options.eps,
-      );
-      const candidate = tf.tensor4d(candidateRows, batch.shape);
+  await searchBall(classifier, x, clean, options, {
+    phase: 'worst-case confidence',
+    objective: (_, start, end) => ({
+      loss: 'max-log-confidence',
+      temperature,
+      seed,
+      sampleSeeds: Uint32Array.from({ length: end - start }, (_, i) =>
+        mixSeed(seed, WORST_CASE_SEED, firstIndex + start + i),
+      ),
+    }),
+    keep: (candidate, candidateRows, start) => {
       const scored = maxConfidence(classifier, candidate, temperature);
-      candidate.dispose();
-      for (let i = 0; i < end - start; i++) {
+      for (let i = 0; i < candidate.shape[0]; i++) {
         if (scored.confidence[i] > confidence[start + i]) {
           confidence[start + i] = scored.confidence[i];
           predicted[start + i] = scored.predicted[i];
           rows.set(candidateRows.subarray(i * rowSize, (i + 1) * rowSize), (start + i) * rowSize);
         }
       }
-    } finally {
-      batch.dispose();
-    }
-  }
+    },
+  });
   return { confidence, cleanConfidence, predicted, images: tf.tensor4d(rows, x.shape) };
 }

@@ -131,37 +131,31 @@ export function shardDocument(
   return { kind: SHARD_DOCUMENT_KIND, ...extra, ...result };
 }
 
-/** Reads a shard document; throws `ShardError` naming the source and the field at fault. */
-export function parseShardDocument(text: string, source: string): ShardResult {
+/** `text` as JSON that `schema` accepts; throws `ShardError` naming the source and the field at fault. */
+function parseShardJson<T>(schema: z.ZodType<T>, text: string, source: string): T {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (error) {
     throw new ShardError(`${source}: not JSON (${(error as Error).message})`);
   }
-  const parsed = shardDocumentSchema.safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new ShardError(`${source}: '${issue.path.join('.') || '(document)'}' ${issue.message}`);
-  }
-  const { kind: _kind, ...result } = parsed.data;
-  return result;
-}
-
-/** Reads a shard result as the durable store keeps it (no `kind`); throws `ShardError` naming the source. */
-export function parseStoredShard(text: string, source: string): ShardResult {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new ShardError(`${source}: not JSON (${(error as Error).message})`);
-  }
-  const parsed = shardDocumentSchema.omit({ kind: true }).safeParse(json);
+  const parsed = schema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     throw new ShardError(`${source}: '${issue.path.join('.') || '(document)'}' ${issue.message}`);
   }
   return parsed.data;
+}
+
+/** Reads a shard document; throws `ShardError` naming the source and the field at fault. */
+export function parseShardDocument(text: string, source: string): ShardResult {
+  const { kind: _kind, ...result } = parseShardJson(shardDocumentSchema, text, source);
+  return result;
+}
+
+/** Reads a shard result as the durable store keeps it (no `kind`); throws `ShardError` naming the source. */
+export function parseStoredShard(text: string, source: string): ShardResult {
+  return parseShardJson(shardDocumentSchema.omit({ kind: true }), text, source);
 }
 
 /** The report of an audit from its shard documents (all N shards of one audit, each once). */

@@ -2,15 +2,16 @@ import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { ModelContractError } from '../../engine/model/classifier.js';
 import { workerEntry } from '../../util/worker-entry.js';
-import {
-  type CounterfactualRequest,
-  type CounterfactualRows,
-  type ModelCompute,
-  UnknownModelError,
-  type WorstCaseRequest,
-  type WorstCaseRows,
-} from './compute.js';
-import type { RemoteError, WorkerInit, WorkerReply, WorkerRequest } from './compute-protocol.js';
+import { type ModelCompute, UnknownModelError } from './compute.js';
+import type {
+  Answer,
+  AnswerOf,
+  RemoteError,
+  UnaddressedRequest,
+  WorkerInit,
+  WorkerReply,
+  WorkerRequest,
+} from './compute-protocol.js';
 
 /**
  * `ModelCompute` in a worker thread: the worker (src/jobs/serving/compute-worker.ts) has its own tfjs
@@ -237,61 +238,36 @@ export class WorkerCompute implements ModelCompute {
     });
   }
 
-  /** The images are transferred to the worker: `images` is unusable afterwards. */
-  async probabilities(
-    model: string,
-    images: Float32Array,
-    count: number,
-    temperatures: Float32Array,
-  ): Promise<Float32Array> {
-    const id = this.nextId++;
-    const reply = await this.call(
-      { op: 'probabilities', id, model, images, count, temperatures },
-      transferable(images),
-      undefined,
-    );
-    if (!('probabilities' in reply)) throw new ComputeWorkerError('the worker answered a different request');
-    return reply.probabilities;
+  /** Sends one request under a fresh id and returns the part of the reply that answers it. */
+  private async ask<K extends Answer>(
+    request: UnaddressedRequest,
+    answer: K,
+    transfer: ArrayBuffer[],
+    signal: AbortSignal | undefined,
+  ): Promise<AnswerOf<K>> {
+    const reply = await this.call({ ...request, id: this.nextId++ }, transfer, signal);
+    if (!(answer in reply)) throw new ComputeWorkerError('the worker answered a different request');
+    return (reply as Extract<WorkerReply, Record<K, unknown>>)[answer];
   }
 
   /** The images are transferred to the worker: `images` is unusable afterwards. */
-  async logits(model: string, images: Float32Array, count: number): Promise<Float32Array> {
-    const id = this.nextId++;
-    const reply = await this.call(
-      { op: 'logits', id, model, images, count },
+  probabilities: ModelCompute['probabilities'] = (model, images, count, temperatures) =>
+    this.ask(
+      { op: 'probabilities', model, images, count, temperatures },
+      'probabilities',
       transferable(images),
       undefined,
     );
-    if (!('logits' in reply)) throw new ComputeWorkerError('the worker answered a different request');
-    return reply.logits;
-  }
 
-  async worstCase(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: WorstCaseRequest,
-    signal?: AbortSignal,
-  ): Promise<WorstCaseRows> {
-    const id = this.nextId++;
-    const reply = await this.call({ op: 'worstCase', id, model, images, count, request }, [], signal);
-    if (!('worstCase' in reply)) throw new ComputeWorkerError('the worker answered a different request');
-    return reply.worstCase;
-  }
+  /** The images are transferred to the worker: `images` is unusable afterwards. */
+  logits: ModelCompute['logits'] = (model, images, count) =>
+    this.ask({ op: 'logits', model, images, count }, 'logits', transferable(images), undefined);
 
-  async counterfactuals(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: CounterfactualRequest,
-    signal?: AbortSignal,
-  ): Promise<CounterfactualRows> {
-    const id = this.nextId++;
-    const reply = await this.call({ op: 'counterfactuals', id, model, images, count, request }, [], signal);
-    if (!('counterfactuals' in reply))
-      throw new ComputeWorkerError('the worker answered a different request');
-    return reply.counterfactuals;
-  }
+  worstCase: ModelCompute['worstCase'] = (model, images, count, request, signal) =>
+    this.ask({ op: 'worstCase', model, images, count, request }, 'worstCase', [], signal);
+
+  counterfactuals: ModelCompute['counterfactuals'] = (model, images, count, request, signal) =>
+    this.ask({ op: 'counterfactuals', model, images, count, request }, 'counterfactuals', [], signal);
 
   async close(): Promise<void> {
     if (this.closed) return;
@@ -319,33 +295,12 @@ export class ModelRouter implements ModelCompute {
     return compute;
   }
 
-  probabilities(model: string, images: Float32Array, count: number, temperatures: Float32Array) {
-    return this.route(model).probabilities(model, images, count, temperatures);
-  }
-
-  logits(model: string, images: Float32Array, count: number) {
-    return this.route(model).logits(model, images, count);
-  }
-
-  worstCase(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: WorstCaseRequest,
-    signal?: AbortSignal,
-  ) {
-    return this.route(model).worstCase(model, images, count, request, signal);
-  }
-
-  counterfactuals(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: CounterfactualRequest,
-    signal?: AbortSignal,
-  ) {
-    return this.route(model).counterfactuals(model, images, count, request, signal);
-  }
+  probabilities: ModelCompute['probabilities'] = (model, ...rest) =>
+    this.route(model).probabilities(model, ...rest);
+  logits: ModelCompute['logits'] = (model, ...rest) => this.route(model).logits(model, ...rest);
+  worstCase: ModelCompute['worstCase'] = (model, ...rest) => this.route(model).worstCase(model, ...rest);
+  counterfactuals: ModelCompute['counterfactuals'] = (model, ...rest) =>
+    this.route(model).counterfactuals(model, ...rest);
 
   async close(): Promise<void> {
     await Promise.all([...new Set(this.routes.values())].map((compute) => compute.close()));

@@ -25,6 +25,13 @@ export type WorkerRequest =
   | (Addressed & { op: 'worstCase'; request: WorstCaseRequest })
   | (Addressed & { op: 'counterfactuals'; request: CounterfactualRequest });
 
+/** A request before the host gives it its id. */
+export type UnaddressedRequest = WorkerRequest extends infer R
+  ? R extends WorkerRequest
+    ? Omit<R, 'id'>
+    : never
+  : never;
+
 export interface RemoteError {
   name: string;
   message: string;
@@ -38,3 +45,9 @@ export type WorkerReply =
   | { ok: true; id: number; worstCase: WorstCaseRows }
   | { ok: true; id: number; counterfactuals: CounterfactualRows }
   | { ok: false; id: number; error: RemoteError };
+
+/** The field of a successful reply that carries a request's answer. */
+export type Answer = WorkerRequest['op'];
+
+/** What the reply to an `Answer` request holds under that name. */
+export type AnswerOf<K extends Answer> = Extract<WorkerReply, Record<K, unknown>>[K];

@@ -50,6 +50,15 @@ export interface CounterfactualRows {
   }>;
 }
 
+/** A long analysis of `count` images with one model; `signal` stops it between iterations. */
+export type Analysis<Request, Rows> = (
+  model: string,
+  images: Float32Array,
+  count: number,
+  request: Request,
+  signal?: AbortSignal,
+) => Promise<Rows>;
+
 export interface ModelCompute {
   /**
    * Softmax of logits / temperature per row, one forward pass for all `count` images; row i uses
@@ -63,20 +72,8 @@ export interface ModelCompute {
   ): Promise<Float32Array>;
   /** The model's raw outputs (pre-softmax, before any temperature): `count * numClasses` values. */
   logits(model: string, images: Float32Array, count: number): Promise<Float32Array>;
-  worstCase(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: WorstCaseRequest,
-    signal?: AbortSignal,
-  ): Promise<WorstCaseRows>;
-  counterfactuals(
-    model: string,
-    images: Float32Array,
-    count: number,
-    request: CounterfactualRequest,
-    signal?: AbortSignal,
-  ): Promise<CounterfactualRows>;
+  worstCase: Analysis<WorstCaseRequest, WorstCaseRows>;
+  counterfactuals: Analysis<CounterfactualRequest, CounterfactualRows>;
   close(): Promise<void>;
 }
 
@@ -94,6 +91,13 @@ export function rowProbabilities(
     const column = tf.tensor2d(temperatures, [temperatures.length, 1]);
     return tf.softmax(tf.div(classifier.logits(x), column)).dataSync() as Float32Array;
   });
+}
+
+/** A tensor's values as a float32 array; the tensor is freed. */
+function values(tensor: tf.Tensor): Float32Array {
+  const data = tensor.dataSync() as Float32Array;
+  tensor.dispose();
+  return data;
 }
 
 /** The compute on this thread's tfjs backend (tests, and the body of the worker thread). */
@@ -114,77 +118,63 @@ export class InProcessCompute implements ModelCompute {
     return tf.tensor4d(images, [count, h, w, c]);
   }
 
-  async probabilities(
+  /** Runs `compute` on the named model with the images as a tensor, which it frees afterwards. */
+  private async withImages<T>(
     name: string,
     images: Float32Array,
     count: number,
-    temperatures: Float32Array,
-  ): Promise<Float32Array> {
+    compute: (model: Classifier, x: tf.Tensor4D) => T | Promise<T>,
+  ): Promise<T> {
     const model = this.model(name);
-    if (temperatures.length !== count) {
-      throw new RangeError(`expected ${count} temperatures, got ${temperatures.length}`);
-    }
     const x = this.tensor(model, images, count);
     try {
-      if (temperatures.every((t) => t === temperatures[0])) {
-        const probs = probabilities(model, x, { temperature: temperatures[0] });
-        const values = probs.dataSync() as Float32Array;
-        probs.dispose();
-        return values;
+      return await compute(model, x);
+    } finally {
+      x.dispose();
+    }
+  }
+
+  probabilities(name: string, images: Float32Array, count: number, temperatures: Float32Array) {
+    return this.withImages(name, images, count, (model, x) => {
+      if (temperatures.length !== count) {
+        throw new RangeError(`expected ${count} temperatures, got ${temperatures.length}`);
       }
-      return rowProbabilities(model, x, temperatures);
-    } finally {
-      x.dispose();
-    }
+      return temperatures.every((t) => t === temperatures[0])
+        ? values(probabilities(model, x, { temperature: temperatures[0] }))
+        : rowProbabilities(model, x, temperatures);
+    });
   }
 
-  async logits(name: string, images: Float32Array, count: number): Promise<Float32Array> {
-    const model = this.model(name);
-    const x = this.tensor(model, images, count);
-    try {
-      const logits = model.logits(x);
-      const values = logits.dataSync() as Float32Array;
-      logits.dispose();
-      return values;
-    } finally {
-      x.dispose();
-    }
+  logits(name: string, images: Float32Array, count: number) {
+    return this.withImages(name, images, count, (model, x) => values(model.logits(x)));
   }
 
-  async worstCase(
+  worstCase(
     name: string,
     images: Float32Array,
     count: number,
     request: WorstCaseRequest,
     signal?: AbortSignal,
-  ): Promise<WorstCaseRows> {
-    const model = this.model(name);
-    const x = this.tensor(model, images, count);
-    try {
+  ) {
+    return this.withImages(name, images, count, async (model, x): Promise<WorstCaseRows> => {
       const found = await worstCaseConfidence(model, x, { ...request, signal });
-      const worst = found.images.dataSync() as Float32Array;
-      found.images.dispose();
       return {
         cleanConfidence: found.cleanConfidence,
         confidence: found.confidence,
         predicted: found.predicted,
-        images: worst,
+        images: values(found.images),
       };
-    } finally {
-      x.dispose();
-    }
+    });
   }
 
-  async counterfactuals(
+  counterfactuals(
     name: string,
     images: Float32Array,
     count: number,
     request: CounterfactualRequest,
     signal?: AbortSignal,
-  ): Promise<CounterfactualRows> {
-    const model = this.model(name);
-    const x = this.tensor(model, images, count);
-    try {
+  ) {
+    return this.withImages(name, images, count, async (model, x): Promise<CounterfactualRows> => {
       const result = await counterfactuals(model, x, request.targets, {
         radii: request.radii,
         iterations: request.iterations,
@@ -194,21 +184,15 @@ export class InProcessCompute implements ModelCompute {
       return {
         originalClass: result.originalClass,
         clean: result.clean,
-        radii: result.radii.map((r) => {
-          const rows = r.images.dataSync() as Float32Array;
-          r.images.dispose();
-          return {
-            eps: r.eps,
-            p_target: r.p_target,
-            p_original: r.p_original,
-            distance: r.distance,
-            images: rows,
-          };
-        }),
+        radii: result.radii.map((r) => ({
+          eps: r.eps,
+          p_target: r.p_target,
+          p_original: r.p_original,
+          distance: r.distance,
+          images: values(r.images),
+        })),
       };
-    } finally {
-      x.dispose();
-    }
+    });
   }
 
   async close(): Promise<void> {}

@@ -1,5 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { type Classifier, probabilities } from '../../engine/model/classifier.js';
+import { argmaxOfRow } from '../../engine/model/logits.js';
 import { InvalidInputError } from '../errors.js';
 import { type ImageInput, type ImageLimits, imagesToPixels } from './images.js';
 
@@ -38,8 +39,7 @@ export interface Verdict {
 
 /** The verdict on one image's calibrated probabilities (in class order). */
 export function verdictOf(probabilities: ArrayLike<number>, threshold: number): Verdict {
-  let best = 0;
-  for (let j = 1; j < probabilities.length; j++) if (probabilities[j] > probabilities[best]) best = j;
+  const best = argmaxOfRow(probabilities, probabilities.length, 0);
   const confidence = probabilities[best];
   return { predicted: best, max_confidence: confidence, in_distribution: confidence >= threshold };
 }

@@ -2,6 +2,7 @@ import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import * as tf from '@tensorflow/tfjs';
+import type { ModelFiles } from '../../data/model-dir.js';
 import {
   type AutoAttackOptions,
   type AutoAttackPart,
@@ -34,6 +35,7 @@ import {
   type ShardedRunOptions,
   type ShardRange,
   type ShardResult,
+  type ShardSettings,
 } from './shards.js';
 
 /**
@@ -71,6 +73,28 @@ export interface PoolWorstCaseOptions extends WorstCaseOptions {
   shards?: number;
   /** The model files, when the classifier is not a tfjs model the pool can serialise. */
   modelFiles?: Map<string, Uint8Array>;
+}
+
+/**
+ * The model as files for shard runners in other processes: the given files, else a tfjs model's
+ * own; undefined for a classifier that cannot travel (a function), which then runs in process.
+ */
+export async function travellingModel(
+  classifier: Classifier,
+  given: ModelFiles | undefined,
+): Promise<ModelFiles | undefined> {
+  return given ?? (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
+}
+
+/** The point count, checked against the labels, and the shard settings of an audit split into shards. */
+export function shardedAudit(
+  x: tf.Tensor4D,
+  y: Int32Array,
+  options: PoolAuditOptions,
+): { n: number; settings: ShardSettings } {
+  const n = x.shape[0];
+  if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
+  return { n, settings: shardSettingsOf(options) };
 }
 
 /** A shard that could not complete (its worker died too often, or it failed). */
@@ -178,14 +202,10 @@ export class ShardPool {
     if (options.keepAdversarial) throw new RangeError('the shard pool does not return adversarial points');
     if (options.attacks) throw new RangeError('the shard pool runs the versions only (no custom attacks)');
     const started = performance.now();
-    const files =
-      options.modelFiles ??
-      (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
+    const files = await travellingModel(classifier, options.modelFiles);
     // A classifier that is not a tfjs model (a function) cannot travel: it runs here (same report).
     if (!files) return autoAttack(classifier, x, y, options);
-    const n = x.shape[0];
-    if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
-    const settings = shardSettingsOf(options);
+    const { n, settings } = shardedAudit(x, y, options);
     const shards = options.shards ?? defaultShardCount(n, this.size);
     const ranges = planShards(n, shards).filter((r) => r.end > r.start || n === 0);
     const audit = options.audit ?? options.finished?.[0]?.audit ?? randomUUID();
@@ -284,8 +304,7 @@ export class ShardPool {
   ): Promise<WorstCaseResult> {
     const { shards: requested, modelFiles, signal, onProgress, ...engineOptions } = options;
     const n = x.shape[0];
-    const files =
-      modelFiles ?? (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
+    const files = await travellingModel(classifier, modelFiles);
     const ranges = planShards(n, requested ?? defaultShardCount(n, this.size)).filter((r) => r.end > r.start);
     // Nothing to spread (a function model cannot travel, one part, eps 0): in process, same result.
     if (!files || ranges.length <= 1 || !(options.eps > 0))

@@ -4,13 +4,10 @@ import { Redis } from 'ioredis';
 import type { ModelFiles } from '../../data/model-dir.js';
 import { type AutoAttackReport, autoAttack } from '../../engine/attacks/autoattack.js';
 import { DEFAULT_BATCH_SIZE } from '../../engine/attacks/defaults.js';
-import { type Classifier, TfjsClassifier } from '../../engine/model/classifier.js';
-import { saveModelToFiles } from '../../engine/model/files.js';
+import type { Classifier } from '../../engine/model/classifier.js';
 import { NonFiniteLogitsError } from '../../engine/model/logits.js';
-import { shardSettingsOf } from '../audit/parameters.js';
 import type { BlobStore } from './blob-store.js';
-import type { PoolAuditOptions } from './pool.js';
-import { ShardFailedError } from './pool.js';
+import { type PoolAuditOptions, ShardFailedError, shardedAudit, travellingModel } from './pool.js';
 import {
   AUDIT_QUEUE,
   type AuditJobData,
@@ -156,15 +153,13 @@ export class QueueAuditRunner {
     if (options.keepAdversarial) throw new RangeError('queue audits do not return adversarial points');
     if (options.attacks) throw new RangeError('queue audits run the versions only (no custom attacks)');
     const started = performance.now();
-    const files =
-      options.modelFiles ??
-      this.options.modelFiles?.(classifier) ??
-      (classifier instanceof TfjsClassifier ? await saveModelToFiles(classifier) : undefined);
+    const files = await travellingModel(
+      classifier,
+      options.modelFiles ?? this.options.modelFiles?.(classifier),
+    );
     // A classifier that is not a model file (a function) cannot travel: it runs here (same report).
     if (!files) return autoAttack(classifier, x, y, options);
-    const n = x.shape[0];
-    if (y.length !== n) throw new RangeError(`'y' must have ${n} labels, got ${y.length}`);
-    const settings = shardSettingsOf(options);
+    const { n, settings } = shardedAudit(x, y, options);
     const audit = options.audit ?? newQueueAuditId();
     const shards = options.shards ?? defaultShardCount(n, this.options.workersHint ?? 8);
     const ranges = planShards(n, shards).filter((r) => r.end > r.start);

@@ -1,10 +1,10 @@
-import type { ComponentChildren } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { AUTOATTACK_VERSIONS } from '../../engine/types.js';
 import { type AuditJob, type AuditReport, call, callJson, errorText, type ModelSummary } from './api.js';
 import { AttackChart } from './audit-chart.js';
 import { followAudit, isFinal } from './audit-events.js';
 import { type ProgressLine, ProgressTracker, progressText } from './audit-progress.js';
+import { Field, ModelSelect, TextField } from './fields.js';
 import { decimal, duration, percent } from './format.js';
 
 /**
@@ -16,23 +16,41 @@ import { decimal, duration, percent } from './format.js';
 
 const SHOWN_POINTS = 50;
 
+/** The audit's settings as typed, sent as form fields of the same names (empty ones left out). */
+interface Settings {
+  norm: string;
+  eps: string;
+  version: string;
+  n: string;
+  seed: string;
+  iterations: string;
+  restarts: string;
+  queries: string;
+}
+
+const NORMS = ['L2', 'Linf'] as const;
+
+const DEFAULT_SETTINGS: Settings = {
+  norm: 'L2',
+  eps: '0.5',
+  version: 'standard',
+  n: '100',
+  seed: '0',
+  iterations: '',
+  restarts: '',
+  queries: '',
+};
+
+type ModelSource = 'served' | 'upload';
+const MODEL_SOURCES: ReadonlyArray<[ModelSource, string]> = [
+  ['served', 'a served model'],
+  ['upload', 'upload one'],
+];
+
 interface Downloads {
   json: string;
   junit: string;
   markdown: string;
-}
-
-function Field({ id, label, children }: { id: string; label: string; children: ComponentChildren }) {
-  return (
-    <div class="field">
-      <label for={id}>{label}</label>
-      {children}
-    </div>
-  );
-}
-
-function textInput(set: (value: string) => void) {
-  return (e: Event) => set((e.currentTarget as HTMLInputElement).value);
 }
 
 function Report({ job, classNames }: { job: AuditJob; classNames: readonly string[] }) {
@@ -265,19 +283,12 @@ export function AuditView({
 }) {
   const preselected = auditId?.startsWith('model:') ? auditId.slice('model:'.length) : undefined;
   const following = auditId && !preselected ? auditId : undefined;
-  const [source, setSource] = useState<'served' | 'upload'>('served');
+  const [source, setSource] = useState<ModelSource>('served');
   const [model, setModel] = useState(preselected ?? '');
   const [modelFiles, setModelFiles] = useState<File[]>([]);
   const [dataset, setDataset] = useState<File | undefined>(undefined);
   const [labels, setLabels] = useState<File | undefined>(undefined);
-  const [norm, setNorm] = useState('L2');
-  const [eps, setEps] = useState('0.5');
-  const [version, setVersion] = useState<string>('standard');
-  const [n, setN] = useState('100');
-  const [seed, setSeed] = useState('0');
-  const [iterations, setIterations] = useState('');
-  const [restarts, setRestarts] = useState('');
-  const [queries, setQueries] = useState('');
+  const [settings, setSettings] = useState<Settings>(DEFAULT_SETTINGS);
   const [submitting, setSubmitting] = useState(false);
   const [error, setError] = useState<{ message: string; fields: string[] } | undefined>(undefined);
 
@@ -311,17 +322,9 @@ export function AuditView({
     else for (const file of modelFiles) form.append('model_files', file, file.name);
     if (dataset) form.append('dataset', dataset, dataset.name);
     if (labels) form.append('labels', labels, labels.name);
-    const fields: Array<[string, string]> = [
-      ['norm', norm],
-      ['eps', eps],
-      ['version', version],
-      ['n', n],
-      ['seed', seed],
-      ['iterations', iterations],
-      ['restarts', restarts],
-      ['queries', queries],
-    ];
-    for (const [name, value] of fields) if (value.trim() !== '') form.append(name, value.trim());
+    for (const [name, value] of Object.entries(settings)) {
+      if (value.trim() !== '') form.append(name, value.trim());
+    }
     setSubmitting(true);
     try {
       const job = await callJson<AuditJob>('/v1/audits', { method: 'POST', body: form });
@@ -338,6 +341,39 @@ export function AuditView({
   };
   const invalid = (field: string) =>
     error?.fields.some((f) => f === field || f.startsWith(`${field}.`)) ? true : undefined;
+  const setting = (name: keyof Settings) => (value: string) =>
+    setSettings((current) => ({ ...current, [name]: value }));
+  const settingField = (
+    name: keyof Settings,
+    label: string,
+    inputMode: 'decimal' | 'numeric',
+    required?: boolean,
+  ) => (
+    <TextField
+      id={`audit-${name}`}
+      label={label}
+      inputMode={inputMode}
+      required={required}
+      value={settings[name]}
+      onValue={setting(name)}
+      invalid={invalid(name)}
+    />
+  );
+  const settingSelect = (name: keyof Settings, label: string, options: readonly string[]) => (
+    <Field id={`audit-${name}`} label={label}>
+      <select
+        id={`audit-${name}`}
+        value={settings[name]}
+        onChange={(e) => setting(name)((e.currentTarget as HTMLSelectElement).value)}
+      >
+        {options.map((option) => (
+          <option key={option} value={option}>
+            {option}
+          </option>
+        ))}
+      </select>
+    </Field>
+  );
 
   return (
     <form class="audit" onSubmit={submit} aria-describedby="audit-intro">
@@ -348,41 +384,28 @@ export function AuditView({
       <fieldset>
         <legend>Model</legend>
         <div class="row">
-          <label class="inline">
-            <input
-              type="radio"
-              name="source"
-              value="served"
-              checked={source === 'served'}
-              onChange={() => setSource('served')}
-            />{' '}
-            a served model
-          </label>
-          <label class="inline">
-            <input
-              type="radio"
-              name="source"
-              value="upload"
-              checked={source === 'upload'}
-              onChange={() => setSource('upload')}
-            />{' '}
-            upload one
-          </label>
+          {MODEL_SOURCES.map(([value, text]) => (
+            <label class="inline" key={value}>
+              <input
+                type="radio"
+                name="source"
+                value={value}
+                checked={source === value}
+                onChange={() => setSource(value)}
+              />{' '}
+              {text}
+            </label>
+          ))}
         </div>
         {source === 'served' ? (
           <Field id="audit-model" label="Served model">
-            <select
+            <ModelSelect
               id="audit-model"
+              models={models}
               value={model}
-              aria-invalid={invalid('model')}
-              onChange={(e) => setModel((e.currentTarget as HTMLSelectElement).value)}
-            >
-              {(models ?? []).map((m) => (
-                <option key={m.name} value={m.name}>
-                  {m.name}
-                </option>
-              ))}
-            </select>
+              onValue={setModel}
+              invalid={invalid('model')}
+            />
           </Field>
         ) : (
           <Field
@@ -427,89 +450,18 @@ export function AuditView({
       <fieldset>
         <legend>Threat model and budget</legend>
         <div class="grid-fields">
-          <Field id="audit-norm" label="Norm">
-            <select
-              id="audit-norm"
-              value={norm}
-              onChange={(e) => setNorm((e.currentTarget as HTMLSelectElement).value)}
-            >
-              <option value="L2">L2</option>
-              <option value="Linf">Linf</option>
-            </select>
-          </Field>
-          <Field id="audit-eps" label="eps (Linf: pixels in [0,1])">
-            <input
-              id="audit-eps"
-              inputMode="decimal"
-              required
-              value={eps}
-              aria-invalid={invalid('eps')}
-              onInput={textInput(setEps)}
-            />
-          </Field>
-          <Field id="audit-version" label="Version">
-            <select
-              id="audit-version"
-              value={version}
-              onChange={(e) => setVersion((e.currentTarget as HTMLSelectElement).value)}
-            >
-              {AUTOATTACK_VERSIONS.map((v) => (
-                <option key={v} value={v}>
-                  {v}
-                </option>
-              ))}
-            </select>
-          </Field>
-          <Field id="audit-n" label="n (points)">
-            <input
-              id="audit-n"
-              inputMode="numeric"
-              required
-              value={n}
-              aria-invalid={invalid('n')}
-              onInput={textInput(setN)}
-            />
-          </Field>
-          <Field id="audit-seed" label="Seed">
-            <input
-              id="audit-seed"
-              inputMode="numeric"
-              value={seed}
-              aria-invalid={invalid('seed')}
-              onInput={textInput(setSeed)}
-            />
-          </Field>
+          {settingSelect('norm', 'Norm', NORMS)}
+          {settingField('eps', 'eps (Linf: pixels in [0,1])', 'decimal', true)}
+          {settingSelect('version', 'Version', AUTOATTACK_VERSIONS)}
+          {settingField('n', 'n (points)', 'numeric', true)}
+          {settingField('seed', 'Seed', 'numeric')}
         </div>
         <details>
           <summary>Smaller budgets (smoke tests only)</summary>
           <div class="grid-fields">
-            <Field id="audit-iterations" label="Iterations (empty: 100)">
-              <input
-                id="audit-iterations"
-                inputMode="numeric"
-                value={iterations}
-                aria-invalid={invalid('iterations')}
-                onInput={textInput(setIterations)}
-              />
-            </Field>
-            <Field id="audit-restarts" label="Restarts (empty: default)">
-              <input
-                id="audit-restarts"
-                inputMode="numeric"
-                value={restarts}
-                aria-invalid={invalid('restarts')}
-                onInput={textInput(setRestarts)}
-              />
-            </Field>
-            <Field id="audit-queries" label="Square queries (empty: 5000)">
-              <input
-                id="audit-queries"
-                inputMode="numeric"
-                value={queries}
-                aria-invalid={invalid('queries')}
-                onInput={textInput(setQueries)}
-              />
-            </Field>
+            {settingField('iterations', 'Iterations (empty: 100)', 'numeric')}
+            {settingField('restarts', 'Restarts (empty: default)', 'numeric')}
+            {settingField('queries', 'Square queries (empty: 5000)', 'numeric')}
           </div>
         </details>
       </fieldset>

@@ -10,6 +10,7 @@ import {
   type PredictResponse,
   postJson,
 } from './api.js';
+import { Field, ModelSelect, TextField } from './fields.js';
 import { decimal, duration, percent } from './format.js';
 import { type Task, useElapsed, useTask } from './task.js';
 import { predictionSentence, worstCaseSentence } from './verdicts.js';
@@ -381,20 +382,9 @@ export function ImageView({
   return (
     <>
       <form class="choose" onSubmit={(e) => e.preventDefault()}>
-        <div class="field">
-          <label for="image-model">Model</label>
-          <select
-            id="image-model"
-            value={model}
-            onChange={(e) => setModel((e.currentTarget as HTMLSelectElement).value)}
-          >
-            {(models ?? []).map((m) => (
-              <option key={m.name} value={m.name}>
-                {m.name}
-              </option>
-            ))}
-          </select>
-        </div>
+        <Field id="image-model" label="Model">
+          <ModelSelect id="image-model" models={models} value={model} onValue={setModel} />
+        </Field>
         {/* biome-ignore lint/a11y/noStaticElementInteractions: dropping is a pointer shortcut; the file input inside is the keyboard way */}
         <div
           class={dragging ? 'drop dragging' : 'drop'}
@@ -442,32 +432,26 @@ export function ImageView({
         )}
         <details class="settings">
           <summary>Analysis settings</summary>
-          <div class="field">
-            <label for="ood-eps">Worst-case OOD radius (L2; empty: the card's)</label>
-            <input
-              id="ood-eps"
-              inputMode="decimal"
-              value={oodEps}
-              onInput={(e) => setOodEps((e.currentTarget as HTMLInputElement).value)}
-            />
-          </div>
-          <div class="field">
-            <label for="iterations">APGD iterations (empty: 100)</label>
-            <input
-              id="iterations"
-              inputMode="numeric"
-              value={iterations}
-              onInput={(e) => setIterations((e.currentTarget as HTMLInputElement).value)}
-            />
-          </div>
-          <div class="field">
-            <label for="radii">Counterfactual radii (L2, comma-separated; empty: the defaults)</label>
-            <input
-              id="radii"
-              value={radii}
-              onInput={(e) => setRadii((e.currentTarget as HTMLInputElement).value)}
-            />
-          </div>
+          <TextField
+            id="ood-eps"
+            label="Worst-case OOD radius (L2; empty: the card's)"
+            inputMode="decimal"
+            value={oodEps}
+            onValue={setOodEps}
+          />
+          <TextField
+            id="iterations"
+            label="APGD iterations (empty: 100)"
+            inputMode="numeric"
+            value={iterations}
+            onValue={setIterations}
+          />
+          <TextField
+            id="radii"
+            label="Counterfactual radii (L2, comma-separated; empty: the defaults)"
+            value={radii}
+            onValue={setRadii}
+          />
           <button type="button" disabled={!image} onClick={() => setRuns((n) => n + 1)}>
             Run again with these settings
           </button>

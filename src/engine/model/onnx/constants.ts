@@ -1,3 +1,4 @@
+import { broadcastDims } from './dims.js';
 import type { ConstTensor } from './proto.js';
 
 /**
@@ -35,18 +36,6 @@ export function dependsOnBatch(t: ConstTensor): boolean {
 export function requireStatic(t: ConstTensor, what: string): void {
   if (dependsOnBatch(t))
     throw new Error(`${what} on a value that depends on the batch size is not supported`);
-}
-
-export function broadcastShape(a: readonly number[], b: readonly number[]): number[] {
-  const rank = Math.max(a.length, b.length);
-  const out: number[] = [];
-  for (let i = 0; i < rank; i++) {
-    const da = a[a.length - rank + i] ?? 1;
-    const db = b[b.length - rank + i] ?? 1;
-    if (da !== db && da !== 1 && db !== 1) throw new Error(`shapes [${a}] and [${b}] do not broadcast`);
-    out.push(da === 1 ? db : da);
-  }
-  return out;
 }
 
 /** Index into `shape`-tensor of the element at `coords` of a broadcast result of rank coords.length. */
@@ -190,7 +179,7 @@ function batchOp(
 
 /** Numpy-broadcast arithmetic, comparisons and logic; integer division truncates, as ONNX's does. */
 export function binaryConstant(op: BinaryOp, a: ConstTensor, b: ConstTensor, fmod = false): ConstTensor {
-  const shape = broadcastShape(a.shape, b.shape);
+  const shape = broadcastDims(a.shape, b.shape);
   const integer = a.type !== 'float' && b.type !== 'float';
   const type: ConstTensor['type'] =
     COMPARISONS.has(op) || LOGICAL.has(op) ? 'bool' : integer ? 'int' : 'float';
@@ -224,7 +213,7 @@ export function unaryConstant(t: ConstTensor, fn: (x: number) => number, type = 
 /** Where(condition, x, y), numpy-broadcast; the condition must not depend on the batch. */
 export function whereConstant(condition: ConstTensor, x: ConstTensor, y: ConstTensor): ConstTensor {
   requireStatic(condition, 'Where');
-  const shape = broadcastShape(broadcastShape(condition.shape, x.shape), y.shape);
+  const shape = broadcastDims(broadcastDims(condition.shape, x.shape), y.shape);
   const type = x.type === 'float' || y.type === 'float' ? 'float' : x.type;
   const out = allocate(type, sizeOf(shape));
   const batched = dependsOnBatch(x) || dependsOnBatch(y);

@@ -1,7 +1,6 @@
 import {
   type BinaryOp,
   binaryConstant,
-  broadcastShape,
   constant,
   requireStatic,
   scatterNdConstant,
@@ -9,6 +8,7 @@ import {
   unaryConstant,
   whereConstant,
 } from './constants.js';
+import { broadcastDims } from './dims.js';
 import { OnnxLimitError, type OnnxNodeRef, OnnxUnsupportedError } from './errors.js';
 import { Attributes, type OpSpec, type Planner } from './plan.js';
 import { type ConstTensor, DataType, FLOAT_TYPES, INT_TYPES, type OnnxNode } from './proto.js';
@@ -200,7 +200,7 @@ function foldBinaryOnly(op: BinaryOp, attributes: string[] = []): OpSpec {
     handler: (planner, node, at) => {
       const a = constInput(planner, node, 0, at, 'A');
       const b = constInput(planner, node, 1, at, 'B');
-      checkFoldedSize(planner, sizeOf(broadcastShape(a.shape, b.shape)), at);
+      checkFoldedSize(planner, sizeOf(broadcastDims(a.shape, b.shape)), at);
       defineConstant(planner, node, binaryConstant(op, a, b, new Attributes(node, at).int('fmod', 0) === 1));
     },
   };
@@ -225,7 +225,7 @@ const whereOp: OpSpec = {
     const [condition, x, y] = [0, 1, 2].map((i) =>
       constInput(planner, node, i, at, ['condition', 'X', 'Y'][i]),
     );
-    checkFoldedSize(planner, sizeOf(broadcastShape(broadcastShape(condition.shape, x.shape), y.shape)), at);
+    checkFoldedSize(planner, sizeOf(broadcastDims(broadcastDims(condition.shape, x.shape), y.shape)), at);
     defineConstant(planner, node, whereConstant(condition, x, y));
   },
 };

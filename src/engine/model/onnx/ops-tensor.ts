@@ -34,7 +34,17 @@ import type { ConstTensor, OnnxNode } from './proto.js';
 /** Normalisation, activations, arithmetic, reductions and softmax. */
 
 function elementwise(op: StepOp, planner: Planner, node: OnnxNode, at: OnnxNodeRef): Activation {
-  const x = planner.activationInput(node, 0, at);
+  return elementwiseOn(op, planner.activationInput(node, 0, at), planner, node, at);
+}
+
+/** `op` on `x` (of the same shape and layout) as the node's output. */
+function elementwiseOn(
+  op: StepOp,
+  x: Activation,
+  planner: Planner,
+  node: OnnxNode,
+  at: OnnxNodeRef,
+): Activation {
   const out = planner.emit(op, [x], [], x.shape, x.layout, node.outputs[0], at.node);
   planner.define(node.outputs[0], out);
   return out;
@@ -110,36 +120,18 @@ const hardSigmoidOp: OpSpec = {
       return;
     }
     const x = planner.activationInput(node, 0, at);
-    const scaled = planner.emit(
-      { op: 'binary', fn: 'mul', constantFirst: false },
-      [x],
-      [constant('float', [], [alpha])],
-      x.shape,
-      x.layout,
-      `${node.outputs[0]}:scaled`,
-      at.node,
-    );
-    const shifted = planner.emit(
-      { op: 'binary', fn: 'add', constantFirst: false },
-      [scaled],
-      [constant('float', [], [beta])],
-      x.shape,
-      x.layout,
-      `${node.outputs[0]}:shifted`,
-      at.node,
-    );
-    planner.define(
-      node.outputs[0],
+    const byScalar = (fn: BinaryFn, input: Activation, value: number, name: string) =>
       planner.emit(
-        { op: 'clip', min: 0, max: 1 },
-        [shifted],
-        [],
+        { op: 'binary', fn, constantFirst: false },
+        [input],
+        [constant('float', [], [value])],
         x.shape,
         x.layout,
-        node.outputs[0],
+        `${node.outputs[0]}:${name}`,
         at.node,
-      ),
-    );
+      );
+    const shifted = byScalar('add', byScalar('mul', x, alpha, 'scaled'), beta, 'shifted');
+    elementwiseOn({ op: 'clip', min: 0, max: 1 }, shifted, planner, node, at);
   },
 };
 
@@ -296,16 +288,7 @@ function fuseSwish(planner: Planner, node: OnnxNode, at: OnnxNodeRef, a: Activat
   ]) {
     const sigmoid = producedBy(planner, s, 'sigmoid');
     if (sigmoid && s.producer!.inputs[0].id === x.id && s.producer!.inputs[0].layout === x.layout) {
-      const out = planner.emit(
-        { op: 'unary', fn: 'swish' },
-        [x],
-        [],
-        x.shape,
-        x.layout,
-        node.outputs[0],
-        at.node,
-      );
-      planner.define(node.outputs[0], out);
+      elementwiseOn({ op: 'unary', fn: 'swish' }, x, planner, node, at);
       return true;
     }
   }
@@ -353,16 +336,7 @@ function fusePattern(
       !planner.soleReader(scaled)
     )
       continue;
-    const out = planner.emit(
-      { op: 'unary', fn: 'gelu' },
-      [input],
-      [],
-      input.shape,
-      input.layout,
-      node.outputs[0],
-      at.node,
-    );
-    planner.define(node.outputs[0], out);
+    elementwiseOn({ op: 'unary', fn: 'gelu' }, input, planner, node, at);
     return true;
   }
   return false;

@@ -200,6 +200,24 @@ function halfToFloat(h: number): number {
   return sign * 2 ** (exponent - 15) * (1 + fraction / 1024);
 }
 
+type ElementReader = (view: DataView, i: number) => number;
+
+/** INT64: exact below 2^53; the int64 extremes used as "to the end" stay huge. */
+const readInt64: ElementReader = (view, i) => Number(view.getBigInt64(8 * i, true));
+
+/** Element i of raw little-endian data, by type (FLOAT is copied whole; INT64 is `readInt64`). */
+const RAW_READERS = new Map<number, ElementReader>([
+  [DataType.DOUBLE, (view, i) => view.getFloat64(8 * i, true)],
+  [DataType.FLOAT16, (view, i) => halfToFloat(view.getUint16(2 * i, true))],
+  [DataType.INT8, (view, i) => view.getInt8(i)],
+  [DataType.UINT8, (view, i) => view.getUint8(i)],
+  [DataType.BOOL, (view, i) => view.getUint8(i)],
+  [DataType.INT16, (view, i) => view.getInt16(2 * i, true)],
+  [DataType.UINT16, (view, i) => view.getUint16(2 * i, true)],
+  [DataType.INT32, (view, i) => view.getInt32(4 * i, true)],
+  [DataType.UINT32, (view, i) => view.getUint32(4 * i, true)],
+]);
+
 function readRaw(raw: Uint8Array, dataType: number, size: number): number[] | Float32Array {
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   if (dataType === DataType.FLOAT) {
@@ -208,39 +226,9 @@ function readRaw(raw: Uint8Array, dataType: number, size: number): number[] | Fl
     new Uint8Array(out.buffer).set(raw.subarray(0, size * 4));
     return out;
   }
+  const read = RAW_READERS.get(dataType) ?? readInt64;
   const out = new Array<number>(size);
-  for (let i = 0; i < size; i++) {
-    switch (dataType) {
-      case DataType.DOUBLE:
-        out[i] = view.getFloat64(8 * i, true);
-        break;
-      case DataType.FLOAT16:
-        out[i] = halfToFloat(view.getUint16(2 * i, true));
-        break;
-      case DataType.INT8:
-        out[i] = view.getInt8(i);
-        break;
-      case DataType.UINT8:
-      case DataType.BOOL:
-        out[i] = view.getUint8(i);
-        break;
-      case DataType.INT16:
-        out[i] = view.getInt16(2 * i, true);
-        break;
-      case DataType.UINT16:
-        out[i] = view.getUint16(2 * i, true);
-        break;
-      case DataType.INT32:
-        out[i] = view.getInt32(4 * i, true);
-        break;
-      case DataType.UINT32:
-        out[i] = view.getUint32(4 * i, true);
-        break;
-      default:
-        // INT64: exact below 2^53; the int64 extremes used as "to the end" stay huge.
-        out[i] = Number(view.getBigInt64(8 * i, true));
-    }
-  }
+  for (let i = 0; i < size; i++) out[i] = read(view, i);
   return out;
 }
 
