@@ -24,13 +24,15 @@ import { loadOnnxClassifier } from '../../../../src/engine/model/onnx/index.js';
  * by its share of the gradient instead of letting its largest entry decide alone.
  *
  * - Rounding: two float32 evaluations of one function carry rounding errors of the same size, so
- *   ours must be no further from float64 than max(floor, K x PyTorch's float32 distance), with
- *   floors 1e-5 (probabilities) and 1e-3 (gradients, the issue's tolerances) where PyTorch happens
- *   to be closer than rounding usually allows, and K = 4 for the different order and the folding
- *   (K only counts where PyTorch's gradient is over floor / K from float64: there ours was at most
- *   2.2 times as far, the allowed image below aside). The allowance is capped at FLIP, so a
- *   configuration whose float32 evaluation is chaotic fails instead of passing anything
- *   (efficientnet_b0 at 32 pixels: PyTorch's float32 gradient is as far from float64 as it is long).
+ *   ours must be no further from float64 than max(floor, K x PyTorch's float32 distance), that
+ *   distance taken over the batch (the largest for probabilities, the median for gradients, which
+ *   a kink flip in one of PyTorch's images leaves alone), with floors 1e-5 (probabilities) and 1e-3
+ *   (gradients, the issue's tolerances) where PyTorch happens to be closer than rounding usually
+ *   allows, and K = 4 for the different order and the folding (K only counts where PyTorch's
+ *   distance is over floor / K: there ours was at most 3.2 times it, the image allowed below
+ *   aside). The gradient's allowance is capped at FLIP, so a configuration whose float32
+ *   evaluation is chaotic fails instead of passing anything (efficientnet_b0 at 32 pixels:
+ *   PyTorch's float32 gradient is as far from float64 as it is long).
  * - Kinks: where a ReLU input lies within rounding of 0 (or a HardSwish input of +-3), either float32
  *   evaluation may take the other side and change the gradient over that unit's receptive field
  *   (docs/onnx.md, "Input gradients of large networks"); at these sizes one such unit moves a
@@ -81,24 +83,24 @@ const DEFAULT_CASES: Case[] = [
   { model: 'convnext_tiny', size: 32 },
   // Shifted windows: Pad, Roll (Slice/Concat), attention masks, MatMul with batch dims, Softmax.
   { model: 'swin_t', size: 32 },
-  // torchvision's VisionTransformer and MaxVit classes in small configurations (the script's
-  // small_vit, small_maxvit): class token (Concat, Gather), MatMul with batch dims, Softmax; vit_b_16
-  // itself (86M parameters at any size) runs with RATIO_TORCHVISION_ALL=1.
-  { model: 'small_vit', size: 32 },
+  // Class token (Concat, Gather), MatMul with batch dims, Softmax: vit_b_16 at 32 pixels is 4
+  // patches, with all of its 86M parameters (a 346 MB export).
+  { model: 'vit_b_16', size: 32 },
+  // torchvision's MaxVit class in the script's small configuration: maxvit_t's 7x7 partitions need
+  // 224 pixels (`RATIO_TORCHVISION_ALL=1` does not run it).
   { model: 'small_maxvit', size: 32 },
 ];
 
 /**
- * RATIO_TORCHVISION_ALL=1 adds vit_b_16 at 32 pixels, and every model above, alexnet and vgg11_bn
- * at 224 (torch.onnx exports their AdaptiveAvgPool2d to 6x6 / 7x7 only from a multiple of that size,
- * and their fully-connected layers hold 61M and 133M parameters).
+ * RATIO_TORCHVISION_ALL=1 adds every model above, alexnet and vgg11_bn at 224 (torch.onnx exports
+ * their AdaptiveAvgPool2d to 6x6 / 7x7 only from a multiple of that size, and their fully-connected
+ * layers hold 61M and 133M parameters).
  */
 const ALL = process.env.RATIO_TORCHVISION_ALL === '1';
 const CASES: Case[] = ALL
   ? [
       ...DEFAULT_CASES,
-      { model: 'vit_b_16', size: 32 },
-      ...[...DEFAULT_CASES.map((c) => c.model), 'vit_b_16', 'alexnet', 'vgg11_bn']
+      ...[...DEFAULT_CASES.map((c) => c.model), 'alexnet', 'vgg11_bn']
         .filter((model) => !model.startsWith('small_'))
         .map((model) => ({ model, size: 224 })),
     ]
@@ -142,6 +144,12 @@ function distances(a: ArrayLike<number>, b: ArrayLike<number>, items: number) {
     }
     return { max, relativeL2: Math.sqrt(squared / norm) };
   });
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length / 2;
+  return Number.isInteger(middle) ? (sorted[middle - 1] + sorted[middle]) / 2 : sorted[Math.floor(middle)];
 }
 
 const short = (values: number[]) => values.map((v) => v.toExponential(1)).join(', ');
@@ -210,18 +218,21 @@ describe('torchvision classifiers exported to ONNX, against PyTorch', () => {
             `PyTorch-float64 ${short(gradient.pytorchVsFloat64)}, ours-PyTorch ${short(gradient.oursVsPytorch)}`,
         );
 
-        const gradientBound = (i: number) =>
-          Math.max(GRADIENT_FLOOR, Math.min(K * gradient.pytorchVsFloat64[i], FLIP));
+        // The model's rounding level as PyTorch's float32 evaluation shows it: the largest
+        // probability distance (the forward pass is continuous in rounding), the median gradient
+        // distance (a kink flip in PyTorch's evaluation of one image does not loosen the bound).
+        const probabilityBound = Math.max(PROBABILITY_FLOOR, K * Math.max(...probabilities.pytorchVsFloat64));
+        const gradientBound = Math.max(GRADIENT_FLOOR, Math.min(K * median(gradient.pytorchVsFloat64), FLIP));
         for (let i = 0; i < BATCH; i++) {
           expect(probabilities.oursVsFloat64[i], `${model} image ${i}: probabilities`).toBeLessThanOrEqual(
-            Math.max(PROBABILITY_FLOOR, K * probabilities.pytorchVsFloat64[i]),
+            probabilityBound,
           );
           expect(gradient.oursVsFloat64[i], `${model} image ${i}: input gradient`).toBeLessThanOrEqual(FLIP);
         }
-        const offRounding = gradient.oursVsFloat64.flatMap((d, i) => (d > gradientBound(i) ? [i] : []));
+        const offRounding = gradient.oursVsFloat64.flatMap((d, i) => (d > gradientBound ? [i] : []));
         expect(
           offRounding.length,
-          `${model}: images off the rounding bound ${offRounding}`,
+          `${model}: images off the rounding bound ${gradientBound.toExponential(1)}: ${offRounding}`,
         ).toBeLessThanOrEqual(1);
       } finally {
         rmSync(dir, { recursive: true, force: true });
