@@ -39,7 +39,9 @@ import { loadOnnxClassifier } from '../../../../src/engine/model/onnx/index.js';
  *   whole image's gradient by up to several percent, in ours (on the oneDNN kernels, not on the
  *   cpu backend for the same image) as in PyTorch's. Such a flip strikes an image here and there;
  *   a wrong op moves every image's gradient. So at most one image of the batch may miss the
- *   rounding bound, and it must still be within FLIP = 1e-1 (cosine similarity over 0.995).
+ *   rounding bound, and it must still be within FLIP = 1e-1 (cosine similarity over 0.995). An
+ *   image within the bound of PyTorch's float32 gradient does not count as missing it: both float32
+ *   evaluations took the same side of every kink, the float64 run the other side of one.
  *
  * Figures per model: docs/benchmarks/onnx.md, "torchvision test".
  */
@@ -229,7 +231,11 @@ describe('torchvision classifiers exported to ONNX, against PyTorch', () => {
           );
           expect(gradient.oursVsFloat64[i], `${model} image ${i}: input gradient`).toBeLessThanOrEqual(FLIP);
         }
-        const offRounding = gradient.oursVsFloat64.flatMap((d, i) => (d > gradientBound ? [i] : []));
+        // An image where ours is within the bound of PyTorch's float32 gradient took the same side
+        // of every kink as PyTorch's evaluation did: the float64 run took the other side of one.
+        const offRounding = gradient.oursVsFloat64.flatMap((d, i) =>
+          d > gradientBound && gradient.oursVsPytorch[i] > gradientBound ? [i] : [],
+        );
         expect(
           offRounding.length,
           `${model}: images off the rounding bound ${gradientBound.toExponential(1)}: ${offRounding}`,
