@@ -22,7 +22,12 @@ export default defineConfig({
           name: 'engine-cpu',
           include: ['test/engine/**/*.test.ts'],
           // The native kernels exist on wasm only; that file checks their absence elsewhere itself.
-          exclude: ['test/engine/backend/gradients/native-conv.test.ts'],
+          // The torchvision models would take many minutes on the plain cpu backend; the small
+          // PyTorch fixtures (fixtures.test.ts) check the importer there.
+          exclude: [
+            'test/engine/backend/gradients/native-conv.test.ts',
+            'test/engine/model/onnx/torchvision.test.ts',
+          ],
           env: { RATIO_BACKEND: 'cpu' },
         },
       },

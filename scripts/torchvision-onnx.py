@@ -16,7 +16,8 @@ with `torch.onnx.export(model, x, DIR/model.onnx, opset_version=17, input_names=
 dynamic_axes={'input': {0: 'batch'}})`; over 2 GB PyTorch writes the weights as external data files
 beside model.onnx. DIR also gets input.npy (NCHW float32 in [0, 1]), labels.npy (int64), logits.npy,
 probabilities.npy, input_grad.npy (d sum_i CE(logits_i, label_i) / d input), input_grad_float64.npy
-(the same gradient computed in float64, stored as float32) and torch.json (how the model was built,
+(the same gradient computed in float64, stored as float32), probabilities_float64.npy (the model's
+probabilities in float64: how far float32 rounding moves PyTorch's own) and torch.json (how the model was built,
 and `reference_spread`: per image, max |float32 gradient - float64 gradient| / max |float64
 gradient|). The spread is how far PyTorch's float32 reference is from the exact gradient: where a
 ReLU input or two max-pool candidates lie within float32 rounding of each other, any float32
@@ -249,8 +250,10 @@ def main():
         if not a.no_float64:
             exact = copy.deepcopy(model).double()
             x64 = x.detach().double().requires_grad_(True)
-            (grad64,) = torch.autograd.grad(F.cross_entropy(exact(x64), labels, reduction='sum'), x64)
+            logits64 = exact(x64)
+            (grad64,) = torch.autograd.grad(F.cross_entropy(logits64, labels, reduction='sum'), x64)
             save('input_grad_float64.npy', grad64.numpy().astype(np.float32))
+            save('probabilities_float64.npy', torch.softmax(logits64.detach(), 1).numpy())
             scale = grad64.abs().max().item()
             info['reference_spread'] = [
                 float('%.3g' % ((grad[i].double() - grad64[i]).abs().max().item() / scale)) for i in range(a.batch)
