@@ -56,12 +56,19 @@ const COMMANDS = new Map(
   ].map((m) => [m[1], m[2]]),
 );
 
-/** The flags a command module accepts: the keys of its parseArgs options (`name: { type: ... }`). */
+/**
+ * The flags a command module accepts: the keys of its parseArgs options written out
+ * (`name: { type: ... }`) and the names it declares through `commandOptions([...], [...])`.
+ */
 function acceptedFlags(moduleName: string): Set<string> {
   const text = read(`src/commands/${moduleName}.ts`);
-  return new Set(
-    [...text.matchAll(/^\s*'?([a-z][a-z0-9-]*)'?:\s*\{\s*type:\s*'(?:string|boolean)'/gm)].map((m) => m[1]),
+  const written = [...text.matchAll(/^\s*'?([a-z][a-z0-9-]*)'?:\s*\{\s*type:\s*'(?:string|boolean)'/gm)].map(
+    (m) => m[1],
   );
+  const declared = [...text.matchAll(/commandOptions\(([^)]*)\)/g)].flatMap((call) =>
+    [...(call[1] ?? '').matchAll(/'([a-z][a-z0-9-]*)'/g)].map((m) => m[1]),
+  );
+  return new Set([...written, ...declared]);
 }
 
 function commandExists(name: string): boolean {
